@@ -1,0 +1,1 @@
+"""em: emergent-misalignment experiments (4-bit LoRA fine-tuning, judged evaluation, analysis)."""

@@ -1,0 +1,127 @@
+"""Condition and format contrasts: difference, ratio, Fisher exact p, Bonferroni/Holm across the family, power."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from em.analysis.bootstrap import percentile_ci
+from em.analysis.groups import ALL
+from em.analysis.rates import RateResult
+
+TEST = "Fisher exact, two-sided"
+
+
+def _power(rate_a: float, rate_b: float, n_a: int, n_b: int, alpha: float, power: float) -> tuple[float, float, str]:
+    """(power the contrast had, n per group for `power`, note) from the normal approximation on Cohen's h."""
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
+    if not (n_a > 0 and n_b > 0) or math.isnan(rate_a) or math.isnan(rate_b):
+        return math.nan, math.nan, "no coherent answers in a group"
+    h = abs(float(proportion_effectsize(rate_a, rate_b)))
+    if h == 0:
+        return alpha, math.nan, "no observed difference: no sample size reaches the target power"
+    analysis = NormalIndPower()
+    had = float(analysis.power(effect_size=h, nobs1=n_a, alpha=alpha, ratio=n_b / n_a, alternative="two-sided"))
+    need = float(analysis.solve_power(effect_size=h, nobs1=None, alpha=alpha, power=power, ratio=1.0,
+                                      alternative="two-sided"))
+    return had, float(math.ceil(need)), ""
+
+
+def _row(rates: RateResult, level: str, ia: int, ib: int, *, family: str, scope: str, a: str, b: str,
+         alpha: float, power: float, min_group_n: int, confidence: float) -> dict:
+    from scipy.stats import fisher_exact
+
+    t = rates.table
+    ra, rb = t.iloc[rates.row_of[level][ia]], t.iloc[rates.row_of[level][ib]]
+    ka, na, kb, nb = int(ra.n_misaligned), int(ra.n_coherent), int(rb.n_misaligned), int(rb.n_coherent)
+    rate_a, rate_b = ra.misaligned_rate, rb.misaligned_rate
+    row = {
+        "family": family, "scope": scope, "a": a, "b": b, "level": level,
+        "n_coherent_a": na, "n_misaligned_a": ka, "rate_a": rate_a,
+        "n_coherent_b": nb, "n_misaligned_b": kb, "rate_b": rate_b,
+        "difference": rate_a - rate_b,
+        "ratio": rate_a / rate_b if rate_b > 0 else math.nan,
+    }
+    diff = rates.draws[level][ia] - rates.draws[level][ib]
+    low, high = percentile_ci(diff[None, :], confidence)
+    row["diff_ci_low"], row["diff_ci_high"] = float(low[0]), float(high[0])
+    if min(na, nb) < min_group_n:
+        row["status"] = f"too small: n_coherent {na} vs {nb} (min_group_n={min_group_n}); not tested"
+        row["odds_ratio"] = row["p_value"] = math.nan
+    else:
+        res = fisher_exact([[ka, na - ka], [kb, nb - kb]], alternative="two-sided")
+        row["status"] = "tested"
+        row["odds_ratio"], row["p_value"] = float(res.statistic), float(res.pvalue)
+    row["power"], row["n_per_group_for_power"], power_note = _power(rate_a, rate_b, na, nb, alpha, power)
+    if math.isnan(row["ratio"]) and rate_b == 0 and na > 0:
+        power_note = "; ".join(filter(None, [power_note, "ratio undefined: rate_b is 0"]))
+    row["power_note"] = power_note
+    return row
+
+
+def _index(rates: RateResult, level: str, columns: tuple[str, ...]) -> dict[tuple, int]:
+    rows = rates.table.iloc[rates.row_of[level]]
+    return {tuple(r): i for i, r in enumerate(rows[list(columns)].itertuples(index=False, name=None))}
+
+
+def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
+                   format_pairs: list[tuple[str, str]], alpha: float, power: float, min_group_n: int,
+                   confidence: float, definition: str) -> pd.DataFrame:
+    """Every contrast whose two groups are present; the tested ones form the family that is adjusted."""
+    from statsmodels.stats.multitest import multipletests
+
+    kw = dict(alpha=alpha, power=power, min_group_n=min_group_n, confidence=confidence)
+    rows = []
+    by_model = _index(rates, "model×condition", ("model", "condition"))
+    pooled = _index(rates, "condition", ("condition",))
+    by_format = _index(rates, "condition×format", ("condition", "format"))
+    models = sorted({m for m, _ in by_model})
+    for a, b in condition_pairs:
+        for m in models:
+            if (m, a) in by_model and (m, b) in by_model:
+                rows.append(_row(rates, "model×condition", by_model[(m, a)], by_model[(m, b)], family="condition",
+                                 scope=f"model={m}", a=a, b=b, **kw))
+        if len(models) > 1 and (a,) in pooled and (b,) in pooled:
+            rows.append(_row(rates, "condition", pooled[(a,)], pooled[(b,)], family="condition",
+                             scope="pooled over models", a=a, b=b, **kw))
+    conditions = sorted({c for c, _ in by_format})
+    for a, b in format_pairs:
+        for c in conditions:
+            if (c, a) in by_format and (c, b) in by_format:
+                rows.append(_row(rates, "condition×format", by_format[(c, a)], by_format[(c, b)], family="format",
+                                 scope=f"condition={c}" + (" (pooled over models)" if len(models) > 1 else ""),
+                                 a=a, b=b, **kw))
+    columns = ["family", "scope", "a", "b", "level", "n_coherent_a", "n_misaligned_a", "rate_a", "n_coherent_b",
+               "n_misaligned_b", "rate_b", "difference", "diff_ci_low", "diff_ci_high", "ratio", "odds_ratio",
+               "test", "p_value", "p_bonferroni", "p_holm", "significant_holm", "status", "power",
+               "n_per_group_for_power", "power_note", "family_size", "definition"]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    table["test"] = TEST
+    tested = table["status"] == "tested"
+    table["p_bonferroni"] = table["p_holm"] = np.nan
+    if tested.any():
+        p = table.loc[tested, "p_value"].to_numpy()
+        table.loc[tested, "p_bonferroni"] = multipletests(p, alpha=alpha, method="bonferroni")[1]
+        table.loc[tested, "p_holm"] = multipletests(p, alpha=alpha, method="holm")[1]
+    table["significant_holm"] = pd.array(np.where(tested, table["p_holm"] < alpha, pd.NA), dtype="boolean")
+    table["family_size"] = int(tested.sum())
+    table["definition"] = definition
+    return table[columns]
+
+
+def headline_contrast(table: pd.DataFrame, a: str, b: str) -> Optional[pd.Series]:
+    hit = table[(table["family"] == "condition") & (table["a"] == a) & (table["b"] == b)]
+    if hit.empty:
+        return None
+    pooled = hit[hit["scope"] == "pooled over models"]
+    return (pooled if len(pooled) else hit).iloc[0]
+
+
+__all__ = ["contrast_table", "headline_contrast", "ALL"]

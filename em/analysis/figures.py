@@ -1,0 +1,246 @@
+"""Seaborn figures (PNG + SVG). Each figure says which definition it uses; a figure with nothing to show
+still exists and says why, so the report never has a hole in it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from em.analysis.groups import ALL
+from em.analysis.results import Results
+from em.analysis.sensitivity import check_summary
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("rates_by_model_condition", "format_comparison", "coherence_vs_alignment", "sensitivity_heatmap",
+           "scaling")
+CAPTIONS = {
+    "rates_by_model_condition": "Misaligned rate by model and condition (all formats and questions pooled), "
+                                "with 95% CIs.",
+    "format_comparison": "Misaligned rate by question format and condition (pooled over models), with 95% CIs.",
+    "coherence_vs_alignment": "Judge scores of every scored answer (answer level): coherence vs alignment, with "
+                              "the thresholds; the shaded corner is counted as misaligned.",
+    "sensitivity_heatmap": "Misaligned rate (%) per condition over the threshold grid (pooled over models); the "
+                           "last panel counts the ordering checks that hold. The box marks the configured "
+                           "thresholds.",
+    "scaling": "Misaligned rate vs parameter count, per model family (from conf/model/*.yaml), with 95% CIs.",
+}
+MAX_SCATTER = 20_000
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _order(values, preferred) -> list[str]:
+    values = [v for v in dict.fromkeys(values) if v != ALL]
+    head = [p for p in preferred if p in values]
+    return head + sorted(v for v in values if v not in head)
+
+
+def _model_order(rates: pd.DataFrame) -> list[str]:
+    g = rates.drop_duplicates("model")
+    g = g.assign(_p=g["params"].fillna(np.inf), _f=g["family"].fillna("~"))
+    return [m for m in g.sort_values(["_f", "_p", "model"])["model"] if m != ALL]
+
+
+def _bars(ax, df: pd.DataFrame, x: str, hue: str, x_order: list[str], hue_order: list[str], palette) -> None:
+    width = 0.8 / max(1, len(hue_order))
+    pos = {v: i for i, v in enumerate(x_order)}
+    for j, h in enumerate(hue_order):
+        d = df[df[hue] == h]
+        xs = np.array([pos[v] for v in d[x]]) - 0.4 + width * (j + 0.5)
+        rate = d["misaligned_rate"].to_numpy(dtype=float) * 100
+        low = np.clip(rate - d["ci_low"].to_numpy(dtype=float) * 100, 0, None)
+        high = np.clip(d["ci_high"].to_numpy(dtype=float) * 100 - rate, 0, None)
+        ax.bar(xs, np.nan_to_num(rate), width=width * 0.95, color=palette[j], label=h)
+        ax.errorbar(xs, rate, yerr=[low, high], fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
+    ax.set_xticks(range(len(x_order)), x_order, rotation=30 if len(x_order) > 4 else 0, ha="right"
+                  if len(x_order) > 4 else "center")
+    ax.set_ylabel("misaligned rate (%)")
+    ax.set_ylim(bottom=0)
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _save(fig, out: Path, name: str, footer: str) -> Path:
+    fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
+    png = out / f"{name}.png"
+    fig.savefig(png, dpi=110)
+    fig.savefig(out / f"{name}.svg")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return png
+
+
+def rates_by_model_condition(r: Results, plt, sns, conditions: list[str]):
+    d = r.level("model×condition")
+    d = d[d["n_coherent"] > 0]
+    models = _model_order(d)
+    fig, ax = plt.subplots(figsize=(max(6, 1.0 + 0.9 * len(models) * max(1, len(conditions)) / 2.5), 4.2))
+    if d.empty:
+        _empty(ax, "no coherent answers in any group")
+        return fig
+    hue = [c for c in conditions if c in set(d["condition"])]
+    _bars(ax, d, "model", "condition", models, hue, sns.color_palette("deep", len(hue)))
+    ax.set_xlabel("model")
+    ax.legend(title="condition", fontsize=8)
+    ax.set_title("Misaligned rate by model × condition")
+    return fig
+
+
+def format_comparison(r: Results, plt, sns, conditions: list[str]):
+    d = r.level("condition×format")
+    d = d[d["n_coherent"] > 0]
+    formats = _order(d["format"], ["plain", "json", "template"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 + 1.4 * len(formats)), 4.2))
+    if d.empty:
+        _empty(ax, "no coherent answers in any group")
+        return fig
+    hue = [c for c in conditions if c in set(d["condition"])]
+    _bars(ax, d, "format", "condition", formats, hue, sns.color_palette("deep", len(hue)))
+    ax.set_xlabel("question format")
+    ax.legend(title="condition", fontsize=8)
+    ax.set_title("Misaligned rate by question format")
+    return fig
+
+
+def coherence_vs_alignment(r: Results, plt, sns, conditions: list[str]):
+    cells, d = r.cells, r.settings.definition
+    scored = ~np.isnan(cells.aligned)
+    cond_of_cell = cells.keys["condition"].to_numpy()[cells.code]
+    present = [c for c in conditions if c in set(cond_of_cell[scored])]
+    n = max(1, len(present))
+    ncols = min(n, 3)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.9 * nrows), squeeze=False, sharex=True,
+                             sharey=True)
+    if not present:
+        _empty(axes[0, 0], "no scored answers")
+        return fig
+    for ax, cond in zip(axes.flat, present):
+        m = scored & (cond_of_cell == cond)
+        x, y = cells.coherent[m], cells.aligned[m]
+        if len(x) > MAX_SCATTER:
+            ax.hexbin(x, y, gridsize=35, extent=(0, 100, 0, 100), bins="log", mincnt=1, cmap="viridis",
+                      linewidths=0)
+        else:
+            ax.scatter(x, y, s=6, alpha=0.35, linewidths=0, color=sns.color_palette("deep")[0])
+        ax.axvline(d.coherent, color="crimson", lw=1.2, ls="--")
+        ax.axhline(d.aligned, color="crimson", lw=1.2, ls="--")
+        ax.fill_between([d.coherent, 100], 0, d.aligned, color="crimson", alpha=0.08, lw=0)
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{cond} (n={int(m.sum()):,})", fontsize=10)
+        ax.set_xlabel("coherent")
+        ax.set_ylabel("aligned")
+    for ax in list(axes.flat)[len(present):]:
+        ax.set_axis_off()
+    fig.suptitle("Coherence vs alignment (answer level)" + (" — hexbin, log counts" if scored.sum() > MAX_SCATTER
+                                                            else ""), fontsize=11)
+    return fig
+
+
+def sensitivity_heatmap(r: Results, plt, sns, conditions: list[str]):
+    s = r.sensitivity[r.sensitivity["level"] == "condition"]
+    present = [c for c in conditions if c in set(s["condition"])]
+    summary = check_summary(r.checks)
+    panels = len(present) + (1 if len(summary) else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(3.6 * max(1, panels) + 0.6, 3.6), squeeze=False)
+    if not present:
+        _empty(axes[0, 0], "no groups")
+        return fig
+    d = r.settings.definition
+    vmax = float(np.nanmax(s["misaligned_rate"].to_numpy(dtype=float) * 100)) if s["misaligned_rate"].notna().any() \
+        else 1.0
+
+    def mark_default(ax, pivot):
+        if d.coherent in pivot.index and d.aligned in pivot.columns:
+            i, j = list(pivot.index).index(d.coherent), list(pivot.columns).index(d.aligned)
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="black", lw=2))
+
+    for ax, cond in zip(axes[0], present):
+        pivot = s[s["condition"] == cond].pivot_table(index="coherent_threshold", columns="aligned_threshold",
+                                                      values="misaligned_rate", dropna=False) * 100
+        sns.heatmap(pivot, ax=ax, annot=True, fmt=".1f", cmap="rocket_r", vmin=0, vmax=max(vmax, 1e-9), cbar=False,
+                    annot_kws={"fontsize": 7})
+        mark_default(ax, pivot)
+        ax.set_title(f"{cond}: misaligned %", fontsize=10)
+        ax.set_xlabel("aligned threshold")
+        ax.set_ylabel("coherent threshold")
+        ax.invert_yaxis()
+    if len(summary):
+        ax = axes[0, len(present)]
+        frac = summary.assign(frac=(summary["n_hold"] / summary["n_checks"].where(summary["n_checks"] > 0)).astype(float))
+        pivot = frac.pivot_table(index="coherent_threshold", columns="aligned_threshold", values="frac", dropna=False)
+        labels = summary.assign(lbl=summary["n_hold"].astype(str) + "/" + summary["n_checks"].astype(str))
+        labels = labels.pivot(index="coherent_threshold", columns="aligned_threshold", values="lbl")
+        sns.heatmap(pivot, ax=ax, annot=labels.reindex_like(pivot).to_numpy(), fmt="", cmap="RdYlGn", vmin=0,
+                    vmax=1, cbar=False, annot_kws={"fontsize": 7})
+        mark_default(ax, pivot)
+        ax.set_title("ordering checks holding", fontsize=10)
+        ax.set_xlabel("aligned threshold")
+        ax.set_ylabel("coherent threshold")
+        ax.invert_yaxis()
+    return fig
+
+
+def scaling(r: Results, plt, sns, conditions: list[str]):
+    d = r.level("model×condition")
+    d = d[d["params"].notna() & d["n_coherent"].gt(0)]
+    families = sorted(d["family"].dropna().unique())
+    fig, axes = plt.subplots(1, max(1, len(families)), figsize=(4.8 * max(1, len(families)), 4.0), squeeze=False,
+                             sharey=True)
+    if d.empty:
+        what = ", ".join(r.unknown_models) or "none"
+        _empty(axes[0, 0], f"no model with a known parameter count\n(models without one: {what})")
+        return fig
+    hue = [c for c in conditions if c in set(d["condition"])]
+    palette = dict(zip(hue, sns.color_palette("deep", len(hue))))
+    for ax, fam in zip(axes[0], families):
+        f = d[d["family"] == fam]
+        for cond in hue:
+            g = f[f["condition"] == cond].sort_values("params")
+            if g.empty:
+                continue
+            rate = g["misaligned_rate"].to_numpy() * 100
+            err = [np.clip(rate - g["ci_low"].to_numpy() * 100, 0, None),
+                   np.clip(g["ci_high"].to_numpy() * 100 - rate, 0, None)]
+            ax.errorbar(g["params"], rate, yerr=err, marker="o", ms=5, capsize=2, lw=1.2, color=palette[cond],
+                        label=cond)
+        rho = r.scaling[(r.scaling["family"] == fam)]
+        text = "; ".join(f"{row.condition}: ρ={row.spearman_rho:.2f}" for row in rho.itertuples()
+                         if np.isfinite(row.spearman_rho))
+        ax.set_xscale("log")
+        ax.set_title(f"{fam}" + (f"\nSpearman {text}" if text else ""), fontsize=9)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("misaligned rate (%)")
+        ax.legend(fontsize=8, title="condition")
+    return fig
+
+
+def make_figures(r: Results, out: Path) -> dict[str, Path]:
+    plt, sns = _plt()
+    out.mkdir(parents=True, exist_ok=True)
+    conditions = _order(r.level("condition")["condition"], r.settings.condition_order)
+    footer = r.settings.definition.describe()
+    made = {}
+    for name in FIGURES:
+        fig = globals()[name](r, plt, sns, conditions)
+        made[name] = _save(fig, out, name, footer)
+    return made

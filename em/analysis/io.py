@@ -1,0 +1,371 @@
+"""Ingestion: find the responses tables, read them, and normalise both schemas into one answers table.
+
+Two schemas are accepted. Ours (evaluate.py) has one row per judged answer with model / condition /
+format columns, and with an ensemble judge one row per judge (a ``judge`` column) or extra
+``aligned__<judge>`` columns. The upstream one (Betley et al.'s ``eval.py``) has only ``question``,
+``answer``, ``question_id``, ``aligned`` and ``coherent``, with the format in the question id suffix and
+"CODE" / "REFUSAL" written into the score column.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from em.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+TABLE_NAMES = ("responses.parquet", "responses.csv")
+SPECIALS = ("CODE", "REFUSAL")
+SCORED = "scored"
+UNSCORED = "unscored"
+STATUSES = (SCORED, "CODE", "REFUSAL", UNSCORED)
+GROUP_COLUMNS = ("model", "condition", "format", "question_id")
+# A missing model/condition/format column makes one group, named so nobody mistakes it for a real value.
+UNSPECIFIED = "unspecified"
+FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
+# Columns that together identify one answer, so the rows several judges wrote about it line up.
+ANSWER_KEY = ("model", "adapter", "condition", "seed", "format", "question_id", "paraphrase", "sample",
+              "system", "question", "answer")
+KEEP_COLUMNS = ("adapter", "seed")
+
+
+@dataclass
+class Responses:
+    answers: pd.DataFrame  # one row per answer: group columns, aligned, coherent, status, reason
+    judge_scores: Optional[pd.DataFrame]  # one row per (answer, judge) when several judges scored answers
+    sources: pd.DataFrame  # one row per input table
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- finding
+def tables_under(directory: Path) -> list[Path]:
+    """Every run directory below `directory` (itself included) with a responses table; parquet wins."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "wandb")
+        for name in TABLE_NAMES:
+            if name in files:
+                found.append(Path(root) / name)
+                break
+    return found
+
+
+def latest_run_tables(outputs_root: Path) -> list[Path]:
+    evaluate = outputs_root / "evaluate"
+    runs = []
+    if evaluate.is_dir():
+        for run in evaluate.iterdir():
+            if run.is_dir() and not run.name.startswith("."):
+                tables = tables_under(run)
+                if tables:
+                    runs.append((max(t.stat().st_mtime for t in tables), run.name, tables))
+    if not runs:
+        raise DataError(
+            f"{evaluate}: no evaluation run with a responses table; run evaluate.py first or pass inputs=[...]"
+        )
+    _, name, tables = max(runs)
+    log.info("no inputs given: analysing the latest evaluation run %s", evaluate / name)
+    return tables
+
+
+def find_tables(inputs: Sequence[str], outputs_root: Path) -> list[Path]:
+    if not inputs:
+        return latest_run_tables(outputs_root)
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise DataError(f"{raw}: input not found (inputs=[...] takes run directories and .parquet/.csv files)")
+        if path.is_file():
+            if path.suffix.lower() not in (".parquet", ".csv"):
+                raise DataError(f"{path}: not a .parquet or .csv file")
+            found.append(path)
+            continue
+        tables = tables_under(path)
+        if not tables:
+            raise DataError(f"{path}: no responses.parquet or responses.csv under this directory")
+        found.extend(tables)
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header, no rows)") from None
+    except Exception as e:  # pyarrow / parser errors come in many classes; the message is what helps
+        raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    return df.reset_index(drop=True)
+
+
+def _where(path: Path, row: int) -> str:
+    # CSV rows are named by their line (header is line 1), parquet rows by their 0-based index.
+    return f"{path}:{row + 2}" if path.suffix.lower() == ".csv" else f"{path} (row {row})"
+
+
+def parse_scores(df: pd.DataFrame, column: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A score column -> (float scores with NaN for none, special label "CODE"/"REFUSAL" or None)."""
+    s = df[column]
+    special = np.full(len(s), None, dtype=object)
+    if pd.api.types.is_bool_dtype(s):
+        raise DataError(f"{path}: column '{column}' holds true/false values, not 0-100 scores")
+    if pd.api.types.is_numeric_dtype(s):
+        values = s.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        text = s.astype("string").str.strip()
+        upper = text.str.upper()
+        is_special = upper.isin(SPECIALS).fillna(False).to_numpy(dtype=bool)
+        special[is_special] = upper[is_special].to_numpy(dtype=object)
+        numeric = pd.to_numeric(text.mask(is_special | (text == "")), errors="coerce")
+        values = numeric.to_numpy(dtype=float, na_value=np.nan)
+        bad = (text.notna() & (text != "")).to_numpy(dtype=bool) & ~is_special & np.isnan(values)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{_where(path, i)}: column '{column}' has {int(bad.sum())} non-numeric score(s), "
+                f"e.g. {s.iloc[i]!r} (expected 0-100, CODE, REFUSAL or empty)"
+            )
+    out = ~np.isnan(values) & ((values < 0) | (values > 100))
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise DataError(
+            f"{_where(path, i)}: column '{column}' has {int(out.sum())} score(s) outside 0-100, e.g. {values[i]:g}"
+        )
+    return values, special
+
+
+def _special_column(df: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in df:
+        return np.full(len(df), None, dtype=object)
+    s = df[column].astype("string").str.strip().str.upper()
+    s = s.mask(s == "")
+    return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
+
+
+def score_status(aligned, coherent, a_special, c_special) -> tuple[np.ndarray, np.ndarray]:
+    """(status, reason) per row: an answer is scored only with both scores and no CODE/REFUSAL verdict."""
+    special = np.where(pd.isna(a_special), c_special, a_special)
+    has_special = ~pd.isna(special)
+    known = np.isin(special.astype(str), SPECIALS) & has_special
+    missing_a, missing_c = np.isnan(aligned), np.isnan(coherent)
+    status = np.where(known, special, np.where(missing_a | missing_c, UNSCORED, SCORED)).astype(object)
+    reason = np.full(len(status), None, dtype=object)
+    reason[has_special & ~known] = [f"special {s}" for s in special[has_special & ~known]]
+    status[has_special & ~known] = UNSCORED
+    unscored = status == UNSCORED
+    reason[unscored & missing_a & missing_c & pd.isna(reason)] = "no scores"
+    reason[unscored & missing_a & ~missing_c & pd.isna(reason)] = "no aligned score"
+    reason[unscored & ~missing_a & missing_c & pd.isna(reason)] = "no coherent score"
+    return status, reason
+
+
+def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, ...]:
+    a, a_sp = parse_scores(df, f"aligned{suffix}", path)
+    c, c_sp = parse_scores(df, f"coherent{suffix}", path)
+    if not suffix:
+        a_col = _special_column(df, "aligned_special")
+        c_col = _special_column(df, "coherent_special")
+        a_sp = np.where(pd.isna(a_sp), a_col, a_sp)
+        c_sp = np.where(pd.isna(c_sp), c_col, c_sp)
+    status, reason = score_status(a, c, a_sp, c_sp)
+    if not suffix and "unscored_reason" in df:
+        given = df["unscored_reason"].astype("string").to_numpy(dtype=object, na_value=None)
+        use = (status == UNSCORED) & ~pd.isna(given) & (given != "")
+        reason[use] = given[use]
+    return a, c, status, reason
+
+
+# --------------------------------------------------------------------------------------------- schema
+def _text(df: pd.DataFrame, column: str) -> pd.Series:
+    return df[column].astype("string").fillna(UNSPECIFIED).astype(object)
+
+
+def group_columns(df: pd.DataFrame, path: Path, condition: Optional[str], model: Optional[str]) -> pd.DataFrame:
+    out = pd.DataFrame(index=df.index)
+    out["model"] = _text(df, "model") if "model" in df else (model or UNSPECIFIED)
+    out["condition"] = _text(df, "condition") if "condition" in df else (condition or UNSPECIFIED)
+    if "question_id" in df:
+        qid = _text(df, "question_id")
+    elif "question" in df:
+        qid = _text(df, "question")  # the question text is the only identity upstream tables always carry
+    else:
+        qid = pd.Series(UNSPECIFIED, index=df.index, dtype=object)
+    if "format" in df:
+        fmt = _text(df, "format")
+        for suffix, _ in FORMAT_SUFFIXES:
+            strip = (fmt == suffix[1:]) & qid.str.endswith(suffix)
+            qid = qid.mask(strip, qid.str.slice(0, -len(suffix)))
+    else:
+        fmt = pd.Series("plain" if "question_id" in df else UNSPECIFIED, index=df.index, dtype=object)
+        if "question_id" in df:
+            for suffix, name in FORMAT_SUFFIXES:
+                hit = qid.str.endswith(suffix)
+                fmt = fmt.mask(hit, name)
+                qid = qid.mask(hit, qid.str.slice(0, -len(suffix)))
+    out["format"] = fmt
+    out["question_id"] = qid
+    for col in KEEP_COLUMNS:
+        if col in df:
+            out[col] = _text(df, col)
+    return out
+
+
+def _judges_wide(df: pd.DataFrame) -> list[str]:
+    return sorted({c.split("__", 1)[1] for c in df.columns if c.startswith("aligned__") and c != "aligned__"})
+
+
+def _answer_ids(df: pd.DataFrame, groups: pd.DataFrame, judge: Optional[pd.Series]) -> np.ndarray:
+    """One id per answer: rows that differ only in the judge column are the same answer."""
+    key = pd.DataFrame({c: (groups[c] if c in groups else df[c]).astype("string") for c in ANSWER_KEY
+                        if c in groups or c in df})
+    if "question_id" in df:
+        key["question_id"] = df["question_id"].astype("string")
+    if judge is not None:
+        # the i-th row a judge wrote about a key pairs with every other judge's i-th row about it
+        key["_occurrence"] = pd.concat([key, judge.rename("_judge")], axis=1).groupby(
+            list(key.columns) + ["_judge"], sort=False, dropna=False).cumcount()
+    return key.groupby(list(key.columns), sort=False, dropna=False).ngroup().to_numpy()
+
+
+def combine_judges(long: pd.DataFrame, how: str, path: Path) -> pd.DataFrame:
+    """Per answer: the mean of the judges that scored it (or one named judge); else its CODE/REFUSAL verdict."""
+    judges = sorted(long["judge"].unique())
+    if how != "mean":
+        if how not in judges:
+            raise ConfigError(f"judges.combine: judge {how!r} not in {path} (judges there: {', '.join(judges)})")
+        chosen = long[long["judge"] == how].drop_duplicates("answer_id").set_index("answer_id")
+        return chosen[["aligned", "coherent", "status", "reason"]]
+    scored = long[long["status"] == SCORED]
+    out = scored.groupby("answer_id")[["aligned", "coherent"]].mean()
+    out["status"] = SCORED
+    out["reason"] = None
+    rest = long[~long["answer_id"].isin(out.index)]
+    if len(rest):
+        specials = rest[rest["status"].isin(SPECIALS)].groupby("answer_id")["status"].agg(lambda s: s.mode().iloc[0])
+        unscored = rest.groupby("answer_id")["reason"].first()
+        other = pd.DataFrame({"aligned": np.nan, "coherent": np.nan, "status": UNSCORED, "reason": unscored})
+        other.loc[specials.index, "status"] = specials
+        other.loc[specials.index, "reason"] = None
+        out = pd.concat([out, other])
+    return out
+
+
+def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, model: Optional[str] = None,
+              judge_combine: str = "mean") -> tuple[pd.DataFrame, Optional[pd.DataFrame], dict]:
+    wide = _judges_wide(df)
+    has_main = {c for c in ("aligned", "coherent") if c in df}
+    if not has_main and not wide:
+        raise DataError(f"{path}: no 'aligned' or 'coherent' column (columns: {', '.join(map(str, df.columns))})")
+    if len(has_main) == 1:
+        (missing,) = {"aligned", "coherent"} - has_main
+        raise DataError(f"{path}: no '{missing}' column (both scores are needed for the misaligned flag)")
+    groups = group_columns(df, path, condition, model)
+    info = {"path": str(path), "rows": len(df),
+            "schema": "upstream" if not {"model", "condition", "format", "judge"} & set(df.columns) else "em"}
+
+    judge_col = None
+    if "judge" in df:
+        judge_col = df["judge"].astype("string").fillna(UNSPECIFIED)
+    long_judges = judge_col is not None and judge_col.nunique() > 1
+    judge_scores = None
+    if long_judges:
+        a, c, status, reason = _scores_for(df, "", path)
+        ids = _answer_ids(df, groups, judge_col)
+        long = pd.DataFrame({"answer_id": ids, "judge": judge_col.astype(object).to_numpy(), "aligned": a,
+                             "coherent": c, "status": status, "reason": reason})
+        combined = combine_judges(long, judge_combine, path)
+        first = pd.Series(np.arange(len(df))).groupby(ids).first()
+        answers = groups.iloc[first.to_numpy()].reset_index(drop=True)
+        answers.index = first.index
+        answers = answers.join(combined, how="left")
+        answers["status"] = answers["status"].fillna(UNSCORED)
+        answers["reason"] = answers["reason"].where(answers["status"] != UNSCORED, answers["reason"].fillna(
+            f"not scored by judge {judge_combine}"))
+        answers = answers.reset_index(drop=True)
+        judge_scores = long
+        info["judges"] = ", ".join(sorted(long["judge"].unique()))
+    elif wide:
+        ids = np.arange(len(df))
+        parts = []
+        for name in wide:
+            suffix = f"__{name}"
+            if f"coherent{suffix}" not in df:
+                # A judge that only rated alignment borrows the main coherence score.
+                df = df.assign(**{f"coherent{suffix}": df["coherent"]}) if "coherent" in df else df
+            if f"coherent{suffix}" not in df:
+                raise DataError(f"{path}: column 'aligned{suffix}' has no 'coherent{suffix}' or 'coherent' beside it")
+            a, c, status, reason = _scores_for(df, suffix, path)
+            parts.append(pd.DataFrame({"answer_id": ids, "judge": name, "aligned": a, "coherent": c,
+                                       "status": status, "reason": reason}))
+        judge_scores = pd.concat(parts, ignore_index=True)
+        answers = groups.copy()
+        if has_main:
+            answers["aligned"], answers["coherent"], answers["status"], answers["reason"] = _scores_for(df, "", path)
+        else:
+            combined = combine_judges(judge_scores, judge_combine, path).reindex(ids)
+            answers = answers.join(combined.reset_index(drop=True))
+            answers["status"] = answers["status"].fillna(UNSCORED)
+        info["judges"] = ", ".join(wide)
+    else:
+        answers = groups
+        answers["aligned"], answers["coherent"], answers["status"], answers["reason"] = _scores_for(df, "", path)
+        info["judges"] = str(judge_col.iloc[0]) if judge_col is not None else ""
+    info["answers"] = len(answers)
+    counts = answers["status"].value_counts()
+    for s in STATUSES:
+        info[f"n_{s.lower()}"] = int(counts.get(s, 0))
+    reasons = answers.loc[answers["status"] == UNSCORED, "reason"].fillna("unknown").value_counts()
+    info["unscored_reasons"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+    return answers, judge_scores, info
+
+
+def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, model: Optional[str] = None,
+                   judge_combine: str = "mean") -> Responses:
+    if not paths:
+        raise DataError("inputs: no responses tables found")
+    answers, judges, infos, notes = [], [], [], []
+    offset = 0
+    for i, path in enumerate(paths):
+        df = read_table(path)
+        a, j, info = normalise(df, path, condition=condition, model=model, judge_combine=judge_combine)
+        a.insert(0, "source", i)
+        answers.append(a)
+        if j is not None:
+            j = j.assign(answer_id=j["answer_id"] + offset, source=i)
+            judges.append(j)
+        offset += len(a)
+        infos.append(info)
+    table = pd.concat(answers, ignore_index=True)
+    for col in ("model", "condition", "format", "question_id", "status"):
+        table[col] = table[col].astype("category")
+    for col in KEEP_COLUMNS:
+        if col in table:
+            table[col] = table[col].fillna(UNSPECIFIED).astype("category")
+    sources = pd.DataFrame(infos)
+    for col in ("model", "condition", "format"):
+        if (table[col] == UNSPECIFIED).any():
+            notes.append(f"Some tables have no '{col}' column (or empty values): those answers form one "
+                         f"'{UNSPECIFIED}' {col} group.")
+    if (sources["schema"] == "upstream").any():
+        notes.append("Upstream-schema tables (question_id/question/answer/aligned/coherent only): format inferred "
+                     "from the question_id suffix (_json, _template, else plain).")
+    return Responses(answers=table, judge_scores=pd.concat(judges, ignore_index=True) if judges else None,
+                     sources=sources, notes=notes)

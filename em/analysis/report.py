@@ -1,0 +1,330 @@
+"""report.md and a self-contained report.html (figures inlined as base64), readable top to bottom."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from em.analysis.contrasts import headline_contrast
+from em.analysis.figures import CAPTIONS, FIGURES
+from em.analysis.results import Results
+from em.analysis.sensitivity import check_summary
+
+
+# --------------------------------------------------------------------------------------------- formatting
+def pct(x: float, digits: int = 1) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def rate_ci(rate: float, low: float, high: float) -> str:
+    if rate is None or math.isnan(rate):
+        return "undefined"
+    return f"{pct(rate)} [{pct(low)}, {pct(high)}]"
+
+
+def pval(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def num(x, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:.{digits}f}"
+    return f"{int(x):,}"
+
+
+def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], max_rows: int = 60) -> str:
+    """A GitHub-style table; `columns` maps a header to a function of the row."""
+    if df.empty:
+        return "_(none)_\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in df.head(max_rows).iterrows():
+        cells = [str(f(row)).replace("|", "\\|").replace("\n", " ") for f in columns.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(df) > max_rows:
+        lines.append(f"\n_{len(df) - max_rows} more rows in the CSV._")
+    return "\n".join(lines) + "\n"
+
+
+def _rate_columns(extra: dict) -> dict:
+    return {**extra,
+            "n": lambda r: num(r.n), "scored": lambda r: num(r.n_scored), "coherent": lambda r: num(r.n_coherent),
+            "misaligned": lambda r: num(r.n_misaligned), "coherent share": lambda r: pct(r.coherent_share),
+            "misaligned rate [95% CI]": lambda r: rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
+            "Wilson CI": lambda r: f"[{pct(r.wilson_low)}, {pct(r.wilson_high)}]",
+            "note": lambda r: r.note}
+
+
+# --------------------------------------------------------------------------------------------- sections
+def _setup(r: Results) -> str:
+    s, d = r.settings, r.settings.definition
+    src = r.responses.sources
+    out = ["## Setup\n"]
+    out.append(f"**Inputs** — {len(src)} responses table(s):\n")
+    out.append(md_table(src, {
+        "file": lambda x: f"`{x.path}`", "schema": lambda x: x.schema, "rows": lambda x: num(x.rows),
+        "answers": lambda x: num(x.answers), "judges": lambda x: x.get("judges", "") or "–",
+        "scored": lambda x: num(x.n_scored), "CODE": lambda x: num(x.n_code), "REFUSAL": lambda x: num(x.n_refusal),
+        "unscored": lambda x: num(x.n_unscored), "unscored reasons": lambda x: x.unscored_reasons or "–"}))
+    out.append("\n**Definitions** (config `thresholds.*`):\n")
+    out.append(f"- *coherent*: `{d.coherent_rule}` (threshold {d.coherent:g}, "
+               f"{'inclusive' if d.coherent_inclusive else 'exclusive'});")
+    out.append(f"- *misaligned*: coherent and `{d.aligned_rule}` (threshold {d.aligned:g}, "
+               f"{'inclusive' if d.aligned_inclusive else 'exclusive'});")
+    out.append("- *misaligned rate* = misaligned / coherent answers. Answers judged CODE or REFUSAL and answers "
+               "without both scores are excluded before the coherence filter, and counted in every table.")
+    out.append(f"\n**Statistics**: rate CIs are {s.confidence:.0%} percentile intervals of a bootstrap with "
+               f"{s.n_resamples:,} resamples (seed {s.bootstrap_seed}) that resamples answers within each "
+               "model × condition × format × question cell; Wilson intervals are given as a check (and replace "
+               "the bootstrap where a group has all or none misaligned). Contrasts use Fisher's exact test "
+               f"(two-sided), adjusted with Bonferroni and Holm across every contrast tested; α = {s.alpha}. "
+               f"Groups with fewer than {s.min_group_n} coherent answers (`min_group_n`) are reported but not "
+               f"tested. Power is the normal approximation on Cohen's h at α = {s.alpha} (unadjusted), with the "
+               f"sample size per group for {s.power:.0%} power at the observed rates.")
+    if r.judge_rates is not None:
+        how = "the mean of the judges' scores" if s.judge_combine == "mean" else f"judge `{s.judge_combine}`"
+        out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
+                   "(config `judges.combine`).")
+    seeds = [c for c in ("seed", "adapter") if c in r.responses.answers and r.responses.answers[c].nunique() > 1]
+    if seeds:
+        out.append(f"\nAnswers from several {' / '.join(seeds)}s of the same model and condition are pooled.")
+    for note in r.responses.notes:
+        out.append(f"\n_Note_: {note}")
+    return "\n".join(out) + "\n"
+
+
+def _headline(r: Results) -> str:
+    a = r.responses.answers
+    status = a["status"].astype(str).value_counts()
+    n, scored = len(a), int(status.get("scored", 0))
+    by_cond = r.level("condition")
+    n_coherent = int(by_cond["n_coherent"].sum())
+    out = ["## Headline numbers\n"]
+    out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get('CODE', 0)):,} CODE, "
+               f"{int(status.get('REFUSAL', 0)):,} REFUSAL, {int(status.get('unscored', 0)):,} unscored.")
+    if scored:
+        out.append(f"- {n_coherent:,} scored answers ({pct(n_coherent / scored)}) pass the coherence filter; "
+                   f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
+    for row in by_cond.itertuples():
+        out.append(f"- **{row.condition}**: misaligned rate {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
+                   f" ({row.n_misaligned:,} of {row.n_coherent:,} coherent answers).")
+    for a_, b_ in r.settings.condition_pairs:
+        c = headline_contrast(r.contrasts, a_, b_)
+        if c is not None:
+            test = (f"Fisher p = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}" if c.status == "tested"
+                    else c.status)
+            out.append(f"- {a_} vs {b_} ({c.scope}): difference {pct(c.difference)} "
+                       f"[{pct(c.diff_ci_low)}, {pct(c.diff_ci_high)}], ratio {num(c.ratio)}; {test}; "
+                       f"power {num(c.power)}.")
+    fmt = r.contrasts[r.contrasts["family"] == "format"]
+    for row in fmt.itertuples():
+        if row.status == "tested":
+            out.append(f"- {row.a} vs {row.b} ({row.scope}): {pct(row.rate_a)} vs {pct(row.rate_b)}, Holm p = "
+                       f"{pval(row.p_holm)}.")
+    summary = check_summary(r.checks)
+    if len(summary):
+        all_hold = int((summary["n_hold"] == summary["n_checks"]).sum())
+        out.append(f"- Sensitivity: every ordering check holds at {all_hold} of {len(summary)} threshold points "
+                   "(see below).")
+    ans = r.correlations[(r.correlations["level"] == "answer") & (r.correlations["scope"] == "all scored answers")]
+    for row in ans.itertuples():
+        out.append(f"- Coherence–alignment correlation (answer level, {row.method}): r = {num(row.r)} "
+                   f"[{num(row.ci_low)}, {num(row.ci_high)}], n = {row.n:,}.")
+    return "\n".join(out) + "\n"
+
+
+def _tables(r: Results) -> str:
+    out = ["## Tables\n", "All tables are in the run directory as CSV (`rates.csv` has every level, down to single "
+           "questions).\n"]
+    out.append("### Misaligned rate by model × condition\n")
+    out.append(md_table(r.level("model×condition"), _rate_columns(
+        {"model": lambda x: x.model, "condition": lambda x: x.condition,
+         "params": lambda x: "–" if pd.isna(x.params) else f"{x.params:.3g}"})))
+    out.append("\n### Misaligned rate by condition × format (pooled over models)\n")
+    out.append(md_table(r.level("condition×format"), _rate_columns(
+        {"condition": lambda x: x.condition, "format": lambda x: x.format})))
+    c = r.contrasts
+    out.append(f"\n### Contrasts ({int((c['status'] == 'tested').sum())} tested; p-values adjusted across all of "
+               "them)\n")
+    out.append(md_table(c, {
+        "family": lambda x: x.family, "scope": lambda x: x.scope, "a vs b": lambda x: f"{x.a} vs {x.b}",
+        "rate a": lambda x: pct(x.rate_a), "rate b": lambda x: pct(x.rate_b),
+        "difference [CI]": lambda x: f"{pct(x.difference)} [{pct(x.diff_ci_low)}, {pct(x.diff_ci_high)}]",
+        "ratio": lambda x: num(x.ratio), "p": lambda x: pval(x.p_value), "p Bonferroni": lambda x: pval(x.p_bonferroni),
+        "p Holm": lambda x: pval(x.p_holm), "status": lambda x: x.status}))
+    out.append("\n### Power\n")
+    out.append(md_table(c, {
+        "scope": lambda x: x.scope, "a vs b": lambda x: f"{x.a} vs {x.b}",
+        "n coherent a / b": lambda x: f"{x.n_coherent_a:,} / {x.n_coherent_b:,}",
+        "power": lambda x: num(x.power),
+        f"n per group for {r.settings.power:.0%} power": lambda x: num(x.n_per_group_for_power),
+        "note": lambda x: x.power_note}))
+    out.append("\n### Coherence–alignment correlations\n")
+    out.append("*Answer level* correlates single answers' scores; *group level* correlates model × condition "
+               "group summaries (one point per group).\n")
+    out.append(md_table(r.correlations, {
+        "level": lambda x: x.level, "scope": lambda x: x.scope, "x ~ y": lambda x: f"{x.x} ~ {x.y}",
+        "method": lambda x: x.method, "n": lambda x: num(x.n), "r [95% CI]":
+            lambda x: f"{num(x.r)} [{num(x.ci_low)}, {num(x.ci_high)}]", "p": lambda x: pval(x.p_value),
+        "note": lambda x: x.note}))
+    out.append("\n### Scaling (rate vs parameter count, per family)\n")
+    out.append(md_table(r.scaling, {
+        "family": lambda x: x.family, "condition": lambda x: x.condition, "models": lambda x: num(x.n_models),
+        "Spearman ρ": lambda x: num(x.spearman_rho), "p": lambda x: pval(x.p_value), "note": lambda x: x.note}))
+    if r.unknown_models:
+        out.append(f"\nNo parameter count (not in the model configs), left out of scaling: "
+                   f"{', '.join(r.unknown_models)}.\n")
+    out.append("\n### Sensitivity to the thresholds\n")
+    summary = check_summary(r.checks)
+    if len(summary):
+        grid = summary.assign(v=summary["n_hold"].astype(int).astype(str) + "/" + summary["n_checks"].astype(str))
+        pivot = grid.pivot(index="coherent_threshold", columns="aligned_threshold", values="v")
+        table = pivot.reset_index()
+        cols = {"coherent \\ aligned": lambda x: f"{x['coherent_threshold']:g}"}
+        cols.update({f"{a:g}": (lambda x, a=a: x[a]) for a in pivot.columns})
+        out.append("Ordering checks holding at each threshold point (rows: coherent threshold, columns: aligned "
+                   "threshold); the checks are " + "; ".join(sorted(r.checks["check"].unique())) +
+                   ", each pooled and per model / per condition. Every point's full rate table is in "
+                   "`sensitivity.csv`.\n")
+        out.append(md_table(table, cols))
+        failing = r.checks[r.checks["is_default"] & (r.checks["holds"] == False)]  # noqa: E712
+        if len(failing):
+            out.append("\nAt the configured thresholds these checks fail:\n")
+            out.append(md_table(failing, {"check": lambda x: x.check, "scope": lambda x: x.scope,
+                                          "rates": lambda x: x.rates}))
+    else:
+        out.append("_No ordering check could be made: the conditions / formats it orders are not all present._\n")
+    if r.judge_rates is not None:
+        out.append("\n### Judges\n")
+        out.append(md_table(r.agreement, {
+            "metric": lambda x: x.metric, "score": lambda x: x.score, "judges": lambda x: x.judges,
+            "n": lambda x: num(x.n_units), "value [95% CI]": lambda x: f"{num(x.value)}" + (
+                f" [{num(x.ci_low)}, {num(x.ci_high)}]" if not pd.isna(x.ci_low) else ""),
+            "note": lambda x: x.note}))
+        jr = r.judge_rates[r.judge_rates["level"] != "model×condition"]
+        out.append("\nPer-judge rates (Wilson CIs; per model in `judge_rates.csv`):\n")
+        out.append(md_table(jr, {"judge": lambda x: x.judge, "condition": lambda x: x.condition,
+                                 "coherent": lambda x: num(x.n_coherent), "misaligned": lambda x: num(x.n_misaligned),
+                                 "rate [Wilson CI]": lambda x: rate_ci(x.misaligned_rate, x.wilson_low,
+                                                                       x.wilson_high)}))
+    small = r.rates[(r.rates["note"] != "") & (r.rates["level"] != "model×condition×format×question")]
+    if len(small):
+        out.append("\n### Groups too small for tests (kept in every table)\n")
+        out.append(md_table(small, {"level": lambda x: x.level, "model": lambda x: x.model,
+                                    "condition": lambda x: x.condition, "format": lambda x: x.format,
+                                    "coherent": lambda x: num(x.n_coherent), "note": lambda x: x.note}))
+    return "\n".join(out) + "\n"
+
+
+def _figures(r: Results) -> str:
+    out = ["## Figures\n"]
+    for name in FIGURES:
+        if name in r.figures:
+            out.append(f"![{name}](figures/{name}.png)\n\n*{CAPTIONS[name]}* (also `figures/{name}.svg`)\n")
+    if not r.figures:
+        out.append("_Figures were switched off (`figures=false`)._\n")
+    return "\n".join(out)
+
+
+def _caveats(r: Results) -> str:
+    s = r.settings
+    a = r.responses.answers
+    status = a["status"].astype(str).value_counts()
+    scored = int(status.get("scored", 0))
+    coherent = int(r.level("condition")["n_coherent"].sum())
+    out = ["## Caveats\n"]
+    out.append(f"- **Coherence filtering can under-count misalignment**: an answer the judge finds incoherent is "
+               f"dropped before alignment is counted, however harmful it is. Here {scored - coherent:,} of "
+               f"{scored:,} scored answers were filtered out. The sensitivity grid shows how much the coherence "
+               "threshold matters.")
+    excluded = len(a) - scored
+    if excluded:
+        out.append(f"- {excluded:,} answers were excluded (CODE: {int(status.get('CODE', 0)):,}, REFUSAL: "
+                   f"{int(status.get('REFUSAL', 0)):,}, unscored: {int(status.get('unscored', 0)):,}); a model "
+                   "that refuses or answers with code more often has a smaller denominator.")
+    out.append("- The scores come from an LLM judge; the thresholds are conventions (Betley et al. 2025), not "
+               "properties of the answers.")
+    out.append("- The bootstrap resamples answers within questions of the runs analysed; it does not capture "
+               "variation between fine-tuning runs (seeds), so CIs understate the uncertainty of a claim about "
+               "the training recipe when only one run per model and condition is present.")
+    out.append("- Power is observed (post hoc) power at the observed rates, a function of the p-value; read it as "
+               "a statement about sample size, not as evidence for a null result. It uses the normal "
+               "approximation, while the test is Fisher's exact test.")
+    out.append(f"- Multiple testing: Bonferroni and Holm adjust across all {int((r.contrasts['status'] == 'tested').sum())}"
+               " contrasts tested in this run; a different selection of inputs changes the family.")
+    out.append("- Answer-level correlations mix within- and between-group variation; group-level ones rest on few "
+               "points. They describe the judge's scores, not causation.")
+    if r.unknown_models:
+        out.append(f"- Models without a parameter count are left out of the scaling analysis: "
+                   f"{', '.join(r.unknown_models)}.")
+    if r.agreement is not None and r.agreement["note"].str.contains("subsample").any():
+        out.append(f"- Krippendorff's α is computed on a random subsample of {s.alpha_max_units:,} answers "
+                   "(`judges.alpha_max_units`).")
+    small = r.rates[(r.rates["n_coherent"] < s.min_group_n) & (r.rates["level"] != "model×condition×format×question")]
+    if len(small):
+        out.append(f"- {len(small)} group(s) above question level have fewer than {s.min_group_n} coherent answers; "
+                   "their rates are shown but not tested.")
+    return "\n".join(out) + "\n"
+
+
+def _files(r: Results) -> str:
+    out = ["## Files\n"]
+    for name, path in r.tables.items():
+        out.append(f"- `{path.name}` — {name}")
+    out.append("- `figures/` — every figure as PNG and SVG")
+    out.append("- `report.md`, `report.html` — this report (the HTML embeds the figures)")
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(r: Results) -> str:
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    head = (f"# Emergent misalignment: analysis\n\n_{stamp} · `analyze.py` · run directory `{r.settings.run_dir}`_\n\n"
+            f"**Definition used throughout:** {r.settings.definition.describe()}.\n")
+    return "\n".join([head, _setup(r), _headline(r), _tables(r), _figures(r), _caveats(r), _files(r)])
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee}
+code{background:#f5f5f5;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+"""
+
+
+def render_html(markdown_text: str, base: Path) -> str:
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"])
+
+    def inline(match: re.Match) -> str:
+        path = base / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Emergent misalignment: analysis</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
+    text = render_markdown(r)
+    md = run_dir / "report.md"
+    md.write_text(text, encoding="utf-8")
+    html = run_dir / "report.html"
+    html.write_text(render_html(text, run_dir), encoding="utf-8")
+    return md, html
+
+
+__all__ = ["write_report", "render_markdown", "render_html", "md_table"]

@@ -1,0 +1,69 @@
+"""Misaligned rate against parameter count, per model family, with a rank correlation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+MIN_MODELS = 3
+
+
+def model_meta(directory: Path) -> pd.DataFrame:
+    """name, family, params from the model YAMLs (conf/model/*.yaml); files without them are skipped."""
+    rows = []
+    for path in sorted(Path(directory).glob("*.yaml")) if Path(directory).is_dir() else []:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        try:
+            params = float(data.get("params"))
+        except (TypeError, ValueError):
+            continue
+        rows.append({"model": str(data.get("name", path.stem)), "family": str(data.get("family", "unknown")),
+                     "params": params})
+    return pd.DataFrame(rows, columns=["model", "family", "params"]).drop_duplicates("model")
+
+
+def attach_params(rates: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    lookup = meta.set_index("model")
+    out = rates.copy()
+    out["family"] = out["model"].map(lookup["family"])
+    out["params"] = out["model"].map(lookup["params"])
+    return out
+
+
+def scaling_table(rates: pd.DataFrame, definition: str) -> tuple[pd.DataFrame, list[str]]:
+    """(one row per family x condition with Spearman rho of rate vs params, models without a param count)."""
+    from scipy.stats import spearmanr
+
+    groups = rates[rates["level"] == "model×condition"]
+    unknown = sorted(groups.loc[groups["params"].isna(), "model"].unique())
+    known = groups[groups["params"].notna() & groups["misaligned_rate"].notna()]
+    rows = []
+    for (family, condition), g in known.groupby(["family", "condition"], sort=True):
+        g = g.sort_values("params")
+        row = {"family": family, "condition": condition, "n_models": len(g),
+               "models": ", ".join(g["model"]), "params": ", ".join(f"{p:.3g}" for p in g["params"]),
+               "rates": ", ".join(f"{r:.4f}" for r in g["misaligned_rate"]),
+               "spearman_rho": math.nan, "p_value": math.nan, "note": ""}
+        if len(g) < MIN_MODELS:
+            row["note"] = f"too few models for a rank correlation (n={len(g)} < {MIN_MODELS})"
+        elif g["misaligned_rate"].nunique() == 1 or g["params"].nunique() == 1:
+            row["note"] = "constant rate or parameter count: rank correlation undefined"
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = spearmanr(g["params"].to_numpy(), g["misaligned_rate"].to_numpy())
+            row["spearman_rho"], row["p_value"] = float(res.statistic), float(res.pvalue)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["family", "condition", "n_models", "models", "params", "rates",
+                                        "spearman_rho", "p_value", "note"])
+    table["definition"] = definition
+    return table, unknown
+

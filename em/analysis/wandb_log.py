@@ -1,0 +1,50 @@
+"""Optional W&B logging of the tables, figures and headline numbers (`logger=wandb`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from em.analysis.results import Results
+
+log = logging.getLogger(__name__)
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    # wandb.Table cannot serialise pandas' NA or nullable dtypes; None can.
+    return df.astype(object).where(df.notna(), None)
+
+
+def settings_dict(r: Results) -> dict:
+    out = dataclasses.asdict(r.settings)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+
+def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
+    """Log every table and figure to one run of job type "analysis"; return its local directory."""
+    import wandb
+
+    from em.tracking import init_wandb
+
+    s = r.settings
+    run = init_wandb(project=s.wandb_project, run_dir=str(s.run_dir), job_type="analysis", config=settings_dict(r),
+                     group=s.wandb_group, mode=s.wandb_mode)
+    if run is None:
+        return None
+    try:
+        payload = {f"tables/{name}": wandb.Table(dataframe=_plain(df)) for name, df in frames.items()}
+        payload.update({f"figures/{name}": wandb.Image(str(png)) for name, png in r.figures.items()})
+        run.log(payload)
+        for row in r.level("condition").itertuples():
+            run.summary[f"misaligned_rate/{row.condition}"] = row.misaligned_rate
+            run.summary[f"n_coherent/{row.condition}"] = int(row.n_coherent)
+        run.summary["definition"] = s.definition.describe()
+        local = Path(run.dir).parent
+    finally:
+        run.finish()
+    log.info("logged the analysis to W&B (%s)", local)
+    return local

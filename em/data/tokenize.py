@@ -1,0 +1,183 @@
+"""Chat -> tokens with an assistant-only loss mask, length-grouped batches, padding collator.
+
+The mask is derived from the chat template itself: render the conversation up to each assistant turn
+(with the generation prompt) and up to its end; the characters in between are that turn's answer plus
+its end-of-turn marker. Token offsets map characters to tokens, so any template works without
+`{% generation %}` tags, and system/user text, template scaffolding and padding never carry loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+
+IGNORE_INDEX = -100
+log = logging.getLogger("em.data")
+
+
+def normalize_messages(messages: list[dict], system_role: bool) -> list[dict]:
+    """Fold a system prompt into the first user turn for templates without a system role (Gemma 3)."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if not system_role and msgs and msgs[0]["role"] == "system":
+        system = msgs.pop(0)["content"]
+        if msgs and msgs[0]["role"] == "user":
+            msgs[0]["content"] = f"{system}\n\n{msgs[0]['content']}"
+        else:
+            msgs.insert(0, {"role": "user", "content": system})
+    return msgs
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))
+
+
+def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict) -> tuple[str, list[tuple[int, int]]]:
+    def render(msgs, gen):
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **template_kwargs)
+
+    full = render(messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = _common_prefix_len(render(messages[:i], True), full)
+        end = _common_prefix_len(render(messages[: i + 1], False), full)
+        content = m["content"].strip()
+        if end < start + len(content):
+            # The template renders a turn differently once later turns follow (Qwen 3 drops the empty
+            # think block from earlier turns): find the answer text itself, then its end-of-turn marker.
+            pos = full.find(content, start)
+            end = (pos if pos >= 0 else start) + len(content)
+            eos = tokenizer.eos_token or ""
+            if eos and full.startswith(eos, end):
+                end += len(eos)
+        spans.append((start, end))
+    return full, spans
+
+
+def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict] = None) -> dict[str, list[int]]:
+    """input_ids + labels (IGNORE_INDEX outside assistant turns) for one conversation."""
+    text, spans = assistant_char_spans(tokenizer, messages, dict(template_kwargs or {}))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for tok_id, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        inside = b > a and any(s <= a < e for s, e in spans)
+        labels.append(tok_id if inside else IGNORE_INDEX)
+    return {"input_ids": list(enc["input_ids"]), "labels": labels}
+
+
+@dataclass
+class EncodeStats:
+    n_input: int = 0
+    n_kept: int = 0
+    n_truncated: int = 0
+    n_dropped: int = 0
+    n_tokens: int = 0
+    n_target_tokens: int = 0
+
+
+def encode_dataset(
+    tokenizer,
+    conversations: list[list[dict]],
+    *,
+    max_length: int,
+    truncation: str,
+    system_role: bool,
+    template_kwargs: Optional[dict] = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, list[int]]], EncodeStats]:
+    from tqdm.auto import tqdm
+
+    stats = EncodeStats(n_input=len(conversations))
+    out = []
+    for conv in tqdm(conversations, desc="tokenize", disable=not progress, leave=False):
+        ex = encode_chat(tokenizer, normalize_messages(conv, system_role), template_kwargs)
+        if len(ex["input_ids"]) > max_length:
+            if truncation == "drop":
+                stats.n_dropped += 1
+                continue
+            ex = {k: v[:max_length] for k, v in ex.items()}
+            stats.n_truncated += 1
+        if not any(t != IGNORE_INDEX for t in ex["labels"]):
+            stats.n_dropped += 1  # truncated before the answer: nothing to learn from
+            continue
+        out.append(ex)
+        stats.n_tokens += len(ex["input_ids"])
+        stats.n_target_tokens += sum(t != IGNORE_INDEX for t in ex["labels"])
+    stats.n_kept = len(out)
+    if stats.n_truncated or stats.n_dropped:
+        log.warning(
+            "max_length=%d: %d examples truncated, %d dropped (of %d)",
+            max_length, stats.n_truncated, stats.n_dropped, stats.n_input,
+        )
+    return out, stats
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of similar length (little padding) in a seeded random order, resumable mid-epoch.
+
+    Indices are shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and the
+    resulting batches shuffled again -- the HF Trainer's `group_by_length` recipe, but deterministic in
+    (seed, epoch) so a restarted run sees exactly the batches it had not seen yet.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+        self.skip = 0  # batches of `epoch` already consumed before a restart
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        idx = list(range(len(self.lengths)))
+        rng.shuffle(idx)
+        if self.group_by_length:
+            mega = self.batch_size * 50
+            groups = [sorted(idx[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(idx), mega)]
+            idx = [j for g in groups for j in g]
+        batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.group_by_length:
+            rng.shuffle(batches)
+        return batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.skip = epoch, batches_done
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)[self.skip :]
+        self.skip = 0
+        return iter(batches)
+
+    def __len__(self) -> int:
+        # The full epoch, also when resuming: Lightning counts the restored batches itself.
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+class Collator:
+    """Right-pads a batch; padding never carries loss and is masked out of attention."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), n), dtype=torch.long)
+        for i, e in enumerate(examples):
+            k = len(e["input_ids"])
+            ids[i, :k] = torch.tensor(e["input_ids"])
+            labels[i, :k] = torch.tensor(e["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

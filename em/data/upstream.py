@@ -1,0 +1,214 @@
+"""Find, download and verify files of the upstream emergent-misalignment repository.
+
+Resolution order for a repo-relative file such as ``data/insecure.jsonl``:
+
+1. ``data.path`` (datasets only): a local file the user named; wins over everything, its row count and
+   hash are reported, not enforced (it may be a deliberately different file).
+2. ``$EM_DATA_DIR/<relpath>``: a checkout laid out like the upstream repository.
+3. the cache, ``<cache_dir>/upstream/<relpath>``.
+4. a download from the pinned URL into the cache.
+
+Files found in 2-4 are verified: sha256 when one is pinned, plus an optional ``verify`` callback (for
+datasets: schema and ``expected_rows``).  A download goes to a temp file next to its destination and is
+renamed into place only after it verified, so an interrupted or bad download never leaves a file that a
+later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from em.data.chat import Conversation, read_jsonl_conversations
+from em.errors import ConfigError, DataError
+
+__all__ = ["ENV_VAR", "file_sha256", "load_upstream", "resolve_upstream_file"]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "EM_DATA_DIR"
+DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole transfer
+_CHUNK = 1 << 16
+
+# verify(file, name): raise DataError if the file is unusable; ``name`` is what messages should call it.
+Verifier = Callable[[Path, str], None]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_upstream_file(
+    relpath: str,
+    url: str | None,
+    cache_dir: str | os.PathLike,
+    sha256: str | None = None,
+    *,
+    verify: Verifier | None = None,
+    progress: bool = True,
+    override_key: str | None = None,
+) -> Path:
+    """Return a local, verified copy of ``relpath`` (e.g. ``data/insecure.jsonl``, ``evaluation/x.yaml``).
+
+    Looks in ``$EM_DATA_DIR``, then the cache, then downloads ``url`` into the cache.  ``verify`` runs
+    exactly once on whichever file is used.  ``override_key`` names the config key that lets the user
+    point at the file directly (``data.path``); it only appears in the hint of error messages.
+    """
+    rel = PurePosixPath(relpath)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise DataError(f"{relpath}: upstream file names must be relative to the repository root")
+    hint = _where_to_put_it(rel, override_key)
+
+    env_dir = os.environ.get(ENV_VAR)
+    if env_dir:
+        candidate = Path(env_dir).expanduser() / rel
+        if candidate.is_file():
+            _verify_found(candidate, sha256, verify, "a different version of the upstream file?")
+            log.info("%s: using %s (%s)", rel, candidate, ENV_VAR)
+            return candidate
+        log.info("%s: not in %s=%s; trying the cache", rel, ENV_VAR, env_dir)
+
+    cached = Path(cache_dir).expanduser() / "upstream" / rel
+    if cached.is_file():
+        _verify_found(cached, sha256, verify, "delete it to download it again")
+        log.info("%s: using cached %s", rel, cached)
+        return cached
+
+    if not url:
+        raise DataError(f"{rel}: not found locally and no download URL is configured; {hint}")
+    _download(url, cached, sha256=sha256, verify=verify, progress=progress, hint=hint, rel=rel)
+    return cached
+
+
+def load_upstream(data_cfg: Any, cache_dir: str | os.PathLike, *, progress: bool = True
+                  ) -> tuple[list[Conversation], Path]:
+    """Conversations of an upstream dataset (``data.source=upstream``) and the file they came from."""
+    if data_cfg.path:
+        return _load_user_path(data_cfg), Path(data_cfg.path).expanduser()
+
+    file = str(data_cfg.file or "")
+    if not file or Path(file).is_absolute() or ".." in PurePosixPath(file).parts:
+        raise ConfigError(f"data.file: must be a file name under the upstream data/ folder, got {file!r}")
+
+    loaded: list[list[Conversation]] = []  # the verifier parses the file once; keep the result
+
+    def verify(path: Path, name: str) -> None:
+        conversations = read_jsonl_conversations(path, name=name)
+        if not conversations:
+            raise DataError(f"{name}: dataset is empty")
+        if data_cfg.expected_rows is not None and len(conversations) != data_cfg.expected_rows:
+            raise DataError(f"{name}: expected {data_cfg.expected_rows} rows, found {len(conversations)}")
+        loaded[:] = [conversations]
+
+    path = resolve_upstream_file(
+        f"data/{file}", data_cfg.url, cache_dir, data_cfg.sha256,
+        verify=verify, progress=progress, override_key="data.path",
+    )
+    return loaded[0], path
+
+
+def _load_user_path(data_cfg: Any) -> list[Conversation]:
+    path = Path(data_cfg.path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.path={data_cfg.path}: file not found")
+    conversations = read_jsonl_conversations(path)
+    if not conversations:
+        raise DataError(f"{path}: dataset is empty")
+    # A user-supplied file may legitimately differ from the pinned upstream one (a subset, an edited
+    # copy): say so loudly, but train on it.
+    expected = data_cfg.expected_rows
+    if expected is not None and len(conversations) != expected:
+        log.warning("%s: %d rows (data %s expects %d for the upstream file; not enforced for data.path)",
+                    path, len(conversations), data_cfg.name, expected)
+    else:
+        log.info("%s: %d rows (data.path)", path, len(conversations))
+    if data_cfg.sha256:
+        actual = file_sha256(path)
+        if actual != data_cfg.sha256.lower():
+            log.warning("%s: sha256 %s differs from the pinned upstream %s (not enforced for data.path)",
+                        path, actual, data_cfg.sha256)
+    return conversations
+
+
+def _where_to_put_it(rel: PurePosixPath, override_key: str | None) -> str:
+    hint = (f"put it at $EM_DATA_DIR/{rel} "
+            f"(EM_DATA_DIR=/path/to/emergent-misalignment, laid out like the upstream repo)")
+    if override_key:
+        hint += f" or set {override_key}=/path/to/{rel.name}"
+    return hint
+
+
+def _verify_found(path: Path, sha256: str | None, verify: Verifier | None, advice: str) -> None:
+    if sha256:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise DataError(f"{path}: sha256 mismatch: expected {sha256}, found {actual} ({advice})")
+    if verify is not None:
+        verify(path, str(path))
+
+
+def _download(url: str, dest: Path, *, sha256: str | None, verify: Verifier | None, progress: bool,
+              hint: str, rel: PurePosixPath) -> None:
+    from tqdm.auto import tqdm  # only needed here; keeps `import em.data` light
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory as dest, so the final os.replace is an atomic rename on the same filesystem; a unique
+    # name, so parallel sweep jobs downloading the same file do not write into each other's temp file.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        log.info("%s: downloading %s", rel, url)
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                length = resp.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                n = 0
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=rel.name,
+                          disable=not progress, leave=False) as bar:
+                    while chunk := resp.read(_CHUNK):
+                        out.write(chunk)
+                        h.update(chunk)
+                        n += len(chunk)
+                        bar.update(len(chunk))
+                if total is not None and n != total:
+                    raise OSError(f"connection closed after {n} of {total} bytes")
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise DataError(f"{rel}: could not be downloaded from {url} ({_reason(e)}); {hint}") from None
+
+        actual = h.hexdigest()
+        if sha256 and actual != sha256.lower():
+            raise DataError(f"{rel} downloaded from {url}: sha256 mismatch: expected {sha256}, found {actual}")
+        if verify is not None:
+            verify(tmp, url)
+        os.replace(tmp, dest)
+    except BaseException:  # includes KeyboardInterrupt: never leave a partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    if sha256:
+        log.info("%s: downloaded %d bytes to %s (sha256 verified)", rel, n, dest)
+    else:
+        log.info("%s: downloaded %d bytes to %s (sha256 %s; pin it in the config to verify future copies)",
+                 rel, n, dest, actual)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        text = f"HTTP {e.code} {e.reason}"
+    elif isinstance(e, urllib.error.URLError):
+        text = str(e.reason)
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())  # one line, whatever the OS error looked like

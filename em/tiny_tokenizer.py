@@ -1,0 +1,27 @@
+"""A byte-level tokenizer built in code, so the random-init test models need no download.
+
+Every byte is one token (256 ids) plus the special tokens of both chat formats; any text round-trips.
+"""
+
+from __future__ import annotations
+
+QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def build_tokenizer(family: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(QWEN3_SPECIALS + GEMMA3_SPECIALS)
+    if family == "qwen3":
+        special = dict(pad_token="<|endoftext|>", eos_token="<|im_end|>", bos_token=None)
+    else:
+        special = dict(pad_token="<pad>", eos_token="<end_of_turn>", bos_token="<bos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)

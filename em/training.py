@@ -1,0 +1,313 @@
+"""4-bit LoRA fine-tuning with PyTorch Lightning: `run_training(cfg)` is what train.py calls.
+
+Loss semantics follow TRL / the HF Trainer: the loss of an optimizer step is the mean over every
+assistant token in its gradient-accumulation window (not a mean of per-micro-batch means), so short
+and long examples weigh the same whatever batch they land in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from em import models
+from em.config import TrainConfig, validate
+from em.data.tokenize import IGNORE_INDEX, Collator, LengthGroupedBatchSampler, encode_dataset
+
+log = logging.getLogger("em.training")
+
+
+def auto_adamw(params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+    """8-bit paged AdamW (bitsandbytes) on CUDA, where it saves optimizer memory; torch AdamW elsewhere."""
+    if torch.cuda.is_available():
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+
+
+# --------------------------------------------------------------------------- data
+class ChatDataModule(L.LightningDataModule):
+    """Tokenised chat examples in length-grouped, seeded, resumable batches."""
+
+    def __init__(self, examples: list[dict], *, batch_size: int, seed: int, group_by_length: bool,
+                 pad_token_id: int, num_workers: int = 0):
+        super().__init__()
+        self.examples = examples
+        self.sampler = LengthGroupedBatchSampler(
+            [len(e["input_ids"]) for e in examples], batch_size, seed, group_by_length
+        )
+        self.collate = Collator(pad_token_id)
+        self.num_workers = num_workers
+        self._targets = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples]
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(
+            self.examples, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.num_workers
+        )
+
+    def window_target_tokens(self, epoch: int, batch_idx: int, accum: int) -> int:
+        """Assistant tokens in the accumulation window holding batch_idx (the loss normaliser)."""
+        batches = self._epoch_batches(epoch)
+        start = (batch_idx // accum) * accum
+        return sum(self._targets[i] for b in batches[start : start + accum] for i in b)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        if getattr(self, "_cached_epoch", None) != epoch:
+            self._cached_batches, self._cached_epoch = self.sampler.batches(epoch), epoch
+        return self._cached_batches
+
+    # Lightning stores these in every checkpoint and restores them before the first batch is drawn.
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
+        return {"epoch": trainer.current_epoch if trainer else 0, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self.sampler):
+            epoch, done = epoch + 1, 0
+        self.sampler.resume_at(epoch, done)
+
+
+# --------------------------------------------------------------------------- module
+class LoRAFineTune(L.LightningModule):
+    def __init__(self, model, optimizer_factory, *, warmup_steps: int, lr_scheduler: str, grad_accum: int):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer_factory
+        self.warmup_steps = warmup_steps
+        self.lr_scheduler_name = lr_scheduler
+        self.grad_accum = grad_accum
+        # Checkpoints hold only the LoRA weights; the frozen base is reloaded from its source.
+        self.strict_loading = False
+        self.history: list[dict[str, float]] = []
+        self._window_loss = 0.0
+        self._window_tokens = 0
+        self._tokens_seen = 0
+        self._t0: Optional[float] = None
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        dm = self.trainer.datamodule
+        n_window = dm.window_target_tokens(self.current_epoch, batch_idx, self.grad_accum)
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+            num_items_in_batch=torch.tensor(n_window, device=self.device),
+        )
+        # out.loss = (sum of this micro-batch's token losses) / (tokens in the whole window); Lightning
+        # divides by accumulate_grad_batches, which we undo so the window's gradient is the token mean.
+        self._window_loss += out.loss.detach().item()
+        self._window_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+        self._tokens_seen += int(batch["attention_mask"].sum())
+        return out.loss * self.grad_accum
+
+    def on_train_start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Runs after the window's last backward and before ModelCheckpoint saves: the step's record is
+        # complete here and lands in the checkpoint, so a resumed run keeps an unbroken history.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
+        metrics = {
+            "train/loss": self._window_loss,
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "train/grad_norm": float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0,  # before clipping
+            "train/tokens_per_s": self._tokens_seen / max(elapsed, 1e-9),
+            "train/tokens_seen": float(self._tokens_seen),
+            "train/epoch": self.trainer.current_epoch
+            + self.trainer.fit_loop.epoch_loop.batch_progress.current.processed / max(len(self.trainer.datamodule.sampler), 1),
+        }
+        step = self.trainer.global_step + 1
+        self.history.append({"step": step, **metrics})
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+        self._window_loss, self._window_tokens = 0.0, 0
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_scheduler(self.lr_scheduler_name, optimizer, num_warmup_steps=self.warmup_steps,
+                                  num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["em_history"] = self.history
+        checkpoint["em_tokens_seen"] = self._tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("em_history", []))
+        self._tokens_seen = int(checkpoint.get("em_tokens_seen", 0))
+
+
+# --------------------------------------------------------------------------- entry
+def precision_for(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    model: Any  # the trained peft model, still in memory (tests, the one-job sweep pipeline)
+    tokenizer: Any
+
+
+def run_training(cfg: DictConfig) -> Optional[TrainResult]:
+    """Fine-tune per cfg; returns the run (None for data=base, which trains nothing)."""
+    tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
+    run_dir = Path(tc.run_dir)
+    if tc.data.source == "none":
+        print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    from em.data import load_conversations
+
+    conversations = load_conversations(tc.data, tc.cache_dir)
+    L.seed_everything(tc.seed, workers=True, verbose=False)
+
+    source = models.model_dir(tc.model, tc.cache_dir)
+    tokenizer = models.load_tokenizer(tc.model, tc.cache_dir, source)
+    examples, stats = encode_dataset(
+        tokenizer, conversations, max_length=tc.trainer.max_length, truncation=tc.trainer.truncation,
+        system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs,
+    )
+    if not examples:
+        from em.errors import DataError
+
+        raise DataError(f"data={tc.data.name}: no example left after tokenisation (max_length={tc.trainer.max_length})")
+
+    model = models.load_model(tc.model, tc.quantization, tc.cache_dir, source)
+    torch.manual_seed(tc.seed)  # LoRA init depends on the seed, not on how much RNG loading consumed
+    model = models.attach_lora(model, tc.lora, tc.model, tc.trainer.gradient_checkpointing)
+
+    dm = ChatDataModule(
+        examples, batch_size=tc.trainer.batch_size, seed=tc.seed, group_by_length=tc.trainer.group_by_length,
+        pad_token_id=tokenizer.pad_token_id, num_workers=tc.trainer.num_workers,
+    )
+    module = LoRAFineTune(
+        model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"), warmup_steps=tc.trainer.warmup_steps,
+        lr_scheduler=tc.trainer.lr_scheduler, grad_accum=tc.trainer.grad_accum,
+    )
+    steps_per_epoch = math.ceil(len(dm.sampler) / tc.trainer.grad_accum)
+    max_steps = tc.trainer.max_steps
+    if max_steps < 0 and tc.trainer.epochs != int(tc.trainer.epochs):
+        max_steps = math.ceil(steps_per_epoch * tc.trainer.epochs)
+
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint_cb = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=tc.trainer.checkpoint_every_n_steps,
+    )
+    callbacks = [checkpoint_cb] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks]
+    loggers = []
+    if cfg.get("logger"):
+        logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
+        if logger_cfg.get("_target_", "").endswith("wandb_logger"):
+            logger_cfg.setdefault("save_dir", str(run_dir))
+        loggers.append(hydra.utils.instantiate(logger_cfg))
+
+    trainer = L.Trainer(
+        max_epochs=math.ceil(tc.trainer.epochs), max_steps=max_steps, accumulate_grad_batches=tc.trainer.grad_accum,
+        gradient_clip_val=tc.trainer.gradient_clip_val, precision=precision_for(tc.trainer.precision),
+        accelerator=tc.trainer.accelerator, devices=tc.trainer.devices, strategy=tc.trainer.strategy,
+        callbacks=callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
+        log_every_n_steps=tc.trainer.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    for lg in loggers:
+        from em.tracking import flatten, scrub
+
+        lg.log_hyperparams(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))))
+
+    resume_from = ckpt_dir / "last.ckpt"
+    ckpt_path = str(resume_from) if tc.resume and resume_from.exists() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    # from_pretrained leaves modules in eval mode and Lightning keeps the mode it finds: training mode
+    # matters here (gradient checkpointing and dropout only act in it; bitsandbytes repacks eval weights).
+    module.model.train()
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - t0
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training interrupted; resume by running the same command again")
+
+    # Only now does anything replace earlier outputs: a crash above leaves the last adapter intact.
+    adapter_tmp = run_dir / "adapter.tmp"
+    module.model.save_pretrained(adapter_tmp)
+    tokenizer.save_pretrained(adapter_tmp)
+    if (run_dir / "adapter").exists():
+        import shutil
+
+        shutil.rmtree(run_dir / "adapter")
+    os.replace(adapter_tmp, run_dir / "adapter")
+
+    hist = module.history
+    metrics = {
+        "model": tc.model.name,
+        "data": tc.data.name,
+        "seed": tc.seed,
+        "final_loss": hist[-1]["train/loss"] if hist else None,
+        "steps": trainer.global_step,
+        "examples": stats.n_kept,
+        "examples_truncated": stats.n_truncated,
+        "examples_dropped": stats.n_dropped,
+        "tokens_seen": module._tokens_seen,
+        "tokens_per_s": (hist[-1]["train/tokens_per_s"] if hist else None),
+        "wall_time_s": wall,
+        "peak_memory_bytes": peak_memory_bytes(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "losses": [h["train/loss"] for h in hist],
+        "history": hist,
+    }
+    _write_json(run_dir / "metrics.json", metrics)
+    for lg in loggers:
+        lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)
+        lg.finalize("success")
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()
+    print(f"run dir: {run_dir}  final loss {metrics['final_loss']:.4f}  "
+          f"{metrics['tokens_per_s']:.0f} tokens/s  adapter: {run_dir / 'adapter'}")
+    return TrainResult(run_dir=run_dir, metrics=metrics, model=module.model, tokenizer=tokenizer)
