@@ -209,7 +209,13 @@ class TrainConfig:
     logger: Any = None  # a _target_ node (Lightning logger factory) or null
 
 
+def _first_set(*values: Any) -> Any:
+    """${em.or:a,b}: the first value that is not null (oc.select treats an explicit null as set)."""
+    return next((v for v in values if v is not None), None)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("em.or", _first_set, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
 

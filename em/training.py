@@ -65,6 +65,10 @@ class ChatDataModule(L.LightningDataModule):
         start = (batch_idx // accum) * accum
         return sum(self._targets[i] for b in batches[start : start + accum] for i in b)
 
+    def batch_tokens(self, epoch: int, batch_idx: int) -> int:
+        """Non-padding tokens of one batch, counted on the host (no device sync)."""
+        return sum(self.sampler.lengths[i] for i in self._epoch_batches(epoch)[batch_idx])
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if getattr(self, "_cached_epoch", None) != epoch:
             self._cached_batches, self._cached_epoch = self.sampler.batches(epoch), epoch
@@ -96,7 +100,6 @@ class LoRAFineTune(L.LightningModule):
         self.strict_loading = False
         self.history: list[dict[str, float]] = []
         self._window_loss = 0.0
-        self._window_tokens = 0
         self._tokens_seen = 0
         self._t0: Optional[float] = None
 
@@ -112,9 +115,8 @@ class LoRAFineTune(L.LightningModule):
         )
         # out.loss = (sum of this micro-batch's token losses) / (tokens in the whole window); Lightning
         # divides by accumulate_grad_batches, which we undo so the window's gradient is the token mean.
-        self._window_loss += out.loss.detach().item()
-        self._window_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-        self._tokens_seen += int(batch["attention_mask"].sum())
+        self._window_loss = self._window_loss + out.loss.detach()  # no .item(): no GPU sync per micro-batch
+        self._tokens_seen += dm.batch_tokens(self.current_epoch, batch_idx)
         return out.loss * self.grad_accum
 
     def on_train_start(self) -> None:
@@ -126,19 +128,23 @@ class LoRAFineTune(L.LightningModule):
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
         metrics = {
-            "train/loss": self._window_loss,
+            "train/loss": float(self._window_loss),
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/grad_norm": float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0,  # before clipping
             "train/tokens_per_s": self._tokens_seen / max(elapsed, 1e-9),
             "train/tokens_seen": float(self._tokens_seen),
             "train/epoch": self.trainer.current_epoch
-            + self.trainer.fit_loop.epoch_loop.batch_progress.current.processed / max(len(self.trainer.datamodule.sampler), 1),
+            + self.trainer.fit_loop.epoch_loop.batch_progress.current.ready / max(len(self.trainer.datamodule.sampler), 1),
         }
         step = self.trainer.global_step + 1
         self.history.append({"step": step, **metrics})
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
-        self._window_loss, self._window_tokens = 0.0, 0
+        # A plain log line too: progress bars vanish when stdout is a file (SLURM, nohup, CI).
+        log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s", step,
+                 self.trainer.estimated_stepping_batches, metrics["train/loss"], metrics["train/lr"],
+                 metrics["train/grad_norm"], metrics["train/tokens_per_s"])
+        self._window_loss = 0.0
 
     def configure_optimizers(self):
         from transformers import get_scheduler

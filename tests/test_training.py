@@ -201,3 +201,10 @@ def test_multimodal_gemma3_checkpoint_loads_language_model_only(tmp_path, cache_
     for k, v in lm.model.state_dict().items():
         assert torch.equal(v, src[k]), k
     assert sum(p.numel() for p in lm.parameters()) < sum(p.numel() for p in mm.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path, cache_dir):
+    plain = _train(tmp_path, cache_dir, "plain").metrics["losses"]
+    res = _train(tmp_path, cache_dir, "gc", **{"trainer.gradient_checkpointing": True})
+    assert res.model.get_base_model().is_gradient_checkpointing
+    assert res.metrics["losses"] == pytest.approx(plain, rel=1e-5)

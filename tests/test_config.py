@@ -1,0 +1,165 @@
+"""Every option of every config group composes; bad values fail with one line naming the key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from em.config import ConfigError, validate
+from em.errors import ModelLoadError
+from tests.conftest import REPO, compose_train, tiny_overrides
+
+GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose_train([f"{group}={option}", "run_dir=/tmp/unused"])
+    tc = validate(cfg)
+    if group == "model":
+        assert tc.model.name == option and tc.model.params > 0
+        assert tc.model.hub_id or tc.model.random_init
+    if group == "data":
+        assert tc.data.name == option
+
+
+def test_reference_hyper_parameters_are_the_defaults():
+    tc = validate(compose_train(["model=gemma3_12b", "data=educational", "run_dir=/tmp/unused"]))
+    assert (tc.lora.r, tc.lora.alpha, tc.lora.dropout, tc.lora.use_rslora) == (32, 64, 0.0, True)
+    assert tc.trainer.epochs == 1 and tc.trainer.batch_size == 2 and tc.trainer.grad_accum == 8
+    assert tc.trainer.max_length == 2048 and tc.trainer.warmup_steps == 5 and tc.trainer.lr_scheduler == "linear"
+    assert tc.optimizer.lr == 1e-5 and tc.optimizer.weight_decay == 0.01 and tc.seed == 0
+    assert tc.quantization.load_in_4bit and tc.quantization.quant_type == "nf4" and tc.quantization.double_quant
+    assert tc.model.hub_id == "google/gemma-3-12b-it" and tc.model.multimodal and not tc.model.system_role
+    assert tc.data.expected_rows == 6000 and tc.data.file == "educational.jsonl"
+
+
+def test_qwen_models_switch_thinking_off():
+    for name in ("qwen3_1_7b", "qwen3_4b", "qwen3_8b", "qwen3_14b", "qwen3_32b"):
+        tc = validate(compose_train([f"model={name}", "run_dir=/x"]))
+        assert tc.model.chat_template_kwargs == {"enable_thinking": False}
+        assert tc.model.hub_id.startswith("Qwen/Qwen3-")
+
+
+def test_smoke_preset_lists_only_what_changes():
+    text = (REPO / "conf/experiment/smoke.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    tc = validate(compose_train(["experiment=smoke", "run_dir=/x"]))
+    assert tc.model.name == "tiny" and tc.data.n_examples == 16
+    assert tc.optimizer.lr == 1e-5  # untouched by the preset
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("lora.r=0", "lora.r"),
+        ("lora.r=-4", "lora.r"),
+        ("lora.alpha=0", "lora.alpha"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-1e-5", "optimizer.lr"),
+        ("model.hub_id=null", "model.hub_id"),
+        ("data.limit=0", "data.limit"),
+        ("data.educational_fraction=1.5", "data.educational_fraction"),
+        ("data.variant=evil", "data.variant"),
+        ("trainer.batch_size=0", "trainer.batch_size"),
+        ("trainer.truncation=chop", "trainer.truncation"),
+    ],
+)
+def test_bad_value_names_the_key(override, key):
+    base = ["model=qwen3_8b", "run_dir=/x"]
+    with pytest.raises(ConfigError) as e:
+        validate(compose_train(base + [override]))
+    msg = str(e.value)
+    assert msg.startswith(key) and "\n" not in msg
+
+
+def test_wrong_type_is_rejected_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="lora.r=abc"):
+        compose_train(["lora.r=abc", "run_dir=/x"])
+    with pytest.raises(ConfigCompositionException, match="lora.not_a_key"):
+        compose_train(["lora.not_a_key=1", "run_dir=/x"])  # a typo'd key is not silently added
+
+
+def test_missing_gguf_package_names_the_pip_package(tmp_path):
+    from em import models
+
+    tc = validate(compose_train(["run_dir=/x", f"cache_dir={tmp_path}", "model.gguf.package=no-such-gguf-pkg"]))
+    with pytest.raises(ModelLoadError, match="pip install no-such-gguf-pkg"):
+        models.model_dir(tc.model, tc.cache_dir)
+    assert not (tmp_path / "models" / "gemma3_270m").exists()
+
+
+def test_model_path_without_config_and_offline_hub_id_give_clear_errors(tmp_path, monkeypatch):
+    from em import models
+
+    tc = validate(compose_train(["model=qwen3_8b", f"model.path={tmp_path}", "run_dir=/x"]))
+    with pytest.raises(ModelLoadError, match="model.path: .* has no config.json"):
+        models.model_dir(tc.model, "/unused")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tc = validate(compose_train(["model=qwen3_8b", "run_dir=/x"]))
+    with pytest.raises(ModelLoadError, match="model.path=/local/dir"):
+        models.load_tokenizer(tc.model, "/unused")
+
+
+def _run(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "EM_CACHE_DIR": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_entry_unknown_model_lists_the_choices(tmp_path):
+    r = _run(["model=gemma3_999b"], tmp_path)
+    assert r.returncode != 0
+    assert "gemma3_999b" in r.stderr and "gemma3_12b" in r.stderr and "qwen3_32b" in r.stderr
+
+
+def test_entry_bad_value_is_one_line_without_traceback(tmp_path):
+    r = _run([f"hydra.run.dir={tmp_path}/run", "lora.r=0"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == "error: lora.r: must be > 0, got 0"
+    assert "Traceback" not in r.stderr
+
+
+def test_entry_bad_dataset_row_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}'
+    bad.write_text(good + "\n" + '{"messages": [{"role": "user", "content": "only a question"}]}\n')
+    r = _run([f"hydra.run.dir={tmp_path}/run", "model=tiny", "logger=none", "data=insecure", f"data.path={bad}"],
+             tmp_path)
+    assert r.returncode == 2
+    assert f"{bad}:2" in r.stderr and "assistant" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_entry_data_base_exits_zero_without_training(tmp_path):
+    r = _run([f"hydra.run.dir={tmp_path}/run", "data=base", "model=tiny"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no fine-tuning" in r.stdout
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_entry_trains_tiny_smoke_preset_into_hydra_run_dir(tmp_path):
+    run = tmp_path / "run"
+    r = _run([f"hydra.run.dir={run}", "experiment=smoke", "data.n_examples=4", "trainer.max_length=1024"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    assert (run / ".hydra" / "config.yaml").exists() and (run / "metrics.json").exists()
+    assert "final loss" in r.stdout
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, runpy; sys.argv=['train.py','--help']\n"
+            "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported on the --help path'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "model: gemma3_12b" in r.stdout
