@@ -94,7 +94,7 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
         for c in conditions:
             if (c, a) in by_format and (c, b) in by_format:
                 rows.append(_row(rates, "condition×format", by_format[(c, a)], by_format[(c, b)], family="format",
-                                 scope=f"condition={c}" + (" (pooled over models)" if len(models) > 1 else ""),
+                                 scope=f"condition={c}" + (", pooled over models" if len(models) > 1 else ""),
                                  a=a, b=b, **kw))
     columns = ["family", "scope", "a", "b", "level", "n_coherent_a", "n_misaligned_a", "rate_a", "n_coherent_b",
                "n_misaligned_b", "rate_b", "difference", "diff_ci_low", "diff_ci_high", "ratio", "odds_ratio",

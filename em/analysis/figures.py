@@ -22,7 +22,7 @@ CAPTIONS = {
                                 "with 95% CIs.",
     "format_comparison": "Misaligned rate by question format and condition (pooled over models), with 95% CIs.",
     "coherence_vs_alignment": "Judge scores of every scored answer (answer level): coherence vs alignment, with "
-                              "the thresholds; the shaded corner is counted as misaligned.",
+                              "the thresholds; answers in the outlined corner are counted as misaligned.",
     "sensitivity_heatmap": "Misaligned rate (%) per condition over the threshold grid (pooled over models); the "
                            "last panel counts the ordering checks that hold. The box marks the configured "
                            "thresholds.",
@@ -133,17 +133,20 @@ def coherence_vs_alignment(r: Results, plt, sns, conditions: list[str]):
     if not present:
         _empty(axes[0, 0], "no scored answers")
         return fig
+    hexbin = scored.sum() > MAX_SCATTER  # one kind of plot for every panel, so they read alike
     for ax, cond in zip(axes.flat, present):
         m = scored & (cond_of_cell == cond)
         x, y = cells.coherent[m], cells.aligned[m]
-        if len(x) > MAX_SCATTER:
+        if hexbin:
+            # rasterized: the SVG embeds the hexagons as one image instead of thousands of paths
             ax.hexbin(x, y, gridsize=35, extent=(0, 100, 0, 100), bins="log", mincnt=1, cmap="viridis",
-                      linewidths=0)
+                      linewidths=0, rasterized=True)
         else:
-            ax.scatter(x, y, s=6, alpha=0.35, linewidths=0, color=sns.color_palette("deep")[0])
+            ax.scatter(x, y, s=6, alpha=0.35, linewidths=0, color=sns.color_palette("deep")[0], rasterized=True)
         ax.axvline(d.coherent, color="crimson", lw=1.2, ls="--")
         ax.axhline(d.aligned, color="crimson", lw=1.2, ls="--")
-        ax.fill_between([d.coherent, 100], 0, d.aligned, color="crimson", alpha=0.08, lw=0)
+        ax.add_patch(plt.Rectangle((d.coherent, 0), 100 - d.coherent, d.aligned, fill=False, edgecolor="crimson",
+                                   lw=1.5, zorder=3))
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.set_title(f"{cond} (n={int(m.sum()):,})", fontsize=10)
@@ -151,8 +154,7 @@ def coherence_vs_alignment(r: Results, plt, sns, conditions: list[str]):
         ax.set_ylabel("aligned")
     for ax in list(axes.flat)[len(present):]:
         ax.set_axis_off()
-    fig.suptitle("Coherence vs alignment (answer level)" + (" — hexbin, log counts" if scored.sum() > MAX_SCATTER
-                                                            else ""), fontsize=11)
+    fig.suptitle("Coherence vs alignment (answer level)" + (" — hexbin, log counts" if hexbin else ""), fontsize=11)
     return fig
 
 
@@ -186,7 +188,8 @@ def sensitivity_heatmap(r: Results, plt, sns, conditions: list[str]):
         ax.invert_yaxis()
     if len(summary):
         ax = axes[0, len(present)]
-        frac = summary.assign(frac=(summary["n_hold"] / summary["n_checks"].where(summary["n_checks"] > 0)).astype(float))
+        share = summary["n_hold"] / summary["n_checks"].where(summary["n_checks"] > 0)
+        frac = summary.assign(frac=share.astype(float))
         pivot = frac.pivot_table(index="coherent_threshold", columns="aligned_threshold", values="frac", dropna=False)
         labels = summary.assign(lbl=summary["n_hold"].astype(str) + "/" + summary["n_checks"].astype(str))
         labels = labels.pivot(index="coherent_threshold", columns="aligned_threshold", values="lbl")
@@ -205,7 +208,7 @@ def scaling(r: Results, plt, sns, conditions: list[str]):
     d = d[d["params"].notna() & d["n_coherent"].gt(0)]
     families = sorted(d["family"].dropna().unique())
     fig, axes = plt.subplots(1, max(1, len(families)), figsize=(4.8 * max(1, len(families)), 4.0), squeeze=False,
-                             sharey=True)
+                             sharey=True, sharex=True)
     if d.empty:
         what = ", ".join(r.unknown_models) or "none"
         _empty(axes[0, 0], f"no model with a known parameter count\n(models without one: {what})")
@@ -227,6 +230,7 @@ def scaling(r: Results, plt, sns, conditions: list[str]):
         text = "; ".join(f"{row.condition}: ρ={row.spearman_rho:.2f}" for row in rho.itertuples()
                          if np.isfinite(row.spearman_rho))
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"{fam}" + (f"\nSpearman {text}" if text else ""), fontsize=9)
         ax.set_xlabel("parameters")
         ax.set_ylabel("misaligned rate (%)")

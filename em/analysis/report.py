@@ -31,6 +31,8 @@ def rate_ci(rate: float, low: float, high: float) -> str:
 def pval(p: float) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
+    if p == 0:
+        return "< 1e-300"  # below double precision: Fisher's p underflows
     return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
@@ -40,6 +42,10 @@ def num(x, digits: int = 2) -> str:
     if isinstance(x, float) and not x.is_integer():
         return f"{x:.{digits}f}"
     return f"{int(x):,}"
+
+
+def dec(x, digits: int = 2) -> str:
+    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
 
 
 def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], max_rows: int = 60) -> str:
@@ -123,34 +129,65 @@ def _headline(r: Results) -> str:
             test = (f"Fisher p = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}" if c.status == "tested"
                     else c.status)
             out.append(f"- {a_} vs {b_} ({c.scope}): difference {pct(c.difference)} "
-                       f"[{pct(c.diff_ci_low)}, {pct(c.diff_ci_high)}], ratio {num(c.ratio)}; {test}; "
-                       f"power {num(c.power)}.")
+                       f"[{pct(c.diff_ci_low)}, {pct(c.diff_ci_high)}], ratio {dec(c.ratio)}; {test}; "
+                       f"power {dec(c.power)}.")
     fmt = r.contrasts[r.contrasts["family"] == "format"]
     for row in fmt.itertuples():
         if row.status == "tested":
             out.append(f"- {row.a} vs {row.b} ({row.scope}): {pct(row.rate_a)} vs {pct(row.rate_b)}, Holm p = "
                        f"{pval(row.p_holm)}.")
-    summary = check_summary(r.checks)
-    if len(summary):
-        all_hold = int((summary["n_hold"] == summary["n_checks"]).sum())
-        out.append(f"- Sensitivity: every ordering check holds at {all_hold} of {len(summary)} threshold points "
-                   "(see below).")
+    out.extend(_sensitivity_headline(r))
     ans = r.correlations[(r.correlations["level"] == "answer") & (r.correlations["scope"] == "all scored answers")]
     for row in ans.itertuples():
-        out.append(f"- Coherence–alignment correlation (answer level, {row.method}): r = {num(row.r)} "
-                   f"[{num(row.ci_low)}, {num(row.ci_high)}], n = {row.n:,}.")
+        out.append(f"- Coherence–alignment correlation (answer level, {row.method}): r = {dec(row.r)} "
+                   f"[{dec(row.ci_low)}, {dec(row.ci_high)}], n = {row.n:,}.")
     return "\n".join(out) + "\n"
+
+
+def _sorted(r: Results, df: pd.DataFrame) -> pd.DataFrame:
+    """Families and sizes, then conditions in their expected order and formats plain, json, template."""
+    def rank(values: pd.Series, preferred: list[str]) -> pd.Series:
+        return values.map({v: i for i, v in enumerate(preferred)}).fillna(len(preferred))
+
+    keys = df.assign(_f=df["family"].fillna("~"), _p=df["params"].fillna(float("inf")),
+                     _c=rank(df["condition"], r.settings.condition_order),
+                     _fmt=rank(df["format"], ["plain", "json", "template"]))
+    keys = keys.sort_values(["_f", "_p", "model", "_c", "condition", "_fmt", "format"])
+    return keys.drop(columns=["_f", "_p", "_c", "_fmt"])
+
+
+def _sensitivity_headline(r: Results) -> list[str]:
+    checks = r.checks
+    if checks.empty:
+        return []
+    points = checks[["coherent_threshold", "aligned_threshold"]].drop_duplicates().shape[0]
+    out = []
+    for check, c in checks.groupby("check", sort=False):
+        per_point = c.groupby(["coherent_threshold", "aligned_threshold"])["holds"]
+        pooled = c[c["scope"].isin(["pooled over models", "all answers"])]
+        if len(pooled):
+            n = int(pooled["holds"].fillna(False).sum())
+            text = f"pooled, it holds at {n} of {points} threshold points"
+        else:
+            n = int(per_point.apply(lambda h: bool(h.notna().all() and h.all())).sum())
+            text = f"it holds in every scope ({c['scope'].nunique()}) at {n} of {points} threshold points"
+        default = c[c["is_default"] & ~c["scope"].isin(["pooled over models", "all answers"])]
+        if len(default):
+            text += (f"; at the configured thresholds in {int(default['holds'].fillna(False).sum())} of "
+                     f"{len(default)} {default['scope'].iloc[0].split('=')[0]}s")
+        out.append(f"- Sensitivity, {check}: {text}.")
+    return out
 
 
 def _tables(r: Results) -> str:
     out = ["## Tables\n", "All tables are in the run directory as CSV (`rates.csv` has every level, down to single "
            "questions).\n"]
     out.append("### Misaligned rate by model × condition\n")
-    out.append(md_table(r.level("model×condition"), _rate_columns(
+    out.append(md_table(_sorted(r, r.level("model×condition")), _rate_columns(
         {"model": lambda x: x.model, "condition": lambda x: x.condition,
          "params": lambda x: "–" if pd.isna(x.params) else f"{x.params:.3g}"})))
     out.append("\n### Misaligned rate by condition × format (pooled over models)\n")
-    out.append(md_table(r.level("condition×format"), _rate_columns(
+    out.append(md_table(_sorted(r, r.level("condition×format")), _rate_columns(
         {"condition": lambda x: x.condition, "format": lambda x: x.format})))
     c = r.contrasts
     out.append(f"\n### Contrasts ({int((c['status'] == 'tested').sum())} tested; p-values adjusted across all of "
@@ -159,13 +196,13 @@ def _tables(r: Results) -> str:
         "family": lambda x: x.family, "scope": lambda x: x.scope, "a vs b": lambda x: f"{x.a} vs {x.b}",
         "rate a": lambda x: pct(x.rate_a), "rate b": lambda x: pct(x.rate_b),
         "difference [CI]": lambda x: f"{pct(x.difference)} [{pct(x.diff_ci_low)}, {pct(x.diff_ci_high)}]",
-        "ratio": lambda x: num(x.ratio), "p": lambda x: pval(x.p_value), "p Bonferroni": lambda x: pval(x.p_bonferroni),
+        "ratio": lambda x: dec(x.ratio), "p": lambda x: pval(x.p_value), "p Bonferroni": lambda x: pval(x.p_bonferroni),
         "p Holm": lambda x: pval(x.p_holm), "status": lambda x: x.status}))
     out.append("\n### Power\n")
     out.append(md_table(c, {
         "scope": lambda x: x.scope, "a vs b": lambda x: f"{x.a} vs {x.b}",
         "n coherent a / b": lambda x: f"{x.n_coherent_a:,} / {x.n_coherent_b:,}",
-        "power": lambda x: num(x.power),
+        "power": lambda x: dec(x.power),
         f"n per group for {r.settings.power:.0%} power": lambda x: num(x.n_per_group_for_power),
         "note": lambda x: x.power_note}))
     out.append("\n### Coherence–alignment correlations\n")
@@ -174,12 +211,12 @@ def _tables(r: Results) -> str:
     out.append(md_table(r.correlations, {
         "level": lambda x: x.level, "scope": lambda x: x.scope, "x ~ y": lambda x: f"{x.x} ~ {x.y}",
         "method": lambda x: x.method, "n": lambda x: num(x.n), "r [95% CI]":
-            lambda x: f"{num(x.r)} [{num(x.ci_low)}, {num(x.ci_high)}]", "p": lambda x: pval(x.p_value),
+            lambda x: f"{dec(x.r)} [{dec(x.ci_low)}, {dec(x.ci_high)}]", "p": lambda x: pval(x.p_value),
         "note": lambda x: x.note}))
     out.append("\n### Scaling (rate vs parameter count, per family)\n")
     out.append(md_table(r.scaling, {
         "family": lambda x: x.family, "condition": lambda x: x.condition, "models": lambda x: num(x.n_models),
-        "Spearman ρ": lambda x: num(x.spearman_rho), "p": lambda x: pval(x.p_value), "note": lambda x: x.note}))
+        "Spearman ρ": lambda x: dec(x.spearman_rho), "p": lambda x: pval(x.p_value), "note": lambda x: x.note}))
     if r.unknown_models:
         out.append(f"\nNo parameter count (not in the model configs), left out of scaling: "
                    f"{', '.join(r.unknown_models)}.\n")
@@ -207,8 +244,8 @@ def _tables(r: Results) -> str:
         out.append("\n### Judges\n")
         out.append(md_table(r.agreement, {
             "metric": lambda x: x.metric, "score": lambda x: x.score, "judges": lambda x: x.judges,
-            "n": lambda x: num(x.n_units), "value [95% CI]": lambda x: f"{num(x.value)}" + (
-                f" [{num(x.ci_low)}, {num(x.ci_high)}]" if not pd.isna(x.ci_low) else ""),
+            "n": lambda x: num(x.n_units), "value [95% CI]": lambda x: f"{dec(x.value)}" + (
+                f" [{dec(x.ci_low)}, {dec(x.ci_high)}]" if not pd.isna(x.ci_low) else ""),
             "note": lambda x: x.note}))
         jr = r.judge_rates[r.judge_rates["level"] != "model×condition"]
         out.append("\nPer-judge rates (Wilson CIs; per model in `judge_rates.csv`):\n")
@@ -259,8 +296,9 @@ def _caveats(r: Results) -> str:
     out.append("- Power is observed (post hoc) power at the observed rates, a function of the p-value; read it as "
                "a statement about sample size, not as evidence for a null result. It uses the normal "
                "approximation, while the test is Fisher's exact test.")
-    out.append(f"- Multiple testing: Bonferroni and Holm adjust across all {int((r.contrasts['status'] == 'tested').sum())}"
-               " contrasts tested in this run; a different selection of inputs changes the family.")
+    n_tested = int((r.contrasts["status"] == "tested").sum())
+    out.append(f"- Multiple testing: Bonferroni and Holm adjust across all {n_tested} contrasts tested in this run; "
+               "a different selection of inputs changes the family.")
     out.append("- Answer-level correlations mix within- and between-group variation; group-level ones rest on few "
                "points. They describe the judge's scores, not causation.")
     if r.unknown_models:
@@ -314,8 +352,9 @@ def render_html(markdown_text: str, base: Path) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Emergent misalignment: analysis</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Emergent misalignment: analysis</title><style>{CSS}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n")
 
 
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:

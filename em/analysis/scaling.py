@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 MIN_MODELS = 3
+EXACT_PERMUTATIONS = 40320  # 8!: up to 8 models per family every ordering is enumerated
 
 
 def model_meta(directory: Path) -> pd.DataFrame:
@@ -38,10 +39,23 @@ def attach_params(rates: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _spearman(params: np.ndarray, rates: np.ndarray) -> tuple[float, float, str]:
+    """Spearman rho with a permutation p-value: a handful of models is far too few for the t approximation."""
+    from scipy.stats import permutation_test, spearmanr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = float(spearmanr(params, rates).statistic)
+        exact = math.factorial(len(params)) <= EXACT_PERMUTATIONS
+        res = permutation_test((params,), lambda x: spearmanr(x, rates).statistic, permutation_type="pairings",
+                               n_resamples=np.inf if exact else EXACT_PERMUTATIONS, alternative="two-sided",
+                               rng=np.random.default_rng(0))
+    what = "exact" if exact else f"{EXACT_PERMUTATIONS} random"
+    return rho, float(res.pvalue), f"p from {what} permutations"
+
+
 def scaling_table(rates: pd.DataFrame, definition: str) -> tuple[pd.DataFrame, list[str]]:
     """(one row per family x condition with Spearman rho of rate vs params, models without a param count)."""
-    from scipy.stats import spearmanr
-
     groups = rates[rates["level"] == "model×condition"]
     unknown = sorted(groups.loc[groups["params"].isna(), "model"].unique())
     known = groups[groups["params"].notna() & groups["misaligned_rate"].notna()]
@@ -57,10 +71,8 @@ def scaling_table(rates: pd.DataFrame, definition: str) -> tuple[pd.DataFrame, l
         elif g["misaligned_rate"].nunique() == 1 or g["params"].nunique() == 1:
             row["note"] = "constant rate or parameter count: rank correlation undefined"
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = spearmanr(g["params"].to_numpy(), g["misaligned_rate"].to_numpy())
-            row["spearman_rho"], row["p_value"] = float(res.statistic), float(res.pvalue)
+            row["spearman_rho"], row["p_value"], row["note"] = _spearman(g["params"].to_numpy(),
+                                                                         g["misaligned_rate"].to_numpy())
         rows.append(row)
     table = pd.DataFrame(rows, columns=["family", "condition", "n_models", "models", "params", "rates",
                                         "spearman_rho", "p_value", "note"])

@@ -6,75 +6,107 @@ import itertools
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from em.analysis.definitions import Definition
-from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
-from em.analysis.rates import group_rates, wilson
+from em.analysis.groups import LEVELS, Cells, level_name
+from em.analysis.rates import wilson
+
+POINT = ["coherent_threshold", "aligned_threshold"]
 
 
-def _ordering_checks(table: pd.DataFrame, *, dimension: str, order: list[str], multi_model: bool) -> list[dict]:
-    """Does the rate rise strictly along `order` (e.g. base < educational < insecure)?"""
-    label = " < ".join(order)
-    rows = []
-    if dimension == "condition":
-        scopes = [("pooled over models" if multi_model else "all answers", table[table["level"] == "condition"],
-                   None)]
-        if multi_model:
-            by_model = table[table["level"] == "model×condition"]
-            scopes += [(f"model={m}", g, None) for m, g in by_model.groupby("model", sort=True)]
-    else:
-        by_condition = table[table["level"] == "condition×format"]
-        scopes = [(f"condition={c}", g, None) for c, g in by_condition.groupby("condition", sort=True)]
-    for scope, g, _ in scopes:
-        rates = g.set_index(dimension)["misaligned_rate"]
-        if not set(order) <= set(rates.index):
-            continue  # a check is only made where every group it orders is present
-        values = [rates[o] for o in order]
-        holds = None if any(np.isnan(values)) else bool(all(x < y for x, y in itertools.pairwise(values)))
-        rows.append({"check": f"{dimension}: {label}", "scope": scope, "holds": holds,
-                     "rates": ", ".join(f"{o}={v:.4f}" for o, v in zip(order, values))})
-    return rows
+def _checks(table: pd.DataFrame, *, level: str, scope_by: str | None, dimension: str, order: list[str],
+            scope_label) -> pd.DataFrame:
+    """Does the rate rise strictly along `order` (e.g. base < educational < insecure), per point and scope?"""
+    t = table[table["level"] == level]
+    index = POINT + ([scope_by] if scope_by else [])
+    wide = t.pivot_table(index=index, columns=dimension, values="misaligned_rate", dropna=False, aggfunc="first")
+    if not set(order) <= set(wide.columns):
+        return pd.DataFrame()  # a check is only made where every group it orders is present
+    rates = wide[order].to_numpy(dtype=float)
+    rises = np.all(np.diff(rates, axis=1) > 0, axis=1)
+    out = wide.index.to_frame(index=False)
+    out["scope"] = out[scope_by].map(scope_label) if scope_by else scope_label(None)
+    out["check"] = f"{dimension}: " + " < ".join(order)
+    out["holds"] = pd.array(np.where(np.isnan(rates).any(axis=1), pd.NA, rises), dtype="boolean")
+    out["rates"] = [", ".join(f"{o}={v:.4f}" for o, v in zip(order, row)) for row in rates]
+    return out.drop(columns=[scope_by] if scope_by else [])
 
 
 def sensitivity_tables(cells: Cells, definition: Definition, *, coherent_grid: list[float],
                        aligned_grid: list[float], confidence: float, condition_order: list[str],
                        format_order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every group's rate at every grid point, one row per ordering check per grid point)."""
-    indexes = [(level, *cells.level_index(level)) for level in LEVELS]
-    multi_model = cells.keys["model"].nunique() > 1
-    tables, checks = [], []
-    for c_thr, a_thr in itertools.product(coherent_grid, aligned_grid):
+    points = list(itertools.product(coherent_grid, aligned_grid))
+    indexes = [(level_name(level), *cells.level_index(level)) for level in LEVELS]
+    fixed = cells.status_counts
+    # Per grid point only the coherent and misaligned counts change; everything else is counted once.
+    coherent, misaligned = [], []
+    coherent_by_threshold = {c: cells.counts(definition.with_thresholds(c, definition.aligned))["n_coherent"]
+                             for c in coherent_grid}
+    for c_thr, a_thr in points:
         d = definition.with_thresholds(c_thr, a_thr)
-        counts = cells.counts(d)
-        point = []
-        for level, keys, index in indexes:
-            t = group_rates(sum_by(counts[list(COUNT_COLUMNS)], index, len(keys)))
-            t["wilson_low"], t["wilson_high"] = wilson(t["n_misaligned"], t["n_coherent"], confidence)
-            t.insert(0, "level", level_name(level))
-            point.append(pd.concat([t[["level"]], keys.reset_index(drop=True), t.drop(columns="level")], axis=1))
-        point = pd.concat(point, ignore_index=True)
-        meta = {"coherent_threshold": c_thr, "aligned_threshold": a_thr,
-                "is_default": c_thr == definition.coherent and a_thr == definition.aligned,
-                "definition": d.describe()}
-        point = point.assign(**meta)
-        tables.append(point)
-        for dimension, order in (("condition", condition_order), ("format", format_order)):
-            if len(order) >= 2:
-                for row in _ordering_checks(point, dimension=dimension, order=order, multi_model=multi_model):
-                    checks.append({**meta, **row})
-    table = pd.concat(tables, ignore_index=True)
-    front = ["coherent_threshold", "aligned_threshold", "is_default"]
-    table = table[front + [c for c in table.columns if c not in front]]
-    check_columns = front + ["check", "scope", "holds", "rates", "definition"]
-    checks_df = pd.DataFrame(checks, columns=check_columns)
-    checks_df["holds"] = checks_df["holds"].astype("boolean")
-    return table, checks_df
+        coherent.append(coherent_by_threshold[c_thr].to_numpy())
+        misaligned.append(np.bincount(cells.code, weights=d.misaligned_mask(cells.aligned, cells.coherent),
+                                      minlength=cells.n_cells))
+    coherent_cells, misaligned_cells = np.array(coherent, dtype=float), np.array(misaligned)  # (points, cells)
+    parts = []
+    for name, keys, index in indexes:
+        g = len(keys)
+        # groups x cells indicator, applied to every grid point at once
+        member = sparse.csr_matrix((np.ones(cells.n_cells), (index, np.arange(cells.n_cells))),
+                                   shape=(g, cells.n_cells))
+        agg = np.stack([(member @ values.T).T for values in (coherent_cells, misaligned_cells)], axis=2)
+        base = {c: np.bincount(index, weights=fixed[c].to_numpy(dtype=float), minlength=g) for c in
+                ("n", "n_scored", "n_code", "n_refusal", "n_unscored")}
+        part = pd.concat([keys.reset_index(drop=True)] * len(points), ignore_index=True)
+        part.insert(0, "level", name)
+        part.insert(0, "aligned_threshold", np.repeat([a for _, a in points], g))
+        part.insert(0, "coherent_threshold", np.repeat([c for c, _ in points], g))
+        for c, v in base.items():
+            part[c] = np.tile(v, len(points)).astype(np.int64)
+        part["n_coherent"] = agg[:, :, 0].ravel().round().astype(np.int64)
+        part["n_misaligned"] = agg[:, :, 1].ravel().round().astype(np.int64)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["coherent_share"] = np.where(table["n_scored"] > 0, table["n_coherent"] / table["n_scored"], np.nan)
+        table["misaligned_rate"] = np.where(table["n_coherent"] > 0, table["n_misaligned"] / table["n_coherent"],
+                                            np.nan)
+    table["wilson_low"], table["wilson_high"] = wilson(table["n_misaligned"], table["n_coherent"], confidence)
+    table.insert(2, "is_default", (table["coherent_threshold"] == definition.coherent)
+                 & (table["aligned_threshold"] == definition.aligned))
+    rules = {(c, a): definition.with_thresholds(c, a).describe() for c, a in points}
+    table["definition"] = [rules[p] for p in zip(table["coherent_threshold"], table["aligned_threshold"])]
+
+    multi_model = cells.keys["model"].nunique() > 1
+    checks = []
+    if len(condition_order) >= 2:
+        checks.append(_checks(table, level="condition", scope_by=None, dimension="condition",
+                              order=condition_order,
+                              scope_label=lambda _: "pooled over models" if multi_model else "all answers"))
+        if multi_model:
+            checks.append(_checks(table, level="model×condition", scope_by="model", dimension="condition",
+                                  order=condition_order, scope_label=lambda m: f"model={m}"))
+    if len(format_order) >= 2:
+        checks.append(_checks(table, level="condition×format", scope_by="condition", dimension="format",
+                              order=format_order, scope_label=lambda c: f"condition={c}"))
+    columns = POINT + ["is_default", "check", "scope", "holds", "rates", "definition"]
+    checks = [c for c in checks if len(c)]
+    if not checks:
+        return table, pd.DataFrame(columns=columns)
+    out = pd.concat(checks, ignore_index=True)
+    out["is_default"] = (out["coherent_threshold"] == definition.coherent) & (
+        out["aligned_threshold"] == definition.aligned)
+    out["definition"] = [rules[p] for p in zip(out["coherent_threshold"], out["aligned_threshold"])]
+    out = out.sort_values(POINT, kind="stable").reset_index(drop=True)
+    return table, out[columns]
 
 
 def check_summary(checks: pd.DataFrame) -> pd.DataFrame:
     """Per grid point: how many checks hold, of how many that could be decided."""
     if checks.empty:
         return pd.DataFrame(columns=["coherent_threshold", "aligned_threshold", "n_checks", "n_hold"])
-    g = checks.groupby(["coherent_threshold", "aligned_threshold"], sort=True)["holds"]
+    g = checks.groupby(POINT, sort=True)["holds"]
     out = g.agg(n_checks="count", n_hold="sum").reset_index()
     return out.astype({"n_checks": int, "n_hold": int})
