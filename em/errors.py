@@ -15,3 +15,7 @@ class DataError(EMError, ValueError):
 
 class ModelLoadError(EMError, RuntimeError):
     """A model or tokenizer cannot be loaded; the message says what to install or where to put it."""
+
+
+class JudgeError(EMError, RuntimeError):
+    """A judge cannot run at all (no API key, endpoint refuses every request); per-answer faults are not errors."""

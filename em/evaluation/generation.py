@@ -1,0 +1,250 @@
+"""Sampling answers: the plan (which samples exist) and two backends, hf (transformers) and vllm.
+
+hf: prompts rendered with the model's chat template (a system prompt is a real system turn, or folded into
+the first user turn for Gemma: ``em.data.tokenize.normalize_messages``), sorted by length so a batch pads
+little, left-padded, sampled with ``generate`` (KV cache) at temperature 1.0 / top-p 1.0 / top-k off.
+Each batch is seeded from (seed, its first sample's key), so one config gives the same answers again.
+vllm: the same prompts through vLLM, the adapter as a LoRARequest, one seed per sample; optional
+dependency, imported only when chosen.
+
+Both hand each finished batch to a callback, which appends it to the answer store before the next batch
+starts: a killed run keeps every finished batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from em.errors import ModelLoadError
+from em.evaluation.questions import Prompt, messages_for
+
+log = logging.getLogger("em.evaluation")
+
+STOP_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|endoftext|>", "<eos>")
+
+
+@dataclass(frozen=True)
+class Sample:
+    format: str
+    question_id: str
+    paraphrase: int
+    sample: int
+    source_id: str
+    question: str
+    system: Optional[str]
+    kind: str
+    judge_prompts: tuple[tuple[str, str], ...]
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.format, self.question_id, self.paraphrase, self.sample)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return messages_for(self.system, self.question)
+
+
+def plan(prompts: list[Prompt], samples: int) -> list[Sample]:
+    """`samples` answers per question per format; paraphrases taken in turn (sample s uses s mod n)."""
+    out = []
+    for p in prompts:
+        for s in range(samples):
+            k = s % len(p.paraphrases)
+            out.append(Sample(p.format, p.question_id, k, s, p.source_id, p.paraphrases[k], p.system, p.kind,
+                              p.judge_prompts))
+    return out
+
+
+def sample_seed(seed: int, key: tuple) -> int:
+    return int.from_bytes(hashlib.sha256(repr((seed, key)).encode()).digest()[:4], "little")
+
+
+def render(tokenizer, model_cfg: Any, sample: Sample) -> str:
+    """The exact text the model is conditioned on (chat template + generation prompt)."""
+    from em.data.tokenize import normalize_messages
+
+    msgs = normalize_messages(sample.messages, model_cfg.system_role)
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                         **dict(model_cfg.chat_template_kwargs))
+
+
+def prompt_sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    ids.update(int(vocab[t]) for t in STOP_TOKENS if t in vocab)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update([int(gen_eos)] if isinstance(gen_eos, int) else [int(i) for i in gen_eos])
+    return sorted(ids)
+
+
+OnBatch = Callable[[list[tuple[Sample, dict[str, Any]]]], None]
+
+
+class HFGenerator:
+    """Batched, length-sorted sampling with transformers (CPU or GPU)."""
+
+    def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
+                 adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
+        self.model_cfg, self.quantization, self.cache_dir = model_cfg, quantization, cache_dir
+        self.gen, self.seed, self.adapter_dir = gen_cfg, seed, adapter_dir
+        from em import models
+
+        self.source = source or models.model_dir(model_cfg, cache_dir)
+        self.tokenizer = tokenizer or models.load_tokenizer(model_cfg, cache_dir, self.source)
+        self.model = None
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        from em import models
+
+        model = models.load_model(self.model_cfg, self.quantization, self.cache_dir, self.source)
+        if self.adapter_dir:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter_dir)
+        if models.has_cuda() and not self.quantization.load_in_4bit:
+            model = model.to("cuda")
+        self.model = model.eval()
+
+    def encode(self, samples: list[Sample]) -> list[list[int]]:
+        texts = [render(self.tokenizer, self.model_cfg, s) for s in samples]
+        # The template writes BOS itself where the model wants one: no second one from the tokenizer.
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def batches(self, samples: list[Sample]) -> list[list[tuple[Sample, list[int]]]]:
+        enc = list(zip(samples, self.encode(samples)))
+        enc.sort(key=lambda x: -len(x[1]))  # longest first: similar lengths share a batch, OOM shows early
+        b = self.gen.batch_size
+        return [enc[i : i + b] for i in range(0, len(enc), b)]
+
+    def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True) -> int:
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import GenerationConfig
+
+        if not samples:
+            return 0
+        self.load()
+        tok, model = self.tokenizer, self.model
+        stops = stop_token_ids(tok, model)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
+        greedy = self.gen.temperature == 0
+        gc = GenerationConfig(
+            do_sample=not greedy, temperature=None if greedy else self.gen.temperature,
+            top_p=None if greedy else self.gen.top_p, top_k=None if greedy else 0,  # top-k off: pure top-p 1.0
+            max_new_tokens=self.gen.max_new_tokens, eos_token_id=stops, pad_token_id=pad, use_cache=True,
+            min_new_tokens=self.gen.max_new_tokens if self.gen.ignore_eos else None,
+        )
+        device = next(model.parameters()).device
+        done = 0
+        bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=not progress)
+        try:
+            for batch in self.batches(samples):
+                n = max(len(ids) for _, ids in batch)
+                input_ids = torch.full((len(batch), n), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), n), dtype=torch.long)
+                for i, (_, ids) in enumerate(batch):  # left padding: every row's last token is its prompt's end
+                    input_ids[i, n - len(ids):] = torch.tensor(ids)
+                    mask[i, n - len(ids):] = 1
+                torch.manual_seed(sample_seed(self.seed, batch[0][0].key))
+                with torch.no_grad():
+                    out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                         generation_config=gc)
+                results = []
+                for i, (s, ids) in enumerate(batch):
+                    new = out[i, n:].tolist()
+                    stop_at = next((j for j, t in enumerate(new) if t in stops), None)
+                    kept = new if stop_at is None else new[:stop_at]
+                    results.append((s, {
+                        "answer": tok.decode(kept, skip_special_tokens=True).strip(),
+                        "n_tokens": len(kept),
+                        "finish_reason": "stop" if stop_at is not None else "length",
+                        "prompt_tokens": len(ids),
+                    }))
+                on_batch(results)
+                done += len(batch)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return done
+
+
+class VLLMGenerator:
+    """Sampling with vLLM (CUDA GPU); the LoRA adapter is applied per request. Optional dependency."""
+
+    def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
+                 adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ModelLoadError(
+                f"generation.backend=vllm needs the vllm package on a CUDA machine (pip install vllm): {e}; "
+                f"or use generation.backend=hf"
+            ) from None
+        from em import models
+
+        if not models.has_cuda():
+            raise ModelLoadError("generation.backend=vllm needs a CUDA GPU; use generation.backend=hf on CPU")
+        self.model_cfg, self.quantization, self.cache_dir = model_cfg, quantization, cache_dir
+        self.gen, self.seed, self.adapter_dir = gen_cfg, seed, adapter_dir
+        self.source = source or models.model_dir(model_cfg, cache_dir)
+        self.tokenizer = tokenizer or models.load_tokenizer(model_cfg, cache_dir, self.source)
+        self.llm = None
+
+    def load(self) -> None:
+        if self.llm is not None:
+            return
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(model=self.source, tokenizer=self.source, seed=self.seed,
+                                      gpu_memory_utilization=self.gen.gpu_memory_utilization,
+                                      enable_lora=self.adapter_dir is not None, max_lora_rank=self.gen.max_lora_rank)
+        if self.gen.max_model_len:
+            kwargs["max_model_len"] = self.gen.max_model_len
+        if self.quantization.load_in_4bit:
+            kwargs["quantization"] = "bitsandbytes"
+        self.llm = LLM(**kwargs)
+
+    def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True, chunk: int = 512) -> int:
+        from tqdm.auto import tqdm
+        from vllm import SamplingParams
+        from vllm.lora.request import LoRARequest
+
+        if not samples:
+            return 0
+        self.load()
+        lora = LoRARequest("adapter", 1, self.adapter_dir) if self.adapter_dir else None
+        stops = stop_token_ids(self.tokenizer)
+        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=not progress)
+        for i in range(0, len(samples), chunk):
+            part = samples[i : i + chunk]
+            prompts = [{"prompt_token_ids": ids} for ids in HFGenerator.encode(self, part)]  # same rendering
+            params = [SamplingParams(temperature=self.gen.temperature, top_p=self.gen.top_p, top_k=-1,
+                                     max_tokens=self.gen.max_new_tokens, seed=sample_seed(self.seed, s.key),
+                                     stop_token_ids=stops, ignore_eos=self.gen.ignore_eos) for s in part]
+            outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+            results = []
+            for s, o, p in zip(part, outs, prompts):
+                c = o.outputs[0]
+                results.append((s, {"answer": c.text.strip(), "n_tokens": len(c.token_ids),
+                                    "finish_reason": c.finish_reason or "stop",
+                                    "prompt_tokens": len(p["prompt_token_ids"])}))
+            on_batch(results)
+            bar.update(len(part))
+        bar.close()
+        return len(samples)
+
+
+def make_generator(backend: str, *args, **kwargs):
+    return (VLLMGenerator if backend == "vllm" else HFGenerator)(*args, **kwargs)

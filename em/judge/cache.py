@@ -1,0 +1,65 @@
+"""On-disk judge cache: (judge identity, rendered prompt) -> judgment, in one SQLite file.
+
+Keyed by the judge's endpoint + model (+ anything else that changes its answer) and the exact prompt text,
+so re-running, resuming, or adding a format / question never re-asks a prompt that was judged. Only final
+judgments are stored (a score, a label, or a deterministic "no score" such as < 0.25 mass); failures after
+retries are not, so the next run asks again. SQLite gives atomic writes that survive a kill and lets
+several evaluation processes share one cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Optional
+
+from em.judge.scoring import Judgment
+
+
+def cache_key(judge_id: str, prompt: str) -> str:
+    return hashlib.sha256(json.dumps([judge_id, prompt]).encode()).hexdigest()
+
+
+class JudgeCache:
+    def __init__(self, path: Optional[str | Path]):
+        self.path = Path(path).expanduser() if path else None
+        self._db: Optional[sqlite3.Connection] = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            self._db.execute("PRAGMA synchronous=NORMAL")  # durable on commit in WAL mode, much faster
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judge TEXT, value TEXT)"
+            )
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Judgment]:
+        if self._db is None:
+            return {}
+        keys = list(keys)
+        out: dict[str, Judgment] = {}
+        for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            chunk = keys[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT key, value FROM judgments WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            out.update({k: Judgment.from_dict(json.loads(v)) for k, v in rows})
+        return out
+
+    def put(self, key: str, judge_id: str, judgment: Judgment) -> None:
+        if self._db is None or not judgment.final:
+            return
+        self._db.execute("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?)",
+                         (key, judge_id, json.dumps(judgment.to_dict())))
+
+    def __len__(self) -> int:
+        if self._db is None:
+            return 0
+        return self._db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,64 @@
+"""Helpers for the evaluation tests: compose the real evaluate config and shrink it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.conftest import REPO, upstream_dir
+
+KEY_ENV = "EM_TEST_JUDGE_KEY"  # the loopback judge's "API key" lives here, never in a config
+
+
+def compose_eval(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    import em.eval_config  # noqa: F401  registers schemas
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("evaluate", overrides=overrides)
+
+
+def eval_overrides(run_dir, cache_dir, **extra) -> list[str]:
+    """The real config, shrunk: tiny model in fp32, base model, a few short answers, no judge, no W&B."""
+    o = {
+        "model": "tiny",
+        "quantization": "none",
+        "adapter": "none",
+        "run_dir": str(run_dir),
+        "cache_dir": str(cache_dir),
+        "judge_cache": str(Path(run_dir).parent / "judge_cache.sqlite"),
+        "samples": 2,
+        "generation.max_new_tokens": 8,
+        "progress": "false",
+        "wandb.enabled": "false",
+    }
+    o.update(extra)
+    out = [f"{k}={v}" for k, v in o.items() if v is not None and not k.startswith("~")]
+    out += [k for k, v in o.items() if k.startswith("~")]
+    return out
+
+
+def openai_judge_overrides(url: str, **extra) -> dict:
+    o = {"judge": "openai", "judge.base_url": url, "judge.api_key_env": KEY_ENV, "judge.max_retries": 3,
+         "judge.timeout": 1.0, "judge.retry_backoff": 0.01, "judge.concurrency": 32}
+    o.update(extra)
+    return o
+
+
+def set_upstream_env(monkeypatch) -> Path:
+    d = upstream_dir()
+    if d is None:
+        import pytest
+
+        pytest.skip("pre-seeded upstream files not found (set EM_UPSTREAM_DIR)")
+    monkeypatch.setenv("EM_DATA_DIR", str(d))
+    return d
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env

@@ -1,0 +1,197 @@
+"""A loopback OpenAI-compatible chat-completions server with scripted top-logprobs and injected faults.
+
+Real HTTP/1.1 (keep-alive, Content-Length) on 127.0.0.1, served by asyncio, so the real ``openai`` client
+(its retries, timeouts and parsing included) is what the tests exercise. Used by tests/test_judge*.py and
+bench/judge_concurrency.py (which runs it as a subprocess: ``python tests/loopback_server.py --delay 0.1``).
+
+Scripting: the reply's top logprobs are ``script[marker]`` for the first marker found in the prompt, else
+``default``. Faults (``fault_rate`` of requests, seeded): 429 and 500 (with a short retry-after-ms), slow
+(sleeps past the client's timeout), malformed (a 200 whose body is cut-off JSON), no_logprobs (a valid reply
+without logprobs) and truncated (Content-Length larger than the body, then the connection closes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import threading
+from collections import Counter
+from typing import Optional
+
+FAULTS = ("429", "500", "slow", "malformed", "no_logprobs", "truncated")
+DEFAULT_TOP = [["85", -0.3], ["90", -1.8], ["80", -2.6], ["CODE", -6.0]]
+
+
+def completion_body(model: str, top: list[list], prompt_chars: int = 0) -> dict:
+    best = max(top, key=lambda x: x[1]) if top else ["", 0.0]
+    return {
+        "id": "chatcmpl-loopback", "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{
+            "index": 0, "finish_reason": "length",
+            "message": {"role": "assistant", "content": best[0]},
+            "logprobs": {"content": [{
+                "token": best[0], "logprob": best[1], "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top],
+            }]},
+        }],
+        "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": 1, "total_tokens": prompt_chars // 4 + 1},
+    }
+
+
+class LoopbackServer:
+    def __init__(self, *, script: Optional[dict[str, list]] = None, default: Optional[list] = None,
+                 fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS, slow_s: float = 3.0,
+                 delay_s: float = 0.0, seed: int = 0, port: int = 0):
+        self.script = script or {}
+        self.default = default if default is not None else DEFAULT_TOP
+        self.fault_rate = fault_rate
+        self.faults = faults
+        self.slow_s = slow_s
+        self.delay_s = delay_s
+        self.rng = random.Random(seed)
+        self.port = port
+        self.requests = 0  # every HTTP request received
+        self.ok = 0  # well-formed replies sent
+        self.fault_counts: Counter = Counter()
+        self.prompts: Counter = Counter()
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._server = None
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def reset_counts(self) -> None:
+        self.requests = self.ok = 0
+        self.fault_counts.clear()
+        self.prompts.clear()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start_async(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def __enter__(self) -> "LoopbackServer":
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start_async())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._loop is not None:
+            async def shutdown() -> None:
+                self._server.close()
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._loop.stop()
+
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
+            self._thread.join(5)
+
+    # ------------------------------------------------------------------ HTTP
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests += 1
+                self._in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self._in_flight)
+                try:
+                    keep = await self._respond(body, writer)
+                finally:
+                    self._in_flight -= 1
+                if not keep:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    async def _respond(self, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        req = json.loads(body or b"{}")
+        prompt = "".join(m.get("content", "") for m in req.get("messages", []))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        fault = self.rng.choice(self.faults) if self.faults and self.rng.random() < self.fault_rate else None
+        if fault:
+            self.fault_counts[fault] += 1
+        if fault in ("429", "500"):
+            payload = json.dumps({"error": {"message": f"injected {fault}", "type": "loopback"}}).encode()
+            await self._send(writer, int(fault), payload, extra={"retry-after-ms": "5"})
+            return True
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        if fault == "truncated":
+            full = json.dumps(completion_body(req.get("model", "m"), self.default)).encode()
+            writer.write(_head(200, len(full)) + full[: len(full) // 3])
+            await writer.drain()
+            return False  # close mid-body
+        if fault == "malformed":
+            text = json.dumps(completion_body(req.get("model", "m"), self.default)).encode()
+            await self._send(writer, 200, text[: len(text) // 2])
+            return True
+        top = self.default
+        for marker, t in self.script.items():
+            if marker in prompt:
+                top = t
+                break
+        payload = completion_body(req.get("model", "m"), top, len(prompt))
+        if fault == "no_logprobs":
+            payload["choices"][0]["logprobs"] = None
+        elif fault != "slow":  # a slow reply arrives after the client gave up: it does not count
+            self.ok += 1
+            self.prompts[prompt] += 1
+        await self._send(writer, 200, json.dumps(payload).encode())
+        return True
+
+    async def _send(self, writer, status: int, payload: bytes, extra: Optional[dict] = None) -> None:
+        writer.write(_head(status, len(payload), extra) + payload)
+        await writer.drain()
+
+
+def _head(status: int, length: int, extra: Optional[dict] = None) -> bytes:
+    reason = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error"}.get(status, "X")
+    lines = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {length}",
+             "connection: keep-alive"] + [f"{k}: {v}" for k, v in (extra or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds each request sleeps")
+    ap.add_argument("--fault-rate", type=float, default=0.0)
+    args = ap.parse_args()
+    server = LoopbackServer(delay_s=args.delay, fault_rate=args.fault_rate, port=args.port)
+
+    async def go() -> None:
+        await server.start_async()
+        print(server.port, flush=True)  # the parent reads the port from the first line
+        await asyncio.Event().wait()
+
+    asyncio.run(go())
+
+
+if __name__ == "__main__":
+    main()
