@@ -122,6 +122,11 @@ class LoRAFineTune(L.LightningModule):
     def on_train_start(self) -> None:
         self._t0 = time.perf_counter()
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning's set_epoch reaches dataloader.sampler and batch_sampler.sampler, never a custom
+        # batch_sampler: without this every epoch would replay epoch 0's order.
+        self.trainer.datamodule.sampler.set_epoch(self.current_epoch)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # Runs after the window's last backward and before ModelCheckpoint saves: the step's record is
         # complete here and lands in the checkpoint, so a resumed run keeps an unbroken history.

@@ -208,3 +208,27 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, cache_dir):
     res = _train(tmp_path, cache_dir, "gc", **{"trainer.gradient_checkpointing": True})
     assert res.model.get_base_model().is_gradient_checkpointing
     assert res.metrics["losses"] == pytest.approx(plain, rel=1e-5)
+
+
+class RecordBatches:  # a Lightning callback: which examples each epoch's batches held, in order
+    # Hydra imports this module afresh by its dotted name, so the record goes to a file, not a global.
+    def __new__(cls, path: str):
+        import lightning as L
+
+        class _Record(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                with open(path, "a") as f:
+                    f.write(json.dumps([trainer.current_epoch, batch["input_ids"].sum(dim=1).tolist()]) + "\n")
+
+        return _Record()
+
+
+def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
+    rec = tmp_path / "batches.jsonl"
+    res = _train(tmp_path, cache_dir, "ep", **{"trainer.epochs": 2},
+                 extra=[f"+trainer.callbacks=[{{_target_: tests.test_training.RecordBatches, path: '{rec}'}}]"])
+    assert res.metrics["steps"] == 4
+    seen = [json.loads(line) for line in rec.read_text().splitlines()]
+    per_epoch = {e: [x for ep, b in seen if ep == e for x in b] for e in (0, 1)}
+    assert sorted(per_epoch[0]) == sorted(per_epoch[1]) and len(per_epoch[0]) == 8
+    assert per_epoch[0] != per_epoch[1]
