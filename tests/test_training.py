@@ -232,3 +232,36 @@ def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
     per_epoch = {e: [x for ep, b in seen if ep == e for x in b] for e in (0, 1)}
     assert sorted(per_epoch[0]) == sorted(per_epoch[1]) and len(per_epoch[0]) == 8
     assert per_epoch[0] != per_epoch[1]
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3"])
+def test_assistant_only_head_equals_the_models_own_loss_and_gradients(tmp_path, cache_dir, model_name, monkeypatch):
+    import em.training as T
+    from em.data.tokenize import Collator, encode_chat
+
+    cfg = validate(compose_train(tiny_overrides(tmp_path, cache_dir, model=model_name)))
+    tok = models.load_tokenizer(cfg.model, cache_dir)
+    convs = [[{"role": "user", "content": "Write x."}, {"role": "assistant", "content": "x = 1"}],
+             [{"role": "user", "content": "And y?"}, {"role": "assistant", "content": "y = [2, 3]\nprint(y)"}]]
+    batch = Collator(tok.pad_token_id)([encode_chat(tok, c, cfg.model.chat_template_kwargs) for c in convs])
+    torch.manual_seed(0)
+    peft_model = models.attach_lora(models.load_model(cfg.model, cfg.quantization, cache_dir), cfg.lora, cfg.model)
+    peft_model.train()
+    for p in peft_model.parameters():  # non-zero LoRA B so gradients reach both A and B
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.02)
+
+    def grads(loss):
+        peft_model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    monkeypatch.setattr(T, "LOGIT_CHUNK_BYTES", 4 * 266 * 5)  # force several chunks of 5 rows
+    ours = T.assistant_loss_sum(peft_model, batch)
+    g_ours = grads(ours)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    ref = peft_model(**batch).loss * n  # HF: mean over shifted assistant tokens
+    g_ref = grads(ref)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    for k in g_ref:
+        assert torch.allclose(g_ours[k], g_ref[k], rtol=1e-3, atol=1e-5), k  # fp32 summation order
