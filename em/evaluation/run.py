@@ -150,6 +150,7 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
         cache = JudgeCache(ec.judge_cache)
         try:
             for m in members:
+                m.run_dir = run_dir  # where a batch judge records its batch (a restarted run re-attaches)
                 try:
                     results, stats = run_judge(m, [r for _, _, r in reqs], cache, progress=ec.progress)
                 except JudgeError as e:

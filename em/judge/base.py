@@ -25,6 +25,7 @@ class Judge:
 
     name: str = "judge"
     identity: str = "judge"  # what the cache is keyed by: endpoint + model (+ method version)
+    run_dir: Optional[Any] = None  # the evaluation's run directory (set by the runner; batch judges keep state there)
 
     @property
     def members(self) -> list["Judge"]:

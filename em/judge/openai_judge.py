@@ -9,6 +9,9 @@ Faults: HTTP 429 / 5xx / timeouts / dropped connections are retried by the opena
 fails becomes an unscored judgment with the reason, never a made-up score. Concurrency is bounded by an
 asyncio semaphore around one AsyncOpenAI client. The API key is read from the environment variable the
 config names (``api_key_env``), so it never appears in a config dump, a log or W&B.
+
+``batch_api=True`` sends the same requests through the OpenAI Batch API instead (half price; see
+:mod:`em.judge.openai_batch`), scored by the same :func:`judgment_from_reply`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from em.judge.scoring import Judgment, JudgeRequest, judge_0_100, judge_label
 log = logging.getLogger("em.judge")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+BATCH_PRICE_FACTOR = 0.5  # the Batch API costs half the synchronous price
 CHARS_PER_TOKEN = 4.0  # rough English average for the dry-run estimate (no tokenizer dependency)
 
 
@@ -46,6 +50,9 @@ class OpenAIJudge(Judge):
         price_input_per_mtok: Optional[float] = None,
         price_output_per_mtok: Optional[float] = None,
         batch_api: bool = False,
+        batch_poll_s: float = 30.0,
+        batch_dir: Optional[str] = None,
+        batch_max_requests: int = 50_000,
     ):
         _check(concurrency > 0, "judge.concurrency", f"must be > 0, got {concurrency}")
         _check(max_retries >= 0, "judge.max_retries", f"must be >= 0, got {max_retries}")
@@ -53,8 +60,9 @@ class OpenAIJudge(Judge):
         _check(timeout > 0, "judge.timeout", f"must be > 0, got {timeout}")
         _check(1 <= top_logprobs <= 20, "judge.top_logprobs", f"must be in 1..20, got {top_logprobs}")
         _check(bool(api_key_env), "judge.api_key_env", "must name the environment variable that holds the key")
-        if batch_api:
-            raise ConfigError("judge.batch_api: the OpenAI Batch API mode is not implemented yet; set it to false")
+        _check(1 <= batch_max_requests <= 50_000, "judge.batch_max_requests",
+               f"must be in 1..50000 (the Batch API's limit), got {batch_max_requests}")
+        _check(batch_poll_s > 0, "judge.batch_poll_s", f"must be > 0, got {batch_poll_s}")
         self.name = name
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -67,6 +75,10 @@ class OpenAIJudge(Judge):
         self.top_logprobs = top_logprobs
         self.price_in = price_input_per_mtok
         self.price_out = price_output_per_mtok
+        self.batch_api = bool(batch_api)
+        self.batch_poll_s = float(batch_poll_s)
+        self.batch_max_requests = int(batch_max_requests)
+        self.batch_dir = batch_dir  # null: <run_dir>/judge_batch/<name> (the evaluation sets run_dir)
         # The cache key: the same prompt to the same model at the same endpoint gets the same answer.
         self.identity = f"openai|{self.base_url}|{model}|top{top_logprobs}"
 
@@ -90,11 +102,29 @@ class OpenAIJudge(Judge):
             out["cost_usd"] = tokens_in / 1e6 * self.price_in + len(requests) / 1e6 * self.price_out
         else:
             out["note"] = "no price configured (judge.price_input_per_mtok / price_output_per_mtok)"
+        if self.batch_api:
+            out["batch_api"] = True
+            if out["cost_usd"] is not None:
+                out["cost_usd_synchronous"] = out["cost_usd"]
+                out["cost_usd"] = out["cost_usd"] * BATCH_PRICE_FACTOR
+                out["note"] = "batch API: half the synchronous price (results within 24 h)"
+            else:
+                out["note"] += "; batch API: half the synchronous price"
         return out
+
+    def request_body(self, req: JudgeRequest) -> dict[str, Any]:
+        """The reference request, exactly (the synchronous path and every Batch API line send this)."""
+        return {"model": self.model, "messages": [{"role": "user", "content": req.prompt}], "max_tokens": 1,
+                "temperature": 0, "logprobs": True, "top_logprobs": self.top_logprobs, "seed": 0}
 
     # ------------------------------------------------------------------ running
     def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True) -> None:
         self.check()
+        if self.batch_api:
+            from em.judge.openai_batch import run_batch
+
+            run_batch(self, requests, on_result, progress)
+            return
         asyncio.run(self._run(requests, on_result, progress))
 
     async def _run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool) -> None:
@@ -133,10 +163,7 @@ class OpenAIJudge(Judge):
             try:
                 # The raw reply, parsed here: building the client's pydantic objects costs more CPU than
                 # the request itself at thousands of requests per second, and we read one field anyway.
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=[{"role": "user", "content": req.prompt}], max_tokens=1,
-                    temperature=0, logprobs=True, top_logprobs=self.top_logprobs, seed=0,
-                )
+                raw = await client.chat.completions.with_raw_response.create(**self.request_body(req))
                 resp = json.loads(raw.http_response.content)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 # Every other request would fail the same way: stop the run (answers are on disk).
@@ -150,11 +177,21 @@ class OpenAIJudge(Judge):
             except (ValueError, TypeError, KeyError) as e:  # a body that is not the JSON it claims to be
                 problem = f"malformed reply ({type(e).__name__}: {_one_line(e)})"
                 continue
-            top, problem = _top_logprobs(resp)
-            if top is None:
+            judgment, problem = judgment_from_reply(resp, req.kind)
+            if judgment is None:
                 continue
-            return judge_0_100(top) if req.kind == "0_100" else judge_label(top)
+            return judgment
         return Judgment.failed(f"{problem} (after {self.reply_retries + 1} attempts)")
+
+
+def judgment_from_reply(resp: Any, kind: str) -> tuple[Optional[Judgment], str]:
+    """A chat-completion reply body -> (judgment, "") or (None, what is wrong with the reply).
+
+    Shared by the synchronous path and the Batch API path, so both score a reply the same way."""
+    top, problem = _top_logprobs(resp)
+    if top is None:
+        return None, problem
+    return (judge_0_100(top) if kind == "0_100" else judge_label(top)), ""
 
 
 def _top_logprobs(resp: Any) -> tuple[Optional[list[tuple[str, float]]], str]:
