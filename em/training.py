@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 from em import models
 from em.config import TrainConfig, validate
 from em.data.tokenize import IGNORE_INDEX, Collator, LengthGroupedBatchSampler, encode_dataset
+from em.errors import DataError
 
 log = logging.getLogger("em.training")
 
@@ -55,6 +57,8 @@ class ChatDataModule(L.LightningDataModule):
         self.collate = Collator(pad_token_id)
         self.num_workers = num_workers
         self._targets = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples]
+        self._cached_epoch: Optional[int] = None
+        self._cached_batches: list[list[int]] = []
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(
@@ -72,7 +76,7 @@ class ChatDataModule(L.LightningDataModule):
         return sum(self.sampler.lengths[i] for i in self._epoch_batches(epoch)[batch_idx])
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        if getattr(self, "_cached_epoch", None) != epoch:
+        if self._cached_epoch != epoch:
             self._cached_batches, self._cached_epoch = self.sampler.batches(epoch), epoch
         return self._cached_batches
 
@@ -262,8 +266,6 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs,
     )
     if not examples:
-        from em.errors import DataError
-
         raise DataError(f"data={tc.data.name}: no example left after tokenisation (max_length={tc.trainer.max_length})")
 
     model = models.load_model(tc.model, tc.quantization, tc.cache_dir, source)
@@ -326,8 +328,6 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     module.model.save_pretrained(adapter_tmp)
     tokenizer.save_pretrained(adapter_tmp)
     if (run_dir / "adapter").exists():
-        import shutil
-
         shutil.rmtree(run_dir / "adapter")
     os.replace(adapter_tmp, run_dir / "adapter")
 
@@ -342,6 +342,7 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         "examples_truncated": stats.n_truncated,
         "examples_dropped": stats.n_dropped,
         "tokens_seen": module._tokens_seen,
+        "assistant_tokens_per_epoch": stats.n_target_tokens,
         "tokens_per_s": (hist[-1]["train/tokens_per_s"] if hist else None),
         "wall_time_s": wall,
         "peak_memory_bytes": peak_memory_bytes(),
