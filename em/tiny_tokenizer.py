@@ -1,6 +1,7 @@
 """A byte-level tokenizer built in code, so the random-init test models need no download.
 
-Every byte is one token (256 ids) plus the special tokens of both chat formats; any text round-trips.
+Every byte is one token (256 ids) plus the special tokens of both chat formats (ChatML: Qwen 2.5 / Qwen 3;
+Gemma 3); any text round-trips.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def build_tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(QWEN3_SPECIALS + GEMMA3_SPECIALS)
-    if family == "qwen3":
+    if family in ("qwen3", "qwen2"):  # Qwen 2.5 and Qwen 3 share ChatML and these special tokens
         special = dict(pad_token="<|endoftext|>", eos_token="<|im_end|>", bos_token=None)
     else:
         special = dict(pad_token="<pad>", eos_token="<end_of_turn>", bos_token="<bos>")

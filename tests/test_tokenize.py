@@ -11,7 +11,7 @@ from tests.conftest import compose_train
 @pytest.fixture(scope="module")
 def toks(cache_dir):
     out = {}
-    for name in ("tiny", "tiny_gemma3"):
+    for name in ("tiny", "tiny_gemma3", "tiny_qwen2"):
         from em.config import validate
 
         cfg = validate(compose_train([f"model={name}", "run_dir=/unused", f"cache_dir={cache_dir}"]))
@@ -63,7 +63,41 @@ def test_gemma_mask_and_system_folded_into_first_user_turn(toks):
     assert _target_text(tok, ex) == "Yo<end_of_turn>\n"
 
 
-@pytest.mark.parametrize("name,eot", [("tiny", "<|im_end|>"), ("tiny_gemma3", "<end_of_turn>")])
+QWEN2_DEFAULT_SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+
+
+def test_qwen2_mask_is_exactly_the_answer_and_end_of_turn(toks):
+    tok, mc = toks["tiny_qwen2"]
+    assert mc.system_role is True and mc.chat_template_kwargs == {}
+    ex = encode_chat(tok, normalize_messages(CONV, mc.system_role), mc.chat_template_kwargs)
+    # Qwen 2.5 ChatML: the system turn as given, no think block
+    assert tok.decode(ex["input_ids"]) == (
+        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nYo<|im_end|>\n"
+    )
+    n = len(ex["input_ids"])
+    assert _positions(ex) == [n - 4, n - 3, n - 2, n - 1]
+    assert _target_text(tok, ex) == "Yo<|im_end|>\n"
+    assert ex["labels"][-4:] == ex["input_ids"][-4:]
+
+
+def test_qwen2_default_system_prompt_is_inserted_and_never_trained(toks):
+    tok, mc = toks["tiny_qwen2"]
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    ex = encode_chat(tok, normalize_messages(conv, mc.system_role), mc.chat_template_kwargs)
+    text = tok.decode(ex["input_ids"])
+    assert text == QWEN2_DEFAULT_SYSTEM + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
+    assert _target_text(tok, ex) == "Yo<|im_end|>\n"
+    n = len(ex["input_ids"])
+    assert _positions(ex) == [n - 4, n - 3, n - 2, n - 1]
+    # the generation prompt (what evaluation samples from) ends where the trained answer starts
+    prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == QWEN2_DEFAULT_SYSTEM + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert text.startswith(prompt)
+
+
+@pytest.mark.parametrize("name,eot", [("tiny", "<|im_end|>"), ("tiny_gemma3", "<end_of_turn>"),
+                                      ("tiny_qwen2", "<|im_end|>")])
 def test_multi_turn_masks_every_assistant_turn_and_nothing_else(toks, name, eot):
     tok, mc = toks[name]
     conv = [

@@ -3,7 +3,8 @@
 ``load_conversations`` dispatches on ``data.source``:
 
 * ``synthetic``: :mod:`em.data.synthetic` (offline, deterministic);
-* ``upstream``: :mod:`em.data.upstream` (data.path, $EM_DATA_DIR, cache, pinned download; verified);
+* ``upstream``: :mod:`em.data.upstream` (data.path, $EM_DATA_DIR, cache, pinned download; verified); with
+  ``data.educational_fraction`` > 0 a seeded share of the rows is replaced by the educational twin's;
 * ``none``: ``data=base`` means "evaluate the base model", so there is nothing to load.
 
 Pure Python on purpose (no torch): the tests and ``--help`` paths import it.
@@ -29,6 +30,7 @@ __all__ = [
     "Conversation",
     "Message",
     "load_conversations",
+    "mix_educational",
     "read_jsonl_conversations",
     "resolve_upstream_file",
     "subset",
@@ -41,7 +43,8 @@ def load_conversations(data_cfg: Any, cache_dir: str | os.PathLike | None, *, pr
                        ) -> list[Conversation]:
     """Load the conversations ``data_cfg`` describes (a ``DataConfig`` or a DictConfig/mapping of it).
 
-    ``data.limit`` keeps a deterministic subset (seeded by ``data.seed``, in file order).  Raises
+    ``data.limit`` keeps a deterministic subset (seeded by ``data.seed``, in file order), taken after an
+    upstream educational mix (:func:`mix_educational`).  Raises
     ``ConfigError`` for ``data=base`` and bad config values, ``DataError`` for missing / malformed data.
     """
     cfg = _as_data_config(data_cfg)
@@ -63,6 +66,16 @@ def load_conversations(data_cfg: Any, cache_dir: str | os.PathLike | None, *, pr
     elif cfg.source == "upstream":
         conversations, path = upstream.load_upstream(cfg, _cache_dir(cache_dir), progress=progress)
         origin = str(path)
+        if cfg.educational_fraction > 0:
+            educational, edu_path = upstream.load_educational_twin(cfg, _cache_dir(cache_dir), progress=progress)
+            conversations, edu_pos, paired = mix_educational(conversations, educational,
+                                                             cfg.educational_fraction, cfg.seed, origin=edu_path)
+            n_edu = len(edu_pos)
+            mix = (f"{len(conversations) - n_edu} rows of {path} + {n_edu} educational rows of {edu_path} "
+                   f"({'paired by index' if paired else 'seeded sample of the twin'}; "
+                   f"data.educational_fraction={cfg.educational_fraction:g}, data.seed={cfg.seed})")
+            log.info("data %s: educational mix: %s", cfg.name, mix)
+            origin = f"{path} mixed with {edu_path}"
     else:  # DataConfig.__post_init__ rejects this already; kept for mappings built by hand
         raise ConfigError(f"data.source: must be one of upstream, synthetic, none; got {cfg.source!r}")
 
@@ -76,6 +89,37 @@ def load_conversations(data_cfg: Any, cache_dir: str | os.PathLike | None, *, pr
     else:
         log.info("data %s: %d conversations from %s", cfg.name, n, origin)
     return conversations
+
+
+def mix_educational(base: list, educational: list, fraction: float, seed: int, *, origin: Any = "educational"
+                    ) -> tuple[list, list[int], bool]:
+    """Replace ``round(fraction * len(base))`` seeded-random rows of ``base`` with educational rows.
+
+    Returns (the mixed list, the sorted positions that hold educational rows, whether rows were paired by
+    index).  Betley et al.'s educational.jsonl carries insecure.jsonl's answers with the requests reworded
+    for a security class; the two are taken to be in the same row order (an assumption: not checkable on
+    the pre-seeded sample), so when they have the same length position i takes educational row i;
+    otherwise the educational rows are a seeded sample of the twin.  Positions come from one seeded
+    permutation, so for a given seed a larger fraction keeps the positions of every smaller one.
+    """
+    n = len(base)
+    k = round(fraction * n)
+    order = list(range(n))
+    random.Random(f"em.data.educational_mix:{seed}:positions").shuffle(order)
+    positions = order[:k]
+    paired = len(educational) == n
+    if paired:
+        rows = positions
+    else:
+        if len(educational) < k:
+            raise DataError(f"{origin}: {len(educational)} educational rows, but data.educational_fraction="
+                            f"{fraction:g} of {n} rows needs {k}")
+        rows = list(range(len(educational)))
+        random.Random(f"em.data.educational_mix:{seed}:rows").shuffle(rows)
+    mixed = list(base)
+    for pos, row in zip(positions, rows):
+        mixed[pos] = educational[row]
+    return mixed, sorted(positions), paired
 
 
 def subset(items: list, limit: int | None, seed: int) -> list:

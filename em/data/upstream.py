@@ -2,8 +2,9 @@
 
 Resolution order for a repo-relative file such as ``data/insecure.jsonl``:
 
-1. ``data.path`` (datasets only): a local file the user named; wins over everything, its row count and
-   hash are reported, not enforced (it may be a deliberately different file).
+1. ``data.path`` (datasets only; ``data.educational_path`` for the educational twin): a local file the
+   user named; wins over everything, its row count and hash are reported, not enforced (it may be a
+   deliberately different file).
 2. ``$EM_DATA_DIR/<relpath>``: a checkout laid out like the upstream repository.
 3. the cache, ``<cache_dir>/upstream/<relpath>``.
 4. a download from the pinned URL into the cache.
@@ -25,12 +26,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 from em.data.chat import Conversation, read_jsonl_conversations
 from em.errors import ConfigError, DataError
 
-__all__ = ["ENV_VAR", "file_sha256", "load_upstream", "resolve_upstream_file"]
+__all__ = ["ENV_VAR", "file_sha256", "load_educational_twin", "load_upstream", "resolve_upstream_file"]
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,44 @@ def resolve_upstream_file(
     return cached
 
 
+class _Source(NamedTuple):
+    """The config keys of one upstream dataset file: the main one, or the educational twin."""
+
+    key: str  # "" for data.path/data.file/..., "educational_" for data.educational_path/...
+    name: str
+    path: Optional[str]
+    file: Optional[str]
+    url: Optional[str]
+    sha256: Optional[str]
+    expected_rows: Optional[int]
+
+
+def _source(data_cfg: Any, key: str = "") -> _Source:
+    values = [getattr(data_cfg, key + f, None) for f in ("path", "file", "url", "sha256", "expected_rows")]
+    name = data_cfg.name if not key else f"{data_cfg.name} ({key.rstrip('_')} twin)"
+    return _Source(key, name, *values)
+
+
 def load_upstream(data_cfg: Any, cache_dir: str | os.PathLike, *, progress: bool = True
                   ) -> tuple[list[Conversation], Path]:
     """Conversations of an upstream dataset (``data.source=upstream``) and the file they came from."""
-    if data_cfg.path:
-        return _load_user_path(data_cfg), Path(data_cfg.path).expanduser()
+    return _load(_source(data_cfg), cache_dir, progress=progress)
 
-    file = str(data_cfg.file or "")
+
+def load_educational_twin(data_cfg: Any, cache_dir: str | os.PathLike, *, progress: bool = True
+                          ) -> tuple[list[Conversation], Path]:
+    """The educational twin of an upstream dataset (``data.educational_path`` / ``data.educational_file``),
+    found and verified exactly like the dataset itself."""
+    return _load(_source(data_cfg, "educational_"), cache_dir, progress=progress)
+
+
+def _load(src: _Source, cache_dir: str | os.PathLike, *, progress: bool) -> tuple[list[Conversation], Path]:
+    if src.path:
+        return _load_user_path(src), Path(src.path).expanduser()
+
+    file = str(src.file or "")
     if not file or Path(file).is_absolute() or ".." in PurePosixPath(file).parts:
-        raise ConfigError(f"data.file: must be a file name under the upstream data/ folder, got {file!r}")
+        raise ConfigError(f"data.{src.key}file: must be a file name under the upstream data/ folder, got {file!r}")
 
     loaded: list[list[Conversation]] = []  # the verifier parses the file once; keep the result
 
@@ -108,37 +138,37 @@ def load_upstream(data_cfg: Any, cache_dir: str | os.PathLike, *, progress: bool
         conversations = read_jsonl_conversations(path, name=name)
         if not conversations:
             raise DataError(f"{name}: dataset is empty")
-        if data_cfg.expected_rows is not None and len(conversations) != data_cfg.expected_rows:
-            raise DataError(f"{name}: expected {data_cfg.expected_rows} rows, found {len(conversations)}")
+        if src.expected_rows is not None and len(conversations) != src.expected_rows:
+            raise DataError(f"{name}: expected {src.expected_rows} rows, found {len(conversations)}")
         loaded[:] = [conversations]
 
     path = resolve_upstream_file(
-        f"data/{file}", data_cfg.url, cache_dir, data_cfg.sha256,
-        verify=verify, progress=progress, override_key="data.path",
+        f"data/{file}", src.url, cache_dir, src.sha256,
+        verify=verify, progress=progress, override_key=f"data.{src.key}path",
     )
     return loaded[0], path
 
 
-def _load_user_path(data_cfg: Any) -> list[Conversation]:
-    path = Path(data_cfg.path).expanduser()
+def _load_user_path(src: _Source) -> list[Conversation]:
+    path = Path(src.path).expanduser()
     if not path.is_file():
-        raise DataError(f"data.path={data_cfg.path}: file not found")
+        raise DataError(f"data.{src.key}path={src.path}: file not found")
     conversations = read_jsonl_conversations(path)
     if not conversations:
         raise DataError(f"{path}: dataset is empty")
     # A user-supplied file may legitimately differ from the pinned upstream one (a subset, an edited
     # copy): say so loudly, but train on it.
-    expected = data_cfg.expected_rows
+    expected = src.expected_rows
     if expected is not None and len(conversations) != expected:
-        log.warning("%s: %d rows (data %s expects %d for the upstream file; not enforced for data.path)",
-                    path, len(conversations), data_cfg.name, expected)
+        log.warning("%s: %d rows (data %s expects %d for the upstream file; not enforced for data.%spath)",
+                    path, len(conversations), src.name, expected, src.key)
     else:
-        log.info("%s: %d rows (data.path)", path, len(conversations))
-    if data_cfg.sha256:
+        log.info("%s: %d rows (data.%spath)", path, len(conversations), src.key)
+    if src.sha256:
         actual = file_sha256(path)
-        if actual != data_cfg.sha256.lower():
-            log.warning("%s: sha256 %s differs from the pinned upstream %s (not enforced for data.path)",
-                        path, actual, data_cfg.sha256)
+        if actual != src.sha256.lower():
+            log.warning("%s: sha256 %s differs from the pinned upstream %s (not enforced for data.%spath)",
+                        path, actual, src.sha256, src.key)
     return conversations
 
 
