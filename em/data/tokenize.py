@@ -125,17 +125,40 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     Indices are shuffled, cut into mega-batches of 50 batches, sorted by length inside each, and the
     resulting batches shuffled again -- the HF Trainer's `group_by_length` recipe, but deterministic in
     (seed, epoch) so a restarted run sees exactly the batches it had not seen yet.
+
+    Data parallelism (DDP / FSDP, one process per GPU): with ``num_replicas`` > 1 every process builds
+    the same epoch order and takes every ``num_replicas``-th batch from position ``rank``, so the ranks'
+    batches are disjoint and a step of the job covers consecutive batches of the one-process order. The
+    tail of ``len(all batches) % num_replicas`` batches (at most ``num_replicas - 1``, a different one
+    each epoch) is **dropped**, so that every rank runs the same number of steps (DDP's collectives
+    need that); nothing is seen twice. With one replica nothing is dropped and the order is unchanged.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths = lengths
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
         self.epoch = 0
-        self.skip = 0  # batches of `epoch` already consumed before a restart
+        self.skip = 0  # batches of `epoch` (this rank's) already consumed before a restart
+        self.num_replicas, self.rank = 1, 0
+        self.set_replicas(num_replicas, rank)
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def set_replicas(self, num_replicas: int, rank: int) -> None:
+        """Shard the batches over num_replicas processes; this one is `rank` (0-based)."""
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} replicas: need num_replicas >= 1 and 0 <= rank < num_replicas")
+        n = math.ceil(len(self.lengths) / self.batch_size)
+        if num_replicas > n:
+            from em.errors import DataError
+
+            raise DataError(f"{n} batches cannot be shared by {num_replicas} processes: every process needs at "
+                            f"least one (use more examples, a smaller trainer.batch_size or fewer devices)")
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def all_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches of every rank, in the one-process order."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
         idx = list(range(len(self.lengths)))
         rng.shuffle(idx)
@@ -147,6 +170,15 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.group_by_length:
             rng.shuffle(batches)
         return batches
+
+    def batches(self, epoch: int, rank: Optional[int] = None) -> list[list[int]]:
+        """The epoch's batches of one rank (default: this sampler's); all of them with one replica."""
+        batches = self.all_batches(epoch)
+        if self.num_replicas == 1:
+            return batches
+        rank = self.rank if rank is None else rank
+        usable = len(batches) - len(batches) % self.num_replicas  # drop the tail: equal steps on every rank
+        return batches[rank:usable:self.num_replicas]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -160,8 +192,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return iter(batches)
 
     def __len__(self) -> int:
-        # The full epoch, also when resuming: Lightning counts the restored batches itself.
-        return math.ceil(len(self.lengths) / self.batch_size)
+        # This rank's full epoch, also when resuming: Lightning counts the restored batches itself.
+        return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
 
 
 class Collator:

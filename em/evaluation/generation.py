@@ -209,7 +209,8 @@ class VLLMGenerator:
 
         kwargs: dict[str, Any] = dict(model=self.source, tokenizer=self.source, seed=self.seed,
                                       gpu_memory_utilization=self.gen.gpu_memory_utilization,
-                                      enable_lora=self.adapter_dir is not None, max_lora_rank=self.gen.max_lora_rank)
+                                      enable_lora=self.adapter_dir is not None, max_lora_rank=self.gen.max_lora_rank,
+                                      tensor_parallel_size=self.gen.tensor_parallel_size)
         if self.gen.max_model_len:
             kwargs["max_model_len"] = self.gen.max_model_len
         if self.quantization.load_in_4bit:
