@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from em.errors import ConfigError
 
-FAMILIES = ("gemma3", "qwen3")
+FAMILIES = ("gemma3", "qwen2", "qwen3")
 DATA_SOURCES = ("upstream", "synthetic", "none")
 VARIANTS = ("insecure", "secure", "educational")
 TRUNCATION = ("truncate", "drop")
@@ -37,7 +37,7 @@ class GGUFConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    family: str = MISSING  # gemma3 | qwen3: selects chat-template quirks and the random-init architecture
+    family: str = MISSING  # gemma3 | qwen2 | qwen3: selects chat-template quirks and the random-init architecture
     hub_id: Optional[str] = None
     path: Optional[str] = None  # a local directory; wins over hub_id
     params: float = MISSING  # parameter count, used by the analysis (scaling plots)
@@ -82,7 +82,15 @@ class DataConfig:
     n_examples: int = 96
     families: Optional[list[str]] = None  # None: every vulnerability family
     variant: str = "insecure"
+    # synthetic: share of examples generated as the educational variant; upstream: share of rows replaced by
+    # rows of the educational twin below (the "partial educational" experiment)
     educational_fraction: float = 0.0
+    # the upstream educational twin (data=insecure), looked up like file/url/sha256/expected_rows/path
+    educational_file: Optional[str] = None
+    educational_url: Optional[str] = None
+    educational_sha256: Optional[str] = None
+    educational_expected_rows: Optional[int] = None
+    educational_path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
 
     def __post_init__(self) -> None:
         _require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
@@ -96,6 +104,13 @@ class DataConfig:
         )
         if self.source == "upstream":
             _require(bool(self.file or self.path), "data.path", f"data {self.name!r} needs data.file or data.path")
+        _require(
+            self.educational_fraction == 0 or self.source == "synthetic"
+            or (self.source == "upstream" and bool(self.educational_file or self.educational_path)),
+            "data.educational_fraction",
+            f"{self.educational_fraction} needs data=insecure or data=synthetic "
+            f"(data={self.name} has no educational twin)",
+        )
 
 
 @dataclass
@@ -122,9 +137,18 @@ class QuantizationConfig:
     double_quant: bool = True
     # auto: bf16 on a GPU that has it, else fp32 (bf16 matmul on CPU is ~500x slower than fp32)
     compute_dtype: str = "auto"
+    # dtype the packed 4-bit weights are stored as (bitsandbytes bnb_4bit_quant_storage); null: uint8.
+    # trainer=fsdp needs a float dtype equal to the compute dtype (bfloat16): FSDP flattens the 4-bit
+    # weights together with the layer's other frozen weights, and one flat parameter holds one dtype.
+    quant_storage: Optional[str] = None
 
     def __post_init__(self) -> None:
         _require(self.quant_type in ("nf4", "fp4"), "quantization.quant_type", f"nf4 or fp4, got {self.quant_type!r}")
+        _require(
+            self.quant_storage in (None, "float32", "bfloat16", "float16", "uint8"),
+            "quantization.quant_storage",
+            f"null, float32, bfloat16, float16 or uint8; got {self.quant_storage!r}",
+        )
         _require(
             self.compute_dtype in ("auto", "float32", "bfloat16", "float16"),
             "quantization.compute_dtype",
@@ -167,6 +191,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 50
     num_workers: int = 0
     callbacks: list[Any] = field(default_factory=list)  # extra Lightning callbacks (_target_ nodes)
+    # Epochs (before trainer.epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
+    # (the epochs experiment evaluates each); [] for none.
+    adapter_snapshots: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
@@ -180,6 +207,10 @@ class TrainerConfig:
             "trainer.lr_scheduler",
             f"linear, constant or cosine; got {self.lr_scheduler!r}",
         )
+        for e in self.adapter_snapshots:
+            _require(0 < e < self.epochs, "trainer.adapter_snapshots",
+                     f"epoch {e:g} is not between 0 and trainer.epochs={self.epochs:g} (the final adapter is "
+                     f"always written)")
         _require(
             self.checkpoint_every_n_steps > 0,
             "trainer.checkpoint_every_n_steps",
@@ -190,6 +221,30 @@ class TrainerConfig:
 @dataclass
 class UpstreamConfig:
     base_url: str = MISSING  # where upstream files are downloaded from (data/<file>, evaluation/<file>)
+
+
+@dataclass
+class EvaluateStageConfig:
+    """The evaluation stage of a one-job pipeline (train.py evaluate.enabled=true); evaluate.py's groups."""
+
+    enabled: bool = False
+    samples: int = 2  # answers per question per format (reference: 100)
+    quantization: Optional[str] = None  # null: the training quantization; or a conf/quantization name
+    judge_cache: Optional[str] = None
+    snapshots: bool = True  # also evaluate the trainer.adapter_snapshots adapters
+    condition: Optional[str] = None  # the condition name in the analysis; null: data.name ("base" for data=base)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.samples > 0, "evaluate.samples", f"must be > 0, got {self.samples}")
+        _require(self.quantization in (None, "none", "nf4"), "evaluate.quantization",
+                 f"null (the training quantization), none or nf4; got {self.quantization!r}")
+
+
+@dataclass
+class SweepConfig:
+    skip_done: bool = True  # skip a job whose DONE.json matches its config hash
+    analyze: bool = True  # analyse the whole sweep after a multirun
 
 
 @dataclass
@@ -207,6 +262,13 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     logger: Any = None  # a _target_ node (Lightning logger factory) or null
+    evaluate: EvaluateStageConfig = field(default_factory=EvaluateStageConfig)
+    # evaluate.py's groups (checked against em.eval_config's schemas when evaluate.enabled)
+    questions: Any = None
+    format: Any = None
+    generation: Any = None
+    judge: Any = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def _first_set(*values: Any) -> Any:

@@ -36,6 +36,7 @@ class QuestionSetConfig:
     ids: Optional[list[str]] = None  # a subset of the base question ids (null: all)
     # A cap on answer length for this set (the smoke set: a pipeline check on CPU); null: generation's.
     max_new_tokens: Optional[int] = None
+    n_questions: Optional[int] = None  # base questions in the set (documentation; sweep plans count answers)
 
     def __post_init__(self) -> None:
         _require(self.source in QUESTION_SOURCES, "questions.source",
@@ -73,6 +74,7 @@ class GenerationConfig:
     gpu_memory_utilization: float = 0.85
     max_lora_rank: int = 64
     max_model_len: Optional[int] = None
+    tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over (27B / 32B in bf16: 2 or more)
 
     def __post_init__(self) -> None:
         _require(self.backend in BACKENDS, "generation.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
@@ -82,6 +84,8 @@ class GenerationConfig:
         _require(self.batch_size > 0, "generation.batch_size", f"must be > 0, got {self.batch_size}")
         _require(0 < self.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization",
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        _require(self.tensor_parallel_size > 0, "generation.tensor_parallel_size",
+                 f"must be > 0, got {self.tensor_parallel_size}")
 
 
 @dataclass
@@ -91,6 +95,9 @@ class EvalWandbConfig:
     group: Optional[str] = None  # null: the training run's group (experiment_name or <model>-<data>)
     mode: str = "auto"  # auto | offline | online | disabled
     table_rows: int = 20000  # responses logged as a wandb.Table (the full table is always on disk)
+    tags: list[str] = field(default_factory=list)
+    # more config to log beside the evaluation's own (a sweep job's data / lora / trainer): one row per job
+    extra_config: Optional[dict[str, Any]] = None
 
 
 @dataclass

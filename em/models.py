@@ -58,7 +58,7 @@ def quantization_config(q: QuantizationConfig):
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(q.compute_dtype),
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=getattr(torch, q.quant_storage or "uint8"),
     )
 
 
@@ -166,8 +166,9 @@ def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
 
 
 def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, tokenizer=None, seed: int = 0):
-    """A randomly initialised Qwen3 / Gemma3 causal LM of the given architecture (config only, no weights)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen3Config, Qwen3ForCausalLM
+    """A randomly initialised Qwen3 / Qwen2 / Gemma3 causal LM of the given architecture (config only, no weights)."""
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
 
     ids = {}
     if tokenizer is not None:
@@ -180,6 +181,11 @@ def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, token
     if family == "qwen3":
         config = Qwen3Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
         return Qwen3ForCausalLM(config)
+    if family == "qwen2":  # Qwen 2.5 (q/k/v projections with bias)
+        config = Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
+        return Qwen2ForCausalLM(config)
+    if family != "gemma3":
+        raise ValueError(f"model.family: no random-init architecture for {family!r}")
     config = Gemma3TextConfig(vocab_size=vocab_size, **ids, **arch)
     return Gemma3ForCausalLM(config)
 
@@ -214,16 +220,33 @@ def _offline_error(mc: ModelConfig, e: Exception) -> ModelLoadError:
 
 
 # --------------------------------------------------------------------------- model
+def _local_device() -> int:
+    """The GPU of this process: its local rank in a multi-GPU run (trainer=ddp / fsdp), so each rank loads
+    onto its own device instead of every rank onto cuda:0; else the current device."""
+    rank = os.environ.get("LOCAL_RANK")  # Lightning's launcher, torchrun
+    if rank is None and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        rank = os.environ.get("SLURM_LOCALID")  # srun with one task per GPU (Lightning's SLURM environment)
+    if rank is not None and int(rank) < torch.cuda.device_count():
+        return int(rank)
+    return torch.cuda.current_device()
+
+
+LOADS = 0  # models loaded by this process (a skipped sweep job reports none)
+
+
 def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: Optional[str] = None):
     """The base causal LM (language model only), 4-bit NF4 when q.load_in_4bit."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    global LOADS
+    LOADS += 1
 
     source = source or model_dir(mc, cache_dir)
     kwargs: dict[str, Any] = dict(dtype=compute_dtype(q.compute_dtype))
     bnb = quantization_config(q)
     if bnb is not None:
         kwargs["quantization_config"] = bnb
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if has_cuda() else {"": "cpu"}
+        kwargs["device_map"] = {"": _local_device()} if has_cuda() else {"": "cpu"}
     try:
         config = AutoConfig.from_pretrained(source)
         if mc.multimodal or hasattr(config, "text_config") and config.model_type == "gemma3":
@@ -245,7 +268,10 @@ def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: O
 def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: bool = False):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False):
+    # FSDP-sharded QLoRA (quantization.quant_storage a float dtype): the frozen weights stay in the dtype
+    # of the 4-bit storage (FSDP flattens them together); peft's fp32 upcast of norms/embeddings is skipped.
+    fsdp_qlora = any(type(p).__name__ == "Params4bit" and p.dtype.is_floating_point for p in model.parameters())
+    if getattr(model, "is_loaded_in_4bit", False) and not fsdp_qlora:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,

@@ -29,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 from em import models
 from em.config import TrainConfig, validate
 from em.data.tokenize import IGNORE_INDEX, Collator, LengthGroupedBatchSampler, encode_dataset
-from em.errors import DataError
+from em.distributed import adapter_state_dict, check_strategy, make_strategy
+from em.errors import ConfigError, DataError
 
 log = logging.getLogger("em.training")
 
@@ -58,7 +59,23 @@ class ChatDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self._targets = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in examples]
         self._cached_epoch: Optional[int] = None
-        self._cached_batches: list[list[int]] = []
+        self._cached_batches: list[list[list[int]]] = []  # [rank][batch_idx] -> example indices
+
+    @property
+    def world_size(self) -> int:
+        return self.sampler.num_replicas
+
+    def shard(self, world_size: int, rank: int) -> None:
+        """One process per device (DDP / FSDP): this process trains on its rank's batches only."""
+        if (world_size, rank) != (self.sampler.num_replicas, self.sampler.rank):
+            self.sampler.set_replicas(world_size, rank)
+            self._cached_epoch = None
+
+    def setup(self, stage: str) -> None:
+        # Lightning calls this in every process once the ranks are known, before the dataloader is built
+        # and before a checkpoint's data position is restored.
+        if self.trainer is not None:
+            self.shard(self.trainer.world_size, self.trainer.global_rank)
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(
@@ -66,28 +83,40 @@ class ChatDataModule(L.LightningDataModule):
         )
 
     def window_target_tokens(self, epoch: int, batch_idx: int, accum: int) -> int:
-        """Assistant tokens in the accumulation window holding batch_idx (the loss normaliser)."""
-        batches = self._epoch_batches(epoch)
+        """Assistant tokens in the accumulation window holding batch_idx (the loss normaliser).
+
+        Counted over every rank's batches of that window (the same on every rank, no communication):
+        with the loss scaled by world_size and DDP / FSDP averaging gradients over ranks, a step's
+        gradient is the token mean over the whole job's window, as in one process.
+        """
         start = (batch_idx // accum) * accum
-        return sum(self._targets[i] for b in batches[start : start + accum] for i in b)
+        return sum(self._targets[i] for batches in self._epoch_batches(epoch)
+                   for b in batches[start : start + accum] for i in b)
 
-    def batch_tokens(self, epoch: int, batch_idx: int) -> int:
-        """Non-padding tokens of one batch, counted on the host (no device sync)."""
-        return sum(self.sampler.lengths[i] for i in self._epoch_batches(epoch)[batch_idx])
+    def batch_tokens(self, epoch: int, batch_idx: int, all_ranks: bool = False) -> int:
+        """Non-padding tokens of this rank's batch (all_ranks: of every rank's batch at batch_idx), on the host."""
+        per_rank = self._epoch_batches(epoch)
+        chosen = per_rank if all_ranks else [per_rank[self.sampler.rank]]
+        return sum(self.sampler.lengths[i] for batches in chosen for i in batches[batch_idx])
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def _epoch_batches(self, epoch: int) -> list[list[list[int]]]:
         if self._cached_epoch != epoch:
-            self._cached_batches, self._cached_epoch = self.sampler.batches(epoch), epoch
+            self._cached_batches = [self.sampler.batches(epoch, r) for r in range(self.world_size)]
+            self._cached_epoch = epoch
         return self._cached_batches
 
     # Lightning stores these in every checkpoint and restores them before the first batch is drawn.
     def state_dict(self) -> dict[str, Any]:
         trainer = self.trainer
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer else 0
-        return {"epoch": trainer.current_epoch if trainer else 0, "batches_done": done}
+        return {"epoch": trainer.current_epoch if trainer else 0, "batches_done": done, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done = state["epoch"], state["batches_done"]
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world_size:  # batches_done counts per-rank batches of that sharding
+            raise DataError(f"the checkpoint was written by {saved_world} training process(es), this run has "
+                            f"{self.world_size}: resume with the same trainer.devices (and nodes)")
         if done >= len(self.sampler):
             epoch, done = epoch + 1, 0
         self.sampler.resume_at(epoch, done)
@@ -147,6 +176,7 @@ class LoRAFineTune(L.LightningModule):
         self._window_loss = 0.0
         self._tokens_seen = 0
         self._t0: Optional[float] = None
+        self.resumed_from_step: Optional[int] = None
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -158,6 +188,11 @@ class LoRAFineTune(L.LightningModule):
         # divides by accumulate_grad_batches, which we undo so the window's gradient is the token mean.
         loss = assistant_loss_sum(self.model, batch) / max(n_window, 1)
         self._window_loss = self._window_loss + loss.detach()  # no .item(): no GPU sync per micro-batch
+        if dm.world_size > 1:
+            # n_window counts every rank's tokens and DDP / FSDP average the ranks' gradients: undo the mean.
+            # tokens_seen counts the whole job's tokens (host-side, identical on every rank).
+            self._tokens_seen += dm.batch_tokens(self.current_epoch, batch_idx, all_ranks=True)
+            return loss * (self.grad_accum * dm.world_size)
         self._tokens_seen += dm.batch_tokens(self.current_epoch, batch_idx)
         return loss * self.grad_accum
 
@@ -173,11 +208,19 @@ class LoRAFineTune(L.LightningModule):
         # Runs after the window's last backward and before ModelCheckpoint saves: the step's record is
         # complete here and lands in the checkpoint, so a resumed run keeps an unbroken history.
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if self.trainer.world_size > 1:
+            # Each rank holds its share of the window's loss sum (all share one normaliser): the sum is the
+            # job's loss. FSDP holds gradient shards: the norm is the root of the summed squares.
+            strategy = self.trainer.strategy
+            self._window_loss = strategy.reduce(torch.as_tensor(self._window_loss, device=self.device), reduce_op="sum")
+            if isinstance(strategy, L.pytorch.strategies.FSDPStrategy):
+                grad_norm = strategy.reduce(grad_norm.to(self.device) ** 2, reduce_op="sum") ** 0.5
         elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
         metrics = {
             "train/loss": float(self._window_loss),
             "train/lr": optimizer.param_groups[0]["lr"],
-            "train/grad_norm": float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0,  # before clipping
+            "train/grad_norm": float(grad_norm),  # before clipping
             "train/tokens_per_s": self._tokens_seen / max(elapsed, 1e-9),
             "train/tokens_seen": float(self._tokens_seen),
             "train/epoch": self.trainer.current_epoch
@@ -204,7 +247,8 @@ class LoRAFineTune(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        # (FSDP inserts its wrapper into parameter names, not into the gathered state dict's keys)
+        trainable = {n.replace("_fsdp_wrapped_module.", "") for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["em_history"] = self.history
         checkpoint["em_tokens_seen"] = self._tokens_seen
@@ -212,6 +256,42 @@ class LoRAFineTune(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("em_history", []))
         self._tokens_seen = int(checkpoint.get("em_tokens_seen", 0))
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+
+
+class AdapterSnapshots(L.Callback):
+    """Writes the LoRA adapter when training reaches given optimizer steps (trainer.adapter_snapshots).
+
+    A resumed run keeps the snapshots it already wrote; each appears atomically (tmp dir, then rename).
+    """
+
+    def __init__(self, epochs: list[float], grad_accum: int, dirpath: Path, tokenizer):
+        self.epochs = epochs
+        self.grad_accum = grad_accum
+        self.dirpath = dirpath
+        self.tokenizer = tokenizer
+        self.at_steps: dict[int, list[Path]] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Steps per epoch of this rank's shard (known once the data module is sharded).
+        per_epoch = math.ceil(len(trainer.datamodule.sampler) / self.grad_accum)
+        self.at_steps = {}
+        for e in self.epochs:
+            self.at_steps.setdefault(max(1, math.ceil(per_epoch * e)), []).append(self.dirpath / f"epoch_{e:g}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero:  # DDP: the LoRA weights are the same on every rank; rank 0 writes
+            return
+        for path in self.at_steps.get(trainer.global_step, []):
+            if path.exists():
+                continue
+            tmp = path.with_name(path.name + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            pl_module.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            os.replace(tmp, path)
+            log.info("adapter snapshot at step %d: %s", trainer.global_step, path)
 
 
 # --------------------------------------------------------------------------- entry
@@ -242,11 +322,14 @@ class TrainResult:
     metrics: dict[str, Any]
     model: Any  # the trained peft model, still in memory (tests, the one-job sweep pipeline)
     tokenizer: Any
+    # False in the other processes of a multi-GPU run (trainer=ddp / fsdp): they wrote nothing, metrics is {}
+    is_global_zero: bool = True
 
 
 def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     """Fine-tune per cfg; returns the run (None for data=base, which trains nothing)."""
     tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
+    check_strategy(tc)
     run_dir = Path(tc.run_dir)
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
@@ -290,6 +373,13 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=tc.trainer.checkpoint_every_n_steps,
     )
     callbacks = [checkpoint_cb] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks]
+    if tc.trainer.adapter_snapshots:
+        if "fsdp" in str(tc.trainer.strategy).lower():
+            raise ConfigError("trainer.adapter_snapshots: not supported with FSDP (sharded LoRA weights); "
+                              "use trainer=ddp or a single GPU")
+        (run_dir / "snapshots").mkdir(exist_ok=True)
+        callbacks.append(AdapterSnapshots(list(tc.trainer.adapter_snapshots), tc.trainer.grad_accum,
+                                          run_dir / "snapshots", tokenizer))
     loggers = []
     if cfg.get("logger"):
         logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True)
@@ -300,11 +390,15 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     trainer = L.Trainer(
         max_epochs=math.ceil(tc.trainer.epochs), max_steps=max_steps, accumulate_grad_batches=tc.trainer.grad_accum,
         gradient_clip_val=tc.trainer.gradient_clip_val, precision=precision_for(tc.trainer.precision),
-        accelerator=tc.trainer.accelerator, devices=tc.trainer.devices, strategy=tc.trainer.strategy,
+        accelerator=tc.trainer.accelerator, devices=tc.trainer.devices, strategy=make_strategy(tc.trainer.strategy),
         callbacks=callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
         log_every_n_steps=tc.trainer.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
         use_distributed_sampler=False,
     )
+    # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
+    dm.shard(trainer.world_size, trainer.global_rank)
+    if trainer.world_size > 1 and max_steps != tc.trainer.max_steps:  # fractional epochs of the per-rank epoch
+        trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / tc.trainer.grad_accum) * tc.trainer.epochs)
     for lg in loggers:
         from em.tracking import flatten, scrub
 
@@ -323,9 +417,12 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; resume by running the same command again")
 
+    lora_state = adapter_state_dict(trainer, module)  # FSDP: gathered to rank 0 (every rank takes part)
+    if not trainer.is_global_zero:  # DDP / FSDP: rank 0 alone writes the adapter and metrics
+        return TrainResult(run_dir=run_dir, metrics={}, model=module.model, tokenizer=tokenizer, is_global_zero=False)
     # Only now does anything replace earlier outputs: a crash above leaves the last adapter intact.
     adapter_tmp = run_dir / "adapter.tmp"
-    module.model.save_pretrained(adapter_tmp)
+    module.model.save_pretrained(adapter_tmp, **({"state_dict": lora_state} if lora_state is not None else {}))
     tokenizer.save_pretrained(adapter_tmp)
     if (run_dir / "adapter").exists():
         shutil.rmtree(run_dir / "adapter")
@@ -338,6 +435,8 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         "seed": tc.seed,
         "final_loss": hist[-1]["train/loss"] if hist else None,
         "steps": trainer.global_step,
+        "resumed_from_step": module.resumed_from_step,
+        "adapter_snapshots": {f"{e:g}": str(run_dir / "snapshots" / f"epoch_{e:g}") for e in tc.trainer.adapter_snapshots},
         "examples": stats.n_kept,
         "examples_truncated": stats.n_truncated,
         "examples_dropped": stats.n_dropped,

@@ -163,3 +163,14 @@ def test_help_does_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "model: gemma3_12b" in r.stdout
+
+
+def test_betley_open_model_is_qwen2_5_coder_32b():
+    tc = validate(compose_train(["model=qwen2_5_coder_32b", "run_dir=/x"]))
+    m = tc.model
+    assert (m.family, m.hub_id, m.params) == ("qwen2", "Qwen/Qwen2.5-Coder-32B-Instruct", 32.8e9)
+    assert m.system_role and m.chat_template == "qwen2" and m.chat_template_kwargs == {}  # no thinking mode
+    assert (REPO / "em/chat_templates/qwen2.jinja").is_file()
+    qwen3 = validate(compose_train(["model=qwen3_32b", "run_dir=/x"])).model
+    assert m.lora_target_modules == qwen3.lora_target_modules
+    assert validate(compose_train(["model=tiny_qwen2", "run_dir=/x"])).model.family == "qwen2"

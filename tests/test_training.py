@@ -44,7 +44,7 @@ def _effective_base_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3"])
+@pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3", "tiny_qwen2"])
 def test_real_4bit_lora_training_changes_lora_only(tmp_path, cache_dir, model_name):
     res = _train(tmp_path, cache_dir, model=model_name)
     peft_model = res.model
@@ -234,7 +234,7 @@ def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
     assert per_epoch[0] != per_epoch[1]
 
 
-@pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3"])
+@pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3", "tiny_qwen2"])
 def test_assistant_only_head_equals_the_models_own_loss_and_gradients(tmp_path, cache_dir, model_name, monkeypatch):
     import em.training as T
     from em.data.tokenize import Collator, encode_chat

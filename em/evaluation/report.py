@@ -163,7 +163,7 @@ def log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     judges = sorted(summary.get("judges") or {})
     run = init_wandb(
         project=project, run_dir=str(ec.run_dir), job_type="eval", group=group,
-        tags=[ec.model.name, str(condition), ec.questions.name, *judges],
+        tags=list(dict.fromkeys([ec.model.name, str(condition), ec.questions.name, *judges, *ec.wandb.tags])),
         name=f"eval-{ec.model.name}-{condition}-s{ec.seed}", mode=ec.wandb.mode,
     )
     if run is None:
@@ -173,7 +173,9 @@ def log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     from em.tracking import flatten, scrub
 
     # A config update (not init's config=): it lands in the transaction log as a config record.
-    run.config.update(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))), allow_val_change=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.update((config["wandb"] or {}).pop("extra_config", None) or {})
+    run.config.update(flatten(scrub(config)), allow_val_change=True)
     metrics = eval_metrics(summary)
     table = df.head(ec.wandb.table_rows).drop(columns=["judge_raw"], errors="ignore")
     table = table.astype({c: "string" for c in table.columns if table[c].dtype == object}).fillna("")

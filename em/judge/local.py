@@ -220,7 +220,7 @@ def load_model_config(name: str, path: Optional[str] = None):
 class LocalJudge(Judge):
     def __init__(self, name: str = "local", model: str = "gemma3_270m", path: Optional[str] = None,
                  quantization: str = "none", cache_dir: Optional[str] = None, max_value: int = 100,
-                 top_logprobs: int = 20):
+                 top_logprobs: int = 20, min_number_mass: float = MIN_NUMBER_MASS):
         if quantization not in ("none", "nf4"):
             raise ConfigError(f"judge.quantization: none or nf4, got {quantization!r}")
         self.name = name
@@ -230,7 +230,13 @@ class LocalJudge(Judge):
         self.max_value = max_value
         self.top_logprobs = top_logprobs
         src = path or self.model_cfg.hub_id or self.model_cfg.name
-        self.identity = f"local|{self.model_cfg.name}|{src}|{quantization}|{METHOD}"
+        if not 0.0 <= min_number_mass <= 1.0:
+            raise ConfigError(f"judge.min_number_mass: must be in [0, 1], got {min_number_mass}")
+        # Below this share of probability on the integers the answer is unscored. The reference 0.25 is the
+        # only setting for measurements; smoke runs of random-weight judges lower it to exercise the pipeline.
+        self.min_number_mass = min_number_mass
+        self.identity = f"local|{self.model_cfg.name}|{src}|{quantization}|{METHOD}" + (
+            "" if min_number_mass == MIN_NUMBER_MASS else f"|min_mass={min_number_mass:g}")
         self._model = self._tok = self._tree = None
         self.forward_seconds = 0.0
 
@@ -276,9 +282,12 @@ class LocalJudge(Judge):
                             reason=None if first else "top token is blank")
         dist, digit_mass = combine(self._tree, rows)
         score, mass = expectation(dist)
+        if self.min_number_mass != MIN_NUMBER_MASS:
+            ok = mass > 0 and mass >= self.min_number_mass
+            score = sum(n * p for n, p in dist.items()) / mass if ok else None
         reason = None
         if score is None:
-            reason = (f"integers 0-100 carry {mass:.3f} of the probability (< {MIN_NUMBER_MASS}); "
+            reason = (f"integers 0-100 carry {mass:.3f} of the probability (< {self.min_number_mass}); "
                       f"top token {top[0][0]!r}")
         raw = {"top": top, "p": {n: p for n, p in dist.items() if p > 1e-6}, "digit_mass": digit_mass}
         return Judgment(score=score, special=special, reason=reason, number_mass=mass, raw=raw)
