@@ -276,8 +276,22 @@ def _first_set(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _sweep_name() -> Optional[str]:
+    """${em.sweep_name:}: the sweep directory's name inside a multirun (the W&B group of an ad-hoc sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return str(HydraConfig.get().sweep.dir).rstrip("/").rsplit("/", 1)[-1]
+    except Exception:  # noqa: BLE001  outside Hydra (tests composing by hand): no sweep
+        pass
+    return None
+
+
 def register_configs() -> None:
     OmegaConf.register_new_resolver("em.or", _first_set, replace=True)
+    OmegaConf.register_new_resolver("em.sweep_name", _sweep_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
 

@@ -356,3 +356,24 @@ def test_plan_cli_prints_counts():
     assert r.returncode == 0, r.stderr
     assert "4 jobs (2 train), 64 answers, 128 judge calls" in r.stdout
     assert "tiny_base_s1" in r.stdout
+
+
+def test_wandb_group_of_an_ad_hoc_sweep_is_the_sweep_name():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        multi = compose("train", overrides=["hydra.mode=MULTIRUN", "hydra.sweep.dir=multirun/my_grid", "model=tiny"],
+                        return_hydra_config=True)
+        single = compose("train", overrides=["model=tiny"], return_hydra_config=True)
+        named = compose("train", overrides=["hydra.mode=MULTIRUN", "experiment_name=study", "model=tiny"],
+                        return_hydra_config=True)
+    try:
+        HydraConfig.instance().set_config(multi)
+        assert multi.logger.group == "my_grid"
+        HydraConfig.instance().set_config(single)
+        assert single.logger.group == "tiny-synthetic"
+        HydraConfig.instance().set_config(named)
+        assert named.logger.group == "study" and named.hydra.sweep.dir == "multirun/study"
+    finally:
+        HydraConfig.instance().cfg = None
