@@ -256,10 +256,8 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
                 prev = result.metrics
                 del result
                 release_memory()
-                with open((job_dir / "metrics.json"), "r+") as f:  # which training config these metrics are
-                    m = json.load(f)
-                    m["train_hash"] = train_hash
-                    f.seek(0), f.truncate(), f.write(json.dumps(m, indent=2))
+                # which training config produced adapter/: a relaunch with other eval settings reuses it
+                _write(job_dir / "metrics.json", prev | {"train_hash": train_hash})
             summary["train/final_loss"] = prev.get("final_loss")
         for t in targets:
             stage = f"evaluate:{t.label}"
@@ -423,10 +421,8 @@ def plan_jobs(compose_job: Callable[[list[str]], DictConfig], jobs: list[list[st
 
 def plan_sweep(overrides: list[str], config_dir: Optional[str] = None, check: bool = True) -> Plan:
     """The jobs `python train.py -m <overrides>` would launch (outside a running Hydra app)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-    from hydra.types import RunMode
 
     import em.config  # noqa: F401  schemas
 

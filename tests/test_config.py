@@ -11,7 +11,7 @@ import pytest
 
 from em.config import ConfigError, validate
 from em.errors import ModelLoadError
-from tests.conftest import REPO, compose_train, tiny_overrides
+from tests.conftest import REPO, compose_train
 
 GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
 
