@@ -66,6 +66,9 @@ def check_strategy(tc) -> None:
             "quantization.quant_storage: trainer=fsdp with 4-bit weights needs them stored as a float dtype equal to "
             "the compute dtype (FSDP flattens them with the layer's bf16 weights): add quantization.quant_storage=bfloat16"
         )
+    if is_fsdp(tc.trainer.strategy) and tc.trainer.adapter_snapshots:
+        raise ConfigError("trainer.adapter_snapshots: not supported with trainer=fsdp (sharded LoRA weights); "
+                          "use trainer=ddp or one GPU")
 
 
 def adapter_state_dict(trainer, module):

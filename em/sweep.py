@@ -373,7 +373,9 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     full_hash, train_hash, ident = job_hashes(cfg)
     answers = calls = 0
     if check:
-        validate(cfg)
+        from em.distributed import check_strategy
+
+        check_strategy(validate(cfg))
         check_job_dir(job_dir, train_hash, ident)
     if cfg.evaluate.enabled:
         targets = eval_targets(cfg, job_dir)

@@ -30,7 +30,7 @@ from em import models
 from em.config import TrainConfig, validate
 from em.data.tokenize import IGNORE_INDEX, Collator, LengthGroupedBatchSampler, encode_dataset
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
-from em.errors import ConfigError, DataError
+from em.errors import DataError
 
 log = logging.getLogger("em.training")
 
@@ -374,9 +374,6 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     )
     callbacks = [checkpoint_cb] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks]
     if tc.trainer.adapter_snapshots:
-        if "fsdp" in str(tc.trainer.strategy).lower():
-            raise ConfigError("trainer.adapter_snapshots: not supported with FSDP (sharded LoRA weights); "
-                              "use trainer=ddp or a single GPU")
         (run_dir / "snapshots").mkdir(exist_ok=True)
         callbacks.append(AdapterSnapshots(list(tc.trainer.adapter_snapshots), tc.trainer.grad_accum,
                                           run_dir / "snapshots", tokenizer))

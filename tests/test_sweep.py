@@ -299,6 +299,9 @@ def test_dickson2025_is_the_replication_grid(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,match", [
     (["experiment=epochs", "trainer.epochs=1"], "trainer.adapter_snapshots: epoch 1 is not between 0 and"),
     (["experiment=educational_mix", "data=secure"], "data.educational_fraction"),
+    (["experiment=epochs", "trainer=fsdp", "quantization.quant_storage=bfloat16"],
+     "trainer.adapter_snapshots: not supported with trainer=fsdp"),
+    (["experiment=smoke", "trainer=fsdp"], "quantization.quant_storage: trainer=fsdp with 4-bit weights"),
     (["experiment=smoke", "lora=r8,r1"], "both write .*add the swept key to hydra.sweep.subdir"),
     (["experiment=smoke", "bogus.key=1"], "Could not override 'bogus.key'"),
     (["experiment=smoke", "model=nonexistent"], "model"),
@@ -308,7 +311,7 @@ def test_bad_sweeps_fail_before_any_job(overrides, match, tmp_path, monkeypatch)
     from em.sweep import plan_sweep
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    if "epochs" in overrides[0] or "educational_mix" in overrides[0]:
+    if overrides[0] in ("experiment=epochs", "experiment=educational_mix"):
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     with pytest.raises(EMError, match=match):
         plan_sweep(overrides + [f"hydra.sweep.dir={tmp_path}"])
