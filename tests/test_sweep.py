@@ -380,3 +380,18 @@ def test_wandb_group_of_an_ad_hoc_sweep_is_the_sweep_name():
         assert named.logger.group == "study" and named.hydra.sweep.dir == "multirun/study"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_train_py_ddp_two_processes_one_job(tmp_path, cache_dir):
+    # Lightning re-executes the Hydra script for rank 1; rank 0 alone writes the adapter, metrics and DONE.json.
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "train.py", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "logger=none", "data.n_examples=8", "trainer.max_length=1024", "trainer.grad_accum=1",
+           f"cache_dir={cache_dir}", f"hydra.run.dir={run}"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env=os.environ | {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2  # 8 examples / (batch 2 x 2 ranks): each rank took half of the batches
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert _job(run.parent, run.name)["state"] == "done"
