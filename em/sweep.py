@@ -222,9 +222,8 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     tc = validate(cfg)  # every check before anything is loaded (also for evaluation, below)
     job_dir = Path(tc.run_dir)
     full_hash, train_hash, ident = job_hashes(cfg)
-    targets = eval_targets(cfg, job_dir) if tc.evaluate.enabled else []
-    for t in targets:
-        eval_config(cfg, t)
+    # each evaluation's config, built (and checked) once, before anything runs
+    evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
     check_job_dir(job_dir, train_hash, ident)
 
     record = {"hash": full_hash, "train_hash": train_hash, "identity": ident, "host": socket.gethostname(),
@@ -259,13 +258,13 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
                 # which training config produced adapter/: a relaunch with other eval settings reuses it
                 _write(job_dir / "metrics.json", prev | {"train_hash": train_hash})
             summary["train/final_loss"] = prev.get("final_loss")
-        for t in targets:
-            stage = f"evaluate:{t.label}"
-            _write(job_dir / JOB_FILE, record | {"state": "running", "stage": stage})
+        if evals:
             from em.evaluation.report import eval_metrics
             from em.evaluation.run import run_evaluation
-
-            res = run_evaluation(eval_config(cfg, t))
+        for t, ec in evals:
+            stage = f"evaluate:{t.label}"
+            _write(job_dir / JOB_FILE, record | {"state": "running", "stage": stage})
+            res = run_evaluation(ec)
             prefix = "" if t.label == "final" else f"{t.label}/"
             summary.update({f"{prefix}{k}": v for k, v in eval_metrics(res.summary).items()})
             del res
