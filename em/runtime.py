@@ -1,0 +1,105 @@
+"""Small facts and file operations every stage shares: one definition each.
+
+* :func:`atomic_write` / :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_replace_dir`
+  -- a reader (or a killed writer) never sees half a file: write a temp file *in the same directory*
+  (so the final ``os.replace`` is a rename on one filesystem), then rename it over the target.
+* :func:`in_multirun` -- are we one job of a Hydra ``-m`` sweep?
+* :func:`is_wandb_logger` -- does a ``logger`` config node build W&B?
+* :data:`CONF_DIR` -- the packaged Hydra config root (for ``initialize_config_dir`` only; nothing opens a
+  YAML under it by path).
+
+Light on purpose (stdlib + omegaconf only): imported on the ``--help`` path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a unique temp path beside ``path``, then rename it onto ``path``.
+
+    Args:
+        path: the final file. Its parent directory is created.
+        write: writes the whole content to the path it is given (e.g. ``df.to_parquet``).
+
+    Returns the final path. On any exception the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding=encoding))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: Optional[int] = 2) -> Path:
+    """Write ``obj`` as JSON atomically; values JSON cannot hold (paths, numpy scalars) go through ``str``."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, default=_jsonable))
+
+
+def atomic_replace_dir(src: str | Path, dest: str | Path) -> Path:
+    """Move a finished directory ``src`` onto ``dest`` (same filesystem), replacing an older ``dest``.
+
+    The old ``dest`` is renamed aside first and removed only after the new one is in place, so a kill
+    leaves either the old or the new directory under ``dest``, never a half-written one.
+    """
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def read_json(path: str | Path) -> Optional[dict]:
+    """A JSON file's content, or None when it is missing or unreadable (a torn or foreign file)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    return str(x)
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``); False in a single run or outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001  outside a Hydra app (tests composing by hand): not a multirun
+        return False
+
+
+def is_wandb_logger(node: Optional[Mapping[str, Any]]) -> bool:
+    """Does this ``logger`` config node (a ``_target_`` node, or null) build the W&B logger?"""
+    if not node:
+        return False
+    return str(node.get("_target_") or "").endswith("wandb_logger")
