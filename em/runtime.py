@@ -103,3 +103,17 @@ def is_wandb_logger(node: Optional[Mapping[str, Any]]) -> bool:
     if not node:
         return False
     return str(node.get("_target_") or "").endswith("wandb_logger")
+
+
+_MODEL_LOADS = 0
+
+
+def count_model_load() -> None:
+    """Record that this process loaded a model (em.models calls it on every base-model load)."""
+    global _MODEL_LOADS
+    _MODEL_LOADS += 1
+
+
+def model_loads() -> int:
+    """Model loads in this process so far (a skipped sweep job reads 0 without importing torch)."""
+    return _MODEL_LOADS
