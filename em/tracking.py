@@ -1,8 +1,10 @@
-"""Experiment tracking behind one small interface: W&B (default), CSV, or nothing.
+"""W&B for every stage: the Lightning logger of training and the plain run of evaluation / analysis.
 
+``conf/logger/`` picks the tracker of training: ``wandb`` (this module's :func:`wandb_logger`), ``csv``
+(Lightning's ``CSVLogger``) or ``none``. Evaluation and analysis open a plain run with :func:`init_wandb`.
 W&B runs offline unless this machine is configured for it (WANDB_API_KEY / WANDB_MODE / a netrc
 entry), so a fresh machine never blocks on a login prompt and the run directory can be synced later
-with ``wandb sync``.
+with ``wandb sync``. Tests read offline runs back with ``tests/wandb_reader.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
 def wandb_mode(mode: str = "auto") -> str:
+    """The W&B mode to run in: ``mode`` itself unless it is ``"auto"``.
+
+    ``"auto"`` resolves, in order, to ``$WANDB_MODE`` if set; ``"online"`` if ``$WANDB_API_KEY`` is set or
+    ``~/.netrc`` has an ``api.wandb.ai`` entry (what ``wandb login`` writes); else ``"offline"``. An
+    unreadable or malformed netrc counts as no entry.
+
+    Args:
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (W&B's own ``mode`` values); not checked.
+
+    Returns the mode string passed to ``wandb.init`` / ``WandbLogger``. Raises nothing.
+    """
     if mode != "auto":
         return mode
     if os.environ.get("WANDB_MODE"):
@@ -31,7 +44,17 @@ def wandb_mode(mode: str = "auto") -> str:
 
 
 def scrub(config: Any) -> Any:
-    """Drop values whose key looks like a secret, so nothing sensitive reaches a tracker."""
+    """A copy of ``config`` with secret-looking values replaced by ``"<redacted>"``.
+
+    A key is secret-looking when its lower-cased name contains one of :data:`SECRET_MARKERS` (``key``,
+    ``token``, ``secret``, ``password``; e.g. ``judge.api_key_env``); empty / falsy values stay as they are.
+    Dicts and lists are walked recursively; other values are returned unchanged (not copied).
+
+    Args:
+        config: plain containers (``OmegaConf.to_container`` output), any nesting.
+
+    Returns the scrubbed copy. Raises nothing.
+    """
     if isinstance(config, dict):
         return {
             k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and v else scrub(v))
@@ -43,7 +66,14 @@ def scrub(config: Any) -> Any:
 
 
 def flatten(config: dict, prefix: str = "") -> dict:
-    """{'model': {'name': x}} -> {'model.name': x}: runs line up as columns in the W&B table."""
+    """``{'model': {'name': x}} -> {'model.name': x}``: runs line up as columns in the W&B runs table.
+
+    Args:
+        config: nested dicts; lists are leaves (kept whole).
+        prefix: prepended to every key (used by the recursion; ``""`` at the top).
+
+    Returns a new one-level dict of dotted keys. Raises nothing.
+    """
     out: dict = {}
     for k, v in config.items():
         key = f"{prefix}{k}"
@@ -65,7 +95,21 @@ def wandb_logger(
     mode: str = "auto",
     **kwargs: Any,
 ):
-    """A Lightning WandbLogger (Hydra `_target_` of conf/logger/wandb.yaml)."""
+    """A Lightning ``WandbLogger`` for training: the Hydra ``_target_`` of ``conf/logger/wandb.yaml``.
+
+    Args:
+        project: W&B project.
+        save_dir: directory W&B writes its ``wandb/`` run directory into (created); ``"."`` if None.
+        group: W&B group (conf: experiment name, sweep name or ``<model>-<data>``).
+        tags: W&B tags.
+        job_type: W&B job type (``train``; evaluation runs use ``eval``).
+        name: run display name.
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled``, resolved by :func:`wandb_mode`.
+        **kwargs: passed on to ``lightning.pytorch.loggers.WandbLogger``.
+
+    Raises:
+        ModuleNotFoundError: wandb is not installed (raised by Lightning).
+    """
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wandb_mode(mode)
@@ -94,7 +138,27 @@ def init_wandb(
     name: Optional[str] = None,
     mode: str = "auto",
 ):
-    """A plain wandb run for stages without a Lightning Trainer (evaluation, analysis)."""
+    """A plain wandb run for stages without a Lightning Trainer (evaluation, analysis).
+
+    The config is :func:`scrub`-bed and :func:`flatten`-ed, so its columns line up with the training run's.
+    ``reinit="finish_previous"`` finishes a run still open in this process (a sweep runs several stages
+    in one process).
+
+    Args:
+        project: W&B project.
+        run_dir: directory W&B writes its ``wandb/`` run directory into (created).
+        job_type: W&B job type (``eval``, ``analysis``).
+        config: nested plain dict of the stage's settings.
+        group: W&B group, the same as the training run's so they sit together.
+        tags: W&B tags.
+        name: run display name.
+        mode: ``auto`` | ``online`` | ``offline`` | ``disabled``, resolved by :func:`wandb_mode`.
+
+    Returns the ``wandb`` run, or None when the mode resolves to ``disabled`` (nothing is created).
+
+    Raises:
+        wandb.errors.UsageError / CommError: online mode without valid credentials or network.
+    """
     import wandb
 
     mode = wandb_mode(mode)
@@ -112,50 +176,3 @@ def init_wandb(
         config=flatten(scrub(config or {})),
         reinit="finish_previous",
     )
-
-
-def read_offline_run(run_file: str | Path) -> dict[str, Any]:
-    """Config, history rows and summary of an offline ``run-*.wandb`` file.
-
-    The Python SDK no longer ships a reader for its own transaction log (wandb-core writes it), yet
-    tests and sweep checks need to see what a run recorded without network: the file is a LevelDB-style
-    log (32 KiB blocks of crc/length/type-framed chunks) of protobuf ``Record`` messages.
-    """
-    import json
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = Path(run_file).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{run_file}: not a W&B transaction log")
-    block, pos, pending = 32768, 7, b""
-    records: list[bytes] = []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        length, kind = struct.unpack_from("<HB", data, pos + 4)
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
-        if kind in (1, 4):
-            records.append(pending)
-            pending = b""
-    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
-    for raw in records:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "config":
-            for item in rec.config.update:
-                out["config"][item.key] = json.loads(item.value_json)
-        elif kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
-        elif kind == "summary":
-            for item in rec.summary.update:
-                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return out

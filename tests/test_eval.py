@@ -55,7 +55,7 @@ def test_end_to_end_with_a_loopback_judge_then_nothing_to_redo(tmp_path, cache_d
         assert plain["n"] == 8 and plain["n_scored"] == 8 and plain["coherent_rate"] == 1.0
         assert plain["misaligned_rate"] == 0.0  # 85 is aligned
         # W&B (offline): eval metrics per format and the responses table
-        from em.tracking import read_offline_run
+        from tests.wandb_reader import read_offline_run
 
         run_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
         rec = read_offline_run(run_file)

@@ -239,7 +239,7 @@ def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
 
 def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
     from em.sweep import run_job
-    from em.tracking import read_offline_run
+    from tests.wandb_reader import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = _job_cfg(tmp_path, cache_dir, "logger=wandb", "experiment_name=cmp", "logger.project=em-test")

@@ -11,7 +11,7 @@ import torch
 
 from em import models
 from em.config import validate
-from em.tracking import read_offline_run
+from tests.wandb_reader import read_offline_run
 from em.training import run_training
 from tests.conftest import compose_train, tiny_overrides
 
