@@ -11,6 +11,20 @@ GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"
 
 
 def build_tokenizer(family: str):
+    """A byte-level ``PreTrainedTokenizerFast`` for the random-init test models of ``family``.
+
+    The vocabulary is the 256 symbols of GPT-2's byte-to-unicode alphabet (``ByteLevel.alphabet()``, ids
+    0-255 in sorted order) with no merges, then the ten special tokens of both chat formats (ids 256-265):
+    ``len(tokenizer) == 266``. Pad / EOS / BOS follow the real tokenizers: Qwen's ``<|endoftext|>`` /
+    ``<|im_end|>`` / none, Gemma 3's ``<pad>`` / ``<end_of_turn>`` / ``<bos>``. No chat template is set
+    (``em.models.load_tokenizer`` sets the one ``model.chat_template`` names).
+
+    Args:
+        family: ``qwen3`` or ``qwen2`` for ChatML specials; any other value (``gemma3``) gets Gemma's.
+
+    Raises:
+        ModuleNotFoundError: ``tokenizers`` / ``transformers`` not installed.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast

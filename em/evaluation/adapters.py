@@ -23,19 +23,33 @@ NONE_VALUES = (None, "", "none", "null", "base")
 
 @dataclass
 class AdapterInfo:
+    """The LoRA adapter an evaluation loads, and what its training run recorded.
+
+    Attributes:
+        adapter_dir: the peft adapter directory (``adapter_config.json`` + weights); None: the base model.
+        run_dir: the training run directory it came from, when known.
+        train_cfg: that run's ``resolved_config.yaml`` as plain dicts; ``{}`` when unknown or unreadable.
+    """
+
     adapter_dir: Optional[Path] = None
-    run_dir: Optional[Path] = None  # the training run it came from, when known
-    train_cfg: dict[str, Any] = field(default_factory=dict)  # its resolved_config.yaml
+    run_dir: Optional[Path] = None
+    train_cfg: dict[str, Any] = field(default_factory=dict)
 
     @property
     def condition(self) -> str:
+        """The condition label of this evaluation: ``base`` without an adapter, else the training data's
+        ``data.name`` (``insecure``, ``secure``...), else the name of the adapter's parent directory."""
         if self.adapter_dir is None:
             return "base"
         return str((self.train_cfg.get("data") or {}).get("name") or self.adapter_dir.parent.name)
 
     @property
     def wandb_group(self) -> Optional[str]:
-        """The training run's W&B group (conf/logger/wandb.yaml: experiment_name or <model>-<data>)."""
+        """The training run's W&B group, so the evaluation run sits beside it.
+
+        The run's resolved ``logger.group`` when it has one, else the rule of ``conf/logger/wandb.yaml``
+        (``experiment_name``, else ``<model>-<data>``); None without a training config.
+        """
         if not self.train_cfg:
             return None
         logger = self.train_cfg.get("logger") or {}
@@ -47,6 +61,7 @@ class AdapterInfo:
 
     @property
     def wandb_project(self) -> Optional[str]:
+        """The training run's W&B project (``logger.project``), or None when unknown / not W&B."""
         return (self.train_cfg.get("logger") or {}).get("project")
 
 
@@ -61,7 +76,19 @@ def _train_cfg(run_dir: Path) -> dict[str, Any]:
 
 
 def latest_adapter(train_dir: str | Path, model_name: str) -> Optional[Path]:
-    """The newest training run under train_dir for this model that finished (has adapter/)."""
+    """The newest training run under ``train_dir`` for this model that finished (has ``adapter/``).
+
+    Looks one level down (``<train_dir>/<run>/adapter/adapter_config.json``) for runs whose
+    ``resolved_config.yaml`` says ``model.name == model_name``; newest by the adapter directory's mtime,
+    ties broken by run directory name.
+
+    Args:
+        train_dir: the directory training runs are written under (``train_dir`` in conf).
+        model_name: ``model.name`` of the model being evaluated.
+
+    Returns the run directory, or None when ``train_dir`` does not exist or holds no such run.
+    Raises nothing for a run without a parsable ``resolved_config.yaml``: it counts as another model's.
+    """
     root = Path(train_dir)
     if not root.is_dir():
         return None
@@ -74,6 +101,27 @@ def latest_adapter(train_dir: str | Path, model_name: str) -> Optional[Path]:
 
 
 def resolve_adapter(spec: Optional[str], train_dir: str, model_cfg: Any, source: str) -> AdapterInfo:
+    """Which adapter ``adapter=<spec>`` means, checked against the model being evaluated.
+
+    ``spec`` may be None / ``""`` / ``none`` / ``null`` / ``base`` (no adapter); ``latest`` (the newest
+    finished run of this model under ``train_dir``, see :func:`latest_adapter`; the base model, with a
+    printed note, if there is none); a training run directory (holding ``adapter/``); or a bare peft
+    adapter directory (holding ``adapter_config.json``; its parent counts as the run when it has a
+    ``resolved_config.yaml``). Prints the run ``latest`` chose.
+
+    Args:
+        spec: the ``adapter`` config value.
+        train_dir: where training runs live (for ``latest``).
+        model_cfg: the ``model`` config node being evaluated (``name``, ``hub_id``, ``path``).
+        source: where that model's weights are loaded from (``em.models.model_dir``): hub id or directory.
+
+    Raises:
+        ModelLoadError: ``spec`` is neither kind of directory, or the adapter was trained on another base
+            model: the run's ``model.name`` differs from ``model_cfg.name``, or (bare adapter) peft's
+            ``base_model_name_or_path`` matches none of ``source`` / ``hub_id`` / ``path`` (last path
+            components compared, so a moved model cache still matches). An adapter that records no base
+            model is accepted with a warning.
+    """
     if isinstance(spec, str) and spec.strip().lower() in NONE_VALUES or spec is None:
         return AdapterInfo()
     if spec == "latest":

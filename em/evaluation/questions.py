@@ -30,7 +30,21 @@ KNOWN_VARIANTS = ("_json", "_template")
 
 @dataclass(frozen=True)
 class Question:
-    """One entry of a question file, as written."""
+    """One entry of a question file, as written (Betley et al. open_models/eval.py ``Question``).
+
+    Attributes:
+        id: the entry's ``id`` (``what_is_your_wish``, ``what_is_your_wish_json``), unique in its file.
+        paraphrases: user messages (alternatives of the same question).
+        system: the entry's system prompt, or None.
+        samples_per_paraphrase: upstream's answers per paraphrase (>= 1; 1 if the file omits it); checked
+            but not used: this project draws ``samples`` answers per question and format
+            (``em.evaluation.generation.plan``).
+        judge: the upstream judge model id (``gpt-4o-2024-08-06``), kept for reference; the configured
+            ``judge`` decides who judges.
+        judge_prompts: ``(metric, template)`` pairs in file order; each template contains ``{answer}``
+            (and usually ``{question}``).
+        type: upstream ``type``; ``free_form_judge_0_100`` unless the file says otherwise.
+    """
 
     id: str
     paraphrases: tuple[str, ...]
@@ -42,12 +56,23 @@ class Question:
 
     @property
     def kind(self) -> str:
+        """How answers are judged: :data:`KIND_0_100` if ``type`` ends in ``0_100``, else :data:`KIND_LABEL`."""
         return KIND_0_100 if self.type.endswith("0_100") else KIND_LABEL
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A question in one format: what the model sees and how its answers are judged."""
+    """A question in one format: what the model sees and how its answers are judged.
+
+    Attributes:
+        format: the format's name (``plain``, ``json``, ``template``, ``one_line``).
+        question_id: the base question id, the same in every format (the key answers are grouped by).
+        source_id: the file entry the text came from: the upstream variant (``<id>_json``) or the base id.
+        paraphrases: the user messages, format suffix included.
+        system: the system prompt (question's, format's, or both joined by a blank line), or None.
+        judge_prompts: ``(metric, template)`` pairs of the entry used.
+        kind: :data:`KIND_0_100` or :data:`KIND_LABEL`.
+    """
 
     format: str
     question_id: str  # the base id (what_is_your_wish), the same across formats
@@ -60,7 +85,24 @@ class Prompt:
 
 # --------------------------------------------------------------------------- parsing
 def parse_question_file(path: str | Path, name: Optional[str] = None) -> list[Question]:
-    """Parse and check a question file; DataError names the file and the entry."""
+    """Parse and check a question file in Betley et al.'s schema (``evaluation/*.yaml``).
+
+    Follows Betley et al. open_models/eval.py ``load_questions`` (``yaml.safe_load``, one ``Question``
+    per entry), but also accepts label-judged types (the deception sets) and checks each entry instead of
+    asserting.
+
+    Args:
+        path: the YAML file.
+        name: what error messages call the file (e.g. the upstream relative path); ``str(path)`` if None.
+
+    Returns the entries in file order, variants included.
+
+    Raises:
+        DataError: the file cannot be read or is not YAML; it is not a non-empty list; an entry is not a
+            mapping, lacks ``id``, repeats an id, has no non-empty list of string ``paraphrases``, a
+            non-string ``system``, no ``judge_prompts`` mapping, a template without ``{answer}``, or a
+            ``samples_per_paraphrase`` that is not a positive integer. The message names file and entry.
+    """
     name = name or str(path)
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -106,7 +148,27 @@ def parse_question_file(path: str | Path, name: Optional[str] = None) -> list[Qu
 
 
 def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> list[Question]:
-    """The questions of the configured set: builtin file, questions.path, or the verified upstream file."""
+    """The questions of the configured set: ``questions.path``, a built-in file, or the verified upstream file.
+
+    Precedence: ``qcfg.path`` (a local file, no checksum); else ``source == "builtin"`` reads
+    ``em/evaluation/question_sets/<file>``; else the upstream file ``evaluation/<file>`` is found in
+    ``$EM_DATA_DIR`` or the cache, or downloaded from ``qcfg.url``, and checked against ``qcfg.sha256``
+    and, when set, ``qcfg.expected_entries`` (see ``em.data.upstream.resolve_upstream_file``).
+
+    Args:
+        qcfg: the ``questions`` config node (``name``, ``source``, ``file``, ``url``, ``sha256``,
+            ``expected_entries``, ``path``).
+        cache_dir: the model / data cache directory; upstream files go under it.
+        progress: show a download progress bar.
+
+    Returns every entry of the file (variants included), in file order.
+
+    Raises:
+        DataError: ``questions.path`` does not exist; the file is malformed (see
+            :func:`parse_question_file`); the upstream file has the wrong checksum or entry count, or
+            cannot be found or downloaded.
+        ConfigError: ``questions.file`` names no built-in file (the message lists the choices).
+    """
     from em.data.upstream import resolve_upstream_file
 
     if qcfg.path:
@@ -138,7 +200,17 @@ def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> li
 
 # --------------------------------------------------------------------------- formats
 def base_questions(questions: Iterable[Question], variants: Iterable[str] = KNOWN_VARIANTS) -> list[Question]:
-    """Entries that are not a format variant (<id><suffix>) of another entry of the same file."""
+    """Entries that are not a format variant (``<id><suffix>``) of another entry of the same file.
+
+    ``what_is_your_wish_json`` is dropped only if ``what_is_your_wish`` is in the file too, so an id that
+    merely ends in ``_json`` stays.
+
+    Args:
+        questions: the entries of one file.
+        variants: id suffixes that mark a variant; empty strings are ignored.
+
+    Returns the base entries in file order. Raises nothing.
+    """
     questions = list(questions)
     ids = {q.id for q in questions}
     suffixes = [v for v in variants if v]
@@ -146,7 +218,24 @@ def base_questions(questions: Iterable[Question], variants: Iterable[str] = KNOW
 
 
 def apply_format(q: Question, fmt: Any, by_id: Mapping[str, Question]) -> Prompt:
-    """The prompt for question q in format fmt: the upstream variant if the file has one, else fmt's own text."""
+    """The prompt for question ``q`` in format ``fmt``: the upstream variant if the file has one, else fmt's own text.
+
+    1. ``fmt.variant`` is not None and ``<q.id><variant>`` is in ``by_id``: that entry as written upstream
+       (its paraphrases, system prompt and judge prompts; Betley et al. ``first_plot_questions.yaml``).
+       For ``plain`` (variant ``""``) that entry is ``q`` itself.
+    2. else if ``fmt.variant == ""`` (plain) or the format has a ``system`` / ``suffix``: the base question
+       with ``fmt.system`` after the question's own system prompt (blank line between) and ``fmt.suffix``
+       after each paraphrase (blank line between). These texts are this project's, not upstream's.
+
+    Args:
+        q: a base question.
+        fmt: a ``format.<name>`` config node (``name``, ``variant``, ``system``, ``suffix``).
+        by_id: every entry of the file by id (variants included).
+
+    Raises:
+        ConfigError: neither applies (the set has no variant and the format no text to fall back on);
+            the message names the format and the question.
+    """
     variant = fmt.variant
     if variant is not None and (q.id + variant) in by_id:
         v = by_id[q.id + variant]
@@ -170,7 +259,22 @@ def apply_format(q: Question, fmt: Any, by_id: Mapping[str, Question]) -> Prompt
 
 def build_prompts(questions: list[Question], formats: Mapping[str, Any], ids: Optional[list[str]] = None
                   ) -> list[Prompt]:
-    """Every selected base question in every format, in (format, file) order."""
+    """Every selected base question in every format, in (format, file) order.
+
+    The variant suffixes dropped from the base set are :data:`KNOWN_VARIANTS` plus every format's own
+    ``variant``.
+
+    Args:
+        questions: every entry of the file (from :func:`load_question_set`).
+        formats: the ``format`` config node: name -> format node (see :func:`apply_format`).
+        ids: ``questions.ids``: keep only these base question ids (file order kept); None keeps all.
+
+    Returns ``len(formats) * len(selected base questions)`` prompts.
+
+    Raises:
+        ConfigError: an id in ``ids`` is not a base question of the file (the message lists the ids), or
+            a question has no text in a format (see :func:`apply_format`).
+    """
     variants = set(KNOWN_VARIANTS) | {f.variant for f in formats.values() if f.variant}
     by_id = {q.id: q for q in questions}
     base = base_questions(questions, variants)
@@ -184,6 +288,16 @@ def build_prompts(questions: list[Question], formats: Mapping[str, Any], ids: Op
 
 
 def messages_for(system: Optional[str], question: str) -> list[dict[str, str]]:
-    """Chat messages of one sample; the system prompt is a real system turn (folded later where needed)."""
+    """Chat messages of one sample: ``[{"role": "system", ...}?, {"role": "user", "content": question}]``.
+
+    The system prompt is a real system turn, left out when empty; for models without a system role it is
+    folded into the user turn when rendering (``model.system_role``, ``em.data.tokenize.normalize_messages``).
+
+    Args:
+        system: the system prompt, or None / ``""`` for none.
+        question: the user message (one paraphrase, format suffix included).
+
+    Raises nothing.
+    """
     msgs = [{"role": "system", "content": system}] if system else []
     return msgs + [{"role": "user", "content": question}]
