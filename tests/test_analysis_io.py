@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize
 
 from em.analysis import run_analysis
-from em.analysis.synthetic import synthetic_responses
+from tests.synthetic_responses import synthetic_responses
 from em.errors import ConfigError, DataError
 
 

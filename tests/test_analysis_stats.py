@@ -19,7 +19,7 @@ from em.analysis import run_analysis
 from em.analysis.definitions import Definition
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_table
-from em.analysis.synthetic import synthetic_responses
+from tests.synthetic_responses import synthetic_responses
 
 
 def analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str, name: str = "responses.csv") -> Path:
