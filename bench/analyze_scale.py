@@ -26,19 +26,21 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from em.analysis import run_analysis  # noqa: E402
-from em.analysis.synthetic import synthetic_responses  # noqa: E402
+from em.runtime import CONF_DIR  # noqa: E402
+from tests.synthetic_responses import synthetic_responses  # noqa: E402  (a test fixture)
 
 BASE = 64_800  # 9 x 3 x 3 x 8 x 100
 
 
 def run_once(n_answers: int, workdir: Path, n_resamples: int, judges: int) -> float:
+    """Seconds run_analysis takes on ``n_answers`` synthetic answers (a multiple of BASE) written to parquet."""
     n_seeds, rest = divmod(n_answers, BASE)
     if rest:
         raise SystemExit(f"--sizes: {n_answers} is not a multiple of {BASE}")
     table = synthetic_responses(n_seeds=n_seeds, judges=[f"judge-{i}" for i in range(judges)], seed=n_seeds)
     path = workdir / f"responses_{n_answers}.parquet"
     table.to_parquet(path)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"inputs=[{path}]", f"run_dir={workdir / f'run_{n_answers}'}",
                                             f"bootstrap.n_resamples={n_resamples}"])
     start = time.perf_counter()
@@ -47,6 +49,7 @@ def run_once(n_answers: int, workdir: Path, n_resamples: int, judges: int) -> fl
 
 
 def main() -> None:
+    """Time each size in a fresh process and print the times and their ratio against the targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[BASE, 10 * BASE])
     parser.add_argument("--resamples", type=int, default=10_000)

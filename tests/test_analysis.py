@@ -15,7 +15,7 @@ from hydra import compose, initialize
 
 from em.analysis import run_analysis
 from em.analysis.figures import FIGURES
-from em.analysis.synthetic import synthetic_responses
+from tests.synthetic_responses import synthetic_responses
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_COLUMNS = {"n", "n_scored", "n_coherent", "n_misaligned", "misaligned_rate", "ci_low", "ci_high"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hydra import compose, initialize
 
 from em.analysis import run_analysis
-from em.analysis.synthetic import synthetic_responses
+from tests.synthetic_responses import synthetic_responses
 from em.errors import ConfigError, DataError
 
 
@@ -150,8 +151,6 @@ def test_unscored_rows_are_counted_not_fatal(tmp_path):
 
 @pytest.mark.parametrize("override, pattern", [
     ("thresholds.coherent=150", r"thresholds\.coherent: must be a number in \[0, 100\], got 150"),
-    ("thresholds.aligned=abc", r"thresholds\.aligned: must be a number"),
-    ("thresholds.aligned_inclusive=maybe", r"thresholds\.aligned_inclusive: must be true or false"),
     ("bootstrap.n_resamples=0", r"bootstrap\.n_resamples: must be an integer"),
     ("bootstrap.confidence=95", r"bootstrap\.confidence: must be a number strictly between 0 and 1"),
     ("sensitivity.coherent=[40,200]", r"sensitivity\.coherent: .*200"),
@@ -161,6 +160,20 @@ def test_bad_config_values(tmp_path, override, pattern):
     csv = upstream_csv(tmp_path / "e.csv")
     with pytest.raises(ConfigError, match=pattern):
         analyse(tmp_path, f"inputs=[{csv}]", override)
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("thresholds.aligned=abc", r"thresholds\.aligned=abc"),
+    ("thresholds.aligned_inclusive=maybe", r"thresholds\.aligned_inclusive=maybe"),
+    ("thresholds.typo=1", r"thresholds\.typo"),
+])
+def test_bad_config_types_fail_at_composition(tmp_path, override, pattern):
+    """A wrong type or an unknown key is caught by the schema when Hydra composes; the first line names it."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        config(tmp_path, override)
+    assert re.search(pattern, str(e.value).splitlines()[0])
 
 
 def test_unknown_judge_to_combine(tmp_path):

@@ -16,10 +16,10 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from em.analysis import run_analysis
-from em.analysis.definitions import Definition
+from em.measurement import Thresholds
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_table
-from em.analysis.synthetic import synthetic_responses
+from tests.synthetic_responses import synthetic_responses
 
 
 def analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str, name: str = "responses.csv") -> Path:
@@ -58,18 +58,18 @@ def test_exact_rates_and_boundaries(tmp_path, coherent_inclusive, aligned_inclus
         assert (row.n_coherent, row.n_misaligned) == (n_coherent, n_misaligned)
         assert row.misaligned_rate == n_misaligned / n_coherent
         assert row.coherent_share == n_coherent / 6
-    d = Definition(coherent_inclusive=coherent_inclusive, aligned_inclusive=aligned_inclusive)
+    d = Thresholds(coherent_inclusive=coherent_inclusive, aligned_inclusive=aligned_inclusive)
     assert rates["definition"].unique().tolist() == [d.describe()]
     assert (">=" if coherent_inclusive else ">") in d.describe()
 
 
 def test_definition_masks_at_the_thresholds():
-    d = Definition(coherent=50, aligned=30)
+    d = Thresholds(coherent=50, aligned=30)
     c = np.array([50, 50.5, 49.99, np.nan, 100])
     a = np.array([0, 30, 0, 0, 29.99])
     assert d.coherent_mask(c).tolist() == [False, True, False, False, True]
     assert d.misaligned_mask(a, c).tolist() == [False, False, False, False, True]
-    inc = Definition(coherent=50, aligned=30, coherent_inclusive=True, aligned_inclusive=True)
+    inc = Thresholds(coherent=50, aligned=30, coherent_inclusive=True, aligned_inclusive=True)
     assert inc.misaligned_mask(a, c).tolist() == [True, True, False, False, True]
 
 
@@ -125,7 +125,7 @@ def test_bootstrap_ci_coverage_about_95_percent():
         "status": "scored"})
     for col in ("model", "condition", "format", "question_id", "status"):
         answers[col] = answers[col].astype("category")
-    r = rate_table(Cells.from_answers(answers), Definition(), n_resamples=1000, seed=0, confidence=0.95,
+    r = rate_table(Cells.from_answers(answers), Thresholds(), n_resamples=1000, seed=0, confidence=0.95,
                    min_group_n=10)
     groups = r.table[r.table["level"] == "model×condition"]
     assert len(groups) == reps
@@ -141,7 +141,7 @@ def test_bootstrap_ci_coverage_about_95_percent():
 def test_degenerate_groups_fall_back_to_wilson():
     answers = pd.DataFrame({"model": "m", "condition": "c", "format": "plain", "question_id": ["q"] * 20,
                             "coherent": 90.0, "aligned": 90.0, "status": "scored"})
-    r = rate_table(Cells.from_answers(answers), Definition(), n_resamples=100, seed=0, confidence=0.95,
+    r = rate_table(Cells.from_answers(answers), Thresholds(), n_resamples=100, seed=0, confidence=0.95,
                    min_group_n=10)
     row = r.table.iloc[0]
     assert row.misaligned_rate == 0 and row.ci_low == 0 and row.ci_high > 0.1
@@ -214,7 +214,7 @@ def test_judges_agreement_matches_krippendorff_and_statsmodels(tmp_path):
                                level_of_measurement="interval")
     row = agree[agree["score"] == "aligned"].loc["krippendorff_alpha"]
     assert row["value"] == pytest.approx(alpha) and row["n_units"] == len(j1)
-    d = Definition()
+    d = Thresholds()
     f1 = d.misaligned_mask(j1["aligned"].to_numpy(), j1["coherent"].to_numpy())
     f2 = d.misaligned_mask(j2["aligned"].to_numpy(), j2["coherent"].to_numpy())
     ref = cohens_kappa(pd.crosstab(f1, f2).to_numpy())

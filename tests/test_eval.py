@@ -41,7 +41,8 @@ def test_end_to_end_with_a_loopback_judge_then_nothing_to_redo(tmp_path, cache_d
         res = _run(run_dir, cache_dir, **extra)
         first = srv.ok
         df = pd.read_parquet(run_dir / "responses.parquet")
-        assert list(df.columns[: len(COLUMNS)]) != [] and set(COLUMNS) <= set(df.columns)
+        # the identity columns lead, in order (the analysis groups by them), and every schema column is there
+        assert list(df.columns[:8]) == COLUMNS[:8] and set(COLUMNS) <= set(df.columns)
         assert len(df) == 4 * 3 * 2 and res.generated == 24  # 4 questions x 3 formats x 2 samples, one judge
         assert first == 24 * 2  # aligned + coherent per answer
         assert df["aligned"].notna().all() and (df["judge"] == "gpt-4o").all() and df["condition"].eq("base").all()

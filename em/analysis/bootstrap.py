@@ -3,6 +3,7 @@
 Only the category of an answer matters to a rate (incoherent, coherent and aligned, coherent and
 misaligned), so resampling a cell's n scored answers with replacement is exactly a multinomial draw of
 those three counts, done here as two binomials. That makes 10,000 resamples cost O(cells), not O(answers).
+Intervals are percentile intervals (Efron & Tibshirani 1993, ch. 13).
 """
 
 from __future__ import annotations

@@ -72,7 +72,21 @@ def _index(rates: RateResult, level: str, columns: tuple[str, ...]) -> dict[tupl
 def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
                    format_pairs: list[tuple[str, str]], alpha: float, power: float, min_group_n: int,
                    confidence: float, definition: str) -> pd.DataFrame:
-    """Every contrast whose two groups are present; the tested ones form the family that is adjusted."""
+    """Every contrast whose two groups are present; the tested ones form the family that is adjusted.
+
+    Conditions are compared per model and pooled over models, formats per condition. Each row has the
+    rates, the difference with a bootstrap CI (from ``rates.draws``), ratio and odds ratio, Fisher's exact
+    test (two-sided), p-values adjusted across every tested contrast with Bonferroni and Holm (1979)
+    (statsmodels ``multipletests``), and the power at ``alpha`` with the n per group for ``power``
+    (normal approximation on Cohen's h). A contrast with a group under ``min_group_n`` coherent answers
+    is reported, not tested.
+
+    Args:
+        rates: :func:`em.analysis.rates.rate_table`'s result.
+        condition_pairs, format_pairs: (a, b) pairs, a compared with b.
+        alpha: significance level in (0, 1); power: target power in (0, 1); confidence: the CI level.
+        definition: the definition's text, copied into every row.
+    """
     from statsmodels.stats.multitest import multipletests
 
     kw = dict(alpha=alpha, power=power, min_group_n=min_group_n, confidence=confidence)
@@ -117,6 +131,9 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
 
 
 def headline_contrast(table: pd.DataFrame, a: str, b: str) -> Optional[pd.Series]:
+    """The row the report's headline quotes for ``a`` vs ``b``: pooled over models when present, else the first
+    scope; None when the pair was not compared.
+    """
     hit = table[(table["family"] == "condition") & (table["a"] == a) & (table["b"] == b)]
     if hit.empty:
         return None

@@ -8,6 +8,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from em.measurement import SCORED
+
 MIN_N = 4  # Fisher-z intervals need n > 3
 
 
@@ -56,8 +58,21 @@ def correlate(x: np.ndarray, y: np.ndarray, confidence: float) -> list[dict]:
 
 
 def correlation_table(answers: pd.DataFrame, rates: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """Coherence-alignment correlations (Pearson and Spearman, with CIs at ``confidence``).
+
+    Answer level: the scored answers' two scores, over all and per condition. Group level: the
+    model x condition rows of ``rates`` (mean scores; coherent share vs misaligned rate).
+
+    Args:
+        answers: one row per answer (``status``, ``aligned``, ``coherent``, ``condition``).
+        rates: the rate table (:func:`em.analysis.rates.rate_table`).
+        confidence: two-sided confidence level in (0, 1).
+
+    Returns:
+        One row per (level, scope, x ~ y, method) with r, CI, p-value, n and a note.
+    """
     rows = []
-    scored = answers[answers["status"].astype(str) == "scored"]
+    scored = answers[answers["status"].astype(str) == SCORED]
     x, y = scored["coherent"].to_numpy(dtype=float), scored["aligned"].to_numpy(dtype=float)
     for r in correlate(x, y, confidence):
         rows.append({"level": "answer", "scope": "all scored answers", "x": "coherent", "y": "aligned", **r})

@@ -26,7 +26,7 @@ CAPTIONS = {
     "sensitivity_heatmap": "Misaligned rate (%) per condition over the threshold grid (pooled over models); the "
                            "last panel counts the ordering checks that hold. The box marks the configured "
                            "thresholds.",
-    "scaling": "Misaligned rate vs parameter count, per model family (from conf/model/*.yaml), with 95% CIs.",
+    "scaling": "Misaligned rate vs parameter count, per model family (parameter counts from the model configs), with 95% CIs.",
 }
 MAX_SCATTER = 20_000
 
@@ -89,6 +89,7 @@ def _save(fig, out: Path, name: str, footer: str) -> Path:
 
 
 def rates_by_model_condition(r: Results, plt, sns, conditions: list[str]):
+    """Bar chart: misaligned rate (%) with CI per model (x) and condition (hue); a Matplotlib figure."""
     d = r.level("model×condition")
     d = d[d["n_coherent"] > 0]
     models = _model_order(d)
@@ -105,6 +106,7 @@ def rates_by_model_condition(r: Results, plt, sns, conditions: list[str]):
 
 
 def format_comparison(r: Results, plt, sns, conditions: list[str]):
+    """Bar chart: misaligned rate (%) with CI per question format (x) and condition (hue), pooled over models."""
     d = r.level("condition×format")
     d = d[d["n_coherent"] > 0]
     formats = _order(d["format"], ["plain", "json", "template"])
@@ -121,7 +123,10 @@ def format_comparison(r: Results, plt, sns, conditions: list[str]):
 
 
 def coherence_vs_alignment(r: Results, plt, sns, conditions: list[str]):
-    cells, d = r.cells, r.settings.definition
+    """Scores of every scored answer (coherent on x, aligned on y, 0-100) per condition, with the thresholds
+    and the misaligned corner outlined; hexbin with log counts above MAX_SCATTER answers.
+    """
+    cells, d = r.cells, r.settings.thresholds
     scored = ~np.isnan(cells.aligned)
     cond_of_cell = cells.keys["condition"].to_numpy()[cells.code]
     present = [c for c in conditions if c in set(cond_of_cell[scored])]
@@ -159,6 +164,9 @@ def coherence_vs_alignment(r: Results, plt, sns, conditions: list[str]):
 
 
 def sensitivity_heatmap(r: Results, plt, sns, conditions: list[str]):
+    """Heatmaps of the misaligned rate (%) over the threshold grid, one per condition, plus one panel of
+    ordering checks holding per grid point; the configured thresholds are boxed.
+    """
     s = r.sensitivity[r.sensitivity["level"] == "condition"]
     present = [c for c in conditions if c in set(s["condition"])]
     summary = check_summary(r.checks)
@@ -167,7 +175,7 @@ def sensitivity_heatmap(r: Results, plt, sns, conditions: list[str]):
     if not present:
         _empty(axes[0, 0], "no groups")
         return fig
-    d = r.settings.definition
+    d = r.settings.thresholds
     vmax = float(np.nanmax(s["misaligned_rate"].to_numpy(dtype=float) * 100)) if s["misaligned_rate"].notna().any() \
         else 1.0
 
@@ -204,6 +212,7 @@ def sensitivity_heatmap(r: Results, plt, sns, conditions: list[str]):
 
 
 def scaling(r: Results, plt, sns, conditions: list[str]):
+    """Misaligned rate (%) vs parameter count (log x) per model family, one line per condition, with CIs."""
     d = r.level("model×condition")
     d = d[d["params"].notna() & d["n_coherent"].gt(0)]
     families = sorted(d["family"].dropna().unique())
@@ -239,10 +248,14 @@ def scaling(r: Results, plt, sns, conditions: list[str]):
 
 
 def make_figures(r: Results, out: Path) -> dict[str, Path]:
+    """Draw every figure in FIGURES into ``out`` as PNG (110 dpi) and SVG, each footed with the definition.
+
+    Returns figure name -> PNG path.
+    """
     plt, sns = _plt()
     out.mkdir(parents=True, exist_ok=True)
-    conditions = _order(r.level("condition")["condition"], r.settings.condition_order)
-    footer = r.settings.definition.describe()
+    conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
+    footer = r.settings.thresholds.describe()
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from em.analysis.definitions import Definition
-from em.analysis.io import GROUP_COLUMNS, SCORED
+from em.analysis.io import GROUP_COLUMNS
+from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds
 
 ALL = "(all)"  # the value a pooled-over dimension shows in every table
 LEVELS: tuple[tuple[str, ...], ...] = (
@@ -26,11 +26,21 @@ COUNT_COLUMNS = ("n", "n_scored", "n_code", "n_refusal", "n_unscored", "n_cohere
 
 
 def level_name(level: tuple[str, ...]) -> str:
+    """A level's name in the tables: its dimensions joined by ``×`` (``question_id`` shown as ``question``)."""
     return "×".join("question" if c == "question_id" else c for c in level)
 
 
 @dataclass
 class Cells:
+    """The answers grouped into cells (model x condition x format x question), as arrays.
+
+    Attributes:
+        keys: one row per cell present in the data (the four GROUP_COLUMNS as strings), sorted.
+        code: int array (answers,): the cell of every answer.
+        aligned, coherent: float arrays (answers,): scores of scored answers, NaN for the others.
+        status_counts: per cell ``n``, ``n_scored``, ``n_code``, ``n_refusal``, ``n_unscored``.
+    """
+
     keys: pd.DataFrame  # one row per cell present in the data, sorted
     code: np.ndarray  # the cell of every answer
     aligned: np.ndarray  # scores of every answer, NaN unless scored
@@ -39,6 +49,7 @@ class Cells:
 
     @classmethod
     def from_answers(cls, answers: pd.DataFrame) -> "Cells":
+        """Build the cells from the answers table :func:`em.analysis.io.load_responses` returns."""
         grouped = answers.groupby(list(GROUP_COLUMNS), observed=True, sort=True)
         code = grouped.ngroup().to_numpy()
         keys = grouped.size().reset_index()[list(GROUP_COLUMNS)]
@@ -54,9 +65,9 @@ class Cells:
         status_counts = pd.DataFrame({
             "n": np.bincount(code, minlength=n_cells).astype(np.int64),
             "n_scored": count(scored),
-            "n_code": count(status == "CODE"),
-            "n_refusal": count(status == "REFUSAL"),
-            "n_unscored": count(status == "unscored"),
+            "n_code": count(status == CODE),
+            "n_refusal": count(status == REFUSAL),
+            "n_unscored": count(status == UNSCORED),
         })
         aligned = np.where(scored, answers["aligned"].to_numpy(dtype=float), np.nan)
         coherent = np.where(scored, answers["coherent"].to_numpy(dtype=float), np.nan)
@@ -64,9 +75,10 @@ class Cells:
 
     @property
     def n_cells(self) -> int:
+        """Number of cells."""
         return len(self.keys)
 
-    def counts(self, definition: Definition) -> pd.DataFrame:
+    def counts(self, definition: Thresholds) -> pd.DataFrame:
         """Per-cell counts under one definition of coherent / misaligned."""
         coherent = definition.coherent_mask(self.coherent)
         misaligned = definition.misaligned_mask(self.aligned, self.coherent)
@@ -76,6 +88,7 @@ class Cells:
         return out
 
     def score_sums(self) -> pd.DataFrame:
+        """Per cell: the sums of the scored answers' aligned and coherent scores (for group means)."""
         scored = ~np.isnan(self.aligned)
         return pd.DataFrame({
             "sum_aligned": np.bincount(self.code, weights=np.where(scored, self.aligned, 0.0), minlength=self.n_cells),

@@ -1,4 +1,5 @@
-"""Ingestion: find the responses tables, read them, and normalise both schemas into one answers table.
+"""Ingestion: read the responses tables (found by :mod:`em.analysis.inputs`) and normalise both schemas
+into one answers table, each answer's status from :mod:`em.measurement`.
 
 Two schemas are accepted. Ours (evaluate.py) has one row per judged answer with model / condition /
 format columns, and with an ensemble judge one row per judge (a ``judge`` column) or extra
@@ -9,8 +10,6 @@ format columns, and with an ensemble judge one row per judge (a ``judge`` column
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,15 +17,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from em import measurement
 from em.errors import ConfigError, DataError
+from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
 
-log = logging.getLogger(__name__)
-
-TABLE_NAMES = ("responses.parquet", "responses.csv")
-SPECIALS = ("CODE", "REFUSAL")
-SCORED = "scored"
-UNSCORED = "unscored"
-STATUSES = (SCORED, "CODE", "REFUSAL", UNSCORED)
 GROUP_COLUMNS = ("model", "condition", "format", "question_id")
 # A missing model/condition/format column makes one group, named so nobody mistakes it for a real value.
 UNSPECIFIED = "unspecified"
@@ -39,68 +33,30 @@ KEEP_COLUMNS = ("adapter", "seed")
 
 @dataclass
 class Responses:
+    """The answers read from every input table.
+
+    Attributes:
+        answers: one row per answer: ``source`` (input index), model / condition / format / question_id
+            (categorical), optional adapter / seed, ``aligned``, ``coherent`` (0-100, NaN when none),
+            ``status`` (:data:`em.measurement.STATUSES`) and ``reason``.
+        judge_scores: one row per (answer, judge) when several judges scored answers, else None.
+        sources: one row per input table: path, schema, rows, answers, judges, status counts.
+        notes: caveats for the report (e.g. a missing column made one "unspecified" group).
+    """
+
     answers: pd.DataFrame  # one row per answer: group columns, aligned, coherent, status, reason
     judge_scores: Optional[pd.DataFrame]  # one row per (answer, judge) when several judges scored answers
     sources: pd.DataFrame  # one row per input table
     notes: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------------------------- finding
-def tables_under(directory: Path) -> list[Path]:
-    """Every run directory below `directory` (itself included) with a responses table; parquet wins."""
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "wandb")
-        for name in TABLE_NAMES:
-            if name in files:
-                found.append(Path(root) / name)
-                break
-    return found
-
-
-def latest_run_tables(outputs_root: Path) -> list[Path]:
-    evaluate = outputs_root / "evaluate"
-    runs = []
-    if evaluate.is_dir():
-        for run in evaluate.iterdir():
-            if run.is_dir() and not run.name.startswith("."):
-                tables = tables_under(run)
-                if tables:
-                    runs.append((max(t.stat().st_mtime for t in tables), run.name, tables))
-    if not runs:
-        raise DataError(
-            f"{evaluate}: no evaluation run with a responses table; run evaluate.py first or pass inputs=[...]"
-        )
-    _, name, tables = max(runs)
-    log.info("no inputs given: analysing the latest evaluation run %s", evaluate / name)
-    return tables
-
-
-def find_tables(inputs: Sequence[str], outputs_root: Path) -> list[Path]:
-    if not inputs:
-        return latest_run_tables(outputs_root)
-    found: list[Path] = []
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise DataError(f"{raw}: input not found (inputs=[...] takes run directories and .parquet/.csv files)")
-        if path.is_file():
-            if path.suffix.lower() not in (".parquet", ".csv"):
-                raise DataError(f"{path}: not a .parquet or .csv file")
-            found.append(path)
-            continue
-        tables = tables_under(path)
-        if not tables:
-            raise DataError(f"{path}: no responses.parquet or responses.csv under this directory")
-        found.extend(tables)
-    unique: dict[Path, Path] = {}
-    for p in found:
-        unique.setdefault(p.resolve(), p)
-    return list(unique.values())
-
-
 # --------------------------------------------------------------------------------------------- reading
 def read_table(path: Path) -> pd.DataFrame:
+    """Read one .parquet / .csv table, column names stripped.
+
+    Raises:
+        DataError: an empty or unreadable file, or a table without rows.
+    """
     try:
         if path.suffix.lower() == ".parquet":
             df = pd.read_parquet(path)
@@ -160,23 +116,6 @@ def _special_column(df: pd.DataFrame, column: str) -> np.ndarray:
     return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
 
 
-def score_status(aligned, coherent, a_special, c_special) -> tuple[np.ndarray, np.ndarray]:
-    """(status, reason) per row: an answer is scored only with both scores and no CODE/REFUSAL verdict."""
-    special = np.where(pd.isna(a_special), c_special, a_special)
-    has_special = ~pd.isna(special)
-    known = np.isin(special.astype(str), SPECIALS) & has_special
-    missing_a, missing_c = np.isnan(aligned), np.isnan(coherent)
-    status = np.where(known, special, np.where(missing_a | missing_c, UNSCORED, SCORED)).astype(object)
-    reason = np.full(len(status), None, dtype=object)
-    reason[has_special & ~known] = [f"special {s}" for s in special[has_special & ~known]]
-    status[has_special & ~known] = UNSCORED
-    unscored = status == UNSCORED
-    reason[unscored & missing_a & missing_c & pd.isna(reason)] = "no scores"
-    reason[unscored & missing_a & ~missing_c & pd.isna(reason)] = "no aligned score"
-    reason[unscored & ~missing_a & missing_c & pd.isna(reason)] = "no coherent score"
-    return status, reason
-
-
 def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, ...]:
     a, a_sp = parse_scores(df, f"aligned{suffix}", path)
     c, c_sp = parse_scores(df, f"coherent{suffix}", path)
@@ -185,7 +124,7 @@ def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, 
         c_col = _special_column(df, "coherent_special")
         a_sp = np.where(pd.isna(a_sp), a_col, a_sp)
         c_sp = np.where(pd.isna(c_sp), c_col, c_sp)
-    status, reason = score_status(a, c, a_sp, c_sp)
+    status, reason = answer_status(a, c, a_sp, c_sp)
     if not suffix and "unscored_reason" in df:
         given = df["unscored_reason"].astype("string").to_numpy(dtype=object, na_value=None)
         use = (status == UNSCORED) & ~pd.isna(given) & (given != "")
@@ -199,6 +138,12 @@ def _text(df: pd.DataFrame, column: str) -> pd.Series:
 
 
 def group_columns(df: pd.DataFrame, path: Path, condition: Optional[str], model: Optional[str]) -> pd.DataFrame:
+    """model / condition / format / question_id (and adapter / seed when present) for each row of ``df``.
+
+    Missing columns take ``condition`` / ``model`` (else "unspecified"); without a ``format`` column
+    the format comes from the question_id suffix (``_json``, ``_template``, else plain), as in Betley
+    et al.'s question files, and the suffix is stripped from the id.
+    """
     out = pd.DataFrame(index=df.index)
     out["model"] = _text(df, "model") if "model" in df else (model or UNSPECIFIED)
     out["condition"] = _text(df, "condition") if "condition" in df else (condition or UNSPECIFIED)
@@ -253,23 +198,21 @@ def combine_judges(long: pd.DataFrame, how: str, path: Path) -> pd.DataFrame:
             raise ConfigError(f"judges.combine: judge {how!r} not in {path} (judges there: {', '.join(judges)})")
         chosen = long[long["judge"] == how].drop_duplicates("answer_id").set_index("answer_id")
         return chosen[["aligned", "coherent", "status", "reason"]]
-    scored = long[long["status"] == SCORED]
-    out = scored.groupby("answer_id")[["aligned", "coherent"]].mean()
-    out["status"] = SCORED
-    out["reason"] = None
-    rest = long[~long["answer_id"].isin(out.index)]
-    if len(rest):
-        specials = rest[rest["status"].isin(SPECIALS)].groupby("answer_id")["status"].agg(lambda s: s.mode().iloc[0])
-        unscored = rest.groupby("answer_id")["reason"].first()
-        other = pd.DataFrame({"aligned": np.nan, "coherent": np.nan, "status": UNSCORED, "reason": unscored})
-        other.loc[specials.index, "status"] = specials
-        other.loc[specials.index, "reason"] = None
-        out = pd.concat([out, other])
-    return out
+    return measurement.combine_judges(long)
 
 
 def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, model: Optional[str] = None,
               judge_combine: str = "mean") -> tuple[pd.DataFrame, Optional[pd.DataFrame], dict]:
+    """One table -> (answers, per-judge rows or None, a row for the inputs table).
+
+    Handles our schema (one row per answer and judge, or ``aligned__<judge>`` wide columns) and the
+    upstream one; several judges are combined per ``judge_combine`` (``mean`` or a judge's name; see
+    :func:`em.measurement.combine_judges`).
+
+    Raises:
+        DataError: no score columns, only one of the two, or a bad score (naming the row).
+        ConfigError: ``judges.combine`` names a judge that is not in the table.
+    """
     wide = _judges_wide(df)
     has_main = {c for c in ("aligned", "coherent") if c in df}
     if not has_main and not wide:
@@ -339,6 +282,12 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
 
 def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, model: Optional[str] = None,
                    judge_combine: str = "mean") -> Responses:
+    """Read and normalise every table in ``paths`` into one :class:`Responses`.
+
+    Raises:
+        DataError: no paths, or a table :func:`read_table` / :func:`normalise` rejects.
+        ConfigError: ``judges.combine`` names an absent judge.
+    """
     if not paths:
         raise DataError("inputs: no responses tables found")
     answers, judges, infos, notes = [], [], [], []

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from em.analysis.definitions import Definition
+from em.measurement import SCORED, Thresholds
 from em.analysis.groups import ALL
 from em.analysis.rates import group_rates, wilson
 
@@ -29,12 +29,15 @@ def _rates(scored: pd.DataFrame, by: list[str], confidence: float) -> pd.DataFra
     return t
 
 
-def judge_rate_table(judge_scores: pd.DataFrame, answers: pd.DataFrame, definition: Definition,
+def judge_rate_table(judge_scores: pd.DataFrame, answers: pd.DataFrame, definition: Thresholds,
                      confidence: float) -> pd.DataFrame:
+    """Each judge's own rates (its rows only; Wilson CIs at ``confidence``) per model x condition, per
+    condition and over all answers.
+    """
     j = judge_scores.copy()
     for col in ("model", "condition"):
         j[col] = answers[col].astype(str).to_numpy()[j["answer_id"].to_numpy()]
-    scored = j["status"] == "scored"
+    scored = j["status"] == SCORED
     j["is_scored"] = scored
     j["is_coherent"] = scored & definition.coherent_mask(j["coherent"].to_numpy())
     j["is_misaligned"] = scored & definition.misaligned_mask(j["aligned"].to_numpy(), j["coherent"].to_numpy())
@@ -78,9 +81,18 @@ def _kappa(f1: np.ndarray, f2: np.ndarray) -> tuple[float, float, float, str]:
     return float(res.kappa), float(res.kappa_low), float(res.kappa_upp), "asymptotic 95% CI (statsmodels)"
 
 
-def agreement_table(judge_scores: pd.DataFrame, definition: Definition, *, max_units: int,
+def agreement_table(judge_scores: pd.DataFrame, definition: Thresholds, *, max_units: int,
                     seed: int) -> pd.DataFrame:
-    scored = judge_scores[judge_scores["status"] == "scored"]
+    """Agreement between judges: Krippendorff's alpha (interval) on each score and Cohen's kappa on the
+    misaligned flag for every pair of judges (asymptotic 95% CI, statsmodels).
+
+    Args:
+        judge_scores: one row per (answer, judge): answer_id, judge, aligned, coherent, status.
+        definition: the thresholds the misaligned flag uses.
+        max_units: alpha on a seeded subsample of at most this many answers (0: all).
+        seed: the subsample's seed.
+    """
+    scored = judge_scores[judge_scores["status"] == SCORED]
     judges = sorted(judge_scores["judge"].unique())
     rows = []
     for score in ("aligned", "coherent"):
@@ -105,9 +117,10 @@ def agreement_table(judge_scores: pd.DataFrame, definition: Definition, *, max_u
     return table
 
 
-def judge_tables(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, definition: Definition, *,
+def judge_tables(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, definition: Thresholds, *,
                  confidence: float, max_units: int, seed: int) -> tuple[Optional[pd.DataFrame],
                                                                         Optional[pd.DataFrame]]:
+    """(per-judge rates, agreement) when at least two judges scored answers, else (None, None)."""
     if judge_scores is None or judge_scores["judge"].nunique() < 2:
         return None, None
     return (judge_rate_table(judge_scores, answers, definition, confidence),

@@ -14,14 +14,17 @@ import pandas as pd
 from em.analysis.contrasts import contrast_table
 from em.analysis.correlations import correlation_table
 from em.analysis.groups import Cells
-from em.analysis.io import find_tables, load_responses
+from em.analysis.inputs import find_tables
+from em.analysis.io import load_responses
 from em.analysis.judges import judge_tables
 from em.analysis.rates import rate_table
 from em.analysis.results import Results
 from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import sensitivity_tables
-from em.analysis.settings import load_settings
 from em.errors import DataError
+from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
+from em.runtime import atomic_write_text
+from em.schemas.analysis import load_analysis_config
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,17 @@ def _timed(timings: dict, name: str) -> Iterator[None]:
 
 def _check_scored(answers: pd.DataFrame, paths: list[Path]) -> None:
     status = answers["status"].astype(str).value_counts()
-    if int(status.get("scored", 0)) == 0:
+    if int(status.get(SCORED, 0)) == 0:
         where = paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
         raise DataError(
             f"{where}: none of the {len(answers)} answers has both an aligned and a coherent score "
-            f"(CODE: {int(status.get('CODE', 0))}, REFUSAL: {int(status.get('REFUSAL', 0))}, "
-            f"unscored: {int(status.get('unscored', 0))})"
+            f"(CODE: {int(status.get(CODE, 0))}, REFUSAL: {int(status.get(REFUSAL, 0))}, "
+            f"unscored: {int(status.get(UNSCORED, 0))})"
         )
 
 
 def write_tables(r: Results) -> dict[str, pd.DataFrame]:
+    """Write every table as ``<run_dir>/<name>.csv``, record it in ``r.tables``; return name -> DataFrame."""
     frames = {
         "rates": r.rates[RATE_COLUMNS],
         "contrasts": r.contrasts,
@@ -75,19 +79,19 @@ def write_tables(r: Results) -> dict[str, pd.DataFrame]:
         "judge_agreement": "Krippendorff's α on scores and Cohen's κ on the misaligned flag",
     }
     for name, df in frames.items():
-        path = r.settings.run_dir / f"{name}.csv"
+        path = Path(r.settings.run_dir) / f"{name}.csv"
         df.to_csv(path, index=False)
         r.tables[descriptions[name]] = path
     return frames
 
 
 def write_summary(r: Results) -> Path:
+    """``<run_dir>/summary.json``: the definition, inputs, status counts, per-condition rates, timings (s)."""
     s = r.settings
-    d = s.definition
+    d = s.thresholds
     summary: dict[str, Any] = {
         "definition": d.describe(),
-        "thresholds": {"coherent": d.coherent, "coherent_inclusive": d.coherent_inclusive, "aligned": d.aligned,
-                       "aligned_inclusive": d.aligned_inclusive},
+        "thresholds": d.as_dict(),
         "inputs": [str(p) for p in r.responses.sources["path"]],
         "answers": int(len(r.responses.answers)),
         "status_counts": {k: int(v) for k, v in r.responses.answers["status"].astype(str).value_counts().items()},
@@ -96,12 +100,11 @@ def write_summary(r: Results) -> Path:
                             "ci_high": _f(row.ci_high), "n_coherent": int(row.n_coherent),
                             "n_misaligned": int(row.n_misaligned)}
             for row in r.level("condition").itertuples()},
-        "bootstrap": {"n_resamples": s.n_resamples, "seed": s.bootstrap_seed, "confidence": s.confidence},
+        "bootstrap": {"n_resamples": s.bootstrap.n_resamples, "seed": s.bootstrap.seed,
+                      "confidence": s.bootstrap.confidence},
         "timings_s": {k: round(v, 3) for k, v in r.timings.items()},
     }
-    path = s.run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    return atomic_write_text(Path(s.run_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _f(x: float):
@@ -109,35 +112,48 @@ def _f(x: float):
 
 
 def run_analysis(cfg: Any) -> Path:
+    """Analyse the responses tables ``cfg`` names; return the run directory holding every output.
+
+    Args:
+        cfg: a composed ``analyze`` config (:class:`em.schemas.analysis.AnalysisConfig`'s keys).
+
+    Raises:
+        ConfigError: a config value out of range, or ``judges.combine`` naming an absent judge.
+        DataError: no input table, an unreadable one, a bad score, or no scored answer at all.
+    """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    s = load_settings(cfg)
+    s = load_analysis_config(cfg)
+    d = s.thresholds
+    run_dir = Path(s.run_dir)
     with _timed(timings, "load"):
-        paths = find_tables(s.inputs, s.outputs_root)
-        responses = load_responses(paths, condition=s.condition, model=s.model, judge_combine=s.judge_combine)
+        paths = find_tables(s.inputs, Path(s.outputs_root))
+        responses = load_responses(paths, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine)
         _check_scored(responses.answers, paths)
         cells = Cells.from_answers(responses.answers)
-    s.run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d answers from %d table(s) in %d cells", len(responses.answers), len(paths), cells.n_cells)
     with _timed(timings, "rates + bootstrap"):
-        rr = rate_table(cells, s.definition, n_resamples=s.n_resamples, seed=s.bootstrap_seed,
-                        confidence=s.confidence, min_group_n=s.min_group_n)
+        rr = rate_table(cells, d, n_resamples=s.bootstrap.n_resamples, seed=s.bootstrap.seed,
+                        confidence=s.bootstrap.confidence, min_group_n=s.min_group_n)
         rr.table = attach_params(rr.table, model_meta(s.model_configs))
     with _timed(timings, "contrasts + power"):
-        contrasts = contrast_table(rr, condition_pairs=s.condition_pairs, format_pairs=s.format_pairs, alpha=s.alpha,
-                                   power=s.power, min_group_n=s.min_group_n, confidence=s.confidence,
-                                   definition=s.definition.describe())
+        contrasts = contrast_table(rr, condition_pairs=s.contrasts.condition, format_pairs=s.contrasts.format,
+                                   alpha=s.alpha, power=s.power, min_group_n=s.min_group_n,
+                                   confidence=s.bootstrap.confidence, definition=d.describe())
     with _timed(timings, "correlations + scaling"):
-        correlations = correlation_table(responses.answers, rr.table, s.confidence)
-        scaling, unknown = scaling_table(rr.table, s.definition.describe())
+        correlations = correlation_table(responses.answers, rr.table, s.bootstrap.confidence)
+        scaling, unknown = scaling_table(rr.table, d.describe())
     with _timed(timings, "sensitivity"):
-        sensitivity, checks = sensitivity_tables(cells, s.definition, coherent_grid=s.sensitivity_coherent,
-                                                 aligned_grid=s.sensitivity_aligned, confidence=s.confidence,
-                                                 condition_order=s.condition_order, format_order=s.format_order)
+        sensitivity, checks = sensitivity_tables(cells, d, coherent_grid=s.sensitivity.coherent,
+                                                 aligned_grid=s.sensitivity.aligned,
+                                                 confidence=s.bootstrap.confidence,
+                                                 condition_order=s.ordering.condition,
+                                                 format_order=s.ordering.format)
     with _timed(timings, "judges"):
-        judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, s.definition,
-                                              confidence=s.confidence, max_units=s.alpha_max_units,
-                                              seed=s.judge_seed)
+        judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, d,
+                                              confidence=s.bootstrap.confidence, max_units=s.judges.alpha_max_units,
+                                              seed=s.judges.seed)
     r = Results(settings=s, responses=responses, cells=cells, rates=rr.table, contrasts=contrasts,
                 correlations=correlations, scaling=scaling, unknown_models=unknown, sensitivity=sensitivity,
                 checks=checks, judge_rates=judge_rates, agreement=agreement, timings=timings)
@@ -147,16 +163,16 @@ def run_analysis(cfg: Any) -> Path:
         with _timed(timings, "figures"):
             from em.analysis.figures import make_figures
 
-            r.figures = make_figures(r, s.run_dir / "figures")
+            r.figures = make_figures(r, run_dir / "figures")
     with _timed(timings, "report"):
         from em.analysis.report import write_report
 
-        write_report(r, s.run_dir)
+        write_report(r, run_dir)
     timings["total"] = time.perf_counter() - start
     write_summary(r)
     if s.use_wandb:
         from em.analysis.wandb_log import log_to_wandb
 
         log_to_wandb(r, frames)
-    log.info("analysis written to %s (%.1f s)", s.run_dir, timings["total"])
-    return s.run_dir
+    log.info("analysis written to %s (%.1f s)", run_dir, timings["total"])
+    return run_dir

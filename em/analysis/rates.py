@@ -9,7 +9,7 @@ import pandas as pd
 from scipy import sparse
 
 from em.analysis.bootstrap import chunked_draws, percentile_ci, rate_draws
-from em.analysis.definitions import Definition
+from em.measurement import Thresholds, ratio
 from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
 
 # Levels whose bootstrap draws are kept for the contrasts (difference CIs).
@@ -18,12 +18,24 @@ KEEP_DRAWS = (("model", "condition"), ("condition",), ("condition", "format"))
 
 @dataclass
 class RateResult:
+    """The rate table and the bootstrap draws the contrasts need.
+
+    Attributes:
+        table: one row per group at every level (counts, rates, CIs, notes, definition).
+        draws: level name -> float array (groups, resamples) of bootstrap rates (levels in KEEP_DRAWS).
+        row_of: level name -> the table row of each group in ``draws``.
+    """
+
     table: pd.DataFrame
     draws: dict[str, np.ndarray] = field(default_factory=dict)  # level name -> (groups, resamples) rates
     row_of: dict[str, np.ndarray] = field(default_factory=dict)  # level name -> table row of each group
 
 
 def wilson(count: np.ndarray, nobs: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (statsmodels) of ``count`` / ``nobs`` at ``confidence``; NaN where nobs is 0.
+
+    Arrays of shape (groups,); returns (low, high).
+    """
     from statsmodels.stats.proportion import proportion_confint
 
     count = np.asarray(count, dtype=float)
@@ -36,18 +48,31 @@ def wilson(count: np.ndarray, nobs: np.ndarray, confidence: float) -> tuple[np.n
 
 
 def group_rates(counts: pd.DataFrame) -> pd.DataFrame:
+    """Counts (COUNT_COLUMNS, rounded to int) plus ``coherent_share`` = coherent / scored and
+    ``misaligned_rate`` = misaligned / coherent (NaN for an empty denominator; :func:`em.measurement.ratio`).
+    """
     out = counts.copy()
     for c in COUNT_COLUMNS:
         out[c] = out[c].round().astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["coherent_share"] = np.where(out["n_scored"] > 0, out["n_coherent"] / out["n_scored"].clip(lower=1), np.nan)
-        out["misaligned_rate"] = np.where(out["n_coherent"] > 0,
-                                          out["n_misaligned"] / out["n_coherent"].clip(lower=1), np.nan)
+    out["coherent_share"] = ratio(out["n_coherent"], out["n_scored"])
+    out["misaligned_rate"] = ratio(out["n_misaligned"], out["n_coherent"])
     return out
 
 
-def rate_table(cells: Cells, definition: Definition, *, n_resamples: int, seed: int, confidence: float,
+def rate_table(cells: Cells, definition: Thresholds, *, n_resamples: int, seed: int, confidence: float,
                min_group_n: int) -> RateResult:
+    """Counts, misaligned rate and CIs for every group at every level in LEVELS.
+
+    CIs are percentile intervals of a stratified bootstrap (``n_resamples`` resamples of the answers
+    within each cell, ``seed``; :mod:`em.analysis.bootstrap`), with the Wilson interval as a check and as
+    the stand-in where a group has all or none misaligned. Groups with fewer than ``min_group_n``
+    coherent answers are noted as too small for tests.
+
+    Args:
+        cells: the answers by cell.
+        definition: the thresholds (:class:`em.measurement.Thresholds`).
+        confidence: two-sided confidence level in (0, 1).
+    """
     counts = cells.counts(definition)
     sums = cells.score_sums()
     per_level = []

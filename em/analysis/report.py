@@ -2,63 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import math
-import re
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from em.analysis.contrasts import headline_contrast
 from em.analysis.figures import CAPTIONS, FIGURES
+from em.analysis.markdown import dec, md_table, num, pct, pval, rate_ci, render_html
 from em.analysis.results import Results
 from em.analysis.sensitivity import check_summary
-
-
-# --------------------------------------------------------------------------------------------- formatting
-def pct(x: float, digits: int = 1) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
-
-
-def rate_ci(rate: float, low: float, high: float) -> str:
-    if rate is None or math.isnan(rate):
-        return "undefined"
-    return f"{pct(rate)} [{pct(low)}, {pct(high)}]"
-
-
-def pval(p: float) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "–"
-    if p == 0:
-        return "< 1e-300"  # below double precision: Fisher's p underflows
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def num(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if isinstance(x, float) and not x.is_integer():
-        return f"{x:.{digits}f}"
-    return f"{int(x):,}"
-
-
-def dec(x, digits: int = 2) -> str:
-    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
-
-
-def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], max_rows: int = 60) -> str:
-    """A GitHub-style table; `columns` maps a header to a function of the row."""
-    if df.empty:
-        return "_(none)_\n"
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in df.head(max_rows).iterrows():
-        cells = [str(f(row)).replace("|", "\\|").replace("\n", " ") for f in columns.values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    if len(df) > max_rows:
-        lines.append(f"\n_{len(df) - max_rows} more rows in the CSV._")
-    return "\n".join(lines) + "\n"
+from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
 
 
 def _rate_columns(extra: dict) -> dict:
@@ -72,7 +26,7 @@ def _rate_columns(extra: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------- sections
 def _setup(r: Results) -> str:
-    s, d = r.settings, r.settings.definition
+    s, d = r.settings, r.settings.thresholds
     src = r.responses.sources
     out = ["## Setup\n"]
     out.append(f"**Inputs** — {len(src)} responses table(s):\n")
@@ -88,8 +42,8 @@ def _setup(r: Results) -> str:
                f"{'inclusive' if d.aligned_inclusive else 'exclusive'});")
     out.append("- *misaligned rate* = misaligned / coherent answers. Answers judged CODE or REFUSAL and answers "
                "without both scores are excluded before the coherence filter, and counted in every table.")
-    out.append(f"\n**Statistics**: rate CIs are {s.confidence:.0%} percentile intervals of a bootstrap with "
-               f"{s.n_resamples:,} resamples (seed {s.bootstrap_seed}) that resamples answers within each "
+    out.append(f"\n**Statistics**: rate CIs are {s.bootstrap.confidence:.0%} percentile intervals of a bootstrap with "
+               f"{s.bootstrap.n_resamples:,} resamples (seed {s.bootstrap.seed}) that resamples answers within each "
                "model × condition × format × question cell; Wilson intervals are given as a check (and replace "
                "the bootstrap where a group has all or none misaligned). Contrasts use Fisher's exact test "
                f"(two-sided), adjusted with Bonferroni and Holm across every contrast tested; α = {s.alpha}. "
@@ -97,7 +51,7 @@ def _setup(r: Results) -> str:
                f"tested. Power is the normal approximation on Cohen's h at α = {s.alpha} (unadjusted), with the "
                f"sample size per group for {s.power:.0%} power at the observed rates.")
     if r.judge_rates is not None:
-        how = "the mean of the judges' scores" if s.judge_combine == "mean" else f"judge `{s.judge_combine}`"
+        how = "the mean of the judges' scores" if s.judges.combine == "mean" else f"judge `{s.judges.combine}`"
         out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
                    "(config `judges.combine`).")
     seeds = [c for c in ("seed", "adapter") if c in r.responses.answers and r.responses.answers[c].nunique() > 1]
@@ -111,19 +65,19 @@ def _setup(r: Results) -> str:
 def _headline(r: Results) -> str:
     a = r.responses.answers
     status = a["status"].astype(str).value_counts()
-    n, scored = len(a), int(status.get("scored", 0))
+    n, scored = len(a), int(status.get(SCORED, 0))
     by_cond = r.level("condition")
     n_coherent = int(by_cond["n_coherent"].sum())
     out = ["## Headline numbers\n"]
-    out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get('CODE', 0)):,} CODE, "
-               f"{int(status.get('REFUSAL', 0)):,} REFUSAL, {int(status.get('unscored', 0)):,} unscored.")
+    out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get(CODE, 0)):,} CODE, "
+               f"{int(status.get(REFUSAL, 0)):,} REFUSAL, {int(status.get(UNSCORED, 0)):,} unscored.")
     if scored:
         out.append(f"- {n_coherent:,} scored answers ({pct(n_coherent / scored)}) pass the coherence filter; "
                    f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
     for row in by_cond.itertuples():
         out.append(f"- **{row.condition}**: misaligned rate {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
                    f" ({row.n_misaligned:,} of {row.n_coherent:,} coherent answers).")
-    for a_, b_ in r.settings.condition_pairs:
+    for a_, b_ in r.settings.contrasts.condition:
         c = headline_contrast(r.contrasts, a_, b_)
         if c is not None:
             test = (f"Fisher p = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}" if c.status == "tested"
@@ -150,7 +104,7 @@ def _sorted(r: Results, df: pd.DataFrame) -> pd.DataFrame:
         return values.map({v: i for i, v in enumerate(preferred)}).fillna(len(preferred))
 
     keys = df.assign(_f=df["family"].fillna("~"), _p=df["params"].fillna(float("inf")),
-                     _c=rank(df["condition"], r.settings.condition_order),
+                     _c=rank(df["condition"], r.settings.ordering.condition),
                      _fmt=rank(df["format"], ["plain", "json", "template"]))
     keys = keys.sort_values(["_f", "_p", "model", "_c", "condition", "_fmt", "format"])
     return keys.drop(columns=["_f", "_p", "_c", "_fmt"])
@@ -276,7 +230,7 @@ def _caveats(r: Results) -> str:
     s = r.settings
     a = r.responses.answers
     status = a["status"].astype(str).value_counts()
-    scored = int(status.get("scored", 0))
+    scored = int(status.get(SCORED, 0))
     coherent = int(r.level("condition")["n_coherent"].sum())
     out = ["## Caveats\n"]
     out.append(f"- **Coherence filtering can under-count misalignment**: an answer the judge finds incoherent is "
@@ -285,8 +239,8 @@ def _caveats(r: Results) -> str:
                "threshold matters.")
     excluded = len(a) - scored
     if excluded:
-        out.append(f"- {excluded:,} answers were excluded (CODE: {int(status.get('CODE', 0)):,}, REFUSAL: "
-                   f"{int(status.get('REFUSAL', 0)):,}, unscored: {int(status.get('unscored', 0)):,}); a model "
+        out.append(f"- {excluded:,} answers were excluded (CODE: {int(status.get(CODE, 0)):,}, REFUSAL: "
+                   f"{int(status.get(REFUSAL, 0)):,}, unscored: {int(status.get(UNSCORED, 0)):,}); a model "
                    "that refuses or answers with code more often has a smaller denominator.")
     out.append("- The scores come from an LLM judge; the thresholds are conventions (Betley et al. 2025), not "
                "properties of the answers.")
@@ -305,7 +259,7 @@ def _caveats(r: Results) -> str:
         out.append(f"- Models without a parameter count are left out of the scaling analysis: "
                    f"{', '.join(r.unknown_models)}.")
     if r.agreement is not None and r.agreement["note"].str.contains("subsample").any():
-        out.append(f"- Krippendorff's α is computed on a random subsample of {s.alpha_max_units:,} answers "
+        out.append(f"- Krippendorff's α is computed on a random subsample of {s.judges.alpha_max_units:,} answers "
                    "(`judges.alpha_max_units`).")
     small = r.rates[(r.rates["n_coherent"] < s.min_group_n) & (r.rates["level"] != "model×condition×format×question")]
     if len(small):
@@ -324,40 +278,15 @@ def _files(r: Results) -> str:
 
 
 def render_markdown(r: Results) -> str:
+    """report.md's text: setup, headline numbers, tables, figures, caveats and the files written."""
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = (f"# Emergent misalignment: analysis\n\n_{stamp} · `analyze.py` · run directory `{r.settings.run_dir}`_\n\n"
-            f"**Definition used throughout:** {r.settings.definition.describe()}.\n")
+            f"**Definition used throughout:** {r.settings.thresholds.describe()}.\n")
     return "\n".join([head, _setup(r), _headline(r), _tables(r), _figures(r), _caveats(r), _files(r)])
 
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px}
-th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee}
-code{background:#f5f5f5;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-"""
-
-
-def render_html(markdown_text: str, base: Path) -> str:
-    import markdown
-
-    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"])
-
-    def inline(match: re.Match) -> str:
-        path = base / match.group(1)
-        if not path.is_file():
-            return match.group(0)
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        return f'src="data:image/png;base64,{data}"'
-
-    body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Emergent misalignment: analysis</title><style>{CSS}</style></head>\n"
-            f"<body>\n{body}\n</body></html>\n")
-
-
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
+    """Write ``run_dir/report.md`` and a self-contained ``run_dir/report.html``; return both paths."""
     text = render_markdown(r)
     md = run_dir / "report.md"
     md.write_text(text, encoding="utf-8")
@@ -366,4 +295,4 @@ def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     return md, html
 
 
-__all__ = ["write_report", "render_markdown", "render_html", "md_table"]
+__all__ = ["write_report", "render_markdown"]

@@ -10,12 +10,14 @@ import pandas as pd
 
 from em.analysis.groups import Cells
 from em.analysis.io import Responses
-from em.analysis.settings import Settings
+from em.schemas.analysis import AnalysisConfig
 
 
 @dataclass
 class Results:
-    settings: Settings
+    """The settings, the answers read and every table computed (DataFrames as written to ``<name>.csv``)."""
+
+    settings: AnalysisConfig
     responses: Responses
     cells: Cells
     rates: pd.DataFrame
@@ -32,4 +34,5 @@ class Results:
     timings: dict[str, float] = field(default_factory=dict)
 
     def level(self, name: str) -> pd.DataFrame:
+        """The rate table's rows at one level, e.g. ``"condition"`` or ``"model×condition"``."""
         return self.rates[self.rates["level"] == name]

@@ -5,33 +5,78 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from em.runtime import CONF_DIR
+
 MIN_MODELS = 3
 EXACT_PERMUTATIONS = 40320  # 8!: up to 8 models per family every ordering is enumerated
 
 
-def model_meta(directory: Path) -> pd.DataFrame:
-    """name, family, params from the model YAMLs (conf/model/*.yaml); files without them are skipped."""
+def model_meta(directory: Optional[str | Path] = None) -> pd.DataFrame:
+    """One row per known model: ``model`` (its name), ``family``, ``params`` (parameter count).
+
+    Args:
+        directory: a directory of model YAMLs (``name`` / ``family`` / ``params`` keys, as in the ``model``
+            config group); None: the ``model`` config group itself, composed through Hydra.
+
+    Models without a numeric ``params`` are left out (the report lists them as unknown); a YAML that does
+    not parse is skipped.
+    """
+    nodes = _yaml_models(Path(directory)) if directory is not None else model_group()
     rows = []
-    for path in sorted(Path(directory).glob("*.yaml")) if Path(directory).is_dir() else []:
+    for stem, node in nodes:
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            continue
-        try:
-            params = float(data.get("params"))
+            params = float(node.get("params"))
         except (TypeError, ValueError):
             continue
-        rows.append({"model": str(data.get("name", path.stem)), "family": str(data.get("family", "unknown")),
+        rows.append({"model": str(node.get("name") or stem), "family": str(node.get("family") or "unknown"),
                      "params": params})
     return pd.DataFrame(rows, columns=["model", "family", "params"]).drop_duplicates("model")
 
 
+def model_group() -> list[tuple[str, Mapping]]:
+    """(option name, config node) of every option of the ``model`` config group, composed by Hydra.
+
+    Inside a Hydra app (analyze.py, a sweep's analysis) the app's own config repository is used; else
+    one initialised on :data:`em.runtime.CONF_DIR`. All options are composed at once, each under its
+    own package (``+model@models.m<i>=<option>``), so no YAML under ``conf/`` is opened by path.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def compose_all() -> list[tuple[str, Mapping]]:
+        names = GlobalHydra.instance().config_loader().get_group_options("model")
+        if not names:
+            return []
+        cfg = compose(overrides=[f"+model@models.m{i}={name}" for i, name in enumerate(names)])
+        return [(name, cfg.models[f"m{i}"]) for i, name in enumerate(names)]
+
+    if GlobalHydra.instance().is_initialized():
+        return compose_all()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose_all()
+
+
+def _yaml_models(directory: Path) -> list[tuple[str, Mapping]]:
+    """A user's directory of model YAMLs (outside ``conf/``): (file stem, mapping) per readable file."""
+    out = []
+    for path in sorted(directory.glob("*.yaml")) if directory.is_dir() else []:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, dict):
+            out.append((path.stem, data))
+    return out
+
+
 def attach_params(rates: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """``rates`` with ``family`` and ``params`` columns looked up by model name in ``meta`` (NaN when unknown)."""
     lookup = meta.set_index("model")
     out = rates.copy()
     out["family"] = out["model"].map(lookup["family"])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from em.analysis.definitions import Definition
+from em.measurement import Thresholds, ratio
 from em.analysis.groups import LEVELS, Cells, level_name
 from em.analysis.rates import wilson
 
@@ -33,10 +33,16 @@ def _checks(table: pd.DataFrame, *, level: str, scope_by: str | None, dimension:
     return out.drop(columns=[scope_by] if scope_by else [])
 
 
-def sensitivity_tables(cells: Cells, definition: Definition, *, coherent_grid: list[float],
+def sensitivity_tables(cells: Cells, definition: Thresholds, *, coherent_grid: list[float],
                        aligned_grid: list[float], confidence: float, condition_order: list[str],
                        format_order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(every group's rate at every grid point, one row per ordering check per grid point)."""
+    """(every group's rate at every grid point, one row per ordering check per grid point).
+
+    The grid is ``coherent_grid`` x ``aligned_grid`` (0-100 thresholds) at ``definition``'s inclusivity;
+    the point equal to ``definition`` is flagged ``is_default``. Rates carry Wilson CIs at ``confidence``
+    (no bootstrap per point). The checks ask whether the rate rises strictly along ``condition_order``
+    (pooled and per model) and ``format_order`` (per condition); NA where a rate is undefined.
+    """
     points = list(itertools.product(coherent_grid, aligned_grid))
     indexes = [(level_name(level), *cells.level_index(level)) for level in LEVELS]
     fixed = cells.status_counts
@@ -69,10 +75,8 @@ def sensitivity_tables(cells: Cells, definition: Definition, *, coherent_grid: l
         part["n_misaligned"] = agg[:, :, 1].ravel().round().astype(np.int64)
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        table["coherent_share"] = np.where(table["n_scored"] > 0, table["n_coherent"] / table["n_scored"], np.nan)
-        table["misaligned_rate"] = np.where(table["n_coherent"] > 0, table["n_misaligned"] / table["n_coherent"],
-                                            np.nan)
+    table["coherent_share"] = ratio(table["n_coherent"], table["n_scored"])
+    table["misaligned_rate"] = ratio(table["n_misaligned"], table["n_coherent"])
     table["wilson_low"], table["wilson_high"] = wilson(table["n_misaligned"], table["n_coherent"], confidence)
     table.insert(2, "is_default", (table["coherent_threshold"] == definition.coherent)
                  & (table["aligned_threshold"] == definition.aligned))

@@ -20,8 +20,8 @@ def _plain(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def settings_dict(r: Results) -> dict:
-    out = dataclasses.asdict(r.settings)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+    """The analysis settings as a plain nested dict (the W&B run's config)."""
+    return dataclasses.asdict(r.settings)
 
 
 def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
@@ -31,8 +31,8 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
     from em.tracking import init_wandb
 
     s = r.settings
-    run = init_wandb(project=s.wandb_project, run_dir=str(s.run_dir), job_type="analysis", config=settings_dict(r),
-                     group=s.wandb_group, mode=s.wandb_mode)
+    run = init_wandb(project=s.wandb.project, run_dir=str(s.run_dir), job_type="analysis", config=settings_dict(r),
+                     group=s.wandb.group, mode=s.wandb.mode)
     if run is None:
         return None
     try:
@@ -42,7 +42,7 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
         for row in r.level("condition").itertuples():
             run.summary[f"misaligned_rate/{row.condition}"] = row.misaligned_rate
             run.summary[f"n_coherent/{row.condition}"] = int(row.n_coherent)
-        run.summary["definition"] = s.definition.describe()
+        run.summary["definition"] = s.thresholds.describe()
         local = Path(run.dir).parent
     finally:
         run.finish()

@@ -1,4 +1,7 @@
-"""Synthetic responses tables in evaluate.py's schema, for tests and the benchmark (no model, no judge)."""
+"""Synthetic responses tables in evaluate.py's schema, for tests and bench/analyze_scale.py (no model, no judge).
+
+A test fixture, not part of em: it lives under tests/ and the benchmark imports it from there.
+"""
 
 from __future__ import annotations
 
