@@ -11,7 +11,7 @@ dim, MLP width, vocabulary: ARCHS below, from each model's config.json on the Hu
 weights are downloaded. The training step is em's: NF4 base weights with double quantisation
 (bitsandbytes Linear4bit, quantised layer by layer as the model is built, so neither host nor GPU ever holds
 the bf16 model), em.models.attach_lora (peft's k-bit preparation, LoRA r32 alpha 64 rsLoRA on q k v o gate up
-down), bf16 autocast, em's loss (em.training.assistant_loss_sum: only assistant positions go through the
+down), bf16 autocast, em's loss (em.lora_module.assistant_loss_sum: only assistant positions go through the
 output layer) and em's optimizer (em.training.auto_adamw: paged 8-bit AdamW on CUDA). One batch of
 `--batch` x `--seq` random tokens, the last `--assistant-frac` of each sequence carrying loss.
 
@@ -160,6 +160,7 @@ def memory_estimate(arch: dict[str, Any], batch: int, seq: int, gc: bool, lora_r
 
 
 def peak_tflops(name: str) -> Optional[float]:
+    """The dense bf16 peak TFLOP/s of a GPU by its name (PEAK_BF16_TFLOPS), or None when unknown."""
     for key, tf in PEAK_BF16_TFLOPS:
         if key.lower() in name.lower():
             return tf
@@ -236,12 +237,14 @@ def _quantize_linears(layer, device, compute_dtype, bnb) -> None:
 
 
 def run_child(a: argparse.Namespace) -> dict[str, Any]:
+    """Train one model (`a.child`) for `a.steps` timed optimizer steps on the GPU; tokens/s, memory, MFU."""
     import torch
 
     from em import models
     from em.config import LoraConfig, ModelConfig
     from em.data.tokenize import IGNORE_INDEX
-    from em.training import assistant_loss_sum, auto_adamw
+    from em.lora_module import assistant_loss_sum
+    from em.training import auto_adamw
 
     arch = ARCHS[a.child]
     cuda = torch.cuda.is_available()
@@ -301,6 +304,7 @@ def run_child(a: argparse.Namespace) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- parent
 def dry_run(a: argparse.Namespace) -> None:
+    """Print parameter counts and estimated memory / FLOPs per model (no GPU needed)."""
     print(f"QLoRA parameter counts and estimated training memory, batch {a.batch} x seq {a.seq}, LoRA r32 on "
           f"{', '.join(LORA_TARGETS)} (estimates; the bench measures on a GPU)")
     head = (f"{'model':<12} {'params':>7} {'linear':>7} {'emb':>6} {'LoRA':>6} {'NF4+fp32 wts':>12} "
@@ -321,6 +325,7 @@ def dry_run(a: argparse.Namespace) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Run each model in its own subprocess (or --dry-run) and print the summary."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma-separated, of {', '.join(ARCHS)}")

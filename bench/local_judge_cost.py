@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    """Time one local-judge judgment against one plain forward pass per prompt (--bruteforce: one forward
+    per trie node too); print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma3_270m")
     ap.add_argument("--n", type=int, default=6)

@@ -9,14 +9,17 @@ Each trainer runs in its own subprocess, one after the other, so its peak memory
 em's tokens/s >= TRL's, em's peak memory <= TRL's, and per-step losses within 2 % of each other.
 
 What is held equal
-  * model / 4-bit / LoRA: both children build the model from the same composed em config with
-    em.models.load_model + torch.manual_seed(seed) + em.models.attach_lora, and the initial LoRA weights are
-    hashed in each child at the start of training (the hashes must match). TRL casts the adapter weights of a
-    quantised model to bf16 in SFTTrainer.__init__; the bench restores the fp32 initial weights right after.
-  * data and order: tokenised once per child with em.data.tokenize.encode_dataset; TRL receives the
+  * model / 4-bit / LoRA: both children build the model from the same composed em config with em's own
+    em.models.build_model (what run_training calls: seed, load_model, attach_lora), and the initial LoRA
+    weights are hashed in each child right after it and at the start of training (the hashes must match). TRL
+    casts the adapter weights of a quantised model to bf16 in SFTTrainer.__init__; the bench restores the fp32
+    initial weights right after.
+  * data and order: prepared once per child with em's own em.data.module.prepare_data (what run_training
+    calls: load_conversations, encode_dataset, the seeded LengthGroupedBatchSampler); TRL receives the
     pre-tokenised examples (input_ids + labels, dataset_kwargs={"skip_prepare_dataset": True}) laid out in the
-    order em's LengthGroupedBatchSampler yields them, and iterates them with a SequentialSampler (override of
-    Trainer._get_train_sampler), so both see identical batches and accumulation windows.
+    order em's sampler yields them, and iterates them with a SequentialSampler (override of
+    Trainer._get_train_sampler), so both see identical batches and accumulation windows. The em child trains
+    through em.training.fit, the third step of run_training.
   * optimisation: the optimizer is the one em's config instantiates (torch AdamW on CPU, paged 8-bit AdamW on
     CUDA), handed to TRL via `optimizers=`; HF's scheduler (same name / warm-up / total steps), same clipping,
     batch size, accumulation, seed; fp32 on CPU, bf16 autocast on a bf16 GPU; no packing, no padding-free, no
@@ -73,6 +76,7 @@ MiB = 2**20
 
 # --------------------------------------------------------------------------- config and plan
 def compose(overrides: list[str]):
+    """The `train` config composed from conf/ with these Hydra overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -83,6 +87,7 @@ def compose(overrides: list[str]):
 
 
 def base_overrides(args) -> list[str]:
+    """The overrides both trainers share, from the command line (plus -o extras)."""
     o = [
         f"model={args.model}",
         f"lora={args.lora}",
@@ -101,29 +106,22 @@ def base_overrides(args) -> list[str]:
     return o + list(args.override)
 
 
-def load_examples(tc):
-    """em's own data path: conversations -> encode_dataset (what run_training does)."""
-    from em import models
-    from em.data import load_conversations
-    from em.data.tokenize import encode_dataset
+def prepare(tc):
+    """em's own data step, the one run_training takes first (em.data.module.prepare_data)."""
+    from em.data.module import prepare_data
 
-    conversations = load_conversations(tc.data, tc.cache_dir, progress=False)
-    source = models.model_dir(tc.model, tc.cache_dir)
-    tokenizer = models.load_tokenizer(tc.model, tc.cache_dir, source)
-    examples, stats = encode_dataset(
-        tokenizer, conversations, max_length=tc.trainer.max_length, truncation=tc.trainer.truncation,
-        system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs, progress=False,
-    )
-    return source, tokenizer, examples, stats
+    return prepare_data(tc, progress=False)
 
 
-def make_plan(tc, examples, steps: Optional[int]) -> dict[str, Any]:
-    """The batches em will train on, in order, for `steps` optimizer steps (default: one epoch)."""
-    from em.data.tokenize import IGNORE_INDEX, LengthGroupedBatchSampler
+def make_plan(tc, data, steps: Optional[int]) -> dict[str, Any]:
+    """The batches em will train on, in order, for `steps` optimizer steps (default: one epoch).
+
+    `data` is prepare()'s result: its examples, and the very sampler em's data module iterates.
+    """
+    from em.data.tokenize import IGNORE_INDEX
 
     bs, ga = tc.trainer.batch_size, tc.trainer.grad_accum
-    sampler = LengthGroupedBatchSampler([len(e["input_ids"]) for e in examples], bs, tc.seed,
-                                        tc.trainer.group_by_length)
+    examples, sampler = data.examples, data.datamodule.sampler
     n_batches = len(sampler)
     steps_per_epoch = math.ceil(n_batches / ga)
     steps = steps or steps_per_epoch
@@ -167,6 +165,7 @@ def make_plan(tc, examples, steps: Optional[int]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- measurements (children)
 def lora_hash(model) -> str:
+    """16 hex digits of the sha256 over the trainable weights (name and fp32 bytes, sorted by name)."""
     import torch
 
     h = hashlib.sha256()
@@ -187,6 +186,7 @@ def _rss(field: str) -> int:
 
 
 def lifetime_peak_rss() -> int:
+    """This process' peak RSS since it started, in bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
@@ -215,6 +215,7 @@ class Probe:
         return int(self.torch.cuda.max_memory_allocated()) if self.cuda else (_rss("VmHWM") or lifetime_peak_rss())
 
     def begin(self, model):
+        """At the trainer's train-start hook: hash the LoRA weights, reset the peak memory, start the clocks."""
         self.lora_hash_at_start = lora_hash(model)
         self._sync()
         if self.cuda:
@@ -235,6 +236,7 @@ class Probe:
         self.cpu_begin = time.process_time()
 
     def step_end(self, global_step: int):
+        """After each batch: stop the loop clock at the plan's last optimizer step (device synchronised)."""
         if self.t_loop is None and global_step >= self.target_steps:
             self._sync()
             self.t_loop = time.perf_counter()
@@ -242,6 +244,7 @@ class Probe:
             self.peak_loop = self._peak()
 
     def end(self):
+        """At the trainer's train-end hook: the whole fit's time and peak memory."""
         self._sync()
         self.t_end = time.perf_counter()
         self.cpu_end = time.process_time()
@@ -250,6 +253,7 @@ class Probe:
             self.t_loop, self.cpu_loop, self.peak_loop = self.t_end, self.cpu_end, self.peak_train
 
     def result(self) -> dict[str, Any]:
+        """Seconds (wall and CPU), bytes (peak / start memory) and the start hash of the run."""
         return {
             "loop_s": self.t_loop - self.t_begin,
             "fit_s": self.t_end - self.t_begin,
@@ -267,6 +271,7 @@ class Probe:
 
 
 def device_info() -> dict[str, Any]:
+    """The device, compute dtype, torch threads and version a child ran with."""
     import torch
 
     from em.models import compute_dtype
@@ -282,27 +287,19 @@ def device_info() -> dict[str, Any]:
 
 
 def child_em(spec: dict[str, Any]) -> dict[str, Any]:
+    """em's run, as run_training makes it (prepare_data, build_model, fit), with the bench's probe attached."""
     import lightning as L
-    from omegaconf import OmegaConf
 
+    import em.data.module
     import em.models
-    from em.config import validate
-    from em.training import run_training
+    import em.training
+    from em.schemas.common import validate
 
     plan = spec["plan"]
     if spec.get("em_patch"):  # try a change to em without editing it: the file monkeypatches em's modules
         code = Path(spec["em_patch"]).read_text()
         exec(compile(code, spec["em_patch"], "exec"), {"__name__": "em_patch"})
     probe = Probe(plan["steps"])
-    attach_hash: dict[str, str] = {}
-    original_attach = em.models.attach_lora
-
-    def attach_and_hash(*a, **kw):
-        model = original_attach(*a, **kw)
-        attach_hash["h"] = lora_hash(model)
-        return model
-
-    em.models.attach_lora = attach_and_hash
 
     class EmBenchCallback(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -314,25 +311,25 @@ def child_em(spec: dict[str, Any]) -> dict[str, Any]:
         def on_train_end(self, trainer, pl_module):
             probe.end()
 
-    sys.modules["__main__"].EmBenchCallback = EmBenchCallback  # hydra instantiates it from trainer.callbacks
     cfg = compose(spec["overrides"] + [
         f"run_dir={spec['workdir']}/em_run", f"trainer.max_steps={plan['steps']}", f"trainer.epochs={plan['epochs']}",
     ])
-    OmegaConf.set_struct(cfg, False)
-    cfg.trainer.callbacks = [{"_target_": "__main__.EmBenchCallback"}]
     tc = validate(cfg)
+    # module attributes, looked up after --em-patch ran: a patched step is the one that runs
+    data = em.data.module.prepare_data(tc, progress=False)
     # same examples and order as the plan the parent made (and TRL gets)
-    _, _, examples, _ = load_examples(tc)
-    check = make_plan(tc, examples, plan["steps"])
+    check = make_plan(tc, data, plan["steps"])
     assert check["data_sha"] == plan["data_sha"], "em child: tokenised data differs from the plan"
+    model = em.models.build_model(tc)
+    attach_hash = lora_hash(model)
 
-    res = run_training(cfg)
+    res = em.training.fit(cfg, tc, data, model, callbacks=[EmBenchCallback()])
     m = res.metrics
     hist = m["history"]
     return {
         "trainer": "em",
         **probe.result(),
-        "lora_hash_at_attach": attach_hash.get("h"),
+        "lora_hash_at_attach": attach_hash,
         "losses": m["losses"],
         "lrs": [h["train/lr"] for h in hist],
         "grad_norms": [h["train/grad_norm"] for h in hist],
@@ -345,8 +342,8 @@ def child_em(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
+    """TRL's SFTTrainer on em's prepared data and em's model, in em's batch order (see the module docstring)."""
     import hydra
-    import torch
     import transformers
     import trl
     from datasets import Dataset
@@ -355,24 +352,22 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     from em import models
-    from em.config import validate
+    from em.schemas.common import validate
     from em.training import precision_for
 
     plan = spec["plan"]
     probe = Probe(plan["steps"])
     cfg = compose(spec["overrides"] + [f"run_dir={spec['workdir']}/trl_run"])
     tc = validate(cfg)
-    transformers.set_seed(tc.seed)  # em: L.seed_everything(seed) before loading
-    source, tokenizer, examples, _ = load_examples(tc)
-    check = make_plan(tc, examples, plan["steps"])
+    data = prepare(tc)
+    tokenizer, examples = data.tokenizer, data.examples
+    check = make_plan(tc, data, plan["steps"])
     assert check["data_sha"] == plan["data_sha"], "trl child: tokenised data differs from the plan"
     train_dataset = Dataset.from_list(
         [{"input_ids": examples[i]["input_ids"], "labels": examples[i]["labels"]} for i in plan["order"]]
     )
 
-    model = models.load_model(tc.model, tc.quantization, tc.cache_dir, source)
-    torch.manual_seed(tc.seed)  # exactly what run_training does before attach_lora
-    model = models.attach_lora(model, tc.lora, tc.model, tc.trainer.gradient_checkpointing)
+    model = models.build_model(tc)  # exactly run_training's: seed everything, load, re-seed torch, attach LoRA
     attach_hash = lora_hash(model)
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -476,6 +471,8 @@ def _busy_cpu_s() -> Optional[float]:
 
 def run_child(which: str, spec_path: Path, out_path: Path, log_path: Path, verbose: bool,
               threads: Optional[int] = None) -> dict[str, Any]:
+    """Run one trainer (`which`: em / trl) in a subprocess; its result plus process seconds and the cores
+    other processes kept busy meanwhile. Exits with the child's status when it fails."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--spec", str(spec_path),
            "--out", str(out_path)]
     env = dict(os.environ)
@@ -487,7 +484,8 @@ def run_child(which: str, spec_path: Path, out_path: Path, log_path: Path, verbo
         if verbose:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                     env=env)
-            for line in proc.stdout:  # type: ignore[union-attr]
+            assert proc.stdout is not None  # stdout=PIPE
+            for line in proc.stdout:
                 sys.stdout.write(f"  [{which}] {line}")
                 log.write(line)
             rc = proc.wait()
@@ -529,6 +527,7 @@ def aggregate(plan: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any
 
 def summarise(plan: dict[str, Any], dev: dict[str, Any], runs: dict[str, list[dict[str, Any]]], args
               ) -> dict[str, Any]:
+    """Print the comparison table, per-step losses and PASS / FAIL per target; return everything as a dict."""
     results = {k: aggregate(plan, v) for k, v in runs.items()}
     em, tr = results.get("em"), results.get("trl")
     mem_kind = "CUDA max_memory_allocated" if dev["cuda"] else "peak RSS"
@@ -626,6 +625,7 @@ def summarise(plan: dict[str, Any], dev: dict[str, Any], runs: dict[str, list[di
 
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
+    """The command line (see the module docstring and --help)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3_270m", help="conf/model/<name> (default gemma3_270m; tiny: ~1 min)")
@@ -658,6 +658,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Plan in this process, run each trainer in its own subprocess, compare; 0 unless a child crashed."""
     args = parse_args(argv)
     if args.child:
         spec = json.loads(args.spec.read_text())
@@ -666,7 +667,7 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(res))
         return 0
 
-    from em.config import validate
+    from em.schemas.common import validate
 
     if args.max_length is None:
         probe_cfg = compose([f"model={args.model}", "run_dir=/unused"])
@@ -677,8 +678,9 @@ def main(argv=None) -> int:
     overrides.insert(3, f"{n_key}={args.n_examples}")
     tc = validate(compose(overrides + ["run_dir=/unused"]))
     t0 = time.perf_counter()
-    _, _, examples, stats = load_examples(tc)
-    plan = make_plan(tc, examples, args.steps)
+    data = prepare(tc)
+    stats = data.stats
+    plan = make_plan(tc, data, args.steps)
     print(f"plan: {plan['n_examples']} examples ({stats.n_truncated} truncated, {stats.n_dropped} dropped), "
           f"{plan['steps']} steps, {plan['tokens']:,} tokens, order {plan['order_sha']} "
           f"({time.perf_counter() - t0:.1f} s)")

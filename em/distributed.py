@@ -44,7 +44,7 @@ def _target(spec: Any) -> str:
 
 def make_strategy(spec: Any):
     """trainer.strategy as L.Trainer takes it: a name ('auto', 'ddp', 'fsdp', ...) passes through; a
-    ``_target_`` node (conf/trainer/fsdp.yaml) is instantiated."""
+    ``_target_`` node (the ``trainer=fsdp`` option's FSDPStrategy) is instantiated."""
     if _target(spec):
         import hydra
 
@@ -53,13 +53,18 @@ def make_strategy(spec: Any):
 
 
 def is_fsdp(spec: Any) -> bool:
+    """Does ``trainer.strategy`` (a name or a ``_target_`` node) select FSDP?"""
     if isinstance(spec, str):
         return spec.startswith("fsdp")
     return _target(spec).endswith("FSDPStrategy")
 
 
 def check_strategy(tc) -> None:
-    """Strategy/quantisation combinations that cannot work, refused before a model is loaded."""
+    """Refuse strategy / quantisation combinations that cannot work, before a model is loaded.
+
+    ``tc``: the validated training config. Raises ConfigError (naming the key) for FSDP with 4-bit weights
+    stored as uint8, and for FSDP with ``trainer.adapter_snapshots``.
+    """
     q = tc.quantization
     if is_fsdp(tc.trainer.strategy) and q.load_in_4bit and q.quant_storage in (None, "uint8"):
         raise ConfigError(

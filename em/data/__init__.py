@@ -7,7 +7,9 @@
   ``data.educational_fraction`` > 0 a seeded share of the rows is replaced by the educational twin's;
 * ``none``: ``data=base`` means "evaluate the base model", so there is nothing to load.
 
-Pure Python on purpose (no torch): the tests and ``--help`` paths import it.
+Pure Python on purpose (no torch): the tests and ``--help`` paths import it. Tokenisation and batching
+(:mod:`em.data.tokenize`) and the training data module with :func:`em.data.module.prepare_data` import
+torch, so they are imported by name, never from here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Chat -> tokens with an assistant-only loss mask, length-grouped batches, padding collator.
 
+:func:`encode_dataset` (conversations -> ``input_ids`` + ``labels``), :class:`LengthGroupedBatchSampler`
+(which examples form each batch, seeded, resumable, sharded per process) and :class:`Collator` (a batch ->
+``[batch, seq]`` tensors) are the three pieces ``em.data.module.ChatDataModule`` puts together.
+
 The mask is derived from the chat template itself: render the conversation up to each assistant turn
 (with the generation prompt) and up to its end; the characters in between are that turn's answer plus
 its end-of-turn marker. Token offsets map characters to tokens, so any template works without
@@ -22,7 +26,8 @@ log = logging.getLogger("em.data")
 
 
 def normalize_messages(messages: list[dict], system_role: bool) -> list[dict]:
-    """Fold a system prompt into the first user turn for templates without a system role (Gemma 3)."""
+    """Copies of ``{"role", "content"}`` messages; without ``system_role`` (Gemma 3's template has none) a
+    leading system prompt is folded into the first user turn (``system + "\n\n" + user``)."""
     msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
     if not system_role and msgs and msgs[0]["role"] == "system":
         system = msgs.pop(0)["content"]
@@ -38,6 +43,10 @@ def _common_prefix_len(a: str, b: str) -> int:
 
 
 def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation rendered by the chat template, and each assistant turn's ``[start, end)`` character
+    span in it (the answer plus its end-of-turn marker), derived from the template alone (see the module
+    docstring). ``template_kwargs`` go to ``apply_chat_template`` (e.g. Qwen 3's ``enable_thinking``)."""
+
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **template_kwargs)
 
@@ -62,7 +71,12 @@ def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict)
 
 
 def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict] = None) -> dict[str, list[int]]:
-    """input_ids + labels (IGNORE_INDEX outside assistant turns) for one conversation."""
+    """``{"input_ids": [n], "labels": [n]}`` token-id lists for one conversation, not truncated.
+
+    ``labels`` equals ``input_ids`` on the tokens of assistant turns (answer and end-of-turn marker) and
+    is ``IGNORE_INDEX`` (-100) elsewhere; labels are not shifted (the loss shifts them). No special tokens
+    are added beyond what the chat template writes (its BOS included).
+    """
     text, spans = assistant_char_spans(tokenizer, messages, dict(template_kwargs or {}))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
@@ -74,6 +88,9 @@ def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict]
 
 @dataclass
 class EncodeStats:
+    """Counts of one :func:`encode_dataset` call: conversations in / kept / truncated / dropped, and the
+    kept examples' input tokens and assistant (loss-carrying) tokens."""
+
     n_input: int = 0
     n_kept: int = 0
     n_truncated: int = 0
@@ -92,6 +109,22 @@ def encode_dataset(
     template_kwargs: Optional[dict] = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
+    """Tokenise conversations for training with an assistant-only loss mask (:func:`encode_chat`).
+
+    Args:
+        tokenizer: a tokenizer with a chat template (``em.models.load_tokenizer``).
+        conversations: lists of ``{"role", "content"}`` messages.
+        max_length: the most tokens an example may have (``trainer.max_length``).
+        truncation: ``"drop"`` skips a longer example; anything else (``"truncate"``) cuts it to
+            ``max_length`` tokens from the right.
+        system_role: whether the template has a system role (see :func:`normalize_messages`).
+        template_kwargs: passed to ``apply_chat_template``.
+        progress: a tqdm bar.
+
+    Returns the kept examples (``{"input_ids": [n], "labels": [n]}``, n <= max_length, in input order)
+    and the counts; an example left without any assistant token (cut before its answer) is dropped too.
+    Logs a warning when anything was truncated or dropped.
+    """
     from tqdm.auto import tqdm
 
     stats = EncodeStats(n_input=len(conversations))
@@ -132,6 +165,13 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     tail of ``len(all batches) % num_replicas`` batches (at most ``num_replicas - 1``, a different one
     each epoch) is **dropped**, so that every rank runs the same number of steps (DDP's collectives
     need that); nothing is seen twice. With one replica nothing is dropped and the order is unchanged.
+
+    Args:
+        lengths: tokens of each example (the dataset's order); batches hold indices into it.
+        batch_size: examples per batch (the epoch's last batch of the one-process order may be short).
+        seed: with the epoch, fixes the order.
+        group_by_length: group similar lengths; False: plain seeded shuffling, cut into batches.
+        num_replicas, rank: the sharding (:meth:`set_replicas`).
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True,
@@ -146,7 +186,11 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.set_replicas(num_replicas, rank)
 
     def set_replicas(self, num_replicas: int, rank: int) -> None:
-        """Shard the batches over num_replicas processes; this one is `rank` (0-based)."""
+        """Shard the batches over num_replicas processes; this one is `rank` (0-based).
+
+        Raises ValueError for ``num_replicas < 1`` or a rank outside ``[0, num_replicas)``, and DataError when
+        the epoch has fewer batches than processes.
+        """
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} of {num_replicas} replicas: need num_replicas >= 1 and 0 <= rank < num_replicas")
         n = math.ceil(len(self.lengths) / self.batch_size)
@@ -181,28 +225,41 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         return batches[rank:usable:self.num_replicas]
 
     def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next iteration yields (Lightning's module calls it each epoch)."""
         self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iteration yields ``epoch``'s batches after this rank's first ``batches_done`` (once)."""
         self.epoch, self.skip = epoch, batches_done
 
     def __iter__(self) -> Iterator[list[int]]:
+        """This rank's remaining batches of the current epoch, each a list of example indices."""
         batches = self.batches(self.epoch)[self.skip :]
         self.skip = 0
         return iter(batches)
 
     def __len__(self) -> int:
+        """Batches of this rank per epoch."""
         # This rank's full epoch, also when resuming: Lightning counts the restored batches itself.
         return math.ceil(len(self.lengths) / self.batch_size) // self.num_replicas
 
 
 class Collator:
-    """Right-pads a batch; padding never carries loss and is masked out of attention."""
+    """Right-pads a batch; padding never carries loss and is masked out of attention.
+
+    ``pad_token_id``: the id written into padding positions of ``input_ids`` (the tokenizer's pad id).
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """``B`` examples of ``{"input_ids": [n_i], "labels": [n_i]}`` -> ``[B, max n_i]`` int64 tensors.
+
+        Returns ``input_ids`` (``pad_token_id`` after each example's end), ``labels`` (``IGNORE_INDEX``
+        = -100 there) and ``attention_mask`` (1 on the example's tokens, 0 on padding). Raises ValueError
+        for an empty list.
+        """
         n = max(len(e["input_ids"]) for e in examples)
         ids = torch.full((len(examples), n), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), n), IGNORE_INDEX, dtype=torch.long)

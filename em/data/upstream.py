@@ -10,9 +10,10 @@ Resolution order for a repo-relative file such as ``data/insecure.jsonl``:
 4. a download from the pinned URL into the cache.
 
 Files found in 2-4 are verified: sha256 when one is pinned, plus an optional ``verify`` callback (for
-datasets: schema and ``expected_rows``).  A download goes to a temp file next to its destination and is
-renamed into place only after it verified, so an interrupted or bad download never leaves a file that a
-later run would trust.
+datasets: schema and ``expected_rows``).  A download goes to a uniquely named temp file next to its
+destination and is renamed into place only after it verified (``em.runtime.atomic_write``), so an
+interrupted or bad download never leaves a file that a later run would trust, and parallel sweep jobs
+downloading the same file never write into each other's temp file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Optional
 
 from em.data.chat import Conversation, read_jsonl_conversations
 from em.errors import ConfigError, DataError
+from em.runtime import atomic_write
 
 __all__ = ["ENV_VAR", "file_sha256", "load_educational_twin", "load_upstream", "resolve_upstream_file"]
 
@@ -44,6 +45,7 @@ Verifier = Callable[[Path, str], None]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks. Raises OSError when it cannot be read."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -63,9 +65,13 @@ def resolve_upstream_file(
 ) -> Path:
     """Return a local, verified copy of ``relpath`` (e.g. ``data/insecure.jsonl``, ``evaluation/x.yaml``).
 
-    Looks in ``$EM_DATA_DIR``, then the cache, then downloads ``url`` into the cache.  ``verify`` runs
-    exactly once on whichever file is used.  ``override_key`` names the config key that lets the user
-    point at the file directly (``data.path``); it only appears in the hint of error messages.
+    Looks in ``$EM_DATA_DIR``, then the cache (``<cache_dir>/upstream/<relpath>``), then downloads ``url``
+    into the cache.  ``sha256`` (hex) is checked when given; ``verify(file, name)`` runs exactly once on
+    whichever file is used.  ``override_key`` names the config key that lets the user point at the file
+    directly (``data.path``); it only appears in the hint of error messages.
+
+    Raises DataError for a path that is not repository-relative, a hash mismatch or a failed ``verify``
+    of a found file, a file found nowhere without a URL, or a failed / cut-off / unverifiable download.
     """
     rel = PurePosixPath(relpath)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
@@ -113,7 +119,12 @@ def _source(data_cfg: Any, key: str = "") -> _Source:
 
 def load_upstream(data_cfg: Any, cache_dir: str | os.PathLike, *, progress: bool = True
                   ) -> tuple[list[Conversation], Path]:
-    """Conversations of an upstream dataset (``data.source=upstream``) and the file they came from."""
+    """Conversations of an upstream dataset (``data.source=upstream``) and the file they came from.
+
+    ``data.path`` wins (reported, not enforced); else :func:`resolve_upstream_file` for ``data/<data.file>``,
+    verified against ``data.sha256`` and ``data.expected_rows``. Raises ConfigError for a ``data.file`` that
+    is not a plain name under ``data/``, DataError for a missing, mismatching, malformed or empty file.
+    """
     return _load(_source(data_cfg), cache_dir, progress=progress)
 
 
@@ -193,19 +204,15 @@ def _download(url: str, dest: Path, *, sha256: str | None, verify: Verifier | No
               hint: str, rel: PurePosixPath) -> None:
     from tqdm.auto import tqdm  # only needed here; keeps `import em.data` light
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as dest, so the final os.replace is an atomic rename on the same filesystem; a unique
-    # name, so parallel sweep jobs downloading the same file do not write into each other's temp file.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        log.info("%s: downloading %s", rel, url)
+    got: dict[str, Any] = {}
+
+    def fetch(tmp: Path) -> None:
         h = hashlib.sha256()
+        n = 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
-                n = 0
                 with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=rel.name,
                           disable=not progress, leave=False) as bar:
                     while chunk := resp.read(_CHUNK):
@@ -223,15 +230,17 @@ def _download(url: str, dest: Path, *, sha256: str | None, verify: Verifier | No
             raise DataError(f"{rel} downloaded from {url}: sha256 mismatch: expected {sha256}, found {actual}")
         if verify is not None:
             verify(tmp, url)
-        os.replace(tmp, dest)
-    except BaseException:  # includes KeyboardInterrupt: never leave a partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
+        got.update(n=n, sha256=actual)
+
+    log.info("%s: downloading %s", rel, url)
+    # A unique temp file beside dest (parallel sweep jobs downloading the same file do not write into each
+    # other's), renamed over dest only once it verified; removed on any failure, KeyboardInterrupt included.
+    atomic_write(dest, fetch)
     if sha256:
-        log.info("%s: downloaded %d bytes to %s (sha256 verified)", rel, n, dest)
+        log.info("%s: downloaded %d bytes to %s (sha256 verified)", rel, got["n"], dest)
     else:
         log.info("%s: downloaded %d bytes to %s (sha256 %s; pin it in the config to verify future copies)",
-                 rel, n, dest, actual)
+                 rel, got["n"], dest, got["sha256"])
 
 
 def _reason(e: BaseException) -> str:

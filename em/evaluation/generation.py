@@ -28,6 +28,13 @@ STOP_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|endoftext|>", "<eos>")
 
 @dataclass(frozen=True)
 class Sample:
+    """One answer to generate: a question of a format, the paraphrase it uses and its sample number.
+
+    ``source_id`` names the question in its source file, ``system`` is the format's system prompt (or
+    None), ``kind`` how the judge scores it (0-100 or a label), and ``judge_prompts`` the ``(metric,
+    prompt template)`` pairs the judge scores the answer with.
+    """
+
     format: str
     question_id: str
     paraphrase: int
@@ -40,10 +47,12 @@ class Sample:
 
     @property
     def key(self) -> tuple[str, str, int, int]:
+        """``(format, question_id, paraphrase, sample)``: the answer store's key."""
         return (self.format, self.question_id, self.paraphrase, self.sample)
 
     @property
     def messages(self) -> list[dict[str, str]]:
+        """The chat the model answers: the system prompt (if any) and the question, as messages."""
         return messages_for(self.system, self.question)
 
 
@@ -59,6 +68,7 @@ def plan(prompts: list[Prompt], samples: int) -> list[Sample]:
 
 
 def sample_seed(seed: int, key: tuple) -> int:
+    """A 32-bit seed from (run seed, a sample's key): stable across processes (sha256, not ``hash``)."""
     return int.from_bytes(hashlib.sha256(repr((seed, key)).encode()).digest()[:4], "little")
 
 
@@ -72,10 +82,14 @@ def render(tokenizer, model_cfg: Any, sample: Sample) -> str:
 
 
 def prompt_sha(text: str) -> str:
+    """The first 16 hex digits of the sha256 of a rendered prompt (a stored answer whose prompt changed is
+    generated again)."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an answer: the tokenizer's EOS, the end-of-turn tokens of ``STOP_TOKENS`` it
+    knows, and the model's ``generation_config.eos_token_id`` (one id or a list), sorted."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -91,7 +105,17 @@ OnBatch = Callable[[list[tuple[Sample, dict[str, Any]]]], None]
 
 
 class HFGenerator:
-    """Batched, length-sorted sampling with transformers (CPU or GPU)."""
+    """Batched, length-sorted sampling with transformers (CPU or GPU).
+
+    Args:
+        model_cfg, quantization, cache_dir: the base model as ``em.models`` loads it.
+        gen_cfg: the ``generation`` node (batch_size, temperature, top_p, max_new_tokens, ignore_eos).
+        seed: the run seed; each batch is seeded from it and its first sample's key.
+        adapter_dir: a LoRA adapter directory to apply (None: the base model).
+        source, tokenizer: already resolved ones, to skip resolving / loading them again.
+
+    Raises ModelLoadError when the tokenizer (here) or the model (on :meth:`load`) cannot be loaded.
+    """
 
     def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
                  adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
@@ -104,6 +128,7 @@ class HFGenerator:
         self.model = None
 
     def load(self) -> None:
+        """Load the model (and adapter) once, in eval mode; on the GPU when there is one."""
         if self.model is not None:
             return
         from em import models
@@ -118,17 +143,24 @@ class HFGenerator:
         self.model = model.eval()
 
     def encode(self, samples: list[Sample]) -> list[list[int]]:
+        """The prompt token ids of each sample (see :func:`render`), no special tokens added."""
         texts = [render(self.tokenizer, self.model_cfg, s) for s in samples]
         # The template writes BOS itself where the model wants one: no second one from the tokenizer.
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def batches(self, samples: list[Sample]) -> list[list[tuple[Sample, list[int]]]]:
+        """Samples with their prompt ids, longest prompt first, cut into ``generation.batch_size`` batches."""
         enc = list(zip(samples, self.encode(samples)))
         enc.sort(key=lambda x: -len(x[1]))  # longest first: similar lengths share a batch, OOM shows early
         b = self.gen.batch_size
         return [enc[i : i + b] for i in range(0, len(enc), b)]
 
     def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True) -> int:
+        """Sample an answer for each sample, batch by batch; ``on_batch`` gets each finished batch as
+        ``(sample, {"answer", "n_tokens", "finish_reason", "prompt_tokens"})`` pairs. Returns the count.
+
+        Each batch is left-padded to ``[batch, longest prompt]`` and seeded from (seed, its first key).
+        """
         import torch
         from tqdm.auto import tqdm
         from transformers import GenerationConfig
@@ -181,7 +213,10 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """Sampling with vLLM (CUDA GPU); the LoRA adapter is applied per request. Optional dependency."""
+    """Sampling with vLLM (CUDA GPU); the LoRA adapter is applied per request. Optional dependency.
+
+    Same arguments as :class:`HFGenerator`. Raises ModelLoadError without the vllm package or a CUDA GPU.
+    """
 
     def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
                  adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
@@ -203,6 +238,7 @@ class VLLMGenerator:
         self.llm = None
 
     def load(self) -> None:
+        """Start the vLLM engine once (bitsandbytes quantisation when the config asks for 4-bit)."""
         if self.llm is not None:
             return
         from vllm import LLM
@@ -218,6 +254,7 @@ class VLLMGenerator:
         self.llm = LLM(**kwargs)
 
     def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True, chunk: int = 512) -> int:
+        """As :meth:`HFGenerator.generate`, ``chunk`` samples per vLLM call, one seed per sample."""
         from tqdm.auto import tqdm
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
@@ -248,4 +285,5 @@ class VLLMGenerator:
 
 
 def make_generator(backend: str, *args, **kwargs):
+    """A :class:`VLLMGenerator` for ``backend="vllm"``, else an :class:`HFGenerator` (same arguments)."""
     return (VLLMGenerator if backend == "vllm" else HFGenerator)(*args, **kwargs)

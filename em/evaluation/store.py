@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from em.errors import ConfigError, DataError
+from em.runtime import atomic_write_text
 
 log = logging.getLogger("em.evaluation")
 
@@ -23,17 +24,32 @@ Key = tuple[str, str, int, int]  # (format, question_id, paraphrase, sample)
 
 
 def key_of(rec: dict[str, Any]) -> Key:
+    """An answer record's key, ``(format, question_id, paraphrase, sample)``. Raises KeyError / TypeError /
+    ValueError for a record without those fields."""
     return (rec["format"], rec["question_id"], int(rec["paraphrase"]), int(rec["sample"]))
 
 
 class AnswerStore:
+    """The answers of one evaluation run: ``path`` (JSONL) and its identity sidecar ``<stem>.meta.json``.
+
+    Args:
+        path: the answers file (``<run_dir>/answers.jsonl``); its directory is created on :meth:`load`.
+        identity: what produced the answers (JSON-serialisable); compared with the sidecar on :meth:`load`.
+    """
+
     def __init__(self, path: str | Path, identity: dict[str, Any]):
         self.path = Path(path)
         self.meta_path = self.path.with_name(self.path.stem + ".meta.json")
         self.identity = identity
 
     def load(self) -> dict[Key, dict[str, Any]]:
-        """Answers on disk (the last line wins for a key); checks the identity and trims a cut-off last line."""
+        """Answers on disk by key (the last line wins for a key); checks the identity and trims a cut-off
+        last line, then (re)writes the identity sidecar.
+
+        Raises:
+            ConfigError: the file holds answers made with another identity (the first differing key named).
+            DataError: a line other than the last is not a readable answer record.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.meta_path.exists():
             old = json.loads(self.meta_path.read_text())
@@ -44,9 +60,7 @@ class AnswerStore:
                     f"run_dir: {self.path} holds answers generated with {k}={old.get(k)!r}, this run has "
                     f"{k}={self.identity.get(k)!r}; use a new run dir (or the old settings to resume)"
                 )
-        tmp = self.meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.identity, indent=2, sort_keys=True))
-        os.replace(tmp, self.meta_path)
+        atomic_write_text(self.meta_path, json.dumps(self.identity, indent=2, sort_keys=True))
         out: dict[Key, dict[str, Any]] = {}
         if not self.path.exists():
             return out
@@ -82,6 +96,7 @@ class AnswerStore:
         return out
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records as JSON lines in one write, then flush and fsync (a kill loses at most this batch)."""
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not lines:
             return
