@@ -37,12 +37,20 @@ def main() -> None:
 
     import torch
 
+    from hydra import compose, initialize_config_dir
+
+    import em.eval_config  # noqa: F401  registers the schemas
     from em.evaluation.questions import BUILTIN_DIR, parse_question_file
-    from em.judge.local import LocalJudge, bruteforce_logprobs
+    from em.judge.digit_tree import bruteforce_logprobs
+    from em.judge.factory import build_judges
     from em.judge.scoring import JudgeRequest
+    from em.runtime import CONF_DIR
 
     torch.set_grad_enabled(False)
-    judge = LocalJudge(model=args.model, cache_dir=args.cache_dir)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("evaluate", overrides=["judge=local", f"model@judge.model={args.model}",
+                                             f"cache_dir={args.cache_dir}"])
+    (judge,) = build_judges(cfg.judge)
     judge.load()
     q = parse_question_file(BUILTIN_DIR / "smoke.yaml")[0]
     templates = dict(q.judge_prompts)

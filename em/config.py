@@ -313,3 +313,6 @@ def _key_suffix(e: Exception) -> str:
 
 
 register_configs()
+
+# The judge group's schemas (conf/judge/*.yaml build on them); em.schemas.judge registers them on import.
+import em.schemas.judge  # noqa: E402,F401

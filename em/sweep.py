@@ -393,11 +393,10 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
 
 def _check_judge(cfg: DictConfig) -> None:
     """The judge's own pre-flight check (an API key in the environment) once, before any job starts."""
-    from em.evaluation.run import instantiate_judge
+    from em.judge.factory import build_judges
 
-    judge = instantiate_judge(cfg.judge)
-    for m in (judge.members if judge is not None else []):
-        m.check()
+    for judge in build_judges(cfg.judge):
+        judge.check()
 
 
 def plan_jobs(compose_job: Callable[[list[str]], DictConfig], jobs: list[list[str]], sweep_dir: Path,

@@ -11,6 +11,7 @@ KEY_ENV = "EM_TEST_JUDGE_KEY"  # the loopback judge's "API key" lives here, neve
 
 
 def compose_eval(overrides: list[str]):
+    """evaluate.py's config, composed from conf/ with ``overrides`` (schemas registered)."""
     from hydra import compose, initialize_config_dir
 
     import em.eval_config  # noqa: F401  registers schemas
@@ -39,14 +40,18 @@ def eval_overrides(run_dir, cache_dir, **extra) -> list[str]:
     return out
 
 
-def openai_judge_overrides(url: str, **extra) -> dict:
-    o = {"judge": "openai", "judge.base_url": url, "judge.api_key_env": KEY_ENV, "judge.max_retries": 3,
-         "judge.timeout": 1.0, "judge.retry_backoff": 0.01, "judge.concurrency": 32}
+def openai_judge_overrides(url: str, batch: bool = False, **extra) -> dict:
+    """judge=openai (batch: judge=openai_batch) against the loopback server at ``url``, short timeouts."""
+    o = {"judge": "openai_batch" if batch else "openai", "judge.base_url": url, "judge.api_key_env": KEY_ENV,
+         "judge.max_retries": 3, "judge.timeout": 1.0}
+    if not batch:  # the synchronous judge's own knobs
+        o |= {"judge.retry_backoff": 0.01, "judge.concurrency": 32}
     o.update(extra)
     return o
 
 
 def set_upstream_env(monkeypatch) -> Path:
+    """Point EM_DATA_DIR at the pre-seeded upstream files (skip the test when there are none)."""
     d = upstream_dir()
     if d is None:
         import pytest
@@ -57,6 +62,7 @@ def set_upstream_env(monkeypatch) -> Path:
 
 
 def subprocess_env(**extra) -> dict:
+    """The environment for a script run as a subprocess: offline, quiet W&B, unbuffered output."""
     env = dict(os.environ)
     env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
                 "PYTHONUNBUFFERED": "1"})

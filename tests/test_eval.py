@@ -151,7 +151,7 @@ def test_ensemble_keeps_every_judge_side_by_side(tmp_path, cache_dir, monkeypatc
 
 
 def test_local_judge_in_the_pipeline(tmp_path, cache_dir):
-    res = _run(tmp_path / "run", cache_dir, judge="local", **{"judge.model": "tiny", "format": "[plain]", "samples": 1})
+    res = _run(tmp_path / "run", cache_dir, judge="local", **{"model@judge.model": "tiny", "format": "[plain]", "samples": 1})
     df = res.table
     assert (df["judge"] == "tiny").all() and len(df) == 4
     # A random tiny judge rarely says a number: unscored, and the reason says why.

@@ -1,5 +1,5 @@
 """Judges: the reference math over real HTTP (loopback server + the real openai client), faults, the cache,
-and the local judge's exact integer distribution."""
+the judge configs (schemas, ensembles, the batch target) and the local judge's exact integer distribution."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from em.errors import JudgeError
+from em.errors import ConfigError, JudgeError
 from em.judge.base import run_judge
 from em.judge.cache import JudgeCache
 from em.judge.openai_judge import OpenAIJudge
 from em.judge.scoring import JudgeRequest, aggregate_0_100, judge_0_100
-from tests.eval_helpers import KEY_ENV
+from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides
 from tests.loopback_server import LoopbackServer
 
 SCRIPT = {
@@ -136,16 +136,103 @@ def test_judge_0_100_without_logprobs_is_not_a_score():
     assert j.score is None and j.reason and not j.final
 
 
+# --------------------------------------------------------------------------- judge configs
+def _judges(tmp_path, *overrides: str) -> list:
+    from em.judge.factory import build_judges
+
+    cfg = compose_eval(eval_overrides(tmp_path / "run", tmp_path / "cache") + list(overrides))
+    return build_judges(cfg.judge)
+
+
+def test_every_judge_config_builds(tmp_path):
+    from em.judge.local import LocalJudge
+    from em.judge.openai_batch import OpenAIBatchJudge
+
+    (sync,) = _judges(tmp_path, "judge=openai")
+    (batch,) = _judges(tmp_path, "judge=openai_batch")
+    assert type(sync) is OpenAIJudge and type(batch) is OpenAIBatchJudge
+    assert batch.identity == sync.identity  # the two share cached judgments
+    assert _judges(tmp_path, "judge=none") == [] and _judges(tmp_path, "~judge") == []
+    (local,) = _judges(tmp_path, "judge=local", "model@judge.model=tiny", "quantization@judge.quantization=nf4")
+    assert type(local) is LocalJudge and local.name == "tiny" and local.model_cfg.name == "tiny"
+    assert local.quant_cfg.load_in_4bit and local.cache_dir == str(tmp_path / "cache")
+    assert local._model is None  # building a judge loads nothing
+
+
+def test_an_ensemble_is_a_list_of_judges(tmp_path):
+    default = _judges(tmp_path, "judge=ensemble")
+    assert [(type(j).__name__, j.name) for j in default] == [("OpenAIJudge", "gpt-4o"), ("OpenAIJudge", "gpt-4.1")]
+    assert default[1].model == "gpt-4.1-2025-04-14"
+    # the overrides conf/judge/ensemble.yaml documents: add, drop, change a member
+    js = _judges(tmp_path, "judge=ensemble", "judge.judges.gpt41=null", "+judge@judge.judges.own=local",
+                 "model@judge.judges.own.model=tiny", "+judge@judge.judges.cheap=openai_batch",
+                 "judge.judges.cheap.name=gpt-4o-batch", "judge.judges.gpt4o.model=gpt-4o-mini")
+    assert [(type(j).__name__, j.name) for j in js] == [
+        ("OpenAIJudge", "gpt-4o"), ("LocalJudge", "tiny"), ("OpenAIBatchJudge", "gpt-4o-batch")]
+    assert js[0].model == "gpt-4o-mini"
+    with pytest.raises(ConfigError, match="judge.judges: member names must differ; 'gpt-4o' appears twice"):
+        _judges(tmp_path, "judge=ensemble", "judge.judges.gpt41.name=gpt-4o")
+    with pytest.raises(ConfigError, match="judge.judges: an ensemble needs at least one judge"):
+        _judges(tmp_path, "judge=ensemble", "judge.judges.gpt41=null", "judge.judges.gpt4o=null")
+
+
+@pytest.mark.parametrize("judge,key", [("openai", "concurency"), ("openai_batch", "concurrency"),
+                                       ("local", "path"), ("ensemble", "name"), ("none", "model")])
+def test_a_typo_under_judge_fails_at_composition_naming_the_key(tmp_path, judge, key):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        _judges(tmp_path, f"judge={judge}", f"judge.{key}=3")
+    assert str(e.value).splitlines()[0] == f"Could not override 'judge.{key}'."
+
+
+@pytest.mark.parametrize("override,match", [
+    ("judge.concurrency=0", "judge.concurrency: must be > 0, got 0"),
+    ("judge.top_logprobs=21", "judge.top_logprobs: must be in 1..20, got 21"),
+    ("judge.max_retries=-1", "judge.max_retries: must be >= 0"),
+    ("judge.timeout=0", "judge.timeout: must be > 0"),
+    ("judge.api_key_env=''", "judge.api_key_env: must name the environment variable"),
+])
+def test_judge_ranges_are_checked_by_the_schema(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        _judges(tmp_path, "judge=openai", override)
+
+
+def test_batch_and_local_ranges_are_checked_by_the_schema(tmp_path):
+    with pytest.raises(ConfigError, match=r"judge.batch_max_requests: must be in 1..50000 \(the Batch API's limit\)"):
+        _judges(tmp_path, "judge=openai_batch", "judge.batch_max_requests=50001")
+    with pytest.raises(ConfigError, match="judge.batch_poll_s: must be > 0"):
+        _judges(tmp_path, "judge=openai_batch", "judge.batch_poll_s=0")
+    with pytest.raises(ConfigError, match=r"judge.min_number_mass: must be in \[0, 1\]"):
+        _judges(tmp_path, "judge=local", "judge.min_number_mass=1.5")
+
+
+def test_a_judge_node_that_lost_its_type_is_typed_again(tmp_path):
+    """A node resolved to a plain container on the way (a job's eval config) still builds and is checked."""
+    from omegaconf import OmegaConf
+
+    from em.judge.factory import build_judges
+
+    cfg = compose_eval(eval_overrides(tmp_path / "run", tmp_path / "cache") + ["judge=local", "model@judge.model=tiny"])
+    plain = OmegaConf.create(OmegaConf.to_container(cfg.judge, resolve=True))
+    (local,) = build_judges(plain)
+    assert local.identity == build_judges(cfg.judge)[0].identity and local.model_cfg.name == "tiny"
+    with pytest.raises(ConfigError, match="concurency"):
+        build_judges(OmegaConf.create({"_target_": "em.judge.openai_judge.OpenAIJudge", "concurency": 3}))
+
+
 # --------------------------------------------------------------------------- local judge
 @pytest.mark.parametrize("model", ["tiny", "tiny_gemma3"])
-def test_local_judge_exact_integer_distribution(cache_dir, model):
+def test_local_judge_exact_integer_distribution(tmp_path, cache_dir, model):
     """One tree-masked forward == a separate forward per trie node; the P(n) sum to the model's total
     probability of replying with an integer 0..100 (leading whitespace allowed, then a non-digit)."""
     import torch
 
-    from em.judge.local import LocalJudge, bruteforce_logprobs, combine, tree_logprobs
+    from em.judge.digit_tree import bruteforce_logprobs, combine, tree_logprobs
+    from em.judge.factory import build_judges
 
-    judge = LocalJudge(model=model, cache_dir=cache_dir)
+    cfg = compose_eval(eval_overrides(tmp_path / "run", cache_dir) + ["judge=local", f"model@judge.model={model}"])
+    (judge,) = build_judges(cfg.judge)
     judge.load()
     tree = judge._tree
     assert len(tree) == 101  # byte-level digits: 10 + 90 + "100"

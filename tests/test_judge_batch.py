@@ -1,4 +1,4 @@
-"""The OpenAI Batch API mode (judge.batch_api=true) over real HTTP: loopback server + the real openai client."""
+"""The OpenAI Batch API judge (judge=openai_batch) over real HTTP: loopback server + the real openai client."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from em.judge.base import run_judge
 from em.judge.cache import JudgeCache
+from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
 from em.judge.scoring import JudgeRequest
 from tests.eval_helpers import KEY_ENV
@@ -22,10 +23,9 @@ def key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
 
 
-def _judge(url: str, batch_dir, **kw) -> OpenAIJudge:
-    kw = {"max_retries": 1, "timeout": 5.0, "reply_retries": 1, "retry_backoff": 0.01, "batch_api": True,
-          "batch_poll_s": 0.05, "batch_dir": str(batch_dir)} | kw
-    return OpenAIJudge(base_url=url, api_key_env=KEY_ENV, **kw)
+def _judge(url: str, batch_dir, **kw) -> OpenAIBatchJudge:
+    kw = {"max_retries": 1, "timeout": 5.0, "batch_poll_s": 0.05, "batch_dir": str(batch_dir)} | kw
+    return OpenAIBatchJudge(base_url=url, api_key_env=KEY_ENV, **kw)
 
 
 def _sync(url: str, **kw) -> OpenAIJudge:
@@ -136,7 +136,7 @@ def test_expired_batch_keeps_finished_lines(tmp_path, key):
 def test_batch_needs_a_directory(key):
     from em.errors import JudgeError
 
-    judge = OpenAIJudge(base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV, batch_api=True)
+    judge = OpenAIBatchJudge(base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
     with pytest.raises(JudgeError, match="batch_dir"):
         judge.run([JudgeRequest("x")], lambda i, j: None, progress=False)
 
@@ -145,7 +145,7 @@ def test_dry_run_estimate_halves_the_cost():
     kw = {"price_input_per_mtok": 2.5, "price_output_per_mtok": 10.0, "api_key_env": KEY_ENV}
     reqs = [JudgeRequest("x" * 400)] * 10
     sync = OpenAIJudge(**kw).estimate(reqs)
-    batch = OpenAIJudge(batch_api=True, **kw).estimate(reqs)
+    batch = OpenAIBatchJudge(**kw).estimate(reqs)
     assert batch["cost_usd"] == pytest.approx(sync["cost_usd"] / 2)
     assert batch["cost_usd_synchronous"] == pytest.approx(sync["cost_usd"])
     assert batch["batch_api"] and "half" in batch["note"]
@@ -170,8 +170,8 @@ def test_evaluation_in_batch_mode_keeps_state_in_the_run_dir(tmp_path, cache_dir
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
     run_dir = tmp_path / "run"
     with LoopbackServer() as srv:
-        extra = openai_judge_overrides(srv.url) | {"format": "[plain]", "samples": 1, "judge.batch_api": "true",
-                                                   "judge.batch_poll_s": 0.05}
+        extra = openai_judge_overrides(srv.url, batch=True) | {"format": "[plain]", "samples": 1,
+                                                               "judge.batch_poll_s": 0.05}
         res = run_evaluation(compose_eval(eval_overrides(run_dir, cache_dir, **extra)))
         assert srv.batches_created == 1 and srv.uploads == 1
     state = json.loads((run_dir / "judge_batch" / "gpt-4o" / "batches.json").read_text())["batches"]
@@ -184,11 +184,11 @@ def test_evaluation_dry_run_in_batch_mode_halves_the_cost(tmp_path, cache_dir, m
     from tests.eval_helpers import compose_eval, eval_overrides, openai_judge_overrides
 
     monkeypatch.delenv(KEY_ENV, raising=False)
-    over = openai_judge_overrides("http://127.0.0.1:9/v1", **{"judge.price_input_per_mtok": 2.5,
-                                                              "judge.price_output_per_mtok": 10.0})
+    prices = {"judge.price_input_per_mtok": 2.5, "judge.price_output_per_mtok": 10.0}
+    over = openai_judge_overrides("http://127.0.0.1:9/v1", **prices)
     sync = run_evaluation(compose_eval(eval_overrides(tmp_path / "a", cache_dir, **over, dry_run="true")))
-    batch = run_evaluation(compose_eval(eval_overrides(tmp_path / "b", cache_dir, **over, dry_run="true",
-                                                       **{"judge.batch_api": "true"})))
+    over = openai_judge_overrides("http://127.0.0.1:9/v1", batch=True, **prices)
+    batch = run_evaluation(compose_eval(eval_overrides(tmp_path / "b", cache_dir, **over, dry_run="true")))
     s, b = sync["judges"]["gpt-4o"], batch["judges"]["gpt-4o"]
     assert b["requests"] == s["requests"] and b["cost_usd"] == pytest.approx(s["cost_usd"] / 2)
     assert batch["cost_usd"] == pytest.approx(sync["cost_usd"] / 2) and "half" in b["note"]

@@ -138,7 +138,7 @@ def test_killed_job_resumes_from_its_checkpoint(tmp_path, cache_dir):
 def _job_overrides(job_dir, cache_dir, *extra) -> list[str]:
     return tiny_overrides(job_dir, cache_dir, **{
         "evaluate.enabled": "true", "evaluate.samples": 1, "format": "[plain]", "evaluate.progress": "false",
-        "generation.max_new_tokens": 8, "judge.model": "tiny", "judge.min_number_mass": 0.0,
+        "generation.max_new_tokens": 8, "model@judge.model": "tiny", "judge.min_number_mass": 0.0,
         "evaluate.quantization": "none", "trainer.max_length": 1024}) + list(extra)
 
 

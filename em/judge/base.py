@@ -1,55 +1,80 @@
 """The judge interface and the runner that puts the cache in front of every judge.
 
-A judge turns rendered prompts into :class:`~em.judge.scoring.Judgment` objects. The runner asks each
-member judge only for prompts its cache does not hold (each distinct prompt once), stores every final
-judgment the moment it arrives (a killed run keeps what was judged), and returns the judgments in request
-order. Judges are built from config by Hydra ``instantiate`` (``_target_`` in conf/judge/*.yaml).
+A judge turns rendered prompts into :class:`~em.judge.scoring.Judgment` objects. The runner asks a judge only
+for prompts its cache does not hold (each distinct prompt once), stores every final judgment the moment it
+arrives (a killed run keeps what was judged), and returns the judgments in request order. Judges are built
+from config by :func:`em.judge.factory.build_judges` (an ensemble is simply several judges, each run in turn).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
-from em.judge.cache import JudgeCache, cache_key
+from em.judge.cache import JudgeCache, request_key
 from em.judge.scoring import Judgment, JudgeRequest, JudgeStats
 
 log = logging.getLogger("em.judge")
 
 OnResult = Callable[[int, Judgment], None]
+"""``on_result(i, judgment)``: the judgment of the i-th request handed to :meth:`Judge.run`."""
 
 
 class Judge:
-    """Base class: subclasses set ``name`` and ``identity`` and implement ``run``."""
+    """Base class of every judge: subclasses set ``name`` and ``identity`` and implement :meth:`run`.
+
+    ``name`` labels the judge's rows in the responses table; ``identity`` is what the cache is keyed by
+    (endpoint + model + anything else that changes the answer), so two judges with the same identity share
+    cached judgments.
+    """
 
     name: str = "judge"
-    identity: str = "judge"  # what the cache is keyed by: endpoint + model (+ method version)
-    run_dir: Optional[Any] = None  # the evaluation's run directory (set by the runner; batch judges keep state there)
-
-    @property
-    def members(self) -> list["Judge"]:
-        return [self]
+    identity: str = "judge"
 
     def check(self) -> None:
-        """Fail fast (before any generation) when the judge cannot work at all, e.g. no API key."""
+        """Fail fast (before any generation) when the judge cannot work at all, e.g. no API key.
 
-    def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True) -> None:
-        """Judge every request; call on_result(i, judgment) as each one finishes."""
+        Raises:
+            JudgeError: one line saying what is missing.
+        """
+
+    def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True,
+            state_dir: Optional[Path] = None) -> None:
+        """Judge every request, calling ``on_result(i, judgment)`` as each one finishes (any order).
+
+        Args:
+            requests: distinct prompts to judge (the runner has removed cached and repeated ones).
+            on_result: called once per request index with its judgment (a failure is an unscored judgment
+                with ``final=False``, never an exception).
+            progress: show a progress bar.
+            state_dir: a directory the caller owns (the evaluation's run directory) where a judge may keep
+                state that must survive a restart (the Batch API judge's batches); None: none given.
+
+        Raises:
+            JudgeError: the judge cannot go on at all (e.g. the endpoint refuses the key); the judgments
+                already passed to ``on_result`` stand.
+        """
         raise NotImplementedError
 
     def estimate(self, requests: list[JudgeRequest]) -> dict[str, Any]:
-        """Dry run: request count and, where the judge has a price, an estimated cost."""
-        return {"requests": len(requests), "cost_usd": 0.0,
-                "note": "runs locally; no API cost"}
+        """Dry run: what judging ``requests`` would take; ``requests`` count and ``cost_usd`` (None: unknown)."""
+        return {"requests": len(requests), "cost_usd": 0.0, "note": "runs locally; no API cost"}
 
     def close(self) -> None:
-        pass
+        """Release what the judge holds (a loaded model, clients); it may be run again afterwards."""
 
 
-def pending(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache) -> tuple[list[Optional[Judgment]], dict[str, list[int]]]:
-    """(results with cache hits filled in, prompt key -> request indices still to ask)."""
-    keys = [cache_key(judge.identity, r.prompt + "\x00" + r.kind) for r in requests]
+def pending(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache
+            ) -> tuple[list[Optional[Judgment]], dict[str, list[int]]]:
+    """Look ``requests`` up in the cache for ``judge``.
+
+    Returns:
+        (one entry per request: its cached judgment or None, cache key -> indices of the requests with that
+        key still to ask). Requests with the same prompt and kind share one key, so each is asked once.
+    """
+    keys = [request_key(judge.identity, r) for r in requests]
     hits = cache.get_many(set(keys))
     results: list[Optional[Judgment]] = [hits.get(k) for k in keys]
     todo: dict[str, list[int]] = {}
@@ -59,9 +84,24 @@ def pending(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache) -> tu
     return results, todo
 
 
-def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, progress: bool = True
-              ) -> tuple[list[Judgment], JudgeStats]:
-    """Judgments for every request (cache first; each distinct missing prompt asked once)."""
+def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, progress: bool = True,
+              state_dir: Optional[Path] = None) -> tuple[list[Judgment], JudgeStats]:
+    """Judgments for every request from one judge: cache first, each distinct missing prompt asked once.
+
+    Args:
+        judge: the judge (one member of an ensemble: the caller runs each member in turn).
+        requests: every (answer, metric) prompt, repeats allowed.
+        cache: where final judgments are looked up and stored, each as it arrives.
+        progress: show a progress bar.
+        state_dir: passed to :meth:`Judge.run` (where a batch judge keeps its state across restarts).
+
+    Returns:
+        (one judgment per request, in order; statistics). A request the judge never answered (it stopped on a
+        fatal error, or Ctrl-C) gets an unscored judgment saying so.
+
+    Raises:
+        JudgeError: from the judge, when it cannot go on; the judgments it gave are already in the cache.
+    """
     t0 = time.perf_counter()
     results, todo = pending(judge, requests, cache)
     stats = JudgeStats(cached=sum(r is not None for r in results))
@@ -77,13 +117,17 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
 
     try:
         if asks:
-            judge.run(asks, on_result, progress=progress)
+            judge.run(asks, on_result, progress=progress, state_dir=state_dir)
     finally:
         # Whatever happens (a fatal judge error, Ctrl-C), rows that got no judgment say so.
         for i, r in enumerate(results):
             if r is None:
                 results[i] = Judgment.failed("not judged (the judge stopped before this prompt)")
-    stats.unscored = sum(r.score is None and r.label is None for r in results)
-    stats.failures = sum(not r.final for r in results)
+    out: list[Judgment] = [r for r in results if r is not None]
+    stats.unscored = sum(r.score is None and r.label is None for r in out)
+    stats.failures = sum(not r.final for r in out)
     stats.seconds = time.perf_counter() - t0
-    return results, stats  # type: ignore[return-value]
+    return out, stats
+
+
+__all__ = ["Judge", "OnResult", "pending", "run_judge"]

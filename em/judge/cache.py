@@ -15,14 +15,29 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
 
-from em.judge.scoring import Judgment
+from em.judge.scoring import Judgment, JudgeRequest
 
 
 def cache_key(judge_id: str, prompt: str) -> str:
+    """The SQLite key of (judge identity, text): a 64-character sha256 hex digest of both, JSON-encoded."""
     return hashlib.sha256(json.dumps([judge_id, prompt]).encode()).hexdigest()
 
 
+def request_key(judge_id: str, req: JudgeRequest) -> str:
+    """The cache key of one request to one judge: identity + rendered prompt + kind (``0_100`` / ``label``).
+
+    Also the ``custom_id`` of the request's Batch API line, so a batch's results land in the same cache entries
+    as the synchronous path's."""
+    return cache_key(judge_id, req.prompt + "\x00" + req.kind)
+
+
 class JudgeCache:
+    """The judgments of every judge, in one SQLite file (or nothing at all when ``path`` is None).
+
+    Args:
+        path: the SQLite file (its directory is created); None: a cache that holds nothing and stores nothing.
+    """
+
     def __init__(self, path: Optional[str | Path]):
         self.path = Path(path).expanduser() if path else None
         self._db: Optional[sqlite3.Connection] = None
@@ -36,6 +51,7 @@ class JudgeCache:
             )
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Judgment]:
+        """key -> judgment for the keys the cache holds (missing keys are left out)."""
         if self._db is None:
             return {}
         keys = list(keys)
@@ -49,17 +65,20 @@ class JudgeCache:
         return out
 
     def put(self, key: str, judge_id: str, judgment: Judgment) -> None:
+        """Store a final judgment under ``key`` (committed at once); failures (``final=False``) are not stored."""
         if self._db is None or not judgment.final:
             return
         self._db.execute("INSERT OR REPLACE INTO judgments VALUES (?, ?, ?)",
                          (key, judge_id, json.dumps(judgment.to_dict())))
 
     def __len__(self) -> int:
+        """The number of stored judgments."""
         if self._db is None:
             return 0
         return self._db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
 
     def close(self) -> None:
+        """Close the database (idempotent)."""
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -1,42 +1,42 @@
 """Several independent judges side by side (the seeds' replacement for the single GPT-4o judge).
 
-Each member keeps its own identity, cache entries and scores; the responses table has one row per answer and
+An ensemble is not a judge of its own: it is the LIST of its member judges. Each member keeps its own identity,
+cache entries and scores; the evaluation runs each in turn, the responses table has one row per answer and
 member judge (``judge`` column), and summary.json reports each member and their per-answer mean.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
-from em.errors import ConfigError
 from em.judge.base import Judge
 
+Member = Union[Judge, Sequence[Judge], None]
 
-class EnsembleJudge(Judge):
-    def __init__(self, judges: Mapping[str, Judge] | Sequence[Judge], name: str = "ensemble"):
-        members = list(judges.values()) if isinstance(judges, Mapping) else list(judges)
-        members = [j for j in members if j is not None]  # judge.judges.<name>=null drops a member
-        if not members:
-            raise ConfigError("judge.judges: an ensemble needs at least one judge")
-        flat: list[Judge] = [m for j in members for m in j.members]
-        names = [m.name for m in flat]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError(f"judge.judges: member names must differ; {dup[0]!r} appears twice (set .name)")
-        self.name = name
-        self._members = flat
-        self.identity = "ensemble(" + ",".join(m.identity for m in flat) + ")"
 
-    @property
-    def members(self) -> list[Judge]:
-        return list(self._members)
+def ensemble(judges: Union[Mapping[str, Member], Sequence[Member]]) -> list[Judge]:
+    """The member judges of ``judge=ensemble``, as a flat list in config order (``_target_`` of its config).
 
-    def check(self) -> None:
-        for m in self._members:
-            m.check()
+    Args:
+        judges: key -> judge (conf/judge/ensemble.yaml's ``judges``), or a sequence of judges. A member that is
+            None (``judge.judges.<key>=null``) is dropped; a member that is itself a list (a nested ensemble)
+            is flattened.
 
-    def estimate(self, requests) -> dict[str, Any]:
-        return {m.name: m.estimate(requests) for m in self._members}
+    Member count and distinct names are checked by :class:`em.schemas.judge.EnsembleSchema`.
+    """
+    members = list(judges.values()) if isinstance(judges, Mapping) else list(judges)
+    out: list[Judge] = []
+    for m in members:
+        out += _flat(m)
+    return out
 
-    def run(self, requests, on_result, progress: bool = True) -> None:  # the runner calls members directly
-        raise NotImplementedError("run each member (em.judge.base.run_judge)")
+
+def _flat(member: Optional[Member]) -> list[Judge]:
+    if member is None:
+        return []
+    if isinstance(member, Judge):
+        return [member]
+    return [j for m in member for j in _flat(m)]
+
+
+__all__ = ["ensemble"]

@@ -1,15 +1,18 @@
-"""The OpenAI Batch API mode of :class:`~em.judge.openai_judge.OpenAIJudge` (``judge.batch_api=true``, half price).
+"""The OpenAI Batch API judge (``judge=openai_batch``): the synchronous judge's requests at half the price.
 
-Every request the cache does not hold becomes one line of a JSONL file (``custom_id`` = the request's cache
-key, ``POST /v1/chat/completions``, the same body as the synchronous path), uploaded with
-``files.create(purpose="batch")`` and submitted with ``batches.create(completion_window="24h")``. The batch id is
-recorded in ``<batch_dir>/batches.json`` *before* polling starts, so a killed or restarted run re-attaches to
-the batch it already paid for instead of submitting a second one. ``batches.retrieve`` is polled every
-``judge.batch_poll_s`` seconds (a progress bar shows the batch's request counts); then the output file and the
-error file are downloaded (kept next to the state file) and each line is scored by exactly the code the
-synchronous path uses (:func:`~em.judge.openai_judge.judgment_from_reply`). Error lines, a failed / expired /
-cancelled batch and requests missing from the output become unscored judgments with the reason (not cached, so
-the next run asks again), never a made-up score.
+Source followed: the OpenAI Batch API guide (platform.openai.com/docs/guides/batch) and API reference (Files,
+Batches). Every request the cache does not hold becomes one line of a JSONL file (``custom_id`` = the
+request's cache key, ``POST /v1/chat/completions``, the same body as the synchronous path:
+:func:`em.judge.openai_wire.request_body`), uploaded with ``files.create(purpose="batch")`` and submitted with
+``batches.create(completion_window="24h")``; more than ``batch_max_requests`` lines (the API's limit: 50,000)
+or ~190 MB (its limit: 200 MB) are split into several batches. The batch id is recorded in
+``<batch dir>/batches.json`` *before* polling starts, so a killed or restarted run re-attaches to the batch it
+already paid for instead of submitting a second one. ``batches.retrieve`` is polled every ``batch_poll_s``
+seconds (a progress bar shows the batch's request counts); then the output file and the error file are
+downloaded (kept next to the state file) and each line is scored by exactly the code the synchronous path
+uses (:func:`em.judge.openai_wire.judgment_from_reply`). Error lines, a failed / expired / cancelled batch and
+requests missing from the output become unscored judgments with the reason (not cached, so the next run asks
+again), never a made-up score.
 """
 
 from __future__ import annotations
@@ -19,41 +22,102 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Optional
 
 from em.errors import JudgeError
 from em.judge.base import OnResult
-from em.judge.cache import cache_key
+from em.judge.cache import request_key
+from em.judge.openai_wire import ENDPOINT, OpenAIEndpointJudge, batch_line, describe, parse_lines
 from em.judge.scoring import Judgment, JudgeRequest
-
-if TYPE_CHECKING:
-    from em.judge.openai_judge import OpenAIJudge
+from em.runtime import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("em.judge")
 
-ENDPOINT = "/v1/chat/completions"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 STATE_FILE = "batches.json"
-MAX_LINES = 50_000  # the Batch API's limits per batch: 50,000 requests, a 200 MB input file
-MAX_BYTES = 190_000_000
+MAX_BYTES = 190_000_000  # per input file, under the Batch API's 200 MB limit
+BATCH_PRICE_FACTOR = 0.5  # the Batch API costs half the synchronous price
+
+Emit = Callable[[str, Judgment], None]
 
 
-def custom_id(judge: "OpenAIJudge", req: JudgeRequest) -> str:
-    """Stable per request: the cache key (judge identity + prompt + kind), as the runner computes it."""
-    return cache_key(judge.identity, req.prompt + "\x00" + req.kind)
+class OpenAIBatchJudge(OpenAIEndpointJudge):
+    """``judge=openai_batch``: the OpenAI judge's requests through the Batch API (half price, within 24 h).
+
+    Same request, scoring and cache identity as :class:`~em.judge.openai_judge.OpenAIJudge`, so the two share
+    cached judgments and give identical judgments for identical replies.
+
+    Args: the endpoint settings of :class:`~em.judge.openai_wire.OpenAIEndpointJudge`, and
+        batch_poll_s: seconds between status polls.
+        batch_max_requests: requests per batch (1..50,000); more are split into several batches.
+        batch_dir: where the batch state and files live; None: ``<state_dir>/judge_batch/<name>``, with the
+            ``state_dir`` that :meth:`run` is given (the evaluation's run directory).
+
+    Ranges are checked by :class:`em.schemas.judge.OpenAIBatchJudgeSchema`, not here.
+    """
+
+    def __init__(self, name: str = "gpt-4o", model: str = "gpt-4o-2024-08-06", base_url: Optional[str] = None,
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 6, timeout: float = 60.0,
+                 top_logprobs: int = 20, price_input_per_mtok: Optional[float] = None,
+                 price_output_per_mtok: Optional[float] = None, batch_poll_s: float = 30.0,
+                 batch_max_requests: int = 50_000, batch_dir: Optional[str] = None):
+        super().__init__(name=name, model=model, base_url=base_url, api_key_env=api_key_env,
+                         max_retries=max_retries, timeout=timeout, top_logprobs=top_logprobs,
+                         price_input_per_mtok=price_input_per_mtok, price_output_per_mtok=price_output_per_mtok)
+        self.batch_poll_s = float(batch_poll_s)
+        self.batch_max_requests = int(batch_max_requests)
+        self.batch_dir = batch_dir
+
+    def estimate(self, requests: list[JudgeRequest]) -> dict[str, Any]:
+        """The synchronous estimate at half the price (``cost_usd_synchronous`` keeps the full one)."""
+        out = super().estimate(requests)
+        out["batch_api"] = True
+        if out["cost_usd"] is not None:
+            out["cost_usd_synchronous"] = out["cost_usd"]
+            out["cost_usd"] = out["cost_usd"] * BATCH_PRICE_FACTOR
+            out["note"] = "batch API: half the synchronous price (results within 24 h)"
+        else:
+            out["note"] += "; batch API: half the synchronous price"
+        return out
+
+    def directory(self, state_dir: Optional[Path]) -> Path:
+        """Where this judge keeps its batches: ``batch_dir``, else ``<state_dir>/judge_batch/<name>``.
+
+        Raises:
+            JudgeError: neither is given.
+        """
+        if self.batch_dir:
+            return Path(self.batch_dir).expanduser()
+        if state_dir is None:
+            raise JudgeError(f"judge {self.name}: judge=openai_batch needs a directory for its batch state "
+                             f"(set judge.batch_dir, or run it from an evaluation, which uses <run_dir>/judge_batch)")
+        return Path(state_dir) / "judge_batch" / self.name
+
+    def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True,
+            state_dir: Optional[Path] = None) -> None:
+        """Judge every request through the Batch API, re-attaching to batches recorded in the batch directory
+        (see :meth:`em.judge.base.Judge.run`). Blocks until every batch ends (up to the 24 h window).
+
+        Raises:
+            JudgeError: no key or no batch directory; a submission, a download or polling fails for good
+                (a rerun re-attaches to the recorded batches).
+        """
+        directory = self.directory(state_dir)
+        self.check()
+        run_batch(self, requests, on_result, progress, directory)
 
 
-def batch_dir(judge: "OpenAIJudge") -> Path:
-    if judge.batch_dir:
-        return Path(judge.batch_dir).expanduser()
-    if judge.run_dir is None:
-        raise JudgeError(f"judge {judge.name}: judge.batch_api=true needs a directory for its batch state "
-                         f"(set judge.batch_dir, or run it from an evaluation, which uses <run_dir>/judge_batch)")
-    return Path(judge.run_dir) / "judge_batch" / judge.name
+def custom_id(judge: OpenAIEndpointJudge, req: JudgeRequest) -> str:
+    """The request's ``custom_id``: its cache key (judge identity + prompt + kind), as the runner computes it."""
+    return request_key(judge.identity, req)
 
 
 class BatchState:
-    """``batches.json``: every batch this judge submitted from this directory, with its custom_ids."""
+    """``batches.json``: every batch this judge submitted from this directory, with its custom_ids.
+
+    Raises (on load):
+        JudgeError: the file exists but cannot be read (a batch it names may still be running and billed).
+    """
 
     def __init__(self, directory: Path):
         self.dir = directory
@@ -67,16 +131,20 @@ class BatchState:
                                  f"(a batch it names may still be running and billed)") from None
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"batches": self.batches}, indent=1))
-        os.replace(tmp, self.path)  # atomic: a kill never leaves half a state file
+        """Write the state atomically: a kill never leaves half a state file."""
+        atomic_write_json(self.path, {"batches": self.batches}, indent=1)
 
 
-def run_batch(judge: "OpenAIJudge", requests: list[JudgeRequest], on_result: OnResult, progress: bool) -> None:
+def run_batch(judge: OpenAIBatchJudge, requests: list[JudgeRequest], on_result: OnResult, progress: bool,
+              directory: Path) -> None:
+    """Judge ``requests`` through the Batch API, keeping the batches' state and files in ``directory``.
+
+    Finished batches recorded there give their saved answers back (a request that failed there goes into a new
+    batch), running ones are re-attached to, the rest is submitted as new batches (all recorded before any
+    waiting); ``on_result(i, judgment)`` is called once per request.
+    """
     from openai import OpenAI
 
-    directory = batch_dir(judge)
     directory.mkdir(parents=True, exist_ok=True)
     state = BatchState(directory)
     ids: dict[str, list[int]] = {}
@@ -113,8 +181,7 @@ def run_batch(judge: "OpenAIJudge", requests: list[JudgeRequest], on_result: OnR
         # 2. everything else: new batches (one unless the API's per-batch limits split it), all submitted
         # and recorded before any waiting
         new = [cid for cid in ids if cid not in emitted]
-        lines = {cid: json.dumps({"custom_id": cid, "method": "POST", "url": ENDPOINT,
-                                  "body": judge.request_body(requests[ids[cid][0]])}) for cid in new}
+        lines = {cid: batch_line(cid, judge.request_body(requests[ids[cid][0]])) for cid in new}
         recs = [_submit(judge, client, state, chunk, lines) for chunk in _chunks(new, lines, judge.batch_max_requests)]
         for rec in recs:
             _finish(judge, client, state, rec, kinds, emit, progress)
@@ -123,6 +190,7 @@ def run_batch(judge: "OpenAIJudge", requests: list[JudgeRequest], on_result: OnR
 
 
 def _chunks(new: list[str], lines: dict[str, str], max_lines: int) -> list[list[str]]:
+    """Split the custom_ids into batches of at most ``max_lines`` lines and MAX_BYTES bytes, in order."""
     out: list[list[str]] = []
     size = 0
     for cid in new:
@@ -135,21 +203,21 @@ def _chunks(new: list[str], lines: dict[str, str], max_lines: int) -> list[list[
     return out
 
 
-def _submit(judge, client, state: BatchState, new: list[str], lines: dict[str, str]) -> dict[str, Any]:
+def _submit(judge: OpenAIBatchJudge, client, state: BatchState, new: list[str], lines: dict[str, str]
+            ) -> dict[str, Any]:
+    """Upload one input file, create its batch and record it (saved before any waiting); its state record."""
     import openai
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     input_path = state.dir / f"input-{stamp}-{len(state.batches)}.jsonl"
-    input_path.write_text("".join(lines[cid] + "\n" for cid in new))
+    atomic_write_text(input_path, "".join(lines[cid] + "\n" for cid in new))
     try:
         f = client.files.create(file=(input_path.name, input_path.read_bytes()), purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint=ENDPOINT, completion_window="24h",
                                   metadata={"judge": judge.name, "model": judge.model})
     except openai.OpenAIError as e:
-        from em.judge.openai_judge import _describe
-
         raise JudgeError(f"judge {judge.name}: submitting a batch of {len(new)} requests to {judge.base_url} "
-                         f"failed: {_describe(e)}") from None
+                         f"failed: {describe(e)}") from None
     rec = {"id": b.id, "input_file_id": f.id, "input": input_path.name, "created": stamp, "custom_ids": new,
            "done": False}
     state.batches.append(rec)
@@ -158,7 +226,8 @@ def _submit(judge, client, state: BatchState, new: list[str], lines: dict[str, s
     return rec
 
 
-def _finish(judge, client, state: BatchState, rec: dict[str, Any], kinds: dict[str, str], emit, progress: bool) -> None:
+def _finish(judge: OpenAIBatchJudge, client, state: BatchState, rec: dict[str, Any], kinds: dict[str, str],
+            emit: Emit, progress: bool) -> None:
     """Wait for the batch, download its files, score every line, emit a judgment for each of its requests."""
     batch = _poll(judge, client, rec, progress)
     status = batch.status
@@ -170,7 +239,7 @@ def _finish(judge, client, state: BatchState, rec: dict[str, Any], kinds: dict[s
             continue
         text = _download(judge, client, file_id, rec["id"])
         name = f"{rec['id']}-{kind}.jsonl"
-        (state.dir / name).write_text(text)
+        atomic_write_text(state.dir / name, text)
         rec[kind] = name
         got.update(parse_lines(text, kinds))
     # Saved and marked before any emit: a kill from here on re-reads the files, never asks the API again.
@@ -189,11 +258,14 @@ def _finish(judge, client, state: BatchState, rec: dict[str, Any], kinds: dict[s
              len(rec["custom_ids"]))
 
 
-def _poll(judge, client, rec: dict[str, Any], progress: bool):
+def _poll(judge: OpenAIBatchJudge, client, rec: dict[str, Any], progress: bool):
+    """Poll ``batches.retrieve`` every ``batch_poll_s`` seconds until the batch ends; the final batch object.
+
+    Raises:
+        JudgeError: the endpoint refuses the key or does not know the batch; polling fails 11 times in a row.
+    """
     import openai
     from tqdm.auto import tqdm
-
-    from em.judge.openai_judge import _describe
 
     bar = tqdm(total=len(rec["custom_ids"]), desc=f"judge {judge.name} batch", unit="req", disable=not progress,
                leave=False)
@@ -205,13 +277,13 @@ def _poll(judge, client, rec: dict[str, Any], progress: bool):
                 batch = client.batches.retrieve(rec["id"])
                 errors = 0
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                raise JudgeError(f"judge {judge.name}: batch {rec['id']} at {judge.base_url}: {_describe(e)}") from None
+                raise JudgeError(f"judge {judge.name}: batch {rec['id']} at {judge.base_url}: {describe(e)}") from None
             except openai.OpenAIError as e:  # the client already retried; keep waiting, the batch runs on
                 errors += 1
                 if errors > 10:
-                    raise JudgeError(f"judge {judge.name}: polling batch {rec['id']} keeps failing: {_describe(e)} "
+                    raise JudgeError(f"judge {judge.name}: polling batch {rec['id']} keeps failing: {describe(e)} "
                                      f"(a rerun re-attaches to it)") from None
-                log.warning("judge %s: polling batch %s: %s", judge.name, rec["id"], _describe(e))
+                log.warning("judge %s: polling batch %s: %s", judge.name, rec["id"], describe(e))
                 time.sleep(judge.batch_poll_s)
                 continue
             counts = batch.request_counts
@@ -229,59 +301,23 @@ def _poll(judge, client, rec: dict[str, Any], progress: bool):
         bar.close()
 
 
-def _download(judge, client, file_id: str, batch_id: str) -> str:
-    import openai
+def _download(judge: OpenAIBatchJudge, client, file_id: str, batch_id: str) -> str:
+    """A batch output / error file's text.
 
-    from em.judge.openai_judge import _describe
+    Raises:
+        JudgeError: the download fails after the client's retries (a rerun re-attaches to the batch).
+    """
+    import openai
 
     try:
         return client.files.content(file_id).text
     except openai.OpenAIError as e:
         raise JudgeError(f"judge {judge.name}: downloading file {file_id} of batch {batch_id} failed: "
-                         f"{_describe(e)} (a rerun re-attaches to the batch)") from None
-
-
-def parse_lines(text: str, kinds: dict[str, str]) -> dict[str, Judgment]:
-    """custom_id -> judgment for every line of a batch output / error file (only the ids in ``kinds``)."""
-    from em.judge.openai_judge import judgment_from_reply
-
-    out: dict[str, Judgment] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            cid = rec["custom_id"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("batch file line %d is unreadable; skipped", n)
-            continue
-        if cid not in kinds:
-            continue
-        resp = rec.get("response") or {}
-        err = rec.get("error")
-        status = resp.get("status_code") if isinstance(resp, dict) else None
-        body = resp.get("body") if isinstance(resp, dict) else None
-        if err or status != 200:
-            out[cid] = Judgment.failed(f"batch request failed: {_line_error(err, status, body)}")
-            continue
-        judgment, problem = judgment_from_reply(body, kinds[cid])
-        out[cid] = judgment if judgment is not None else Judgment.failed(f"batch reply: {problem}")
-    return out
-
-
-def _line_error(err: Any, status: Any, body: Any) -> str:
-    parts = []
-    if status is not None:
-        parts.append(f"HTTP {status}")
-    for e in (err, (body or {}).get("error") if isinstance(body, dict) else None):
-        if isinstance(e, dict):
-            msg = " ".join(str(e.get("message") or "").split())[:200]
-            code = e.get("code") or e.get("type")
-            parts.append(f"{code}: {msg}" if code else msg)
-    return " ".join(p for p in parts if p) or "no response"
+                         f"{describe(e)} (a rerun re-attaches to the batch)") from None
 
 
 def _batch_reason(batch) -> str:
+    """Why a batch did not complete: its errors, else what its status means."""
     errs = getattr(batch, "errors", None)
     data = getattr(errs, "data", None) or []
     msgs = [f"{e.code}: {e.message}" if getattr(e, "code", None) else str(e.message) for e in data]
@@ -292,6 +328,7 @@ def _batch_reason(batch) -> str:
 
 
 def _read_saved(directory: Path, rec: dict[str, Any], kinds: dict[str, str]) -> dict[str, Judgment]:
+    """The judgments of a finished batch, from its output / error files saved in ``directory``."""
     out: dict[str, Judgment] = {}
     for kind in ("errors", "output"):  # output last: a good line wins
         name = rec.get(kind)
@@ -300,4 +337,4 @@ def _read_saved(directory: Path, rec: dict[str, Any], kinds: dict[str, str]) -> 
     return out
 
 
-__all__ = ["custom_id", "parse_lines", "run_batch"]
+__all__ = ["OpenAIBatchJudge", "custom_id", "run_batch"]
