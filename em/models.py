@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from em import runtime
 from em.config import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
 
@@ -240,6 +241,7 @@ def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: O
 
     global LOADS
     LOADS += 1
+    runtime.count_model_load()
 
     source = source or model_dir(mc, cache_dir)
     kwargs: dict[str, Any] = dict(dtype=compute_dtype(q.compute_dtype))

@@ -79,7 +79,7 @@ def _rates(aligned, coherent, special) -> dict[str, Any]:
     }
 
 
-def summarize(df, meta: dict[str, Any]) -> dict[str, Any]:
+def summarize(df, meta: dict[str, Any], thresholds=None) -> dict[str, Any]:
     import numpy as np
 
     summary: dict[str, Any] = dict(meta)
