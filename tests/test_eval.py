@@ -81,8 +81,9 @@ def test_kill_mid_generation_then_restart_generates_only_the_missing(tmp_path, c
                                                       "generation.batch_size": 2, "generation.max_new_tokens": 24})
     _run(tmp_path / "warm", cache_dir, judge="none", samples=1, format="[plain]")  # model cache materialised
     store = run_dir / "answers.jsonl"
-    proc = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *overrides], cwd=REPO,
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # (hydra.run.dir too: Hydra creates its run dir, and .hydra/ in it, even when run_dir points elsewhere)
+    proc = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while len(_lines(store)) < 2 and time.time() < deadline and proc.poll() is None:
