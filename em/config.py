@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from em.errors import ConfigError  # noqa: F401
 from em.schemas import register_configs  # noqa: F401  (importing em.schemas registers everything)
-from em.schemas.common import require as _require  # noqa: F401
 from em.schemas.common import validate  # noqa: F401
 from em.schemas.data import DATA_SOURCES, VARIANTS, DataConfig, UpstreamConfig  # noqa: F401
 from em.schemas.model import FAMILIES, GGUFConfig, LoraConfig, ModelConfig, QuantizationConfig  # noqa: F401
