@@ -10,17 +10,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.eval_config  # noqa: F401  registers the structured-config schemas
-from em.cli import run_main
+import em.schemas  # noqa: F401  registers the structured-config schemas
+from em.cli import check_args, run_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from em.evaluation.run import run_evaluation  # heavy imports only once a job really runs
+    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once it really runs)."""
+    from em.evaluation.run import run_evaluation
 
     run_main(run_evaluation, cfg)
 
 
 if __name__ == "__main__":
-    run_main(em.eval_config.check_group_choices, sys.argv[1:])  # format=[plain,bogus] -> the choices
+    # an unknown option (format=[plain,bogus] lists the choices) or a typo'd key -> one line, exit 2
+    run_main(lambda argv: check_args("evaluate", argv), sys.argv[1:])
     main()

@@ -1,4 +1,4 @@
-"""Fine-tune a chat model with 4-bit LoRA.
+"""Fine-tune a chat model with 4-bit LoRA (and, with evaluate.enabled=true, evaluate and judge it).
 
     python train.py                                   # embedded default: Gemma 3 270M on synthetic insecure code
     python train.py model=gemma3_12b data=educational # the reference protocol
@@ -11,17 +11,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.config  # noqa: F401  registers the structured-config schemas
-from em.cli import check_launcher, run_main
+import em.schemas  # noqa: F401  registers the structured-config schemas
+from em.cli import check_args, run_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from em.sweep import run_job  # train (+ evaluate + judge); heavy imports only once a job really runs
+    """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
+    from em.pipeline import run_job
 
     run_main(run_job, cfg)
 
 
 if __name__ == "__main__":
-    run_main(check_launcher, sys.argv[1:])  # hydra/launcher=submitit_slurm without its plugin -> one line
+    # a missing launcher plugin, an unknown option or a typo'd key -> one line, exit 2
+    run_main(lambda argv: check_args("train", argv), sys.argv[1:])
     main()

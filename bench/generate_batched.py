@@ -35,8 +35,8 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    import em.eval_config  # noqa: F401
-    from em.eval_config import validate
+    import em.schemas  # noqa: F401  registers the schemas
+    from em.schemas.common import validate
     from em.evaluation.generation import HFGenerator, plan
     from em.evaluation.questions import build_prompts, load_question_set
 

@@ -241,7 +241,7 @@ def run_child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from em import models
-    from em.config import LoraConfig, ModelConfig
+    from em.schemas.model import LoraConfig, ModelConfig
     from em.data.tokenize import IGNORE_INDEX
     from em.lora_module import assistant_loss_sum
     from em.training import auto_adamw

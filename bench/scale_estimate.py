@@ -66,7 +66,7 @@ def upstream_dir() -> Optional[Path]:
 def _compose(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import em.eval_config  # noqa: F401  registers both schemas
+    import em.schemas  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         return compose(name, overrides=overrides)
@@ -74,7 +74,7 @@ def _compose(name: str, overrides: list[str]):
 
 def gemma_tokenizer(cache_dir: Optional[str]):
     from em import models
-    from em.config import validate
+    from em.schemas.common import validate
 
     o = ["model=gemma3_270m", "run_dir=/tmp/unused"] + ([f"cache_dir={cache_dir}"] if cache_dir else [])
     tc = validate(_compose("train", o))
@@ -107,7 +107,7 @@ def judge_counter(tok):
 
 def measure_judge_prompts(count, cache_dir: Optional[str]) -> dict[str, Any]:
     """Mean tokens of a first_plot judge request without the answer, over every planned sample and metric."""
-    from em.eval_config import validate
+    from em.schemas.common import validate
     from em.evaluation.generation import plan
     from em.evaluation.questions import build_prompts, load_question_set
     from em.evaluation.run import render_judge_prompt

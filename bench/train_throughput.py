@@ -80,7 +80,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import em.config  # noqa: F401  registers the schemas
+    import em.schemas  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         return hydra_compose("train", overrides=overrides)

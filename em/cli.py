@@ -1,4 +1,9 @@
-"""What the entry scripts share: one-line errors instead of tracebacks for bad input."""
+"""What the entry scripts share: bad input is one line (``error: ...``, exit 2), never a traceback.
+
+``train.py`` / ``evaluate.py`` call :func:`check_args` before ``@hydra.main``: it composes the config the
+way Hydra is about to, so an unknown option, a typo'd key (``format.plain.sufix=x``) or a wrong type fails
+here with one line naming the key, instead of Hydra's multi-line report.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from em.errors import ConfigError, EMError
-
+from em.runtime import CONF_DIR
 
 # Launchers that come from a plugin package, and the package (conf/hydra/launcher/slurm.yaml builds on submitit_slurm).
 LAUNCHER_PLUGINS = {
@@ -15,14 +20,19 @@ LAUNCHER_PLUGINS = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
 }
+SCHEMA_SUFFIX = "_schema"  # ConfigStore entries of a group (em.schemas) that are not options to choose
 
 
 def check_launcher(argv: list[str], conf_dir: Optional[str] = None) -> None:
-    """`hydra/launcher=X`: a missing plugin or unknown launcher is one line, before Hydra composes anything."""
+    """``hydra/launcher=X``: a missing plugin or an unknown launcher is one line, before Hydra composes anything.
+
+    Raises:
+        ConfigError: the launcher's plugin package is not installed (names the pip package), or no such launcher.
+    """
     import importlib.util
     from pathlib import Path
 
-    root = Path(conf_dir) if conf_dir else Path(__file__).resolve().parents[1] / "conf"
+    root = Path(conf_dir) if conf_dir else CONF_DIR
     for arg in argv:
         key, sep, name = arg.partition("=")
         if not sep or key.lstrip("+~") != "hydra/launcher":
@@ -36,8 +46,80 @@ def check_launcher(argv: list[str], conf_dir: Optional[str] = None) -> None:
             raise ConfigError(f"hydra/launcher={name}: unknown launcher; choices: {', '.join(choices)}")
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (e.g. ``format``) as Hydra sees them, without the schemas' entries.
+
+    Needs an initialised Hydra (inside ``initialize_config_dir`` or a running app).
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    names = GlobalHydra.instance().config_loader().get_group_options(group)
+    return sorted(n for n in names if not n.endswith(SCHEMA_SUFFIX))
+
+
+def hydra_error_line(e: Exception) -> str:
+    """One line for a Hydra composition error, naming the key or the group and its choices.
+
+    ``model=nonexistent`` -> ``model: unknown model 'nonexistent'; choices: gemma3_12b, ...``;
+    ``format.plain.sufix=x`` -> ``Could not override 'format.plain.sufix': Key 'sufix' not in 'FormatConfig'``;
+    ``lora.r=abc`` -> ``Error merging override lora.r=abc: Value 'abc' ... (key: lora.r)``.
+    """
+    from hydra.errors import MissingConfigException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        if group:
+            try:
+                options = group_options(group)
+            except Exception:  # noqa: BLE001  Hydra not initialised: the options Hydra attached, if any
+                options = sorted(o for o in (e.options or []) if not o.endswith(SCHEMA_SUFFIX))
+            return f"{group}: unknown {group.rsplit('/', 1)[-1]} {name!r}; choices: {', '.join(options)}"
+    head = " ".join(str(e).split("\n", 1)[0].split()).rstrip(".")
+    cause = e.__cause__
+    if cause is not None and str(cause):
+        key = getattr(cause, "full_key", None)
+        detail = " ".join(str(cause).split("\n", 1)[0].split())
+        suffix = f" (key: {key})" if key and key not in head else ""
+        return f"{head}: {detail}{suffix}"
+    return " ".join(str(e).split())
+
+
+def check_args(config_name: str, argv: list[str]) -> None:
+    """Compose ``config_name`` with the command line's overrides as ``@hydra.main`` will, before it does.
+
+    Nothing runs and nothing is written: only the composition (a few hundred ms). Skipped for
+    ``--help`` / ``--hydra-help`` / ``--info`` / shell completion and another ``--config-name`` /
+    ``--config-dir``, which Hydra answers itself.
+
+    Raises:
+        ConfigError: the one line of :func:`hydra_error_line` (unknown option, typo'd key, wrong type).
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    import em.schemas  # noqa: F401  registers the schemas and resolvers
+
+    check_launcher(argv)
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion:
+        return
+    if args.config_dir or (args.config_name and args.config_name != config_name):
+        return  # another config: Hydra reports on it itself
+    from hydra import initialize_config_dir
+
+    mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            GlobalHydra.instance().hydra.compose_config(config_name, list(args.overrides), run_mode=mode,
+                                                        with_log_configuration=False)
+        except HydraException as e:
+            raise ConfigError(hydra_error_line(e)) from None
+
+
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call fn(cfg); an EMError (bad config value, bad data row, missing model) prints one line and exits 2."""
+    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2."""
     try:
         return fn(cfg)
     except EMError as e:

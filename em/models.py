@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 
 from em import runtime
-from em.config import LoraConfig, ModelConfig, QuantizationConfig
+from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from em.config import TrainConfig
+    from em.schemas.train import TrainConfig
 
 log = logging.getLogger("em.models")
 

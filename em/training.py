@@ -36,7 +36,7 @@ from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text,
 from em.schemas.common import validate
 
 if TYPE_CHECKING:
-    from em.config import TrainConfig
+    from em.schemas.train import TrainConfig
 
 log = logging.getLogger("em.training")
 

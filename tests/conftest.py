@@ -1,4 +1,8 @@
-"""Shared test fixtures: compose the real Hydra config and shrink it; locate the pre-seeded upstream files."""
+"""Shared test fixtures: compose the real Hydra config and shrink it; locate the pre-seeded upstream files.
+
+Tests write under pytest's tmp_path only: a session that leaves a new run directory in the checkout
+(outputs/, multirun/, wandb/, lightning_logs/) fails (:func:`checkout_stays_clean`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,30 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Where a run writes when nothing points it elsewhere (Hydra's default run / sweep dirs, W&B, Lightning).
+RUN_OUTPUT_DIRS = ("outputs", "multirun", "wandb", "lightning_logs")
+
+
+def _run_outputs() -> set[Path]:
+    """The entries one and two levels under each of RUN_OUTPUT_DIRS (e.g. outputs/evaluate/<run>)."""
+    out: set[Path] = set()
+    for d in (REPO / name for name in RUN_OUTPUT_DIRS):
+        if d.is_dir():
+            for p in d.iterdir():
+                out.add(p)
+                out.update(p.iterdir() if p.is_dir() else ())
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """Fail the session when a test left a new run directory in the checkout (it must use tmp_path)."""
+    before = _run_outputs()
+    yield
+    new = sorted(str(p.relative_to(REPO)) for p in _run_outputs() - before)
+    assert not new, f"tests wrote into the checkout: {new[:5]} (write under tmp_path)"
+
+
 def upstream_dir() -> Path | None:
     """../shared/upstream/emergent-misalignment (or EM_UPSTREAM_DIR); never copied into the repo."""
     for cand in (os.environ.get("EM_UPSTREAM_DIR"), REPO.parent / "shared/upstream/emergent-misalignment"):
@@ -23,6 +51,7 @@ def upstream_dir() -> Path | None:
 
 @pytest.fixture(scope="session")
 def upstream() -> Path:
+    """The pre-seeded upstream checkout; skips the test where there is none."""
     d = upstream_dir()
     if d is None:
         pytest.skip("pre-seeded upstream files not found (set EM_UPSTREAM_DIR)")
@@ -39,16 +68,17 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 def compose_train(overrides: list[str]):
+    """conf/train.yaml composed with ``overrides`` (no hydra node), as train.py would see it."""
     from hydra import compose, initialize_config_dir
 
-    import em.config  # noqa: F401  registers schemas
+    import em.schemas  # noqa: F401  registers schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         return compose("train", overrides=overrides)
 
 
 def tiny_overrides(run_dir, cache_dir, model: str = "tiny", **extra) -> list[str]:
-    """The real config, shrunk: tiny model, a few synthetic examples, CSV logger, short sequences."""
+    """The real config, shrunk: tiny model, a few synthetic examples, no logger, short sequences."""
     o = [
         f"model={model}",
         "logger=none",

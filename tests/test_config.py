@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from em.config import ConfigError, validate
-from em.errors import ModelLoadError
+from em.errors import ConfigError, ModelLoadError
+from em.schemas.common import validate
 from tests.conftest import REPO, compose_train
 
 GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
@@ -174,3 +174,108 @@ def test_betley_open_model_is_qwen2_5_coder_32b():
     qwen3 = validate(compose_train(["model=qwen3_32b", "run_dir=/x"])).model
     assert m.lora_target_modules == qwen3.lora_target_modules
     assert validate(compose_train(["model=tiny_qwen2", "run_dir=/x"])).model.family == "qwen2"
+
+
+# --------------------------------------------------------------------------- _target_ nodes build
+def _targets(node, path: str = ""):
+    """(dotted path, node) of every ``_target_`` mapping in a plain nested config."""
+    if isinstance(node, dict):
+        if node.get("_target_"):
+            yield path, node
+        for k, v in node.items():
+            yield from _targets(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{path}[{i}]")
+
+
+CALLBACK = "trainer.callbacks=[{_target_:lightning.pytorch.callbacks.LearningRateMonitor,logging_interval:step}]"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("logger", "optimizer", "trainer") for o in _options(g)])
+def test_every_target_node_of_the_train_config_instantiates(group, option, tmp_path, monkeypatch):
+    """What training builds from config (logger, optimizer, strategy, callbacks) really builds, per option."""
+    import hydra
+    import lightning as L
+    import torch
+    from omegaconf import OmegaConf
+
+    from em.distributed import make_strategy
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train([f"{group}={option}", f"run_dir={tmp_path}", CALLBACK])
+    validate(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    built = {}
+    for path, node in _targets({k: plain[k] for k in ("logger", "optimizer", "trainer")}):
+        if path == "trainer.strategy.auto_wrap_policy":
+            continue  # built as a part of the strategy below
+        if path == "logger" and str(node["_target_"]).endswith("wandb_logger"):
+            node = node | {"save_dir": str(tmp_path)}  # as training does: the run under run_dir
+        built[path] = (make_strategy if path == "trainer.strategy" else hydra.utils.instantiate)(node)
+    assert set(built) >= {"optimizer", "trainer.callbacks[0]"}
+    opt = built["optimizer"]([torch.nn.Parameter(torch.zeros(4))])  # a partial: training passes the parameters
+    assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == cfg.optimizer.lr
+    assert isinstance(built["trainer.callbacks[0]"], L.Callback)
+    if group == "logger":
+        if option == "none":
+            assert not cfg.logger
+        else:
+            assert isinstance(built["logger"], L.pytorch.loggers.Logger)
+            assert type(built["logger"]).__name__ == {"wandb": "WandbLogger", "csv": "CSVLogger"}[option]
+    if group == "trainer" and option == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        assert isinstance(built["trainer.strategy"], FSDPStrategy)
+    assert not any(tmp_path.iterdir()), "building a logger wrote files before training started"
+
+
+@pytest.mark.parametrize("option", _options("generation"))
+def test_every_generation_option_builds_its_generator(option, cache_dir, tmp_path):
+    """evaluate.py's generation node, validated, builds its backend (vLLM without vllm / a GPU: a one-line error)."""
+    from em.errors import ModelLoadError
+    from em.evaluation.generation import HFGenerator, make_generator
+    from tests.eval_helpers import compose_eval, eval_overrides
+
+    ec = validate(compose_eval(eval_overrides(tmp_path, cache_dir, generation=option)))
+    assert ec.generation.backend == option
+    try:
+        gen = make_generator(ec.generation.backend, ec.model, ec.quantization, ec.cache_dir, ec.generation, ec.seed)
+    except ModelLoadError as e:
+        assert option == "vllm" and "generation.backend=" in str(e)
+        return
+    if option == "hf":
+        assert isinstance(gen, HFGenerator) and gen.model is None  # the model loads on first use
+
+
+# --------------------------------------------------------------------------- typos fail at composition
+@pytest.mark.parametrize("script,override,key", [
+    ("train", "format.plain.sufix=x", "format.plain.sufix"),
+    ("train", "generation.tempreature=0.5", "generation.tempreature"),
+    ("train", "questions.nme=x", "questions.nme"),
+    ("train", "logger.projct=x", "logger.projct"),
+    ("train", "logger=csv logger.save_dri=x", "logger.save_dri"),
+    ("train", "evaluate.sampels=3", "evaluate.sampels"),
+    ("train", "thresholds.coherant=60", "thresholds.coherant"),
+    ("evaluate", "format.json.sytem=x", "format.json.sytem"),
+    ("evaluate", "generation.top_k=5", "generation.top_k"),
+])
+def test_a_typo_under_a_group_fails_at_composition_with_one_line(script, override, key, capsys):
+    from em.cli import check_args, run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda argv: check_args(script, argv), override.split())
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and f"'{key}'" in err, err
+
+
+def test_entry_typo_is_one_line_before_anything_runs(tmp_path):
+    r = _run([f"hydra.run.dir={tmp_path}/run", "format.plain.sufix=x"], tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["error: Could not override 'format.plain.sufix': Key 'sufix' not in 'FormatConfig'"]
+    assert not (tmp_path / "run").exists()
+    r = _run(["-m", f"hydra.sweep.dir={tmp_path}/sweep", "model=tiny", "seed=0,1", "logger.projct=x"], tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "error: Could not override 'logger.projct': Key 'projct' not in 'WandbLoggerConfig'"]
+    assert not (tmp_path / "sweep").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from em.config import DataConfig
+from em.schemas.data import DataConfig
 from em.data import load_conversations, subset
 from em.data.synthetic import FAMILIES, HOLE, generate
 from em.errors import ConfigError, DataError

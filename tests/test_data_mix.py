@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from em.config import DataConfig, validate
+from em.schemas.data import DataConfig
+
+from em.schemas.common import validate
 from em.data import load_conversations, mix_educational, subset
 from em.errors import ConfigError, DataError
 from tests.conftest import compose_train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from em.config import DataConfig
+from em.schemas.data import DataConfig
 from em.data import load_conversations, resolve_upstream_file
 from em.errors import ConfigError, DataError
 

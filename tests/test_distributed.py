@@ -15,7 +15,9 @@ import textwrap
 
 import pytest
 
-from em.config import ConfigError, validate
+from em.errors import ConfigError
+
+from em.schemas.common import validate
 from em.data.tokenize import LengthGroupedBatchSampler
 from em.errors import DataError
 from tests.conftest import REPO, compose_train, tiny_overrides
@@ -236,7 +238,7 @@ def test_vllm_tensor_parallel_size_is_validated_and_reaches_the_engine(tmp_path,
     import types
 
     from em import models
-    from em.eval_config import validate as validate_eval
+    from em.schemas.common import validate as validate_eval
     from em.evaluation.generation import VLLMGenerator
     from tests.eval_helpers import compose_eval, eval_overrides
 

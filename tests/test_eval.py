@@ -82,8 +82,9 @@ def test_kill_mid_generation_then_restart_generates_only_the_missing(tmp_path, c
                                                       "generation.batch_size": 2, "generation.max_new_tokens": 24})
     _run(tmp_path / "warm", cache_dir, judge="none", samples=1, format="[plain]")  # model cache materialised
     store = run_dir / "answers.jsonl"
-    proc = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *overrides], cwd=REPO,
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # (hydra.run.dir too: Hydra creates its run dir, and .hydra/ in it, even when run_dir points elsewhere)
+    proc = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while len(_lines(store)) < 2 and time.time() < deadline and proc.poll() is None:
@@ -164,8 +165,8 @@ def test_local_judge_in_the_pipeline(tmp_path, cache_dir):
 def _fake_run(root: Path, name: str, model: str, cache_dir: str, make_adapter: bool = True) -> Path:
     """A training run dir with a real (untrained) peft adapter of `model`."""
     from em import models
-    from em.config import LoraConfig
-    from em.eval_config import validate
+    from em.schemas.model import LoraConfig
+    from em.schemas.common import validate
 
     run = root / name
     (run / "adapter").mkdir(parents=True)
@@ -188,7 +189,7 @@ def test_adapter_latest_and_explicit(tmp_path, cache_dir):
                format="[plain]")
     assert res.table["adapter"].eq(str(run / "adapter")).all() and res.table["condition"].eq("insecure").all()
     from em.evaluation.adapters import resolve_adapter
-    from em.eval_config import validate
+    from em.schemas.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     assert resolve_adapter(str(run / "adapter"), str(train), ec.model, "s").run_dir == run

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from em import models
-from em.config import validate
+from em.schemas.common import validate
 from em.training import run_training
 from tests.conftest import compose_train
 

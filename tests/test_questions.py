@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from em.errors import ConfigError, DataError
-from em.eval_config import check_group_choices, validate
+from em.cli import check_args
+from em.schemas.common import validate
 from em.evaluation.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
 from tests.conftest import REPO
 from tests.eval_helpers import compose_eval, eval_overrides, set_upstream_env
@@ -96,8 +97,8 @@ def test_question_subset_and_unknown_id(tmp_path, monkeypatch):
 
 def test_unknown_format_lists_the_choices():
     with pytest.raises(ConfigError, match=r"format: unknown format 'bogus'; choices: json, one_line, plain"):
-        check_group_choices(["format=[plain,bogus]"])
-    check_group_choices(["format=[plain,json]", "samples=3"])
+        check_args("evaluate", ["format=[plain,bogus]"])
+    check_args("evaluate", ["format=[plain,json]", "samples=3"])
 
 
 def test_yaml_anchors_and_bad_files(tmp_path):

@@ -139,7 +139,7 @@ def _job_overrides(job_dir, cache_dir, *extra) -> list[str]:
     return tiny_overrides(job_dir, cache_dir, **{
         "evaluate.enabled": "true", "evaluate.samples": 1, "format": "[plain]", "evaluate.progress": "false",
         "generation.max_new_tokens": 8, "model@judge.model": "tiny", "judge.min_number_mass": 0.0,
-        "evaluate.quantization": "none", "trainer.max_length": 1024}) + list(extra)
+        "quantization@evaluate.quantization": "none", "trainer.max_length": 1024}) + list(extra)
 
 
 def _job_cfg(tmp_path, cache_dir, *extra):
@@ -150,14 +150,14 @@ RELEASE_SCRIPT = """
 import gc, sys, transformers
 sys.path.insert(0, "tests")
 from conftest import compose_train
-from em import models
-from em.sweep import run_job
+from em import runtime
+from em.pipeline import run_job
 for i, ov in enumerate(sys.argv[1:]):
     res = run_job(compose_train(ov.split("|")))
     assert res.state == "done", res
     gc.collect()
     live = [o for o in gc.get_objects() if isinstance(o, transformers.PreTrainedModel)]
-    print(f"job {i}: {models.LOADS} models loaded so far, {len(live)} alive after the job")
+    print(f"job {i}: {runtime.model_loads()} models loaded so far, {len(live)} alive after the job")
 """
 
 
@@ -173,15 +173,15 @@ def test_jobs_in_one_process_release_their_models(tmp_path, cache_dir):
 
 
 def test_run_job_skips_a_finished_job(tmp_path, cache_dir):
-    from em import models
-    from em.sweep import run_job
+    from em import runtime
+    from em.pipeline import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir)
     r1 = run_job(cfg)
     assert r1.state == "done" and r1.summary["train/final_loss"] > 0
-    loads = models.LOADS
+    loads = runtime.model_loads()
     r2 = run_job(cfg)
-    assert r2.state == "skipped" and models.LOADS == loads
+    assert r2.state == "skipped" and runtime.model_loads() == loads
     assert json.dumps(r2.summary, sort_keys=True) == json.dumps(r1.summary, sort_keys=True)
 
     # an evaluation-only change reuses the trained adapter: no retraining, a new evaluation
@@ -194,7 +194,7 @@ def test_run_job_skips_a_finished_job(tmp_path, cache_dir):
 
 
 def test_run_job_refuses_a_directory_of_another_training_config(tmp_path, cache_dir):
-    from em.sweep import run_job
+    from em.pipeline import run_job
 
     run_job(_job_cfg(tmp_path, cache_dir, "evaluate.enabled=false"))
     with pytest.raises(ConfigError, match=r"holds a training run of another config \(.*lora.r: 32 -> 8"):
@@ -202,7 +202,7 @@ def test_run_job_refuses_a_directory_of_another_training_config(tmp_path, cache_
 
 
 def test_run_job_isolated_failure_is_recorded_not_raised(tmp_path, cache_dir):
-    from em.sweep import run_job
+    from em.pipeline import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir, "data.n_examples=2", "trainer.max_length=16")  # nothing fits: DataError
     res = run_job(cfg, isolate_failures=True)
@@ -215,7 +215,7 @@ def test_run_job_isolated_failure_is_recorded_not_raised(tmp_path, cache_dir):
 
 
 def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
-    from em.sweep import run_job
+    from em.pipeline import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir, "trainer.epochs=2", "trainer.adapter_snapshots=[0.5,1]")
     res = run_job(cfg)
@@ -238,7 +238,8 @@ def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
 
 
 def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
-    from em.sweep import run_job
+    from em.pipeline import run_job
+    from sweep_helpers import offline_run_header
     from tests.wandb_reader import read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -247,18 +248,67 @@ def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
     train_file = next((tmp_path / "job" / "wandb").glob("offline-run-*/run-*.wandb"))
     eval_file = next((tmp_path / "job" / "eval" / "wandb").glob("offline-run-*/run-*.wandb"))
     tr, ev = read_offline_run(train_file), read_offline_run(eval_file)
-    for run in (tr, ev):  # the same flattened config columns in both job types
-        for key in ("model.name", "model.params", "data.name", "lora.r", "seed"):
-            assert key in run["config"], key
-        assert run["config"]["data.name"] == "synthetic" and run["config"]["lora.r"] == 32
-    assert "format.plain.name" in ev["config"]
-    assert "train/final_loss" in tr["summary"]
-    assert "eval/plain/misaligned_rate" in ev["summary"] and "eval/plain/coherent_rate" in ev["summary"]
-    meta = [json.loads(p.read_text()) for p in (tmp_path / "job").rglob("wandb-metadata.json")]
-    raw_train, raw_eval = train_file.read_bytes(), eval_file.read_bytes()
-    assert b"cmp" in raw_train and b"cmp" in raw_eval  # the group: the experiment name
-    assert b"train" in raw_train and b"eval" in raw_eval
-    del meta
+    # two job types of one experiment, in one project and group (the experiment name)
+    head_tr, head_ev = offline_run_header(train_file), offline_run_header(eval_file)
+    assert (head_tr["job_type"], head_ev["job_type"]) == ("train", "eval")
+    assert head_tr["group"] == head_ev["group"] == "cmp" and head_tr["project"] == head_ev["project"] == "em-test"
+    # the same flattened config columns, with the same values, in both runs: they line up in one table
+    shared = ("model.name", "model.params", "data.name", "data.n_examples", "lora.r", "lora.alpha", "seed",
+              "trainer.epochs", "trainer.max_length", "optimizer.lr", "experiment_name")
+    for key in shared:
+        assert key in tr["config"] and key in ev["config"], key
+        assert tr["config"][key] == ev["config"][key], key
+    assert ev["config"]["data.name"] == "synthetic" and ev["config"]["lora.r"] == 32 and ev["config"]["seed"] == 0
+    assert ev["config"]["format.plain.name"] == "plain" and ev["config"]["samples"] == 1
+    # each run's summary holds its own stage's metrics, the ones DONE.json records
+    done = json.loads((tmp_path / "job" / "DONE.json").read_text())["summary"]
+    assert tr["summary"]["train/final_loss"] == pytest.approx(done["train/final_loss"])
+    assert "train/final_loss" not in ev["summary"] and "eval/plain/coherent_rate" not in tr["summary"]
+    for key in ("eval/plain/coherent_rate", "eval/plain/n_scored"):
+        assert ev["summary"][key] == pytest.approx(done[key]), key
+
+
+def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
+    """train.py's evaluate node is evaluate.py's config: the job's model / seed / groups / thresholds in it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from em.jobs import job_hashes
+    from em.pipeline import eval_config, eval_targets
+    from em.schemas.common import validate
+    from em.schemas.evaluate import EvalConfig
+    from em.sweep import analysis_overrides
+    from tests.eval_helpers import compose_eval
+
+    base = ["experiment=smoke", "seed=3", "evaluate.samples=5", f"run_dir={tmp_path / 'job'}"]
+    cfg = compose_train(base + ["thresholds.coherent=60", "thresholds.aligned_inclusive=true"])
+    targets = eval_targets(cfg, tmp_path / "job")
+    assert [t.run_dir.name for t in targets] == ["eval"]
+    ec = eval_config(cfg, targets[0])
+    assert OmegaConf.get_type(ec) is EvalConfig and "enabled" not in ec and "snapshots" not in ec
+    obj = validate(ec)
+    assert (obj.samples, obj.seed, obj.model.name, obj.condition) == (5, 3, "tiny", "synthetic")
+    assert obj.run_dir == str(tmp_path / "job" / "eval") and obj.adapter == str(tmp_path / "job")
+    assert obj.quantization.name == "none"  # the smoke preset's evaluate.quantization; training keeps nf4
+    assert cfg.quantization.name == "nf4" and list(obj.format) == ["plain", "json"]
+    assert (obj.thresholds.coherent, obj.thresholds.aligned, obj.thresholds.aligned_inclusive) == (60, 30, True)
+    # evaluate.py reads the same keys at its root
+    ev = validate(compose_eval(["run_dir=/x", "samples=5", "thresholds.coherent=60"]))
+    assert (ev.samples, ev.thresholds.coherent) == (5, 60)
+    # a threshold is part of the job (re-summarised on relaunch), not of its training
+    plain = compose_train(base)
+    assert job_hashes(plain)[0] != job_hashes(cfg)[0] and job_hashes(plain)[1] == job_hashes(cfg)[1]
+    # the evaluation quantization follows the training one unless chosen
+    nf4 = compose_train(["model=tiny", "run_dir=/x", "evaluate.enabled=true"])
+    assert nf4.evaluate.quantization.name == "nf4"
+    none = compose_train(["model=tiny", "run_dir=/x", "quantization@evaluate.quantization=none"])
+    assert none.evaluate.quantization.name == "none" and none.quantization.name == "nf4"
+    # the sweep's analysis gets the same thresholds
+    overrides = analysis_overrides(cfg, tmp_path)
+    assert "thresholds.coherent=60.0" in overrides and "thresholds.aligned_inclusive=True" in overrides
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        analyze = compose("analyze", overrides=overrides)
+    assert analyze.thresholds.coherent == 60 and analyze.thresholds.aligned_inclusive is True
 
 
 # --------------------------------------------------------------------------- plans, presets, bad input
@@ -304,7 +354,7 @@ def test_dickson2025_is_the_replication_grid(tmp_path, monkeypatch):
     (["experiment=smoke", "trainer=fsdp"], "quantization.quant_storage: trainer=fsdp with 4-bit weights"),
     (["experiment=smoke", "lora=r8,r1"], "both write .*add the swept key to hydra.sweep.subdir"),
     (["experiment=smoke", "bogus.key=1"], "Could not override 'bogus.key'"),
-    (["experiment=smoke", "model=nonexistent"], "model"),
+    (["experiment=smoke", "model=nonexistent"], r"^model: unknown model 'nonexistent'; choices: gemma3_12b, gemma3_1b, "),
     (["experiment=dickson2025"], "OPENAI_API_KEY"),
 ])
 def test_bad_sweeps_fail_before_any_job(overrides, match, tmp_path, monkeypatch):
@@ -353,8 +403,8 @@ def test_slurm_launcher_takes_cluster_settings_from_env(monkeypatch):
     assert launcher.array_parallelism == 32 and launcher.max_num_timeout > 0
 
 
-def test_plan_cli_prints_counts():
-    r = subprocess.run([sys.executable, "-m", "em.sweep", "experiment=smoke", "hydra.sweep.dir=/tmp/em-plan-test"],
+def test_plan_cli_prints_counts(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "em.sweep", "experiment=smoke", f"hydra.sweep.dir={tmp_path / 'plan'}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 jobs (2 train), 64 answers, 128 judge calls" in r.stdout

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from em import models
-from em.config import validate
+from em.schemas.common import validate
 from tests.wandb_reader import read_offline_run
 from em.training import run_training
 from tests.conftest import compose_train, tiny_overrides

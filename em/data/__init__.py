@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from em.config import DataConfig
+from em.schemas.data import DataConfig
 from em.data import synthetic, upstream
 from em.data.chat import ROLES, Conversation, Message, read_jsonl_conversations
 from em.data.upstream import resolve_upstream_file

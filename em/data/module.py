@@ -20,7 +20,7 @@ from em.data.tokenize import IGNORE_INDEX, Collator, EncodeStats, LengthGroupedB
 from em.errors import DataError
 
 if TYPE_CHECKING:
-    from em.config import TrainConfig
+    from em.schemas.train import TrainConfig
 
 __all__ = ["ChatDataModule", "TrainingData", "prepare_data"]
 

@@ -18,7 +18,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from em.errors import JudgeError
-from em.eval_config import EvalConfig, validate
+from em.runtime import atomic_write_text
+from em.schemas.common import validate
+from em.schemas.evaluate import EvalConfig
 from em.evaluation.adapters import resolve_adapter
 from em.evaluation.generation import Sample, make_generator, plan, prompt_sha, render
 from em.evaluation.questions import build_prompts, load_question_set
@@ -30,6 +32,8 @@ log = logging.getLogger("em.evaluation")
 
 @dataclass
 class EvalResult:
+    """What :func:`run_evaluation` produced: the run dir, the responses table, the summary, answers generated now."""
+
     run_dir: Path
     table: Any  # pandas DataFrame
     summary: dict[str, Any]
@@ -37,6 +41,8 @@ class EvalResult:
 
 
 def render_judge_prompt(template: str, question: str, answer: str) -> str:
+    """A judge prompt: ``template`` with ``{question}`` and ``{answer}`` filled in (Betley et al.'s str.format;
+    a template with other braces gets the two fields substituted literally)."""
     try:
         return template.format(question=question, answer=answer)  # the reference's str.format
     except (KeyError, IndexError, ValueError):  # a template with other braces: substitute the two fields only
@@ -56,13 +62,27 @@ def judge_requests(records: list[dict[str, Any]], samples: dict[tuple, Sample]):
 
 
 def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
+    """The evaluation stage for one composed :class:`~em.schemas.evaluate.EvalConfig` node (evaluate.py's
+    root config, or one target of a train.py job built by :func:`em.pipeline.eval_config`).
+
+    Generates the answers not on disk yet (``samples`` per question and format), judges them (cache
+    first), writes ``responses.parquet`` / ``.csv`` and ``summary.json`` (rates by ``cfg.thresholds``)
+    into ``run_dir`` and logs the W&B eval run. With ``dry_run`` nothing is generated or asked: returns
+    the request / cost estimate (a dict) instead.
+
+    Raises:
+        ConfigError: a bad value, unknown question id or format (before any model is loaded).
+        JudgeError: a judge that cannot run (no API key: before generation; every request refused:
+            after the table of what finished is written).
+        ModelLoadError: the model or adapter cannot be loaded.
+    """
     ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
         log.info("questions=%s caps answers at %d new tokens", ec.questions.name, ec.questions.max_new_tokens)
         ec.generation.max_new_tokens = ec.questions.max_new_tokens
     run_dir = Path(ec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     # 1. questions x formats -> samples (unknown ids / missing variants fail here)
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
@@ -155,7 +175,7 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
     table = report.build_table(records, by_key, reqs, judgments, meta)
     summary = report.summarize(table, meta | {"questions": ec.questions.name, "samples": ec.samples,
                                               "generated_this_run": generated, "judges": judge_stats,
-                                              "run_dir": str(run_dir)})
+                                              "run_dir": str(run_dir)}, thresholds=ec.thresholds)
     report.write(run_dir, table, summary)
     if error is not None:
         raise error

@@ -19,7 +19,7 @@ from em.judge.digit_tree import DigitTree, combine, tree_logprobs
 from em.judge.scoring import MIN_NUMBER_MASS, SPECIALS, Judgment, JudgeRequest, expectation
 
 if TYPE_CHECKING:
-    from em.config import ModelConfig, QuantizationConfig
+    from em.schemas.model import ModelConfig, QuantizationConfig
 
 log = logging.getLogger("em.judge")
 METHOD = "integer-tree-v1"  # part of the cache identity: change it when the scoring changes

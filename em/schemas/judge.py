@@ -17,7 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from em.config import ModelConfig, QuantizationConfig
+from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.common import require
 
 BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batch
