@@ -23,16 +23,14 @@ LAUNCHER_PLUGINS = {
 SCHEMA_SUFFIX = "_schema"  # ConfigStore entries of a group (em.schemas) that are not options to choose
 
 
-def check_launcher(argv: list[str], conf_dir: Optional[str] = None) -> None:
+def check_launcher(argv: list[str]) -> None:
     """``hydra/launcher=X``: a missing plugin or an unknown launcher is one line, before Hydra composes anything.
 
     Raises:
         ConfigError: the launcher's plugin package is not installed (names the pip package), or no such launcher.
     """
     import importlib.util
-    from pathlib import Path
 
-    root = Path(conf_dir) if conf_dir else CONF_DIR
     for arg in argv:
         key, sep, name = arg.partition("=")
         if not sep or key.lstrip("+~") != "hydra/launcher":
@@ -41,9 +39,37 @@ def check_launcher(argv: list[str], conf_dir: Optional[str] = None) -> None:
             module, package = LAUNCHER_PLUGINS[name]
             if importlib.util.find_spec(module) is None:
                 raise ConfigError(f"hydra/launcher={name} needs the Hydra plugin {package}: pip install {package}")
-        elif name != "basic" and not (root / "hydra" / "launcher" / f"{name}.yaml").is_file():
-            choices = sorted({"basic", *LAUNCHER_PLUGINS, *(p.stem for p in (root / "hydra" / "launcher").glob("*.yaml"))})
-            raise ConfigError(f"hydra/launcher={name}: unknown launcher; choices: {', '.join(choices)}")
+        elif name != "basic":
+            from hydra import initialize_config_dir
+
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+                known = group_options("hydra/launcher")
+            if name not in known:
+                choices = sorted({"basic", *LAUNCHER_PLUGINS, *known})
+                raise ConfigError(f"hydra/launcher={name}: unknown launcher; choices: {', '.join(choices)}")
+
+
+def compose_group(group: str) -> list[tuple[str, Any]]:
+    """(option name, composed node) for every option of config group ``group`` (e.g. ``model``).
+
+    Inside a Hydra app the app's own config repository is used; else one initialised on
+    :data:`em.runtime.CONF_DIR`. All options are composed at once, each under its own package
+    (``+model@models.m<i>=<option>``), so no file under ``conf/`` is opened by path.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def compose_all() -> list[tuple[str, Any]]:
+        names = group_options(group)
+        if not names:
+            return []
+        cfg = compose(overrides=[f"+{group}@_options.m{i}={name}" for i, name in enumerate(names)])
+        return [(name, cfg._options[f"m{i}"]) for i, name in enumerate(names)]
+
+    if GlobalHydra.instance().is_initialized():
+        return compose_all()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose_all()
 
 
 def group_options(group: str) -> list[str]:

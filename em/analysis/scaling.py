@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from em.runtime import CONF_DIR
-
 MIN_MODELS = 3
 EXACT_PERMUTATIONS = 40320  # 8!: up to 8 models per family every ordering is enumerated
 
@@ -40,26 +38,10 @@ def model_meta(directory: Optional[str | Path] = None) -> pd.DataFrame:
 
 
 def model_group() -> list[tuple[str, Mapping]]:
-    """(option name, config node) of every option of the ``model`` config group, composed by Hydra.
+    """(option name, config node) of every option of the ``model`` config group (:func:`em.cli.compose_group`)."""
+    from em.cli import compose_group
 
-    Inside a Hydra app (analyze.py, a sweep's analysis) the app's own config repository is used; else
-    one initialised on :data:`em.runtime.CONF_DIR`. All options are composed at once, each under its
-    own package (``+model@models.m<i>=<option>``), so no YAML under ``conf/`` is opened by path.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    def compose_all() -> list[tuple[str, Mapping]]:
-        names = GlobalHydra.instance().config_loader().get_group_options("model")
-        if not names:
-            return []
-        cfg = compose(overrides=[f"+model@models.m{i}={name}" for i, name in enumerate(names)])
-        return [(name, cfg.models[f"m{i}"]) for i, name in enumerate(names)]
-
-    if GlobalHydra.instance().is_initialized():
-        return compose_all()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose_all()
+    return compose_group("model")
 
 
 def _yaml_models(directory: Path) -> list[tuple[str, Mapping]]:
