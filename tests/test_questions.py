@@ -61,7 +61,7 @@ def test_smoke_set_in_every_format_uses_this_projects_prompts(tmp_path):
     assert ec.questions.max_new_tokens == 64 and ec.generation.max_new_tokens == 8  # (shrunk by the test)
     ref = validate(compose_eval(["run_dir=/x", "questions=first_plot"]))
     assert (ref.generation.max_new_tokens, ref.generation.temperature, ref.generation.top_p) == (600, 1.0, 1.0)
-    assert ref.questions.max_new_tokens is None and ref.judge["_target_"].endswith("LocalJudge")
+    assert ref.questions.max_new_tokens is None and ref.judge._target_.endswith("LocalJudge")
     questions = load_question_set(ec.questions, ec.cache_dir, progress=False)
     prompts = build_prompts(questions, ec.format)
     assert len(prompts) == 4 * 6
