@@ -255,7 +255,7 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     plt, sns = _plt()
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
-    footer = r.settings.thresholds.describe()
+    footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)
