@@ -287,14 +287,17 @@ def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[s
         notes.append(f"Sweep keys beyond model / data / seed group the answers (appended to the model name): "
                      f"{', '.join(swept)}.")
     skipped = []
+    sampling_seed = False
     offset = 0
     for i, t in enumerate(tables):
         if i in duplicates:
             continue
-        df = readers.prepare(read_table(t.path), t.path, t.meta, columns or {}, seed_kind)
-        if t.scanned and not readers.has_scores(df):
+        df = read_table(t.path)
+        if t.scanned and not readers.has_scores(df.rename(columns={v: k for k, v in (columns or {}).items()})):
             skipped.append(str(t.path))
             continue
+        df = readers.prepare(df, t.path, t.meta, columns or {}, seed_kind)
+        sampling_seed |= "sample_seed" in df
         a, j, info = normalise(df, t.path, condition=condition, model=model, judge_combine=judge_combine)
         if labels[i]:
             a["model"] = a["model"].astype(str) + f"[{labels[i]}]"
@@ -325,7 +328,7 @@ def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[s
     if (sources["schema"] == "upstream").any():
         notes.append("Upstream-schema tables (question_id/question/answer/aligned/coherent only): format inferred "
                      "from the question_id suffix (_json, _template, else plain).")
-    if "sample_seed" in table:
+    if sampling_seed:
         notes.append("A per-answer `seed` column was read as a sampling seed (set columns.seed_kind=training if "
                      "it is the fine-tuning run's seed).")
     return Responses(answers=table, judge_scores=pd.concat(judges, ignore_index=True) if judges else None,
