@@ -228,3 +228,16 @@ def test_sweep_keys_group_and_identical_jobs_count_once(tmp_path):
     assert rates.loc["m[optimizer.lr=0.0001]", "n_coherent"] == 40  # not 80: the identical job is read once
     report = (run / "report.md").read_text()
     assert "optimizer.lr" in report and "read once" in report
+
+
+def test_sweep_keys_from_the_job_identity_when_hydra_left_no_record(tmp_path):
+    sweep = tmp_path / "s"
+    for num, wd in (("0", 0.0), ("1", 0.1)):
+        d = sweep / num / "eval"
+        d.mkdir(parents=True)
+        ident = {"seed": int(num), "model": {"name": "m"}, "optimizer": {"lr": 1e-4, "weight_decay": wd},
+                 "evaluate": {"seed": int(num)}}
+        (sweep / num / "em_job.json").write_text(json.dumps({"hash": f"h{num}", "identity": ident}))
+        answers(2, 40, condition="insecure", model="m").to_csv(d / "responses.csv", index=False)
+    rates = pd.read_csv(analyse(tmp_path, f"inputs=[{sweep}]") / "rates.csv").query("level == 'model×condition'")
+    assert set(rates["model"]) == {"m[optimizer.weight_decay=0.0]", "m[optimizer.weight_decay=0.1]"}

@@ -69,6 +69,7 @@ def job_record(table: Path, root: Path) -> tuple[dict[str, str], Optional[str]]:
     and ``em_job.json`` / ``DONE.json`` between the table's folder and ``root``; empty / None when absent.
     """
     overrides: dict[str, str] = {}
+    identity: dict[str, str] = {}
     job_hash = None
     here = table.parent.resolve()
     top = root.resolve()
@@ -83,13 +84,26 @@ def job_record(table: Path, root: Path) -> tuple[dict[str, str], Optional[str]]:
         for name in JOB_FILES:
             if job_hash is None and (here / name).is_file():
                 try:
-                    job_hash = json.loads((here / name).read_text()).get("hash")
+                    record = json.loads((here / name).read_text())
+                    job_hash = record.get("hash")
+                    identity = _flatten(record.get("identity") or {})
                 except (OSError, ValueError, AttributeError):
                     job_hash = None
         if here == top or here.parent == here or top not in here.parents:
             break
         here = here.parent
-    return overrides, job_hash
+    # Without Hydra's record, the job identity (em_job.json) stands in: its differing leaves are what was swept.
+    return overrides or {k: v for k, v in identity.items() if not set(k.split(".")) & set(NOT_SWEPT[:3])}, job_hash
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True) if isinstance(v, list) else str(v)
+    return out
 
 
 def latest_run_tables(outputs_root: Path) -> list[Path]:
