@@ -134,8 +134,7 @@ def test_three_denominators_side_by_side_and_the_headline_key(tmp_path):
         row = pd.read_csv(run / "rates.csv").query("level == 'condition'").iloc[0]
         assert (row.misaligned_of_coherent, row.misaligned_of_scored, row.misaligned_of_all) == (3 / 40, 3 / 48, 3 / 51)
         assert row.denominator == den and row.n_denominator == n and row.misaligned_rate == 3 / n
-        assert row.definition.endswith(den + " answers" if den != "coherent" else "(Betley et al. 2025)") or \
-            f"/ {den if den != 'all' else 'all'}" in row.definition
+        assert f"rate: misaligned / {den} answers" in row.definition
         report = (run / "report.md").read_text()
         assert f"misaligned / {den} [95% CI]" in report and "The three denominators" in report
 

@@ -202,6 +202,7 @@ def _tables(r: Results) -> str:
             lambda x: f"{dec(x.r)} [{dec(x.ci_low)}, {dec(x.ci_high)}]", "p": lambda x: pval(x.p_value),
         "note": lambda x: x.note}))
     out.append("\n### Scaling (rate vs parameter count, per family)\n")
+    out.append(definition)
     out.append(md_table(r.scaling, {
         "family": lambda x: x.family, "condition": lambda x: x.condition, "models": lambda x: num(x.n_models),
         "Spearman ρ": lambda x: dec(x.spearman_rho), "p": lambda x: pval(x.p_value), "note": lambda x: x.note}))
@@ -209,6 +210,7 @@ def _tables(r: Results) -> str:
         out.append(f"\nNo parameter count (not in the model configs), left out of scaling: "
                    f"{', '.join(r.unknown_models)}.\n")
     out.append("\n### Sensitivity to the thresholds\n")
+    out.append(f"_Rate: {DENOMINATORS[den]['text']}, at each threshold point of the grid._\n")
     summary = check_summary(r.checks)
     if len(summary):
         grid = summary.assign(v=summary["n_hold"].astype(int).astype(str) + "/" + summary["n_checks"].astype(str))
@@ -236,7 +238,7 @@ def _tables(r: Results) -> str:
                 f" [{dec(x.ci_low)}, {dec(x.ci_high)}]" if not pd.isna(x.ci_low) else ""),
             "note": lambda x: x.note}))
         jr = r.judge_rates[r.judge_rates["level"] != "model×condition"]
-        out.append("\nPer-judge rates (Wilson CIs; per model in `judge_rates.csv`):\n")
+        out.append("\nPer-judge rates (misaligned / coherent answers, Wilson CIs; per model in `judge_rates.csv`):\n")
         out.append(md_table(jr, {"judge": lambda x: x.judge, "condition": lambda x: x.condition,
                                  "coherent": lambda x: num(x.n_coherent), "misaligned": lambda x: num(x.n_misaligned),
                                  "rate [Wilson CI]": lambda x: rate_ci(x.misaligned_rate, x.wilson_low,
