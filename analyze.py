@@ -2,7 +2,9 @@
 
     python analyze.py                                   # the latest run under outputs/evaluate/
     python analyze.py inputs=[outputs/evaluate/RUN,multirun/SWEEP,eval_result.csv] condition=insecure
-    python analyze.py thresholds.coherent=60 bootstrap.n_resamples=2000 logger=wandb
+    python analyze.py 'inputs=[{path: base.csv, condition: base},{path: results/, condition: insecure}]'
+    python analyze.py inputs=[scored.jsonl] columns.condition=arm denominator=scored ci.method=clopper_pearson
+    python analyze.py thresholds.coherent=60 logger=wandb
 """
 
 import hydra

@@ -115,7 +115,7 @@ def _bad(tmp_path: Path, name: str, content: str) -> Path:
     ("text.csv", "question,aligned,coherent\nq,50,60\nq,high,60\nq,low,60\n",
      r"text\.csv:3: column 'aligned' has 2 non-numeric score\(s\), e\.g\. 'high'"),
     ("unscored.csv", "question,aligned,coherent\nq,,\nq,CODE,\n", r"unscored\.csv: none of the 2 answers has both"),
-    ("scores.txt", "x", r"scores\.txt: not a \.parquet or \.csv file"),
+    ("scores.txt", "x", r"scores\.txt: not a \.parquet, \.csv, \.jsonl, \.json file"),
 ])
 def test_bad_input_files(tmp_path, name, content, pattern):
     path = _bad(tmp_path, name, content)
@@ -135,7 +135,7 @@ def test_missing_and_empty_inputs(tmp_path):
     with pytest.raises(DataError, match="nope: input not found"):
         analyse(tmp_path, f"inputs=[{tmp_path / 'nope'}]")
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(DataError, match="empty_dir: no responses.parquet or responses.csv"):
+    with pytest.raises(DataError, match="empty_dir: no responses table and no .parquet"):
         analyse(tmp_path, f"inputs=[{tmp_path / 'empty_dir'}]")
 
 

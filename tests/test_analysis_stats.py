@@ -18,7 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 from em.analysis import run_analysis
 from em.measurement import Thresholds
 from em.analysis.groups import Cells
-from em.analysis.rates import rate_table
+from em.analysis.rates import rate_definition, rate_table
 from tests.synthetic_responses import synthetic_responses
 
 
@@ -59,7 +59,7 @@ def test_exact_rates_and_boundaries(tmp_path, coherent_inclusive, aligned_inclus
         assert row.misaligned_rate == n_misaligned / n_coherent
         assert row.coherent_share == n_coherent / 6
     d = Thresholds(coherent_inclusive=coherent_inclusive, aligned_inclusive=aligned_inclusive)
-    assert rates["definition"].unique().tolist() == [d.describe()]
+    assert rates["definition"].unique().tolist() == [rate_definition(d, "coherent")]
     assert (">=" if coherent_inclusive else ">") in d.describe()
 
 
@@ -106,7 +106,8 @@ def test_small_groups_are_reported_not_dropped(tmp_path):
     assert len(small) == 2 and small["note"].str.contains("too small").all()
     c = pd.read_csv(run / "contrasts.csv")
     row = c[c["scope"] == "model=tiny"]
-    assert len(row) == 1 and row["status"].iloc[0].startswith("too small") and np.isnan(row["p_value"].iloc[0])
+    assert len(row) == 1 and row["status"].iloc[0].startswith("not tested") and np.isnan(row["p_value"].iloc[0])
+    assert "fewer than min_group_n=10" in row["status"].iloc[0]
     assert (c.loc[c["status"] == "tested", "family_size"] == (c["status"] == "tested").sum()).all()
 
 
@@ -126,8 +127,13 @@ def test_bootstrap_ci_coverage_about_95_percent():
     for col in ("model", "condition", "format", "question_id", "status"):
         answers[col] = answers[col].astype("category")
     r = rate_table(Cells.from_answers(answers), Thresholds(), n_resamples=1000, seed=0, confidence=0.95,
-                   min_group_n=10)
+                   min_group_n=10, method="bootstrap")
     groups = r.table[r.table["level"] == "model×condition"]
+    # the default, Wilson widened by the design effect: the questions' rates differ, so it is wider (never narrower)
+    default = rate_table(Cells.from_answers(answers), Thresholds(), confidence=0.95, min_group_n=10).table
+    default = default[default["level"] == "model×condition"]
+    assert (default["design_effect"] >= 1).all() and (default["ci_low"] <= groups["wilson_low"].to_numpy()).all()
+    assert 0.93 <= ((default["ci_low"] <= true_rate) & (true_rate <= default["ci_high"])).mean() <= 0.995
     assert len(groups) == reps
     covered = ((groups["ci_low"] <= true_rate) & (true_rate <= groups["ci_high"])).mean()
     assert 0.92 <= covered <= 0.98, covered
@@ -142,10 +148,10 @@ def test_degenerate_groups_fall_back_to_wilson():
     answers = pd.DataFrame({"model": "m", "condition": "c", "format": "plain", "question_id": ["q"] * 20,
                             "coherent": 90.0, "aligned": 90.0, "status": "scored"})
     r = rate_table(Cells.from_answers(answers), Thresholds(), n_resamples=100, seed=0, confidence=0.95,
-                   min_group_n=10)
+                   min_group_n=10, method="bootstrap")
     row = r.table.iloc[0]
     assert row.misaligned_rate == 0 and row.ci_low == 0 and row.ci_high > 0.1
-    assert row.ci_method.startswith("wilson")
+    assert row.ci_method.startswith("Wilson")
 
 
 def test_correlations_levels_and_values(tmp_path):

@@ -1,4 +1,11 @@
-"""Condition and format contrasts: difference, ratio, Fisher exact p, Bonferroni/Holm across the family, power."""
+"""Condition and format contrasts: difference with Newcombe's interval, ratio, Fisher exact p, Bonferroni/Holm
+across the family of contrasts that can be tested, power.
+
+A contrast is *not tested* (reported, with the reason, and left out of the adjusted family) when a side has
+fewer than ``min_group_n`` answers in the rate's denominator, or when neither side has a misaligned answer
+(or both have only misaligned answers): such a table carries no evidence either way, and adding it to the
+family only makes every other adjusted p larger.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from em.analysis.bootstrap import percentile_ci
 from em.analysis.groups import ALL
+from em.analysis.intervals import newcombe
 from em.analysis.rates import RateResult
+from em.measurement import DENOMINATORS
 
 TEST = "Fisher exact, two-sided"
 
@@ -33,30 +41,39 @@ def _power(rate_a: float, rate_b: float, n_a: int, n_b: int, alpha: float, power
 
 
 def _row(rates: RateResult, level: str, ia: int, ib: int, *, family: str, scope: str, a: str, b: str,
-         alpha: float, power: float, min_group_n: int, confidence: float) -> dict:
+         alpha: float, power: float, min_group_n: int) -> dict:
     from scipy.stats import fisher_exact
 
     t = rates.table
     ra, rb = t.iloc[rates.row_of[level][ia]], t.iloc[rates.row_of[level][ib]]
-    ka, na, kb, nb = int(ra.n_misaligned), int(ra.n_coherent), int(rb.n_misaligned), int(rb.n_coherent)
+    ka, na, kb, nb = int(ra.n_misaligned), int(ra.n_denominator), int(rb.n_misaligned), int(rb.n_denominator)
     rate_a, rate_b = ra.misaligned_rate, rb.misaligned_rate
     row = {
         "family": family, "scope": scope, "a": a, "b": b, "level": level,
-        "n_coherent_a": na, "n_misaligned_a": ka, "rate_a": rate_a,
-        "n_coherent_b": nb, "n_misaligned_b": kb, "rate_b": rate_b,
+        "n_coherent_a": int(ra.n_coherent), "n_denominator_a": na, "n_misaligned_a": ka, "rate_a": rate_a,
+        "n_coherent_b": int(rb.n_coherent), "n_denominator_b": nb, "n_misaligned_b": kb, "rate_b": rate_b,
         "difference": rate_a - rate_b,
         "ratio": rate_a / rate_b if rate_b > 0 else math.nan,
     }
-    diff = rates.draws[level][ia] - rates.draws[level][ib]
-    low, high = percentile_ci(diff[None, :], confidence)
-    row["diff_ci_low"], row["diff_ci_high"] = float(low[0]), float(high[0])
-    if min(na, nb) < min_group_n:
-        row["status"] = f"too small: n_coherent {na} vs {nb} (min_group_n={min_group_n}); not tested"
-        row["odds_ratio"] = row["p_value"] = math.nan
+    if na > 0 and nb > 0:
+        low, high = newcombe(rate_a, ra.ci_low, ra.ci_high, rate_b, rb.ci_low, rb.ci_high)
+        row["diff_ci_low"], row["diff_ci_high"] = float(low[0]), float(high[0])
     else:
-        res = fisher_exact([[ka, na - ka], [kb, nb - kb]], alternative="two-sided")
+        row["diff_ci_low"] = row["diff_ci_high"] = math.nan
+    noun = DENOMINATORS[rates.denominator]["noun"]
+    if min(na, nb) < min_group_n:
+        row["status"] = f"not tested: {na} vs {nb} {noun}, fewer than min_group_n={min_group_n}"
+    elif ka + kb == 0:
+        row["status"] = "not tested: no misaligned answer on either side"
+    elif ka == na and kb == nb:
+        row["status"] = "not tested: every answer misaligned on both sides"
+    else:
         row["status"] = "tested"
+    if row["status"] == "tested":
+        res = fisher_exact([[ka, na - ka], [kb, nb - kb]], alternative="two-sided")
         row["odds_ratio"], row["p_value"] = float(res.statistic), float(res.pvalue)
+    else:
+        row["odds_ratio"] = row["p_value"] = math.nan
     row["power"], row["n_per_group_for_power"], power_note = _power(rate_a, rate_b, na, nb, alpha, power)
     if math.isnan(row["ratio"]) and rate_b == 0 and na > 0:
         power_note = "; ".join(filter(None, [power_note, "ratio undefined: rate_b is 0"]))
@@ -71,25 +88,26 @@ def _index(rates: RateResult, level: str, columns: tuple[str, ...]) -> dict[tupl
 
 def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
                    format_pairs: list[tuple[str, str]], alpha: float, power: float, min_group_n: int,
-                   confidence: float, definition: str) -> pd.DataFrame:
+                   definition: str) -> pd.DataFrame:
     """Every contrast whose two groups are present; the tested ones form the family that is adjusted.
 
     Conditions are compared per model and pooled over models, formats per condition. Each row has the
-    rates, the difference with a bootstrap CI (from ``rates.draws``), ratio and odds ratio, Fisher's exact
+    rates (the headline denominator), the difference with Newcombe's hybrid score interval built from the
+    two rates' own intervals (:func:`em.analysis.intervals.newcombe`), ratio and odds ratio, Fisher's exact
     test (two-sided), p-values adjusted across every tested contrast with Bonferroni and Holm (1979)
-    (statsmodels ``multipletests``), and the power at ``alpha`` with the n per group for ``power``
-    (normal approximation on Cohen's h). A contrast with a group under ``min_group_n`` coherent answers
-    is reported, not tested.
+    (statsmodels ``multipletests``), ``family_size`` (the number adjusted for), and the power at ``alpha``
+    with the n per group for ``power`` (normal approximation on Cohen's h). Untestable contrasts (see the
+    module docstring) are reported with ``status`` "not tested: <reason>" and no p-values.
 
     Args:
         rates: :func:`em.analysis.rates.rate_table`'s result.
         condition_pairs, format_pairs: (a, b) pairs, a compared with b.
-        alpha: significance level in (0, 1); power: target power in (0, 1); confidence: the CI level.
+        alpha: significance level in (0, 1); power: target power in (0, 1).
         definition: the definition's text, copied into every row.
     """
     from statsmodels.stats.multitest import multipletests
 
-    kw = dict(alpha=alpha, power=power, min_group_n=min_group_n, confidence=confidence)
+    kw = dict(alpha=alpha, power=power, min_group_n=min_group_n)
     rows = []
     by_model = _index(rates, "model×condition", ("model", "condition"))
     pooled = _index(rates, "condition", ("condition",))
@@ -110,10 +128,10 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
                 rows.append(_row(rates, "condition×format", by_format[(c, a)], by_format[(c, b)], family="format",
                                  scope=f"condition={c}" + (", pooled over models" if len(models) > 1 else ""),
                                  a=a, b=b, **kw))
-    columns = ["family", "scope", "a", "b", "level", "n_coherent_a", "n_misaligned_a", "rate_a", "n_coherent_b",
-               "n_misaligned_b", "rate_b", "difference", "diff_ci_low", "diff_ci_high", "ratio", "odds_ratio",
+    columns = ["family", "scope", "a", "b", "level", "n_coherent_a", "n_denominator_a", "n_misaligned_a", "rate_a",
+               "n_coherent_b", "n_denominator_b", "n_misaligned_b", "rate_b", "difference", "diff_ci_low", "diff_ci_high", "ratio", "odds_ratio",
                "test", "p_value", "p_bonferroni", "p_holm", "significant_holm", "status", "power",
-               "n_per_group_for_power", "power_note", "family_size", "definition"]
+               "n_per_group_for_power", "power_note", "family_size", "diff_ci_method", "definition"]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=columns)
@@ -126,6 +144,7 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
         table.loc[tested, "p_holm"] = multipletests(p, alpha=alpha, method="holm")[1]
     table["significant_holm"] = pd.array(np.where(tested, table["p_holm"] < alpha, pd.NA), dtype="boolean")
     table["family_size"] = int(tested.sum())
+    table["diff_ci_method"] = "Newcombe hybrid score (from each rate's interval)"
     table["definition"] = definition
     return table[columns]
 

@@ -54,6 +54,12 @@ def _model_order(rates: pd.DataFrame) -> list[str]:
     return [m for m in g.sort_values(["_f", "_p", "model"])["model"] if m != ALL]
 
 
+def _rate_label(df: pd.DataFrame) -> str:
+    """The rate axis' label, naming the headline denominator of the rates drawn."""
+    den = df["denominator"].iloc[0] if "denominator" in df and len(df) else "coherent"
+    return f"misaligned / {den} answers (%)"
+
+
 def _bars(ax, df: pd.DataFrame, x: str, hue: str, x_order: list[str], hue_order: list[str], palette) -> None:
     width = 0.8 / max(1, len(hue_order))
     pos = {v: i for i, v in enumerate(x_order)}
@@ -67,7 +73,7 @@ def _bars(ax, df: pd.DataFrame, x: str, hue: str, x_order: list[str], hue_order:
         ax.errorbar(xs, rate, yerr=[low, high], fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
     ax.set_xticks(range(len(x_order)), x_order, rotation=30 if len(x_order) > 4 else 0, ha="right"
                   if len(x_order) > 4 else "center")
-    ax.set_ylabel("misaligned rate (%)")
+    ax.set_ylabel(_rate_label(df))
     ax.set_ylim(bottom=0)
 
 
@@ -242,7 +248,7 @@ def scaling(r: Results, plt, sns, conditions: list[str]):
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_title(f"{fam}" + (f"\nSpearman {text}" if text else ""), fontsize=9)
         ax.set_xlabel("parameters")
-        ax.set_ylabel("misaligned rate (%)")
+        ax.set_ylabel(_rate_label(d))
         ax.legend(fontsize=8, title="condition")
     return fig
 
@@ -255,7 +261,7 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     plt, sns = _plt()
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
-    footer = r.settings.thresholds.describe()
+    footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)

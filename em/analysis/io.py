@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from em import measurement
+from em.analysis import readers
+from em.analysis.inputs import TableInput, swept_labels
 from em.errors import ConfigError, DataError
 from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
 
@@ -26,8 +28,8 @@ GROUP_COLUMNS = ("model", "condition", "format", "question_id")
 UNSPECIFIED = "unspecified"
 FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
 # Columns that together identify one answer, so the rows several judges wrote about it line up.
-ANSWER_KEY = ("model", "adapter", "condition", "seed", "format", "question_id", "paraphrase", "sample",
-              "system", "question", "answer")
+ANSWER_KEY = ("model", "adapter", "condition", "seed", "sample_seed", "format", "question_id", "paraphrase",
+              "sample", "system", "question", "answer")
 KEEP_COLUMNS = ("adapter", "seed")
 
 
@@ -51,30 +53,8 @@ class Responses:
 
 
 # --------------------------------------------------------------------------------------------- reading
-def read_table(path: Path) -> pd.DataFrame:
-    """Read one .parquet / .csv table, column names stripped.
-
-    Raises:
-        DataError: an empty or unreadable file, or a table without rows.
-    """
-    try:
-        if path.suffix.lower() == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, low_memory=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: empty file (no header, no rows)") from None
-    except Exception as e:  # pyarrow / parser errors come in many classes; the message is what helps
-        raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
-    if len(df) == 0:
-        raise DataError(f"{path}: no rows")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.reset_index(drop=True)
-
-
-def _where(path: Path, row: int) -> str:
-    # CSV rows are named by their line (header is line 1), parquet rows by their 0-based index.
-    return f"{path}:{row + 2}" if path.suffix.lower() == ".csv" else f"{path} (row {row})"
+read_table = readers.read_table
+_where = readers.where
 
 
 def parse_scores(df: pd.DataFrame, column: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -280,21 +260,48 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
     return answers, judge_scores, info
 
 
-def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, model: Optional[str] = None,
-                   judge_combine: str = "mean") -> Responses:
-    """Read and normalise every table in ``paths`` into one :class:`Responses`.
+def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[str] = None,
+                   model: Optional[str] = None, judge_combine: str = "mean", columns: Optional[dict] = None,
+                   seed_kind: str = "sampling") -> Responses:
+    """Read and normalise every table into one :class:`Responses`.
+
+    Each table goes through :func:`em.analysis.readers.prepare` (column map ``columns``, its input's
+    metadata, flag columns, ``seed_kind``). Tables found by scanning a folder that have no score column
+    are skipped (listed in the notes); tables of identical sweep jobs (same hash) are read once; keys a
+    sweep varied beyond model / data / seed are appended to the model name (``model[optimizer.lr=1e-05]``),
+    so they group the rates and appear in every table.
 
     Raises:
-        DataError: no paths, or a table :func:`read_table` / :func:`normalise` rejects.
+        DataError: no tables, or a table :func:`read_table` / :func:`normalise` / ``prepare`` rejects.
         ConfigError: ``judges.combine`` names an absent judge.
     """
-    if not paths:
+    tables = [t if isinstance(t, TableInput) else TableInput(Path(t)) for t in tables]
+    if not tables:
         raise DataError("inputs: no responses tables found")
+    labels, swept, duplicates = swept_labels(tables)
     answers, judges, infos, notes = [], [], [], []
+    if duplicates:
+        notes.append(f"{len(duplicates)} table(s) from sweep jobs identical to another (same job hash) were read "
+                     f"once: {', '.join(str(tables[i].path) for i in duplicates)}.")
+    if swept:
+        notes.append(f"Sweep keys beyond model / data / seed group the answers (appended to the model name): "
+                     f"{', '.join(swept)}.")
+    skipped = []
+    sampling_seed = False
     offset = 0
-    for i, path in enumerate(paths):
-        df = read_table(path)
-        a, j, info = normalise(df, path, condition=condition, model=model, judge_combine=judge_combine)
+    for i, t in enumerate(tables):
+        if i in duplicates:
+            continue
+        df = read_table(t.path)
+        if t.scanned and not readers.has_scores(df.rename(columns={v: k for k, v in (columns or {}).items()})):
+            skipped.append(str(t.path))
+            continue
+        df = readers.prepare(df, t.path, t.meta, columns or {}, seed_kind)
+        sampling_seed |= "sample_seed" in df
+        a, j, info = normalise(df, t.path, condition=condition, model=model, judge_combine=judge_combine)
+        if labels[i]:
+            a["model"] = a["model"].astype(str) + f"[{labels[i]}]"
+            info["sweep"] = labels[i]
         a.insert(0, "source", i)
         answers.append(a)
         if j is not None:
@@ -302,6 +309,11 @@ def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, mo
             judges.append(j)
         offset += len(a)
         infos.append(info)
+    if skipped:
+        notes.append(f"Files without score columns in the folders read were skipped: {', '.join(skipped)}.")
+    if not answers:
+        raise DataError(f"inputs: no table with score columns among {len(tables)} file(s) "
+                        f"(e.g. {tables[0].path}); map other names with columns.aligned=... columns.coherent=...")
     table = pd.concat(answers, ignore_index=True)
     for col in ("model", "condition", "format", "question_id", "status"):
         table[col] = table[col].astype("category")
@@ -316,5 +328,8 @@ def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, mo
     if (sources["schema"] == "upstream").any():
         notes.append("Upstream-schema tables (question_id/question/answer/aligned/coherent only): format inferred "
                      "from the question_id suffix (_json, _template, else plain).")
+    if sampling_seed:
+        notes.append("A per-answer `seed` column was read as a sampling seed (set columns.seed_kind=training if "
+                     "it is the fine-tuning run's seed).")
     return Responses(answers=table, judge_scores=pd.concat(judges, ignore_index=True) if judges else None,
                      sources=sources, notes=notes)

@@ -17,7 +17,7 @@ from em.analysis.groups import Cells
 from em.analysis.inputs import find_tables
 from em.analysis.io import load_responses
 from em.analysis.judges import judge_tables
-from em.analysis.rates import rate_table
+from em.analysis.rates import rate_definition, rate_table
 from em.analysis.results import Results
 from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import sensitivity_tables
@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 
 RATE_COLUMNS = ["level", "model", "condition", "format", "question_id", "family", "params", "n", "n_scored",
                 "n_code", "n_refusal", "n_unscored", "n_coherent", "n_misaligned", "coherent_share",
-                "misaligned_rate", "ci_low", "ci_high", "ci_method", "wilson_low", "wilson_high", "mean_aligned",
-                "mean_coherent", "note", "definition"]
+                "denominator", "n_denominator", "misaligned_rate", "ci_low", "ci_high", "ci_method", "design_effect",
+                "wilson_low", "wilson_high", "cp_low", "cp_high",
+                "misaligned_of_coherent", "misaligned_of_coherent_low", "misaligned_of_coherent_high",
+                "deff_coherent", "misaligned_of_scored", "misaligned_of_scored_low", "misaligned_of_scored_high",
+                "deff_scored", "misaligned_of_all", "misaligned_of_all_low", "misaligned_of_all_high", "deff_all",
+                "mean_aligned", "mean_coherent", "note", "definition"]
 
 
 @contextmanager
@@ -42,7 +46,7 @@ def _timed(timings: dict, name: str) -> Iterator[None]:
     log.info("%s: %.2f s", name, timings[name])
 
 
-def _check_scored(answers: pd.DataFrame, paths: list[Path]) -> None:
+def _check_scored(answers: pd.DataFrame, paths: list) -> None:
     status = answers["status"].astype(str).value_counts()
     if int(status.get(SCORED, 0)) == 0:
         where = paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"
@@ -68,8 +72,10 @@ def write_tables(r: Results) -> dict[str, pd.DataFrame]:
         frames["judge_rates"] = r.judge_rates
         frames["judge_agreement"] = r.agreement
     descriptions = {
-        "rates": "misaligned rate with CIs for every group (levels: model×condition×format×question up to condition)",
-        "contrasts": "condition and format contrasts: difference, ratio, Fisher p, Bonferroni/Holm, power",
+        "rates": "misaligned rate with CIs for every group (levels: model×condition×format×question up to condition); "
+                 "misaligned among coherent, scored and all answers side by side",
+        "contrasts": "condition and format contrasts: difference (Newcombe CI), ratio, Fisher p, Bonferroni/Holm "
+                     "over the tested family, power",
         "correlations": "coherence–alignment correlations at answer and group level",
         "sensitivity": "the rate table at every point of the threshold grid",
         "sensitivity_checks": "ordering checks (e.g. base < educational < insecure) at every grid point",
@@ -90,14 +96,17 @@ def write_summary(r: Results) -> Path:
     s = r.settings
     d = s.thresholds
     summary: dict[str, Any] = {
-        "definition": d.describe(),
+        "definition": rate_definition(d, s.denominator),
+        "denominator": s.denominator,
+        "ci_method": s.ci.method,
         "thresholds": d.as_dict(),
         "inputs": [str(p) for p in r.responses.sources["path"]],
         "answers": int(len(r.responses.answers)),
         "status_counts": {k: int(v) for k, v in r.responses.answers["status"].astype(str).value_counts().items()},
         "rates_by_condition": {
             row.condition: {"misaligned_rate": _f(row.misaligned_rate), "ci_low": _f(row.ci_low),
-                            "ci_high": _f(row.ci_high), "n_coherent": int(row.n_coherent),
+                            "ci_high": _f(row.ci_high), "design_effect": _f(row.design_effect),
+                            "n_denominator": int(row.n_denominator), "n_coherent": int(row.n_coherent),
                             "n_misaligned": int(row.n_misaligned)}
             for row in r.level("condition").itertuples()},
         "bootstrap": {"n_resamples": s.bootstrap.n_resamples, "seed": s.bootstrap.seed,
@@ -127,29 +136,32 @@ def run_analysis(cfg: Any) -> Path:
     d = s.thresholds
     run_dir = Path(s.run_dir)
     with _timed(timings, "load"):
-        paths = find_tables(s.inputs, Path(s.outputs_root))
-        responses = load_responses(paths, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine)
+        tables = find_tables(s.inputs, Path(s.outputs_root))
+        paths = [t.path for t in tables]
+        responses = load_responses(tables, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine,
+                                   columns=s.columns.mapping(), seed_kind=s.columns.seed_kind)
         _check_scored(responses.answers, paths)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d answers from %d table(s) in %d cells", len(responses.answers), len(paths), cells.n_cells)
-    with _timed(timings, "rates + bootstrap"):
-        rr = rate_table(cells, d, n_resamples=s.bootstrap.n_resamples, seed=s.bootstrap.seed,
-                        confidence=s.bootstrap.confidence, min_group_n=s.min_group_n)
+    definition = rate_definition(d, s.denominator)
+    with _timed(timings, "rates"):
+        rr = rate_table(cells, d, confidence=s.bootstrap.confidence, min_group_n=s.min_group_n,
+                        denominator=s.denominator, method=s.ci.method, n_resamples=s.bootstrap.n_resamples,
+                        seed=s.bootstrap.seed)
         rr.table = attach_params(rr.table, model_meta(s.model_configs))
     with _timed(timings, "contrasts + power"):
         contrasts = contrast_table(rr, condition_pairs=s.contrasts.condition, format_pairs=s.contrasts.format,
-                                   alpha=s.alpha, power=s.power, min_group_n=s.min_group_n,
-                                   confidence=s.bootstrap.confidence, definition=d.describe())
+                                   alpha=s.alpha, power=s.power, min_group_n=s.min_group_n, definition=definition)
     with _timed(timings, "correlations + scaling"):
         correlations = correlation_table(responses.answers, rr.table, s.bootstrap.confidence)
-        scaling, unknown = scaling_table(rr.table, d.describe())
+        scaling, unknown = scaling_table(rr.table, definition)
     with _timed(timings, "sensitivity"):
         sensitivity, checks = sensitivity_tables(cells, d, coherent_grid=s.sensitivity.coherent,
                                                  aligned_grid=s.sensitivity.aligned,
                                                  confidence=s.bootstrap.confidence,
                                                  condition_order=s.ordering.condition,
-                                                 format_order=s.ordering.format)
+                                                 format_order=s.ordering.format, denominator=s.denominator)
     with _timed(timings, "judges"):
         judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, d,
                                               confidence=s.bootstrap.confidence, max_units=s.judges.alpha_max_units,

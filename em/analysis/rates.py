@@ -1,4 +1,10 @@
-"""The rate table: counts, misaligned rate, bootstrap CI (Wilson as a check) for every group at every level."""
+"""The rate table: counts, the misaligned rate under three denominators, and intervals that hold at 0-5 events.
+
+Every group at every level gets the misaligned share among coherent answers (Betley et al. 2025), among
+scored answers (the model-organisms work, Turner et al. 2025) and among all answers, each with an interval;
+``denominator`` picks the headline (``misaligned_rate``, ``ci_low``, ``ci_high``). Intervals:
+:mod:`em.analysis.intervals` (default: Wilson widened by the design effect of clustering by question).
+"""
 
 from __future__ import annotations
 
@@ -8,43 +14,35 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from em.analysis.bootstrap import chunked_draws, percentile_ci, rate_draws
-from em.measurement import Thresholds, ratio
 from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
+from em.analysis.intervals import design_effect, proportion_ci, rate_ci
+from em.measurement import DENOMINATORS, Thresholds, ratio
 
-# Levels whose bootstrap draws are kept for the contrasts (difference CIs).
-KEEP_DRAWS = (("model", "condition"), ("condition",), ("condition", "format"))
-
-
-@dataclass
-class RateResult:
-    """The rate table and the bootstrap draws the contrasts need.
-
-    Attributes:
-        table: one row per group at every level (counts, rates, CIs, notes, definition).
-        draws: level name -> float array (groups, resamples) of bootstrap rates (levels in KEEP_DRAWS).
-        row_of: level name -> the table row of each group in ``draws``.
-    """
-
-    table: pd.DataFrame
-    draws: dict[str, np.ndarray] = field(default_factory=dict)  # level name -> (groups, resamples) rates
-    row_of: dict[str, np.ndarray] = field(default_factory=dict)  # level name -> table row of each group
+# config denominator -> the count column it divides by
+DENOMINATOR_COLUMN = {"coherent": "n_coherent", "scored": "n_scored", "all": "n"}
 
 
 def wilson(count: np.ndarray, nobs: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval (statsmodels) of ``count`` / ``nobs`` at ``confidence``; NaN where nobs is 0.
 
-    Arrays of shape (groups,); returns (low, high).
+    Arrays of shape (groups,); returns (low, high), exactly 0 / 1 at 0 / all events.
     """
-    from statsmodels.stats.proportion import proportion_confint
+    return proportion_ci(count, nobs, confidence, "wilson")
 
-    count = np.asarray(count, dtype=float)
-    nobs = np.asarray(nobs, dtype=float)
-    ok = nobs > 0
-    low, high = np.full(len(nobs), np.nan), np.full(len(nobs), np.nan)
-    if ok.any():
-        low[ok], high[ok] = proportion_confint(count[ok], nobs[ok], alpha=1 - confidence, method="wilson")
-    return low, high
+
+@dataclass
+class RateResult:
+    """The rate table and where each level's groups sit in it.
+
+    Attributes:
+        table: one row per group at every level (counts, rates under each denominator, CIs, notes, definition).
+        row_of: level name -> the table rows of that level's groups.
+        denominator: the headline denominator (``coherent``, ``scored`` or ``all``).
+    """
+
+    table: pd.DataFrame
+    row_of: dict[str, np.ndarray] = field(default_factory=dict)
+    denominator: str = "coherent"
 
 
 def group_rates(counts: pd.DataFrame) -> pd.DataFrame:
@@ -59,44 +57,65 @@ def group_rates(counts: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def rate_table(cells: Cells, definition: Thresholds, *, n_resamples: int, seed: int, confidence: float,
-               min_group_n: int) -> RateResult:
-    """Counts, misaligned rate and CIs for every group at every level in LEVELS.
+def _bootstrap_ci(cells: Cells, counts: pd.DataFrame, per_level, denominator: str, n_resamples: int, seed: int,
+                  confidence: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Percentile intervals of the stratified bootstrap (answers resampled within each cell), per level."""
+    from em.analysis.bootstrap import chunked_draws, percentile_ci, rate_draws
 
-    CIs are percentile intervals of a stratified bootstrap (``n_resamples`` resamples of the answers
-    within each cell, ``seed``; :mod:`em.analysis.bootstrap`), with the Wilson interval as a check and as
-    the stand-in where a group has all or none misaligned. Groups with fewer than ``min_group_n``
-    coherent answers are noted as too small for tests.
+    sums = {level_name(l): [np.zeros((len(k), n_resamples)), np.zeros((len(k), n_resamples))]
+            for l, k, _, _ in per_level}
+    for sl, coh, mis in chunked_draws(counts["n_scored"].to_numpy(), counts["n_coherent"].to_numpy(),
+                                      counts["n_misaligned"].to_numpy(), n_resamples, seed):
+        n = sl.stop - sl.start
+        for level, keys, index, _ in per_level:
+            m = sparse.csr_matrix((np.ones(n), (index[sl], np.arange(n))), shape=(len(keys), n))
+            sums[level_name(level)][0] += m @ coh
+            sums[level_name(level)][1] += m @ mis
+    out = {}
+    for level, keys, index, agg in per_level:
+        coh, mis = sums[level_name(level)]
+        if denominator != "coherent":  # a fixed denominator: only the misaligned count varies
+            coh = np.broadcast_to(agg[DENOMINATOR_COLUMN[denominator]].to_numpy(dtype=float)[:, None], mis.shape)
+        out[level_name(level)] = percentile_ci(rate_draws(coh, mis), confidence)
+    return out
+
+
+def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_group_n: int,
+               denominator: str = "coherent", method: str = "wilson_deff", n_resamples: int = 0,
+               seed: int = 0) -> RateResult:
+    """Counts, misaligned rates (three denominators) and intervals for every group at every level in LEVELS.
 
     Args:
-        cells: the answers by cell.
+        cells: the answers by cell (model x condition x format x question): the clusters of the design effect.
         definition: the thresholds (:class:`em.measurement.Thresholds`).
         confidence: two-sided confidence level in (0, 1).
+        min_group_n: groups with fewer answers in the headline denominator are noted as too small for tests.
+        denominator: the headline, a key of :data:`em.measurement.DENOMINATORS`.
+        method: ``wilson_deff`` (default), ``wilson``, ``clopper_pearson``, or ``bootstrap`` (the stratified
+            percentile bootstrap with ``n_resamples`` and ``seed``, headline only; the other denominators
+            then use ``wilson_deff``).
+
+    Returns:
+        A :class:`RateResult`; per denominator D the table has ``misaligned_of_D`` with ``_low`` / ``_high``
+        and ``deff_D``; the headline repeats as ``misaligned_rate``, ``ci_low``, ``ci_high``, ``design_effect``,
+        next to ``wilson_low`` / ``wilson_high`` and ``cp_low`` / ``cp_high`` (no design effect) as checks.
     """
     counts = cells.counts(definition)
     sums = cells.score_sums()
+    k = counts["n_misaligned"].to_numpy(dtype=float)
+    extra = {}
+    for den, col in DENOMINATOR_COLUMN.items():  # per-cell moments for the design effect
+        n = counts[col].to_numpy(dtype=float)
+        extra[f"k2_{den}"], extra[f"kn_{den}"], extra[f"n2_{den}"] = k * k, k * n, n * n
+        extra[f"c_{den}"] = (n > 0).astype(float)
+    cell_values = pd.concat([counts, sums, pd.DataFrame(extra)], axis=1)
     per_level = []
     for level in LEVELS:
         keys, index = cells.level_index(level)
-        agg = sum_by(pd.concat([counts, sums], axis=1), index, len(keys))
-        per_level.append((level, keys, index, agg))
-
-    # Bootstrap: per-cell draws, summed into each level's groups chunk by chunk.
-    coarse = [(lvl, idx, len(k)) for lvl, k, idx, _ in per_level if len(lvl) < len(LEVELS[0])]
-    sum_coh = {level_name(l): np.zeros((g, n_resamples)) for l, _, g in coarse}
-    sum_mis = {level_name(l): np.zeros((g, n_resamples)) for l, _, g in coarse}
-    fine_low = np.full(cells.n_cells, np.nan)
-    fine_high = np.full(cells.n_cells, np.nan)
-    for sl, coh, mis in chunked_draws(counts["n_scored"].to_numpy(), counts["n_coherent"].to_numpy(),
-                                      counts["n_misaligned"].to_numpy(), n_resamples, seed):
-        fine_low[sl], fine_high[sl] = percentile_ci(rate_draws(coh, mis), confidence)
-        n = sl.stop - sl.start
-        for level, index, g in coarse:
-            m = sparse.csr_matrix((np.ones(n), (index[sl], np.arange(n))), shape=(g, n))
-            sum_coh[level_name(level)] += m @ coh
-            sum_mis[level_name(level)] += m @ mis
-
-    tables, result = [], RateResult(table=pd.DataFrame())
+        per_level.append((level, keys, index, sum_by(cell_values, index, len(keys))))
+    boot = (_bootstrap_ci(cells, counts, per_level, denominator, n_resamples, seed, confidence)
+            if method == "bootstrap" else {})
+    tables, result = [], RateResult(table=pd.DataFrame(), denominator=denominator)
     start = 0
     for level, keys, index, agg in per_level:
         name = level_name(level)
@@ -104,30 +123,47 @@ def rate_table(cells: Cells, definition: Thresholds, *, n_resamples: int, seed: 
         with np.errstate(invalid="ignore", divide="ignore"):
             t["mean_aligned"] = agg["sum_aligned"] / agg["n_scored"].where(agg["n_scored"] > 0)
             t["mean_coherent"] = agg["sum_coherent"] / agg["n_scored"].where(agg["n_scored"] > 0)
-        if name in sum_coh:
-            draws = rate_draws(sum_coh[name], sum_mis[name])
-            t["ci_low"], t["ci_high"] = percentile_ci(draws, confidence)
-            if tuple(level) in KEEP_DRAWS:
-                result.draws[name] = draws
-                result.row_of[name] = np.arange(start, start + len(t))
-        else:
-            t["ci_low"], t["ci_high"] = fine_low, fine_high
-        t["wilson_low"], t["wilson_high"] = wilson(t["n_misaligned"], t["n_coherent"], confidence)
-        t["ci_method"] = f"bootstrap ({n_resamples} resamples of answers within questions)"
-        # A group with no misaligned (or only misaligned) answers resamples to a single value; the
-        # percentile interval then collapses to a point, so the Wilson interval stands in.
-        degenerate = (t["n_coherent"] > 0) & ((t["n_misaligned"] == 0) | (t["n_misaligned"] == t["n_coherent"]))
-        t.loc[degenerate, "ci_low"] = t.loc[degenerate, "wilson_low"]
-        t.loc[degenerate, "ci_high"] = t.loc[degenerate, "wilson_high"]
-        t.loc[degenerate, "ci_method"] = "wilson (bootstrap degenerate: all or none misaligned)"
-        t.loc[t["n_coherent"] == 0, "ci_method"] = "none (no coherent answers)"
+        for den, col in DENOMINATOR_COLUMN.items():
+            deff = design_effect(agg[f"k2_{den}"], agg[f"kn_{den}"], agg[f"n2_{den}"], t["n_misaligned"], t[col],
+                                 agg[f"c_{den}"])
+            side = "wilson_deff" if method == "bootstrap" else method
+            t[f"misaligned_of_{den}"] = ratio(t["n_misaligned"], t[col])
+            t[f"misaligned_of_{den}_low"], t[f"misaligned_of_{den}_high"] = rate_ci(
+                t["n_misaligned"], t[col], deff, confidence, side)
+            t[f"deff_{den}"] = deff
+        col = DENOMINATOR_COLUMN[denominator]
+        t["denominator"] = denominator
+        t["n_denominator"] = t[col]
+        t["misaligned_rate"] = t[f"misaligned_of_{denominator}"]
+        t["design_effect"] = t[f"deff_{denominator}"]
+        t["ci_low"], t["ci_high"] = t[f"misaligned_of_{denominator}_low"], t[f"misaligned_of_{denominator}_high"]
+        t["wilson_low"], t["wilson_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "wilson")
+        t["cp_low"], t["cp_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "clopper_pearson")
+        t["ci_method"] = {"wilson_deff": "Wilson, design effect of clustering by question",
+                          "wilson": "Wilson score", "clopper_pearson": "Clopper-Pearson exact",
+                          "bootstrap": f"percentile bootstrap ({n_resamples} resamples within questions)"}[method]
+        if method == "bootstrap":
+            low, high = boot[name]
+            events = t["n_misaligned"].to_numpy()
+            # all or none misaligned: every resample gives the same rate, so Wilson stands in; exact 0 at 0
+            degenerate = (events == 0) | (events == t[col].to_numpy())
+            t["ci_low"] = np.where(degenerate, t["wilson_low"], low)
+            t["ci_high"] = np.where(degenerate, t["wilson_high"], high)
+            t.loc[degenerate, "ci_method"] = "Wilson (bootstrap degenerate: all or none misaligned)"
+        t.loc[t[col] == 0, "ci_method"] = f"none (no {DENOMINATORS[denominator]['noun']})"
         t["note"] = ""
-        t.loc[t["n_coherent"] < min_group_n, "note"] = f"too small for tests (n_coherent < {min_group_n})"
-        t.loc[t["n_coherent"] == 0, "note"] = "no coherent answers: rate undefined"
+        t.loc[t[col] < min_group_n, "note"] = f"too small for tests (n_denominator < {min_group_n})"
+        t.loc[t[col] == 0, "note"] = f"no {DENOMINATORS[denominator]['noun']}: rate undefined"
         t.insert(0, "level", name)
         tables.append(pd.concat([t[["level"]], keys.reset_index(drop=True), t.drop(columns="level")], axis=1))
+        result.row_of[name] = np.arange(start, start + len(t))
         start += len(t)
     table = pd.concat(tables, ignore_index=True)
-    table["definition"] = definition.describe()
+    table["definition"] = rate_definition(definition, denominator)
     result.table = table
     return result
+
+
+def rate_definition(definition: Thresholds, denominator: str) -> str:
+    """The definition line every table and figure carries: thresholds and the denominator of the rate."""
+    return f"{definition.describe()}; rate: {DENOMINATORS[denominator]['text']}"

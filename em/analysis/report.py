@@ -12,16 +12,28 @@ from em.analysis.figures import CAPTIONS, FIGURES
 from em.analysis.markdown import dec, md_table, num, pct, pval, rate_ci, render_html
 from em.analysis.results import Results
 from em.analysis.sensitivity import check_summary
-from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
+from em.analysis.rates import DENOMINATOR_COLUMN as DEN_COLUMN
+from em.measurement import CODE, DENOMINATORS, REFUSAL, SCORED, UNSCORED
 
 
-def _rate_columns(extra: dict) -> dict:
+def _rate_columns(extra: dict, denominator: str = "coherent") -> dict:
     return {**extra,
             "n": lambda r: num(r.n), "scored": lambda r: num(r.n_scored), "coherent": lambda r: num(r.n_coherent),
             "misaligned": lambda r: num(r.n_misaligned), "coherent share": lambda r: pct(r.coherent_share),
-            "misaligned rate [95% CI]": lambda r: rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
-            "Wilson CI": lambda r: f"[{pct(r.wilson_low)}, {pct(r.wilson_high)}]",
+            f"misaligned / {denominator} [95% CI]": lambda r: rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
+            "deff": lambda r: dec(r.design_effect),
+            "Wilson CI (no deff)": lambda r: f"[{pct(r.wilson_low)}, {pct(r.wilson_high)}]",
             "note": lambda r: r.note}
+
+
+def _denominators(r: Results) -> str:
+    """Every condition's rate under the three denominators, side by side (to compare with other papers)."""
+    cols = {"condition": lambda x: x.condition}
+    for den in ("coherent", "scored", "all"):
+        cols[f"misaligned / {den} [CI]"] = (lambda x, d=den: f"{num(x.n_misaligned)} / {num(x[DEN_COLUMN[d]])} = "
+                                            + rate_ci(x[f"misaligned_of_{d}"], x[f"misaligned_of_{d}_low"],
+                                                      x[f"misaligned_of_{d}_high"]))
+    return md_table(r.level("condition"), cols)
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -40,16 +52,19 @@ def _setup(r: Results) -> str:
                f"{'inclusive' if d.coherent_inclusive else 'exclusive'});")
     out.append(f"- *misaligned*: coherent and `{d.aligned_rule}` (threshold {d.aligned:g}, "
                f"{'inclusive' if d.aligned_inclusive else 'exclusive'});")
-    out.append("- *misaligned rate* = misaligned / coherent answers. Answers judged CODE or REFUSAL and answers "
-               "without both scores are excluded before the coherence filter, and counted in every table.")
-    out.append(f"\n**Statistics**: rate CIs are {s.bootstrap.confidence:.0%} percentile intervals of a bootstrap with "
-               f"{s.bootstrap.n_resamples:,} resamples (seed {s.bootstrap.seed}) that resamples answers within each "
-               "model × condition × format × question cell; Wilson intervals are given as a check (and replace "
-               "the bootstrap where a group has all or none misaligned). Contrasts use Fisher's exact test "
-               f"(two-sided), adjusted with Bonferroni and Holm across every contrast tested; α = {s.alpha}. "
-               f"Groups with fewer than {s.min_group_n} coherent answers (`min_group_n`) are reported but not "
-               f"tested. Power is the normal approximation on Cohen's h at α = {s.alpha} (unadjusted), with the "
-               f"sample size per group for {s.power:.0%} power at the observed rates.")
+    out.append(f"- *misaligned rate* (headline, config `denominator={s.denominator}`) = "
+               f"{DENOMINATORS[s.denominator]['text']}. Answers judged CODE or REFUSAL and answers without both "
+               "scores are excluded from *scored*, and counted in every table; `rates.csv` carries the rate among "
+               "coherent, scored and all answers side by side.")
+    method = rate_method_text(s)
+    out.append(f"\n**Statistics**: rate CIs are {s.bootstrap.confidence:.0%} {method}; exact 0 is the lower bound "
+               "when a group has no misaligned answer. Differences carry Newcombe's hybrid score interval built from "
+               "the two rates' intervals. Contrasts use Fisher's exact test (two-sided), adjusted with Bonferroni "
+               f"and Holm across the family of contrasts tested; α = {s.alpha}. A contrast is not tested (and stays "
+               f"out of the family) when a side has fewer than {s.min_group_n} answers in the denominator "
+               "(`min_group_n`) or neither side has a misaligned answer. Power is the normal approximation on "
+               f"Cohen's h at α = {s.alpha} (unadjusted), with the sample size per group for {s.power:.0%} power "
+               "at the observed rates.")
     if r.judge_rates is not None:
         how = "the mean of the judges' scores" if s.judges.combine == "mean" else f"judge `{s.judges.combine}`"
         out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
@@ -60,6 +75,16 @@ def _setup(r: Results) -> str:
     for note in r.responses.notes:
         out.append(f"\n_Note_: {note}")
     return "\n".join(out) + "\n"
+
+
+def rate_method_text(s) -> str:
+    """The interval method in words, for the report's Statistics paragraph."""
+    return {"wilson_deff": "Wilson score intervals widened by the design effect of clustering by question "
+                           "(count and denominator divided by the design effect, `design_effect` in rates.csv)",
+            "wilson": "Wilson score intervals", "clopper_pearson": "Clopper-Pearson exact intervals",
+            "bootstrap": f"percentile intervals of a bootstrap with {s.bootstrap.n_resamples:,} resamples (seed "
+                         f"{s.bootstrap.seed}) of answers within each question cell, Wilson where a group has "
+                         "all or none misaligned"}[s.ci.method]
 
 
 def _headline(r: Results) -> str:
@@ -76,7 +101,8 @@ def _headline(r: Results) -> str:
                    f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
     for row in by_cond.itertuples():
         out.append(f"- **{row.condition}**: misaligned rate {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
-                   f" ({row.n_misaligned:,} of {row.n_coherent:,} coherent answers).")
+                   f" ({row.n_misaligned:,} of {row.n_denominator:,} {DENOMINATORS[r.settings.denominator]['noun']}"
+                   f"; design effect {dec(row.design_effect)}).")
     for a_, b_ in r.settings.contrasts.condition:
         c = headline_contrast(r.contrasts, a_, b_)
         if c is not None:
@@ -136,16 +162,24 @@ def _sensitivity_headline(r: Results) -> list[str]:
 def _tables(r: Results) -> str:
     out = ["## Tables\n", "All tables are in the run directory as CSV (`rates.csv` has every level, down to single "
            "questions).\n"]
+    den = r.settings.denominator
+    definition = f"_Definition: {r.rates['definition'].iloc[0]}._\n"
     out.append("### Misaligned rate by model × condition\n")
+    out.append(definition)
     out.append(md_table(_sorted(r, r.level("model×condition")), _rate_columns(
         {"model": lambda x: x.model, "condition": lambda x: x.condition,
-         "params": lambda x: "–" if pd.isna(x.params) else f"{x.params:.3g}"})))
+         "params": lambda x: "–" if pd.isna(x.params) else f"{x.params:.3g}"}, den)))
     out.append("\n### Misaligned rate by condition × format (pooled over models)\n")
+    out.append(definition)
     out.append(md_table(_sorted(r, r.level("condition×format")), _rate_columns(
-        {"condition": lambda x: x.condition, "format": lambda x: x.format})))
+        {"condition": lambda x: x.condition, "format": lambda x: x.format}, den)))
+    out.append("\n### The three denominators by condition\n")
+    out.append(f"_Definition: {r.settings.thresholds.describe()}; each column divides by another set of answers._\n")
+    out.append(_denominators(r))
     c = r.contrasts
-    out.append(f"\n### Contrasts ({int((c['status'] == 'tested').sum())} tested; p-values adjusted across all of "
-               "them)\n")
+    n_tested = int((c['status'] == 'tested').sum())
+    out.append(f"\n### Contrasts (family of {n_tested} tests adjusted together; {len(c) - n_tested} not tested)\n")
+    out.append(definition)
     out.append(md_table(c, {
         "family": lambda x: x.family, "scope": lambda x: x.scope, "a vs b": lambda x: f"{x.a} vs {x.b}",
         "rate a": lambda x: pct(x.rate_a), "rate b": lambda x: pct(x.rate_b),
@@ -168,6 +202,7 @@ def _tables(r: Results) -> str:
             lambda x: f"{dec(x.r)} [{dec(x.ci_low)}, {dec(x.ci_high)}]", "p": lambda x: pval(x.p_value),
         "note": lambda x: x.note}))
     out.append("\n### Scaling (rate vs parameter count, per family)\n")
+    out.append(definition)
     out.append(md_table(r.scaling, {
         "family": lambda x: x.family, "condition": lambda x: x.condition, "models": lambda x: num(x.n_models),
         "Spearman ρ": lambda x: dec(x.spearman_rho), "p": lambda x: pval(x.p_value), "note": lambda x: x.note}))
@@ -175,6 +210,7 @@ def _tables(r: Results) -> str:
         out.append(f"\nNo parameter count (not in the model configs), left out of scaling: "
                    f"{', '.join(r.unknown_models)}.\n")
     out.append("\n### Sensitivity to the thresholds\n")
+    out.append(f"_Rate: {DENOMINATORS[den]['text']}, at each threshold point of the grid._\n")
     summary = check_summary(r.checks)
     if len(summary):
         grid = summary.assign(v=summary["n_hold"].astype(int).astype(str) + "/" + summary["n_checks"].astype(str))
@@ -202,7 +238,7 @@ def _tables(r: Results) -> str:
                 f" [{dec(x.ci_low)}, {dec(x.ci_high)}]" if not pd.isna(x.ci_low) else ""),
             "note": lambda x: x.note}))
         jr = r.judge_rates[r.judge_rates["level"] != "model×condition"]
-        out.append("\nPer-judge rates (Wilson CIs; per model in `judge_rates.csv`):\n")
+        out.append("\nPer-judge rates (misaligned / coherent answers, Wilson CIs; per model in `judge_rates.csv`):\n")
         out.append(md_table(jr, {"judge": lambda x: x.judge, "condition": lambda x: x.condition,
                                  "coherent": lambda x: num(x.n_coherent), "misaligned": lambda x: num(x.n_misaligned),
                                  "rate [Wilson CI]": lambda x: rate_ci(x.misaligned_rate, x.wilson_low,
@@ -244,15 +280,17 @@ def _caveats(r: Results) -> str:
                    "that refuses or answers with code more often has a smaller denominator.")
     out.append("- The scores come from an LLM judge; the thresholds are conventions (Betley et al. 2025), not "
                "properties of the answers.")
-    out.append("- The bootstrap resamples answers within questions of the runs analysed; it does not capture "
-               "variation between fine-tuning runs (seeds), so CIs understate the uncertainty of a claim about "
-               "the training recipe when only one run per model and condition is present.")
+    out.append("- The intervals treat answers as the sample (widened for clustering by question by the design "
+               "effect); they do not capture variation between fine-tuning runs (seeds), so they understate the "
+               "uncertainty of a claim about the training recipe when only one run per model and condition is "
+               "present.")
     out.append("- Power is observed (post hoc) power at the observed rates, a function of the p-value; read it as "
                "a statement about sample size, not as evidence for a null result. It uses the normal "
                "approximation, while the test is Fisher's exact test.")
     n_tested = int((r.contrasts["status"] == "tested").sum())
-    out.append(f"- Multiple testing: Bonferroni and Holm adjust across all {n_tested} contrasts tested in this run; "
-               "a different selection of inputs changes the family.")
+    out.append(f"- Multiple testing: Bonferroni and Holm adjust across the family of {n_tested} contrasts tested in "
+               f"this run ({len(r.contrasts) - n_tested} reported as not tested stay out); a different selection of "
+               "inputs changes the family.")
     out.append("- Answer-level correlations mix within- and between-group variation; group-level ones rest on few "
                "points. They describe the judge's scores, not causation.")
     if r.unknown_models:

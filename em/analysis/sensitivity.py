@@ -10,7 +10,7 @@ from scipy import sparse
 
 from em.measurement import Thresholds, ratio
 from em.analysis.groups import LEVELS, Cells, level_name
-from em.analysis.rates import wilson
+from em.analysis.rates import DENOMINATOR_COLUMN, rate_definition, wilson
 
 POINT = ["coherent_threshold", "aligned_threshold"]
 
@@ -35,7 +35,7 @@ def _checks(table: pd.DataFrame, *, level: str, scope_by: str | None, dimension:
 
 def sensitivity_tables(cells: Cells, definition: Thresholds, *, coherent_grid: list[float],
                        aligned_grid: list[float], confidence: float, condition_order: list[str],
-                       format_order: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       format_order: list[str], denominator: str = "coherent") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(every group's rate at every grid point, one row per ordering check per grid point).
 
     The grid is ``coherent_grid`` x ``aligned_grid`` (0-100 thresholds) at ``definition``'s inclusivity;
@@ -76,11 +76,13 @@ def sensitivity_tables(cells: Cells, definition: Thresholds, *, coherent_grid: l
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
     table["coherent_share"] = ratio(table["n_coherent"], table["n_scored"])
-    table["misaligned_rate"] = ratio(table["n_misaligned"], table["n_coherent"])
-    table["wilson_low"], table["wilson_high"] = wilson(table["n_misaligned"], table["n_coherent"], confidence)
+    den = DENOMINATOR_COLUMN[denominator]
+    table["denominator"] = denominator
+    table["misaligned_rate"] = ratio(table["n_misaligned"], table[den])
+    table["wilson_low"], table["wilson_high"] = wilson(table["n_misaligned"], table[den], confidence)
     table.insert(2, "is_default", (table["coherent_threshold"] == definition.coherent)
                  & (table["aligned_threshold"] == definition.aligned))
-    rules = {(c, a): definition.with_thresholds(c, a).describe() for c, a in points}
+    rules = {(c, a): rate_definition(definition.with_thresholds(c, a), denominator) for c, a in points}
     table["definition"] = [rules[p] for p in zip(table["coherent_threshold"], table["aligned_threshold"])]
 
     multi_model = cells.keys["model"].nunique() > 1

@@ -74,6 +74,55 @@ class BootstrapConfig:
 
 
 @dataclass
+class CIConfig:
+    """How rate intervals are made: ``wilson_deff`` (Wilson widened by the design effect of clustering by
+    question; default), ``wilson``, ``clopper_pearson`` or ``bootstrap`` (``bootstrap.*``). Level: ``bootstrap.confidence``.
+    """
+
+    method: str = "wilson_deff"
+
+    def __post_init__(self) -> None:
+        ok = ("wilson_deff", "wilson", "clopper_pearson", "bootstrap")
+        require(self.method in ok, "ci.method", f"must be one of {', '.join(ok)}, got {self.method!r}")
+
+
+@dataclass
+class ColumnsConfig:
+    """Where each field lives in other labs' tables: ``columns.<field>=<their column name>``; null: em's name.
+
+    ``aligned_flag`` / ``coherent_flag`` name columns holding a CODE / REFUSAL verdict apart from the score
+    (other values such as NONE, empty or false mean no verdict). ``seed_kind``: what a ``seed`` column is,
+    ``sampling`` (one generation seed per answer: answers differ, runs do not) or ``training`` (fine-tuning
+    runs pooled in a group); em's own tables (evaluate.py) always carry the training seed.
+    """
+
+    aligned: Optional[str] = None
+    coherent: Optional[str] = None
+    model: Optional[str] = None
+    condition: Optional[str] = None
+    format: Optional[str] = None
+    question_id: Optional[str] = None
+    question: Optional[str] = None
+    answer: Optional[str] = None
+    judge: Optional[str] = None
+    seed: Optional[str] = None
+    aligned_flag: Optional[str] = None
+    coherent_flag: Optional[str] = None
+    seed_kind: str = "sampling"
+
+    def __post_init__(self) -> None:
+        require(self.seed_kind in ("sampling", "training"), "columns.seed_kind",
+                f"must be sampling or training, got {self.seed_kind!r}")
+
+    def mapping(self) -> dict[str, str]:
+        """em's field name -> the column name given (only the fields set)."""
+        return {k: str(v) for k, v in vars(self).items() if k != "seed_kind" and v is not None}
+
+
+INPUT_KEYS = ("path", "condition", "model", "format", "seed", "label")
+
+
+@dataclass
 class ContrastsConfig:
     """Pairs [a, b] compared (a minus b): conditions per model and pooled, formats per condition."""
 
@@ -128,8 +177,14 @@ class AnalysisConfig:
 
     Args (config keys):
         inputs: run directories, sweep directories (searched recursively for responses.parquet, else
-            responses.csv) and .parquet / .csv files; a single string is one input. Empty: the newest
-            run under ``outputs_root/evaluate``.
+            responses.csv; a directory without them: every .csv / .parquet / .jsonl / .json table under it)
+            and such files; a single string is one input. An entry may be a mapping ``{path: ..., condition:
+            ..., model: ..., format: ..., seed: ..., label: ...}`` giving that input's metadata (a constant
+            column; an input whose table already has that column is refused as ambiguous). Empty: the
+            newest run under ``outputs_root/evaluate``.
+        columns: the column map (:class:`ColumnsConfig`).
+        denominator: the headline rate's denominator: ``coherent`` (Betley et al.), ``scored`` or ``all``.
+        ci: the interval method (:class:`CIConfig`).
         condition, model_name: the condition / model of tables without such a column (e.g. upstream
             ``eval.py`` output); null: one "unspecified" group. (``model_name``, because ``model`` is the
             training stage's config group.)
@@ -139,7 +194,7 @@ class AnalysisConfig:
         thresholds: the definition (:class:`em.measurement.Thresholds`, Betley et al. 2025).
         alpha: significance level of the Holm / Bonferroni-adjusted tests and of the power calculation.
         power: target power for the sample size reported as needed.
-        min_group_n: fewer coherent answers than this in either group: reported, not tested.
+        min_group_n: fewer answers in the denominator than this in either group: reported, not tested.
         figures: draw the PNG / SVG figures.
         logger: the training stage's ``logger`` group; only whether it builds W&B is read here.
 
@@ -154,6 +209,9 @@ class AnalysisConfig:
     outputs_root: str = "outputs"
     model_configs: Optional[str] = None
     thresholds: Thresholds = field(default_factory=Thresholds)
+    denominator: str = "coherent"
+    ci: CIConfig = field(default_factory=CIConfig)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     sensitivity: SensitivityConfig = field(default_factory=SensitivityConfig)
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     alpha: float = 0.05
@@ -172,9 +230,21 @@ class AnalysisConfig:
             inputs = []
         elif isinstance(inputs, (str, int, float)):
             inputs = [inputs]  # inputs=path: one input without the list brackets
-        require(isinstance(inputs, (list, tuple)) and not any(isinstance(v, (dict, list)) for v in inputs),
-                "inputs", f"must be a list of strings, got {self.inputs!r}")
-        self.inputs = [str(v) for v in inputs]
+        require(isinstance(inputs, (list, tuple)) and not any(isinstance(v, (list, tuple)) for v in inputs),
+                "inputs", f"must be a list of paths or {{path: ..., condition: ...}} mappings, got {self.inputs!r}")
+        out = []
+        for i, v in enumerate(inputs):
+            if isinstance(v, (dict, DictConfig)):
+                v = {str(k): val for k, val in dict(v).items()}
+                bad = sorted(set(v) - set(INPUT_KEYS))
+                require(not bad, f"inputs[{i}]", f"unknown key(s) {', '.join(bad)} (known: {', '.join(INPUT_KEYS)})")
+                require(bool(v.get("path")), f"inputs[{i}].path", "is required")
+                out.append({k: str(val) for k, val in v.items() if val is not None})
+            else:
+                out.append(str(v))
+        self.inputs = out
+        require(self.denominator in ("coherent", "scored", "all"), "denominator",
+                f"must be coherent, scored or all, got {self.denominator!r}")
         _open_unit(self.alpha, "alpha")
         _open_unit(self.power, "power")
         _integer(self.min_group_n, "min_group_n", 1, 10**12)

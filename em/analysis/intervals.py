@@ -1,0 +1,107 @@
+"""Intervals for rare events: Wilson / Clopper-Pearson rates, the design effect of clustering by question,
+and Newcombe's hybrid score interval for a difference of two rates.
+
+Why these (the coverage simulation is ``bench/rate_ci_coverage.py``; the table is in docs/analysis.md):
+at 0-5 events a percentile bootstrap collapses onto the observed counts (3 of 40 gives a lower bound of
+0, 0 of 40 a point), while the score intervals keep their nominal coverage. Answers to the same question
+are correlated, so the default (``wilson_deff``) widens Wilson's interval by the design effect
+(Kish 1965): the count and the denominator are divided by ``deff`` before the score interval is taken.
+
+Sources: Wilson 1927; Clopper & Pearson 1934 (statsmodels ``proportion_confint``, methods ``wilson`` and
+``beta``); Newcombe 1998, "Interval estimation for the difference between independent proportions",
+method 10 (statsmodels ``confint_proportions_2indep(method="newcomb")`` is the same interval built from
+plain Wilson limits); Kish 1965, *Survey Sampling*, for the design effect.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("wilson_deff", "wilson", "clopper_pearson")
+
+
+def _arrays(*xs) -> list[np.ndarray]:
+    return [np.atleast_1d(np.asarray(x, dtype=float)) for x in xs]
+
+
+def proportion_ci(count, nobs, confidence: float, method: str = "wilson") -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided interval of ``count / nobs`` (arrays of shape (groups,); counts may be fractional for Wilson).
+
+    ``method``: ``wilson`` or ``clopper_pearson`` (exact, statsmodels' ``beta``). NaN where ``nobs`` is 0;
+    exactly 0 as the lower bound where ``count`` is 0 and exactly 1 as the upper where ``count == nobs``.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    sm = {"wilson": "wilson", "clopper_pearson": "beta"}
+    if method not in sm:
+        raise ValueError(f"unknown interval method {method!r} (wilson, clopper_pearson)")
+    count, nobs = _arrays(count, nobs)
+    low, high = np.full(len(nobs), np.nan), np.full(len(nobs), np.nan)
+    ok = nobs > 0
+    if ok.any():
+        lo, hi = proportion_confint(count[ok], nobs[ok], alpha=1 - confidence, method=sm[method])
+        low[ok], high[ok] = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+    low[ok & (count <= 0)] = 0.0
+    high[ok & (count >= nobs)] = 1.0
+    return low, high
+
+
+def design_effect(k2, kn, n2, count, nobs, n_clusters) -> np.ndarray:
+    """Design effect of a rate pooled over clusters (questions), one per group; 1 where it cannot be estimated.
+
+    deff = v_cluster / v_binomial, floored at 1, where v_binomial = p(1-p)/N and v_cluster is the
+    cluster-robust variance of the ratio estimator p = K/N, C/(C-1) * sum_i (k_i - p n_i)^2 / N^2 (Kish 1965).
+    Groups with fewer than 2 clusters, or p of 0 or 1, get 1.
+
+    Args:
+        k2, kn, n2: per group, the sums over its clusters of k_i^2, k_i n_i and n_i^2 (k_i events of n_i).
+        count, nobs: per group K = sum k_i and N = sum n_i; n_clusters: clusters with n_i > 0.
+    """
+    k2, kn, n2, count, nobs, c = _arrays(k2, kn, n2, count, nobs, n_clusters)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = count / nobs
+        ss = k2 - 2 * p * kn + p * p * n2
+        v_cluster = c / (c - 1) * ss / (nobs * nobs)
+        v_binom = p * (1 - p) / nobs
+        deff = v_cluster / v_binom
+    ok = (c >= 2) & (nobs > 0) & (count > 0) & (count < nobs) & np.isfinite(deff)
+    return np.where(ok, np.maximum(deff, 1.0), 1.0)
+
+
+def wilson_deff(count, nobs, deff, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson's interval on the effective sample (count / deff of nobs / deff); exact 0 / 1 bounds kept."""
+    count, nobs, deff = _arrays(count, nobs, deff)
+    low, high = proportion_ci(count / deff, nobs / deff, confidence, "wilson")
+    low[(nobs > 0) & (count <= 0)] = 0.0
+    high[(nobs > 0) & (count >= nobs)] = 1.0
+    return low, high
+
+
+def rate_ci(count, nobs, deff, confidence: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rate interval ``method`` names (:data:`METHODS`), arrays of shape (groups,).
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    if method == "wilson_deff":
+        return wilson_deff(count, nobs, deff, confidence)
+    return proportion_ci(count, nobs, confidence, method)
+
+
+def newcombe(p1, low1, high1, p2, low2, high2) -> tuple[np.ndarray, np.ndarray]:
+    """Newcombe's hybrid score interval for p1 - p2 from each rate's own interval (arrays of shape (pairs,)).
+
+    low = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), high = d + sqrt((u1 - p1)^2 + (p2 - l2)^2) with d = p1 - p2
+    (Newcombe 1998, method 10). With plain Wilson limits this is statsmodels' ``method="newcomb"``.
+    """
+    p1, low1, high1, p2, low2, high2 = _arrays(p1, low1, high1, p2, low2, high2)
+    d = p1 - p2
+    low = d - np.sqrt((p1 - low1) ** 2 + (high2 - p2) ** 2)
+    high = d + np.sqrt((high1 - p1) ** 2 + (p2 - low2) ** 2)
+    return np.clip(low, -1, 1), np.clip(high, -1, 1)
+
+
+__all__ = ["METHODS", "proportion_ci", "design_effect", "wilson_deff", "rate_ci", "newcombe"]
