@@ -12,7 +12,7 @@ from em.analysis import run_analysis
 from em.cli import run_main
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+@hydra.main(version_base="1.3", config_path="em/conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: compose conf/analyze.yaml, run the analysis, print one-line errors (exit 2)."""
     run_main(run_analysis, cfg)

@@ -14,7 +14,7 @@ import em.schemas  # noqa: F401  registers the structured-config schemas
 from em.cli import check_args, run_main
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="em/conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once it really runs)."""
     from em.evaluation.run import run_evaluation

@@ -15,7 +15,7 @@ import em.schemas  # noqa: F401  registers the structured-config schemas
 from em.cli import check_args, run_main
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="em/conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
     from em.pipeline import run_job

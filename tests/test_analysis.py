@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
 
 from em.analysis import run_analysis
 from em.analysis.figures import FIGURES
 from tests.synthetic_responses import synthetic_responses
+from em.runtime import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_COLUMNS = {"n", "n_scored", "n_coherent", "n_misaligned", "misaligned_rate", "ci_low", "ci_high"}
 
 
 def config(tmp_path: Path, *overrides: str):
-    with initialize(config_path="../conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "bootstrap.n_resamples=300",
                                              *overrides])
 
