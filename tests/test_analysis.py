@@ -75,6 +75,8 @@ def test_report_renders_with_every_figure(full_run):
     for chunk in images:
         assert base64.b64decode(chunk.split('"', 1)[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in html
+    # the link to the responses viewer (em view)
+    assert 'href="http://127.0.0.1:8001/responses/responses?misaligned=1"' in html and "`em view " in md
 
 
 def test_figures_switched_off(tmp_path):
