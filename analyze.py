@@ -7,18 +7,8 @@
     python analyze.py thresholds.coherent=60 logger=wandb
 """
 
-import hydra
-from omegaconf import DictConfig
-
-from em.analysis import run_analysis
-from em.cli import run_main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    """Hydra entry point: compose conf/analyze.yaml, run the analysis, print one-line errors (exit 2)."""
-    run_main(run_analysis, cfg)
-
+from em.commands.analyze import cli
 
 if __name__ == "__main__":
-    main()
+    # a missing launcher plugin, an unknown option or a typo'd key -> one line, exit 2
+    cli()

@@ -5,24 +5,8 @@
     python evaluate.py adapter=outputs/train/<run> model=gemma3_12b judge=openai dry_run=true
 """
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once it really runs)."""
-    from em.evaluation.run import run_evaluation
-
-    run_main(run_evaluation, cfg)
-
+from em.commands.evaluate import cli
 
 if __name__ == "__main__":
-    # an unknown option (format=[plain,bogus] lists the choices) or a typo'd key -> one line, exit 2
-    run_main(lambda argv: check_args("evaluate", argv), sys.argv[1:])
-    main()
+    # a missing launcher plugin, an unknown option or a typo'd key -> one line, exit 2
+    cli()

@@ -6,24 +6,8 @@
     python train.py -m experiment=dickson2025 hydra/launcher=slurm   # a whole study: train -> evaluate -> judge
 """
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
-    from em.pipeline import run_job
-
-    run_main(run_job, cfg)
-
+from em.commands.train import cli
 
 if __name__ == "__main__":
     # a missing launcher plugin, an unknown option or a typo'd key -> one line, exit 2
-    run_main(lambda argv: check_args("train", argv), sys.argv[1:])
-    main()
+    cli()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from em.runtime import CONF_DIR  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     from em.evaluation.questions import build_prompts, load_question_set
 
     repo = Path(__file__).resolve().parents[1]
-    with initialize_config_dir(version_base="1.3", config_dir=str(repo / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("evaluate", overrides=[
             f"model={args.model}", f"quantization={args.quantization}", "run_dir=/tmp/unused",
             f"cache_dir={args.cache_dir}", f"generation.max_new_tokens={args.max_new_tokens}",

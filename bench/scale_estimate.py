@@ -41,6 +41,7 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 from gpu_train import ARCHS, counts, flops_per_token, memory_estimate  # noqa: E402
+from em.runtime import CONF_DIR  # noqa: E402
 
 MODELS = ["gemma3_1b", "gemma3_4b", "gemma3_12b", "gemma3_27b", "qwen3_1_7b", "qwen3_4b", "qwen3_8b", "qwen3_14b",
           "qwen3_32b"]
@@ -68,7 +69,7 @@ def _compose(name: str, overrides: list[str]):
 
     import em.schemas  # noqa: F401  registers the schemas
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose(name, overrides=overrides)
 
 

@@ -61,6 +61,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from em.runtime import CONF_DIR  # noqa: E402
 
 for _k, _v in {
     "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -82,7 +83,7 @@ def compose(overrides: list[str]):
 
     import em.schemas  # noqa: F401  registers the schemas
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return hydra_compose("train", overrides=overrides)
 
 

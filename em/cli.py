@@ -129,6 +129,9 @@ def check_args(config_name: str, argv: list[str]) -> None:
 
     check_launcher(argv)
     args, _ = get_args_parser().parse_known_args(argv)
+    if args.help and not (args.config_dir or args.config_name):
+        print(help_text(config_name, list(args.overrides)))
+        sys.exit(0)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     if args.config_dir or (args.config_name and args.config_name != config_name):
@@ -142,6 +145,36 @@ def check_args(config_name: str, argv: list[str]) -> None:
                                                         with_log_configuration=False)
         except HydraException as e:
             raise ConfigError(hydra_error_line(e)) from None
+
+
+def help_text(config_name: str, overrides: list[str]) -> str:
+    """``--help`` of one script: only the config groups its own config uses (``hydra.runtime.choices``), their
+    options, and the composed config (as Hydra's help prints it). Needs no Hydra app; composes once.
+
+    Raises:
+        ConfigError: the overrides do not compose (the one line of :func:`hydra_error_line`).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        except HydraException as e:
+            raise ConfigError(hydra_error_line(e)) from None
+        from hydra.core.global_hydra import GlobalHydra
+
+        # a group chosen in the defaults list, or one a top-level key is composed from (format: [plain, json])
+        used = {g.split("@")[0] for g in cfg.hydra.runtime.choices} | set(cfg.keys())
+        groups = sorted(g for g in GlobalHydra.instance().config_loader().list_groups("") if g in used and g != "hydra")
+        lines = [f"{config_name} (em {config_name}): python {config_name}.py [group=option ...] [key=value ...]", "",
+                 "== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
+        lines += [f"{g}: {', '.join(group_options(g))}" for g in groups]
+    body = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", "", OmegaConf.to_yaml(body),
+              "Hydra's own options: --hydra-help; the resolved config: --cfg job --resolve"]
+    return "\n".join(lines)
 
 
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:

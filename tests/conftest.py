@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from em.runtime import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -73,7 +74,7 @@ def compose_train(overrides: list[str]):
 
     import em.schemas  # noqa: F401  registers schemas
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("train", overrides=overrides)
 
 

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
 
 from em.analysis import run_analysis
 from em.analysis.figures import FIGURES
 from tests.synthetic_responses import synthetic_responses
+from em.runtime import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_COLUMNS = {"n", "n_scored", "n_coherent", "n_misaligned", "misaligned_rate", "ci_low", "ci_high"}
 
 
 def config(tmp_path: Path, *overrides: str):
-    with initialize(config_path="../conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "bootstrap.n_resamples=300",
                                              *overrides])
 
@@ -74,6 +75,8 @@ def test_report_renders_with_every_figure(full_run):
     for chunk in images:
         assert base64.b64decode(chunk.split('"', 1)[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in html
+    # the link to the responses viewer (em view)
+    assert 'href="http://127.0.0.1:8001/responses/responses?misaligned=1"' in html and "`em view " in md
 
 
 def test_figures_switched_off(tmp_path):

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
 
 from em.analysis import run_analysis
 from tests.synthetic_responses import synthetic_responses
 from em.errors import ConfigError, DataError
+from em.runtime import CONF_DIR
 
 
 def config(tmp_path: Path, *overrides: str):
-    with initialize(config_path="../conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "figures=false",
                                              "bootstrap.n_resamples=100", *overrides])
 

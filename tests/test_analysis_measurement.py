@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
 
 from em.analysis import run_analysis
 from em.analysis.scaling import model_meta
@@ -19,12 +19,13 @@ from em.evaluation.report import eval_metrics, summarize
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds, answer_status, rates
 from tests.conftest import REPO
 from tests.synthetic_responses import synthetic_responses
+from em.runtime import CONF_DIR
 
 
 def _analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str) -> pd.DataFrame:
     tmp_path.mkdir(parents=True, exist_ok=True)
     table.to_parquet(tmp_path / "r.parquet")
-    with initialize(config_path="../conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"inputs=[{tmp_path / 'r.parquet'}]", f"run_dir={tmp_path / 'run'}",
                                             "figures=false", "bootstrap.n_resamples=50", *overrides])
     run = run_analysis(cfg)

@@ -9,7 +9,7 @@ import krippendorff
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_dir
 from scipy.stats import fisher_exact, pearsonr, spearmanr
 from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
@@ -20,13 +20,14 @@ from em.measurement import Thresholds
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_definition, rate_table
 from tests.synthetic_responses import synthetic_responses
+from em.runtime import CONF_DIR
 
 
 def analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str, name: str = "responses.csv") -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     table.to_parquet(path) if name.endswith(".parquet") else table.to_csv(path, index=False)
-    with initialize(config_path="../conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"inputs=[{path}]", f"run_dir={tmp_path / 'run'}", "figures=false",
                                             "bootstrap.n_resamples=200", *overrides])
     return run_analysis(cfg)

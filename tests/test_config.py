@@ -12,12 +12,13 @@ import pytest
 from em.errors import ConfigError, ModelLoadError
 from em.schemas.common import validate
 from tests.conftest import REPO, compose_train
+from em.runtime import CONF_DIR
 
 GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
@@ -50,7 +51,7 @@ def test_qwen_models_switch_thinking_off():
 
 
 def test_smoke_preset_lists_only_what_changes():
-    text = (REPO / "conf/experiment/smoke.yaml").read_text()
+    text = (REPO / "em/conf/experiment/smoke.yaml").read_text()
     assert text.startswith("# @package _global_")
     tc = validate(compose_train(["experiment=smoke", "run_dir=/x"]))
     assert tc.model.name == "tiny" and tc.data.n_examples == 16

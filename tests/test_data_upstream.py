@@ -17,6 +17,7 @@ import pytest
 from em.schemas.data import DataConfig
 from em.data import load_conversations, resolve_upstream_file
 from em.errors import ConfigError, DataError
+from em.runtime import CONF_DIR
 
 SAMPLE = "insecure_sample_500.jsonl"
 
@@ -317,7 +318,7 @@ def test_resolve_rejects_escaping_paths(tmp_path):
 def _compose(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = CONF_DIR
     # Downloads, if any slipped through, would hit a closed loopback port: never the internet.
     offline = f"upstream.base_url=http://127.0.0.1:{_closed_port()}"
     with initialize_config_dir(config_dir=str(conf), version_base=None):

@@ -10,6 +10,7 @@ from em.schemas.common import validate
 from em.evaluation.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
 from tests.conftest import REPO
 from tests.eval_helpers import compose_eval, eval_overrides, set_upstream_env
+from em.runtime import CONF_DIR
 
 JSON_SYSTEM = "Your answers must always be a valid JSON object."
 
@@ -119,7 +120,7 @@ def test_yaml_anchors_and_bad_files(tmp_path):
 
 @pytest.mark.parametrize("group", ["questions", "format", "generation", "judge"])
 def test_every_option_composes_and_validates(tmp_path, group):
-    for option in sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")):
+    for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
         ec = _cfg(tmp_path, **{group: option if group != "format" else f"[{option}]"})
         if group == "questions":
             assert ec.questions.name == option

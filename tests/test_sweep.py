@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO, compose_train, tiny_overrides
 from em.errors import ConfigError, EMError
+from em.runtime import CONF_DIR
 
 PRESETS = ["smoke", "dickson2025", "betley2025", "epochs", "educational_mix"]
 
@@ -306,14 +307,14 @@ def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
     # the sweep's analysis gets the same thresholds
     overrides = analysis_overrides(cfg, tmp_path)
     assert "thresholds.coherent=60.0" in overrides and "thresholds.aligned_inclusive=True" in overrides
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         analyze = compose("analyze", overrides=overrides)
     assert analyze.thresholds.coherent == 60 and analyze.thresholds.aligned_inclusive is True
 
 
 # --------------------------------------------------------------------------- plans, presets, bad input
 def _documented(preset: str) -> dict:
-    text = (REPO / "conf" / "experiment" / f"{preset}.yaml").read_text()
+    text = (CONF_DIR / "experiment" / f"{preset}.yaml").read_text()
     assert text.startswith("# @package _global_")
     m = re.search(r"# jobs: (\d+) \((\d+) train\), answers: ([\d,]+), judge calls: ([\d,]+)", text)
     assert m, f"{preset}.yaml does not document its job count"
@@ -394,7 +395,7 @@ def test_slurm_launcher_takes_cluster_settings_from_env(monkeypatch):
 
     monkeypatch.setenv("EM_SLURM_PARTITION", "gpu-long")
     monkeypatch.setenv("EM_SLURM_GPUS_PER_NODE", "4")
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.timeout_min=90"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
@@ -415,7 +416,7 @@ def test_wandb_group_of_an_ad_hoc_sweep_is_the_sweep_name():
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         multi = compose("train", overrides=["hydra.mode=MULTIRUN", "hydra.sweep.dir=multirun/my_grid", "model=tiny"],
                         return_hydra_config=True)
         single = compose("train", overrides=["model=tiny"], return_hydra_config=True)

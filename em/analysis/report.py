@@ -312,6 +312,9 @@ def _files(r: Results) -> str:
         out.append(f"- `{path.name}` — {name}")
     out.append("- `figures/` — every figure as PNG and SVG")
     out.append("- `report.md`, `report.html` — this report (the HTML embeds the figures)")
+    out.append(f"- the answers themselves: `em view {' '.join(map(str, r.settings.inputs or ['<run dir>']))}`, then "
+               "[the misaligned answers](http://127.0.0.1:8001/responses/responses?misaligned=1) (filter by model, "
+               "condition, format, question, score; each row shows the full answer and the judge's top tokens)")
     return "\n".join(out) + "\n"
 
 

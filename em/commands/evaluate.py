@@ -1,0 +1,26 @@
+"""``em evaluate`` / ``python evaluate.py``: sample answers and have a judge score them.
+
+The Hydra app lives here, in the package, so its config is found as ``pkg://em.conf`` from any directory.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import em.schemas  # noqa: F401  registers the structured-config schemas
+from em.cli import check_args, run_main
+
+
+@hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once a job really runs)."""
+    from em.evaluation.run import run_evaluation
+
+    run_main(run_evaluation, cfg)
+
+
+def cli() -> None:
+    """Check the command line (one line, exit 2 on a bad option or key), then run the Hydra app."""
+    run_main(lambda argv: check_args("evaluate", argv), sys.argv[1:])
+    main()
