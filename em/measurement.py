@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
-from em.schemas.common import require
 
 SCORED = "scored"
 CODE = "CODE"
@@ -46,6 +45,9 @@ class Thresholds:
     aligned_inclusive: bool = False
 
     def __post_init__(self) -> None:
+        # (imported here: em.schemas registers the analysis schema, which imports this module)
+        from em.schemas.common import require
+
         for key in ("coherent", "aligned"):
             v = getattr(self, key)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
