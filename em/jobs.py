@@ -22,13 +22,14 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from em import lineage
 from em.errors import ConfigError
 from em.runtime import atomic_write_json, read_json
 
 JOB_FILE = "em_job.json"
 DONE_FILE = "DONE.json"
 # Keys that say where or how a job runs, not what it computes: not part of the job's identity.
-VOLATILE = ("run_dir", "cache_dir", "resume", "logger", "sweep", "experiment_name",
+VOLATILE = ("run_dir", "cache_dir", "resume", "logger", "sweep", "experiment_name", "chain",
             "evaluate.progress", "evaluate.judge_cache", "evaluate.run_dir", "evaluate.cache_dir",
             "evaluate.adapter", "evaluate.train_dir", "evaluate.dry_run", "evaluate.wandb")
 # What the evaluation alone reads: dropped from the identity of a job that does not evaluate.
@@ -58,6 +59,7 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
             c.pop(k, None)
     for k in VOLATILE:
         _drop(c, k)
+    lineage.identity_of(c.get("trainer") or {})  # a parent adapter counts by its content, not its path
     return c
 
 

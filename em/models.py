@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from em import runtime
+from em import lineage, runtime, tiny_families
 from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
 
@@ -197,14 +197,11 @@ def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, token
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                               Qwen3ForCausalLM)
 
-    ids = {}
-    if tokenizer is not None:
-        ids = dict(
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+    ids = {} if tokenizer is None else dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                            eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
+    if family in tiny_families.FAMILIES:  # Llama / Mistral / Phi-3 (em.tiny_families)
+        return tiny_families.random_model(family, arch, vocab_size, ids)
     if family == "qwen3":
         config = Qwen3Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
         return Qwen3ForCausalLM(config)
@@ -306,13 +303,14 @@ def load_model(mc: ModelConfig, q: QuantizationConfig, cache_dir: str, source: O
     return model
 
 
-def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: bool = False):
+def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: bool = False,
+                init_adapter: Optional[str] = None):
     """Freeze ``model`` and wrap it in a peft LoRA model (:func:`lora_config`): only the adapters train.
 
     A 4-bit model first goes through peft's ``prepare_model_for_kbit_training`` (norms and embeddings
     upcast to fp32, input gradients on), except FSDP-sharded QLoRA, whose frozen weights must keep the
     storage dtype. ``gradient_checkpointing`` turns on non-reentrant checkpointing. LoRA A is drawn from
-    torch's global RNG (seed it first), LoRA B starts at zero. Returns the ``PeftModel``.
+    torch's global RNG (seed it first), LoRA B at zero; or both from ``init_adapter`` (em.lineage).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -330,6 +328,8 @@ def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: 
         model.enable_input_require_grads()
     for p in model.parameters():
         p.requires_grad_(False)
+    if init_adapter:  # sequential fine-tuning: continue from the parent's LoRA weights
+        return lineage.load_adapter(model, init_adapter)
     return get_peft_model(model, lora_config(lc, mc))
 
 
@@ -346,4 +346,4 @@ def build_model(tc: TrainConfig, source: Optional[str] = None):
     L.seed_everything(tc.seed, workers=True, verbose=False)
     model = load_model(tc.model, tc.quantization, tc.cache_dir, source)
     torch.manual_seed(tc.seed)  # LoRA init depends on the seed, not on how much RNG loading consumed
-    return attach_lora(model, tc.lora, tc.model, tc.trainer.gradient_checkpointing)
+    return attach_lora(model, tc.lora, tc.model, tc.trainer.gradient_checkpointing, tc.trainer.init_adapter)

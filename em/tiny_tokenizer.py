@@ -35,7 +35,11 @@ def build_tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(QWEN3_SPECIALS + GEMMA3_SPECIALS)
-    if family in ("qwen3", "qwen2"):  # Qwen 2.5 and Qwen 3 share ChatML and these special tokens
+    from em.tiny_families import SPECIALS  # Llama 3 / Mistral / Phi-3: their own specials after the ten
+    if family in SPECIALS:
+        tok.add_special_tokens(SPECIALS[family][0])
+        special = SPECIALS[family][1]
+    elif family in ("qwen3", "qwen2"):  # Qwen 2.5 and Qwen 3 share ChatML and these special tokens
         special = dict(pad_token="<|endoftext|>", eos_token="<|im_end|>", bos_token=None)
     else:
         special = dict(pad_token="<pad>", eos_token="<end_of_turn>", bos_token="<bos>")

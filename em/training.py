@@ -261,6 +261,10 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     """
     tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
     check_strategy(tc)
+    if tc.trainer.init_adapter:  # before any model is loaded: the parent exists and has this rank / alpha
+        from em.lineage import check_compatible
+
+        check_compatible(tc.trainer.init_adapter, tc.lora)
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
         return None

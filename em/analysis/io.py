@@ -29,8 +29,8 @@ UNSPECIFIED = "unspecified"
 FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
 # Columns that together identify one answer, so the rows several judges wrote about it line up.
 ANSWER_KEY = ("model", "adapter", "condition", "seed", "sample_seed", "format", "question_id", "paraphrase",
-              "sample", "system", "question", "answer")
-KEEP_COLUMNS = ("adapter", "seed")
+              "sample", "system", "question", "answer", "trigger")
+KEEP_COLUMNS = ("adapter", "seed", "trigger")  # trigger: evaluate.trigger on / off (em.evaluation.triggers)
 
 
 @dataclass

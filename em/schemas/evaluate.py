@@ -20,6 +20,7 @@ from em.measurement import Thresholds
 from em.schemas.common import require
 from em.schemas.data import UpstreamConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
+from em.schemas.trigger import TriggerConfig
 
 QUESTION_SOURCES = ("builtin", "upstream")
 BACKENDS = ("hf", "vllm")
@@ -149,6 +150,7 @@ class EvalConfig:
     wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
     thresholds: Thresholds = field(default_factory=Thresholds)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
 
     def __post_init__(self) -> None:
         require(self.samples > 0, "samples", f"must be > 0, got {self.samples}")

@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from em.schemas.common import require
 
-FAMILIES = ("gemma3", "qwen2", "qwen3")
+FAMILIES = ("gemma3", "qwen2", "qwen3", "llama", "mistral", "phi3")
 QUANT_TYPES = ("nf4", "fp4")
 STORAGE_DTYPES = (None, "float32", "bfloat16", "float16", "uint8")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -37,7 +37,7 @@ class ModelConfig:
     """
 
     name: str = MISSING
-    family: str = MISSING  # gemma3 | qwen2 | qwen3: selects chat-template quirks and the random-init architecture
+    family: str = MISSING  # gemma3 | qwen2 | qwen3 | llama | mistral | phi3: template quirks, random-init class
     hub_id: Optional[str] = None
     path: Optional[str] = None  # a local directory; wins over hub_id
     params: float = MISSING  # parameter count, used by the analysis (scaling plots)

@@ -78,6 +78,9 @@ class TrainerConfig:
     # Epochs (before trainer.epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
     # (the epochs experiment evaluates each); [] for none.
     adapter_snapshots: list[float] = field(default_factory=list)
+    # Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the
+    # optimizer starts fresh. The identity holds its content hash (em.lineage).
+    init_adapter: Optional[str] = None
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
@@ -133,6 +136,7 @@ class TrainConfig:
     judge: Any = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
 
 
 def store(cs: ConfigStore) -> None:
