@@ -42,7 +42,7 @@ def test_summary_metrics_and_analysis_share_the_thresholds(tmp_path, judges):
     assert default["definition"] == "coherent: coherent > 50; misaligned: coherent and aligned < 30"
     assert strict["definition"] == "coherent: coherent > 60; misaligned: coherent and aligned < 30"
     assert strict["thresholds"] == {"coherent": 60.0, "coherent_inclusive": False, "aligned": 30.0,
-                                    "aligned_inclusive": False}
+                                    "aligned_inclusive": False, "exclude_special": False}
     assert strict["formats"]["plain"]["n_coherent"] < default["formats"]["plain"]["n_coherent"]
     for name, summary, overrides in (("default", default, []), ("strict", strict, ["thresholds.coherent=60"])):
         analysis = _analyse(tmp_path / name, table, *overrides)

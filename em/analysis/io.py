@@ -132,6 +132,18 @@ def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, 
     return a, c, status, reason
 
 
+def _special_scored_rows(df: pd.DataFrame, path: Path) -> int:
+    """Judged rows with both scores whose ``*_special`` column says CODE / REFUSAL (scored under the
+    reference rule: :func:`em.measurement.special_scored`); 0 for tables without those columns."""
+    if "aligned_special" not in df and "coherent_special" not in df:
+        return 0
+    from em.measurement import special_scored
+
+    a, c, status, _ = _scores_for(df, "", path)
+    return int(special_scored(status, _special_column(df, "aligned_special"),
+                              _special_column(df, "coherent_special")).sum())
+
+
 # --------------------------------------------------------------------------------------------- schema
 def _text(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column].astype("string").fillna(UNSPECIFIED).astype(object)
@@ -275,6 +287,7 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
     counts = answers["status"].value_counts()
     for s in STATUSES:
         info[f"n_{s.lower()}"] = int(counts.get(s, 0))
+    info["n_special_scored"] = _special_scored_rows(df, path)
     reasons = answers.loc[answers["status"] == UNSCORED, "reason"].fillna("unknown").value_counts()
     info["unscored_reasons"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
     return answers, judge_scores, info

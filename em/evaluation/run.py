@@ -155,7 +155,8 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
     table = report.build_table(records, by_key, reqs, judgments, meta)
     summary = report.summarize(table, meta | {"questions": ec.questions.name, "samples": ec.samples,
                                               "generated_this_run": generated, "judges": judge_stats,
-                                              "run_dir": str(run_dir)})
+                                              "sampling": next((r["sampling"] for r in records if r.get("sampling")), None),
+                                              "run_dir": str(run_dir)}, report.thresholds_of(cfg))
     report.write(run_dir, table, summary)
     if error is not None:
         raise error
