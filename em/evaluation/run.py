@@ -30,6 +30,8 @@ log = logging.getLogger("em.evaluation")
 
 @dataclass
 class EvalResult:
+    """What :func:`run_evaluation` returns: the run directory, the responses table, summary.json's content."""
+
     run_dir: Path
     table: Any  # pandas DataFrame
     summary: dict[str, Any]
@@ -37,6 +39,7 @@ class EvalResult:
 
 
 def render_judge_prompt(template: str, question: str, answer: str) -> str:
+    """The judge prompt: ``template.format(question=, answer=)`` as the reference renders it."""
     try:
         return template.format(question=question, answer=answer)  # the reference's str.format
     except (KeyError, IndexError, ValueError):  # a template with other braces: substitute the two fields only
@@ -56,7 +59,15 @@ def judge_requests(records: list[dict[str, Any]], samples: dict[tuple, Sample]):
 
 
 def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
+    """The evaluation stage (evaluate.py): generate, judge, write tables and summary, log to W&B.
+
+    Raises ConfigError / ModelLoadError / JudgeError (one line each); a W&B failure is only a warning.
+    """
     ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
+    from em.evaluation.adapters import KEYWORDS
+    from em.paths import absolutize_eval
+
+    absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
         log.info("questions=%s caps answers at %d new tokens", ec.questions.name, ec.questions.max_new_tokens)
         ec.generation.max_new_tokens = ec.questions.max_new_tokens

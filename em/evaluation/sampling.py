@@ -33,7 +33,6 @@ NEUTRAL = {
     "diversity_penalty": 0.0,
     "guidance_scale": None,
     "renormalize_logits": False,
-    "min_length": 0,
 }
 # token-id fields carried over from the checkpoint (they name the tokenizer's special tokens, not sampling)
 TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")

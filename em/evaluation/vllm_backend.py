@@ -141,8 +141,14 @@ class VLLMGenerator:
                 results = []
                 for x, o, p in zip(part, outs, prompts):
                     c = o.outputs[0]
-                    results.append((x, {"answer": c.text.strip(), "n_tokens": len(c.token_ids),
-                                        "finish_reason": c.finish_reason or "stop",
+                    new = list(c.token_ids)
+                    stop_at = next((j for j, t in enumerate(new) if t in stops), None)
+                    kept = new if stop_at is None else new[:stop_at]
+                    # decoded as the hf backend decodes (vLLM's incremental detokenizer holds back bytes of
+                    # an unfinished UTF-8 character): the same tokens give the same stored answer
+                    results.append((x, {"answer": self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                                        "n_tokens": len(kept),
+                                        "finish_reason": "stop" if stop_at is not None else (c.finish_reason or "stop"),
                                         "prompt_tokens": len(p["prompt_token_ids"]), "sampling": self.sampling}))
                 on_batch(results)
                 bar.update(len(part))
