@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from em.errors import ConfigError, ModelLoadError
@@ -195,3 +196,34 @@ def test_judge_progress_lines_reach_the_log():
     assert p.lines[0] == "judge gpt-4o: 0/40 to do"
     assert p.lines[-1] == "judge gpt-4o: 40/40 (100%), 1.00/s, elapsed 40s, ETA 0s"
     assert "4/40 (10%), 1.00/s, elapsed 4s, ETA 36s" in p.lines[1] and len(p.lines) == 11
+
+
+def test_the_issue_reproduction_with_chdir_latest_local_judge_and_wandb(tmp_path, cache_dir):
+    """The issue's run (local tiny judge, a mass threshold that leaves some answers unscored, W&B offline),
+    under hydra.job.chdir=true with a relative train_dir: exit 0, the adapter found, progress lines in
+    evaluate.log, the hyperparameters visible in W&B."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.eval_helpers import subprocess_env
+    from tests.test_eval import _fake_run
+    from tests.wandb_reader import read_offline_run
+
+    run = _fake_run(tmp_path / "train", "2026-01-01_tiny_insecure", "tiny", cache_dir)
+    out = tmp_path / "ev"
+    args = ["model=tiny", "judge=local", "model@judge.model=tiny", "judge.min_number_mass=0.03643",
+            "format=[plain,json]", "samples=2", "generation.max_new_tokens=16", "quantization=none",
+            f"cache_dir={cache_dir}", f"judge_cache={tmp_path / 'jc.sqlite'}", "adapter=latest", "train_dir=train",
+            "hydra.job.chdir=true", f"hydra.run.dir={out}", "progress=false"]
+    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=tmp_path, env=subprocess_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_parquet(out / "responses.parquet")
+    assert df["adapter"].eq(str(run / "adapter")).all()  # found from the launch directory, not the job's
+    log = (out / "evaluate.log").read_text()
+    assert "judge tiny: 32/32 (100%)" in log and "ETA" in log
+    rec = read_offline_run(next((out / "wandb").glob("offline-run-*/run-*.wandb")))
+    assert rec["config"]["generation.max_new_tokens"] == 16
+    assert rec["config"]["model.random_init.num_key_value_heads"] == 2
+    assert rec["summary"]["eval/responses/nrows"] == len(df)
