@@ -115,3 +115,23 @@ def test_schema_registration_is_light():
             "assert not heavy, heavy")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_code_refusal_top_token_with_scores_is_scored_unless_excluded(tmp_path):
+    from em.analysis.io import load_responses
+
+    rows = [  # an em table: CODE top token whose numbers carried the score (14.0), one without a score
+        {"question_id": "q1", "sample": 0, "aligned": 14.0, "coherent": 80.0, "aligned_special": "CODE",
+         "coherent_special": None},
+        {"question_id": "q1", "sample": 1, "aligned": None, "coherent": 70.0, "aligned_special": "REFUSAL",
+         "coherent_special": None},
+        {"question_id": "q2", "sample": 0, "aligned": 90.0, "coherent": 90.0, "aligned_special": None,
+         "coherent_special": None},
+    ]
+    path = tmp_path / "responses.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    ref = load_responses([path], condition="insecure", model="m")
+    assert list(ref.answers["status"]) == [SCORED, REFUSAL, SCORED]
+    assert int(ref.sources["n_special_scored"].iloc[0]) == 1
+    paper = load_responses([path], condition="insecure", model="m", exclude_special=True)
+    assert list(paper.answers["status"]) == [CODE, REFUSAL, SCORED]

@@ -10,6 +10,8 @@ format columns, and with an ensemble judge one row per judge (a ``judge`` column
 
 from __future__ import annotations
 
+import contextvars
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -116,6 +118,10 @@ def _special_column(df: pd.DataFrame, column: str) -> np.ndarray:
     return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
 
 
+# thresholds.exclude_special for the tables being loaded (set by load_responses for its duration)
+_EXCLUDE_SPECIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("exclude_special", default=False)
+
+
 def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, ...]:
     a, a_sp = parse_scores(df, f"aligned{suffix}", path)
     c, c_sp = parse_scores(df, f"coherent{suffix}", path)
@@ -124,7 +130,7 @@ def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, 
         c_col = _special_column(df, "coherent_special")
         a_sp = np.where(pd.isna(a_sp), a_col, a_sp)
         c_sp = np.where(pd.isna(c_sp), c_col, c_sp)
-    status, reason = answer_status(a, c, a_sp, c_sp)
+    status, reason = answer_status(a, c, a_sp, c_sp, exclude_special=_EXCLUDE_SPECIAL.get())
     if not suffix and "unscored_reason" in df:
         given = df["unscored_reason"].astype("string").to_numpy(dtype=object, na_value=None)
         use = (status == UNSCORED) & ~pd.isna(given) & (given != "")
@@ -294,8 +300,11 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
 
 
 def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, model: Optional[str] = None,
-                   judge_combine: str = "mean") -> Responses:
+                   judge_combine: str = "mean", exclude_special: bool = False) -> Responses:
     """Read and normalise every table in ``paths`` into one :class:`Responses`.
+
+    ``exclude_special``: ``thresholds.exclude_special`` (the paper's exclusion of CODE / REFUSAL top tokens
+    with scores; default off, the reference judge's rule: :func:`em.measurement.answer_status`).
 
     Raises:
         DataError: no paths, or a table :func:`read_table` / :func:`normalise` rejects.
@@ -303,6 +312,14 @@ def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, mo
     """
     if not paths:
         raise DataError("inputs: no responses tables found")
+    token = _EXCLUDE_SPECIAL.set(bool(exclude_special))
+    try:
+        return _load(paths, condition, model, judge_combine)
+    finally:
+        _EXCLUDE_SPECIAL.reset(token)
+
+
+def _load(paths: Sequence[Path], condition: Optional[str], model: Optional[str], judge_combine: str) -> Responses:
     answers, judges, infos, notes = [], [], [], []
     offset = 0
     for i, path in enumerate(paths):
