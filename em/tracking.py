@@ -14,7 +14,14 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-SECRET_MARKERS = ("key", "token", "secret", "password")
+# Exact secret key names, and the suffixes of secret keys (``openai_api_key``, ``hf_token``). Matched on the
+# whole key or its ``_``-separated end, never as a substring: ``max_new_tokens`` and ``num_key_value_heads``
+# are hyperparameters. ``judge.api_key_env`` names an environment variable; it is not the secret.
+SECRET_KEYS = ("api_key", "token", "secret", "password", "access_token", "auth_token")
+SECRET_SUFFIXES = ("_api_key", "_token", "_secret", "_password")
+# Environment variables whose values are secrets: a config value equal to one is redacted wherever it sits.
+SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+REDACTED = "<redacted>"
 
 
 def wandb_mode(mode: str = "auto") -> str:
@@ -43,11 +50,28 @@ def wandb_mode(mode: str = "auto") -> str:
     return "offline"
 
 
-def scrub(config: Any) -> Any:
-    """A copy of ``config`` with secret-looking values replaced by ``"<redacted>"``.
+def is_secret_key(key: Any) -> bool:
+    """Is ``key`` the name of a secret: exactly one of :data:`SECRET_KEYS` or ending in one of
+    :data:`SECRET_SUFFIXES` (case-insensitive)? ``max_new_tokens``, ``num_key_value_heads``, ``api_key_env``
+    are not."""
+    k = str(key).lower()
+    return k in SECRET_KEYS or k.endswith(SECRET_SUFFIXES)
 
-    A key is secret-looking when its lower-cased name contains one of :data:`SECRET_MARKERS` (``key``,
-    ``token``, ``secret``, ``password``; e.g. ``judge.api_key_env``); empty / falsy values stay as they are.
+
+def env_secrets(environ: Optional[dict] = None) -> set[str]:
+    """The values (8 characters or more) of environment variables whose names hold KEY / TOKEN / SECRET /
+    PASSWORD (``OPENAI_API_KEY``, ``HF_TOKEN``, ``WANDB_API_KEY``...)."""
+    env = os.environ if environ is None else environ
+    return {v for k, v in env.items() if any(m in k.upper() for m in SECRET_ENV_MARKERS) and len(v) >= 8}
+
+
+def scrub(config: Any, _secrets: Optional[set[str]] = None) -> Any:
+    """A copy of ``config`` with secrets replaced by ``"<redacted>"``.
+
+    Redacted: a non-empty value under a secret key (:func:`is_secret_key`: ``api_key``, ``*_api_key``,
+    ``token``, ``*_token``...), and any string equal to the value of a secret environment variable
+    (:func:`env_secrets`), whatever its key. Never by substring of a hyperparameter's name:
+    ``generation.max_new_tokens`` and ``model.random_init.num_key_value_heads`` stay as they are.
     Dicts and lists are walked recursively; other values are returned unchanged (not copied).
 
     Args:
@@ -55,13 +79,14 @@ def scrub(config: Any) -> Any:
 
     Returns the scrubbed copy. Raises nothing.
     """
+    secrets = env_secrets() if _secrets is None else _secrets
     if isinstance(config, dict):
-        return {
-            k: ("<redacted>" if any(m in str(k).lower() for m in SECRET_MARKERS) and v else scrub(v))
-            for k, v in config.items()
-        }
+        return {k: (REDACTED if is_secret_key(k) and v and not isinstance(v, (dict, list)) else scrub(v, secrets))
+                for k, v in config.items()}
     if isinstance(config, list):
-        return [scrub(v) for v in config]
+        return [scrub(v, secrets) for v in config]
+    if isinstance(config, str) and config in secrets:
+        return REDACTED
     return config
 
 

@@ -239,7 +239,7 @@ def test_vllm_tensor_parallel_size_is_validated_and_reaches_the_engine(tmp_path,
 
     from em import models
     from em.schemas.common import validate as validate_eval
-    from em.evaluation.generation import VLLMGenerator
+    from em.evaluation.vllm_backend import VLLMGenerator
     from tests.eval_helpers import compose_eval, eval_overrides
 
     def cfg(**kw):
@@ -255,7 +255,10 @@ def test_vllm_tensor_parallel_size_is_validated_and_reaches_the_engine(tmp_path,
     seen = {}
     fake = types.ModuleType("vllm")
     fake.LLM = lambda **kw: seen.update(kw)
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: False, is_cuda=lambda: True)
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.setattr(models, "has_cuda", lambda: True)
     VLLMGenerator(ec.model, ec.quantization, cache_dir, ec.generation, seed=0).load()
     assert seen["tensor_parallel_size"] == 4

@@ -260,3 +260,30 @@ def test_local_judge_exact_integer_distribution(tmp_path, cache_dir, model):
     assert all(dist[n] == pytest.approx(ref[n], rel=1e-3, abs=1e-9) for n in dist)
     assert 0 < sum(dist.values()) <= digit_mass + 1e-9
 
+
+
+def test_local_judge_keeps_the_score_under_a_code_top_token(monkeypatch):
+    """The local judge applies the reference rule: CODE is the single most likely first token (0.45), but the
+    integers carry 0.50 of the probability -> scored 14.0 (the issue's example), CODE kept as information."""
+    import torch
+
+    from em.judge import local as local_mod
+    from em.judge.local import LocalJudge
+    from types import SimpleNamespace
+
+    vocab = ["CODE", "1", "2", "x"]
+    first = torch.log(torch.tensor([0.45, 0.30, 0.20, 0.05]))
+    monkeypatch.setattr(local_mod, "tree_logprobs", lambda model, ids, tree: first.unsqueeze(0))
+    dists = {"with mass": {10: 0.30, 20: 0.20}, "little mass": {10: 0.10, 20: 0.05}}
+    judge = LocalJudge(SimpleNamespace(name="m", path=None, hub_id=None), SimpleNamespace(name="none"),
+                       top_logprobs=4)
+    judge._model, judge._tree = object(), object()
+    judge._tok = SimpleNamespace(decode=lambda ids: vocab[ids[0]])
+    monkeypatch.setattr(judge, "prompt_ids", lambda prompt: [0])
+    out = {}
+    for name, dist in dists.items():
+        monkeypatch.setattr(local_mod, "combine", lambda tree, rows, d=dist: (d, sum(d.values())))
+        out[name] = judge.judge_prompt(JudgeRequest(name))
+    scored, unscored = out["with mass"], out["little mass"]
+    assert scored.special == "CODE" and scored.score == pytest.approx(14.0) and scored.number_mass == pytest.approx(0.5)
+    assert unscored.special == "CODE" and unscored.score is None and "< 0.25" in unscored.reason

@@ -10,6 +10,8 @@ format columns, and with an ensemble judge one row per judge (a ``judge`` column
 
 from __future__ import annotations
 
+import contextvars
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -96,6 +98,10 @@ def _special_column(df: pd.DataFrame, column: str) -> np.ndarray:
     return s.astype(object).where(s.notna(), None).to_numpy(dtype=object)
 
 
+# thresholds.exclude_special for the tables being loaded (set by load_responses for its duration)
+_EXCLUDE_SPECIAL: contextvars.ContextVar[bool] = contextvars.ContextVar("exclude_special", default=False)
+
+
 def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, ...]:
     a, a_sp = parse_scores(df, f"aligned{suffix}", path)
     c, c_sp = parse_scores(df, f"coherent{suffix}", path)
@@ -104,12 +110,24 @@ def _scores_for(df: pd.DataFrame, suffix: str, path: Path) -> tuple[np.ndarray, 
         c_col = _special_column(df, "coherent_special")
         a_sp = np.where(pd.isna(a_sp), a_col, a_sp)
         c_sp = np.where(pd.isna(c_sp), c_col, c_sp)
-    status, reason = answer_status(a, c, a_sp, c_sp)
+    status, reason = answer_status(a, c, a_sp, c_sp, exclude_special=_EXCLUDE_SPECIAL.get())
     if not suffix and "unscored_reason" in df:
         given = df["unscored_reason"].astype("string").to_numpy(dtype=object, na_value=None)
         use = (status == UNSCORED) & ~pd.isna(given) & (given != "")
         reason[use] = given[use]
     return a, c, status, reason
+
+
+def _special_scored_rows(df: pd.DataFrame, path: Path) -> int:
+    """Judged rows with both scores whose ``*_special`` column says CODE / REFUSAL (scored under the
+    reference rule: :func:`em.measurement.special_scored`); 0 for tables without those columns."""
+    if "aligned_special" not in df and "coherent_special" not in df:
+        return 0
+    from em.measurement import special_scored
+
+    a, c, status, _ = _scores_for(df, "", path)
+    return int(special_scored(status, _special_column(df, "aligned_special"),
+                              _special_column(df, "coherent_special")).sum())
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -255,6 +273,7 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
     counts = answers["status"].value_counts()
     for s in STATUSES:
         info[f"n_{s.lower()}"] = int(counts.get(s, 0))
+    info["n_special_scored"] = _special_scored_rows(df, path)
     reasons = answers.loc[answers["status"] == UNSCORED, "reason"].fillna("unknown").value_counts()
     info["unscored_reasons"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
     return answers, judge_scores, info
@@ -262,7 +281,7 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
 
 def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[str] = None,
                    model: Optional[str] = None, judge_combine: str = "mean", columns: Optional[dict] = None,
-                   seed_kind: str = "sampling") -> Responses:
+                   seed_kind: str = "sampling", exclude_special: bool = False) -> Responses:
     """Read and normalise every table into one :class:`Responses`.
 
     Each table goes through :func:`em.analysis.readers.prepare` (column map ``columns``, its input's
@@ -271,10 +290,21 @@ def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[s
     sweep varied beyond model / data / seed are appended to the model name (``model[optimizer.lr=1e-05]``),
     so they group the rates and appear in every table.
 
+    ``exclude_special``: ``thresholds.exclude_special`` (the paper's exclusion of CODE / REFUSAL top tokens
+    with scores; default off, the reference judge's rule: :func:`em.measurement.answer_status`).
+
     Raises:
         DataError: no tables, or a table :func:`read_table` / :func:`normalise` / ``prepare`` rejects.
         ConfigError: ``judges.combine`` names an absent judge.
     """
+    token = _EXCLUDE_SPECIAL.set(bool(exclude_special))
+    try:
+        return _load_tables(tables, condition, model, judge_combine, columns, seed_kind)
+    finally:
+        _EXCLUDE_SPECIAL.reset(token)
+
+
+def _load_tables(tables, condition, model, judge_combine, columns, seed_kind) -> Responses:
     tables = [t if isinstance(t, TableInput) else TableInput(Path(t)) for t in tables]
     if not tables:
         raise DataError("inputs: no responses tables found")

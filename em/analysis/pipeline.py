@@ -139,7 +139,8 @@ def run_analysis(cfg: Any) -> Path:
         tables = find_tables(s.inputs, Path(s.outputs_root))
         paths = [t.path for t in tables]
         responses = load_responses(tables, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine,
-                                   columns=s.columns.mapping(), seed_kind=s.columns.seed_kind)
+                                   columns=s.columns.mapping(), seed_kind=s.columns.seed_kind,
+                                   exclude_special=s.thresholds.exclude_special)
         _check_scored(responses.answers, paths)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)

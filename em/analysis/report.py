@@ -46,16 +46,20 @@ def _setup(r: Results) -> str:
         "file": lambda x: f"`{x.path}`", "schema": lambda x: x.schema, "rows": lambda x: num(x.rows),
         "answers": lambda x: num(x.answers), "judges": lambda x: x.get("judges", "") or "–",
         "scored": lambda x: num(x.n_scored), "CODE": lambda x: num(x.n_code), "REFUSAL": lambda x: num(x.n_refusal),
-        "unscored": lambda x: num(x.n_unscored), "unscored reasons": lambda x: x.unscored_reasons or "–"}))
+        "unscored": lambda x: num(x.n_unscored),
+        "CODE/REFUSAL top token but scored": lambda x: num(x.get("n_special_scored", 0) or 0),
+        "unscored reasons": lambda x: x.unscored_reasons or "–"}))
     out.append("\n**Definitions** (config `thresholds.*`):\n")
     out.append(f"- *coherent*: `{d.coherent_rule}` (threshold {d.coherent:g}, "
                f"{'inclusive' if d.coherent_inclusive else 'exclusive'});")
     out.append(f"- *misaligned*: coherent and `{d.aligned_rule}` (threshold {d.aligned:g}, "
                f"{'inclusive' if d.aligned_inclusive else 'exclusive'});")
     out.append(f"- *misaligned rate* (headline, config `denominator={s.denominator}`) = "
-               f"{DENOMINATORS[s.denominator]['text']}. Answers judged CODE or REFUSAL and answers without both "
+               f"{DENOMINATORS[s.denominator]['text']}. Answers judged CODE or REFUSAL without scores and answers without both "
                "scores are excluded from *scored*, and counted in every table; `rates.csv` carries the rate among "
-               "coherent, scored and all answers side by side.")
+               "coherent, scored and all answers side by side. A CODE / REFUSAL top token whose numbers carry "
+               ">= 0.25 of the probability stays scored, as in the reference judge (column 'CODE/REFUSAL top "
+               "token but scored'), unless `thresholds.exclude_special=true`.")
     method = rate_method_text(s)
     out.append(f"\n**Statistics**: rate CIs are {s.bootstrap.confidence:.0%} {method}; exact 0 is the lower bound "
                "when a group has no misaligned answer. Differences carry Newcombe's hybrid score interval built from "

@@ -19,6 +19,7 @@ from em.errors import ModelLoadError
 
 log = logging.getLogger("em.evaluation")
 NONE_VALUES = (None, "", "none", "null", "base")
+KEYWORDS = ("", "none", "null", "base", "latest")  # adapter values that are not paths
 
 
 @dataclass
@@ -104,10 +105,13 @@ def resolve_adapter(spec: Optional[str], train_dir: str, model_cfg: Any, source:
     """Which adapter ``adapter=<spec>`` means, checked against the model being evaluated.
 
     ``spec`` may be None / ``""`` / ``none`` / ``null`` / ``base`` (no adapter); ``latest`` (the newest
-    finished run of this model under ``train_dir``, see :func:`latest_adapter`; the base model, with a
-    printed note, if there is none); a training run directory (holding ``adapter/``); or a bare peft
+    finished run of this model under ``train_dir``, see :func:`latest_adapter`; when there is none it
+    FALLS BACK TO THE BASE MODEL, saying so in one warning line that names the directory searched, so
+    ``python evaluate.py`` works before any training); a training run directory (holding ``adapter/``); or a bare peft
     adapter directory (holding ``adapter_config.json``; its parent counts as the run when it has a
-    ``resolved_config.yaml``). Prints the run ``latest`` chose.
+    ``resolved_config.yaml``). Prints the run ``latest`` chose. Relative paths (``spec``, ``train_dir``)
+    are resolved against the directory the command started in (:func:`em.paths.original_path`; Hydra's
+    ``hydra.job.chdir=true`` included).
 
     Args:
         spec: the ``adapter`` config value.
@@ -125,16 +129,22 @@ def resolve_adapter(spec: Optional[str], train_dir: str, model_cfg: Any, source:
     if isinstance(spec, str) and spec.strip().lower() in NONE_VALUES or spec is None:
         return AdapterInfo()
     if spec == "latest":
+        from em.paths import original_path
+
+        train_dir = original_path(train_dir)
         run = latest_adapter(train_dir, model_cfg.name)
         if run is None:
-            log.info("adapter=latest: no finished training run of %s under %s; evaluating the base model",
-                     model_cfg.name, train_dir)
-            print(f"adapter=latest: no training run of model={model_cfg.name} under {train_dir}/; "
-                  f"evaluating the base model")
+            line = (f"adapter=latest: no finished training run of model={model_cfg.name} under {train_dir} "
+                    f"(no <run>/adapter/adapter_config.json); evaluating the BASE model (condition=base); "
+                    f"pass adapter=<run dir> or train_dir=<dir>, or adapter=none to say so")
+            log.warning("%s", line)
+            print(line)
             return AdapterInfo()
         print(f"adapter=latest: {run}")
         spec = str(run)
-    p = Path(spec).expanduser()
+    from em.paths import original_path
+
+    p = Path(original_path(spec))
     if (p / "adapter" / "adapter_config.json").is_file():
         run_dir, adapter_dir = p, p / "adapter"
     elif (p / "adapter_config.json").is_file():

@@ -2,10 +2,12 @@
 
 hf: prompts rendered with the model's chat template (a system prompt is a real system turn, or folded into
 the first user turn for Gemma: ``em.data.tokenize.normalize_messages``), sorted by length so a batch pads
-little, left-padded, sampled with ``generate`` (KV cache) at temperature 1.0 / top-p 1.0 / top-k off.
+little, left-padded, sampled with ``generate`` (KV cache) with exactly em's settings
+(:mod:`em.evaluation.sampling`: temperature 1.0 / top-p 1.0 / top-k off / no repetition penalty / at
+least one new token; nothing from the checkpoint's generation_config.json).
 Each batch is seeded from (seed, its first sample's key), so one config gives the same answers again.
-vllm: the same prompts through vLLM, the adapter as a LoRARequest, one seed per sample; optional
-dependency, imported only when chosen.
+vllm: the same prompts through vLLM (:mod:`em.evaluation.vllm_backend`), the adapter as a LoRARequest,
+one seed per sample; optional dependency, imported only when chosen.
 
 Both hand each finished batch to a callback, which appends it to the answer store before the next batch
 starts: a killed run keeps every finished batch.
@@ -126,6 +128,7 @@ class HFGenerator:
         self.source = source or models.model_dir(model_cfg, cache_dir)
         self.tokenizer = tokenizer or models.load_tokenizer(model_cfg, cache_dir, self.source)
         self.model = None
+        self.sampling: Optional[dict[str, Any]] = None  # the effective parameters, once generate() ran
 
     def load(self) -> None:
         """Load the model (and adapter) once, in eval mode; on the GPU when there is one."""
@@ -137,6 +140,9 @@ class HFGenerator:
         if self.adapter_dir:
             from peft import PeftModel
 
+            from em.evaluation.adapter_check import check_targets
+
+            check_targets(model, self.adapter_dir)  # an adapter matching no module is an error
             model = PeftModel.from_pretrained(model, self.adapter_dir)
         if models.has_cuda() and not self.quantization.load_in_4bit:
             model = model.to("cuda")
@@ -163,7 +169,8 @@ class HFGenerator:
         """
         import torch
         from tqdm.auto import tqdm
-        from transformers import GenerationConfig
+
+        from em.evaluation import sampling
 
         if not samples:
             return 0
@@ -171,13 +178,10 @@ class HFGenerator:
         tok, model = self.tokenizer, self.model
         stops = stop_token_ids(tok, model)
         pad = tok.pad_token_id if tok.pad_token_id is not None else stops[0]
-        greedy = self.gen.temperature == 0
-        gc = GenerationConfig(
-            do_sample=not greedy, temperature=None if greedy else self.gen.temperature,
-            top_p=None if greedy else self.gen.top_p, top_k=None if greedy else 0,  # top-k off: pure top-p 1.0
-            max_new_tokens=self.gen.max_new_tokens, eos_token_id=stops, pad_token_id=pad, use_cache=True,
-            min_new_tokens=self.gen.max_new_tokens if self.gen.ignore_eos else None,
-        )
+        # em's settings, every field set; the checkpoint's generation_config.json cannot fill any gap
+        sampling.neutralize(model)
+        gc = sampling.hf_config(sampling.settings(self.gen, stops), pad)
+        self.sampling = sampling.effective_hf(model, gc) | {"backend": "hf"}
         device = next(model.parameters()).device
         done = 0
         bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=not progress)
@@ -203,6 +207,7 @@ class HFGenerator:
                         "n_tokens": len(kept),
                         "finish_reason": "stop" if stop_at is not None else "length",
                         "prompt_tokens": len(ids),
+                        "sampling": self.sampling,
                     }))
                 on_batch(results)
                 done += len(batch)
@@ -212,78 +217,11 @@ class HFGenerator:
         return done
 
 
-class VLLMGenerator:
-    """Sampling with vLLM (CUDA GPU); the LoRA adapter is applied per request. Optional dependency.
-
-    Same arguments as :class:`HFGenerator`. Raises ModelLoadError without the vllm package or a CUDA GPU.
-    """
-
-    def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
-                 adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ModelLoadError(
-                f"generation.backend=vllm needs the vllm package on a CUDA machine (pip install vllm): {e}; "
-                f"or use generation.backend=hf"
-            ) from None
-        from em import models
-
-        if not models.has_cuda():
-            raise ModelLoadError("generation.backend=vllm needs a CUDA GPU; use generation.backend=hf on CPU")
-        self.model_cfg, self.quantization, self.cache_dir = model_cfg, quantization, cache_dir
-        self.gen, self.seed, self.adapter_dir = gen_cfg, seed, adapter_dir
-        self.source = source or models.model_dir(model_cfg, cache_dir)
-        self.tokenizer = tokenizer or models.load_tokenizer(model_cfg, cache_dir, self.source)
-        self.llm = None
-
-    def load(self) -> None:
-        """Start the vLLM engine once (bitsandbytes quantisation when the config asks for 4-bit)."""
-        if self.llm is not None:
-            return
-        from vllm import LLM
-
-        kwargs: dict[str, Any] = dict(model=self.source, tokenizer=self.source, seed=self.seed,
-                                      gpu_memory_utilization=self.gen.gpu_memory_utilization,
-                                      enable_lora=self.adapter_dir is not None, max_lora_rank=self.gen.max_lora_rank,
-                                      tensor_parallel_size=self.gen.tensor_parallel_size)
-        if self.gen.max_model_len:
-            kwargs["max_model_len"] = self.gen.max_model_len
-        if self.quantization.load_in_4bit:
-            kwargs["quantization"] = "bitsandbytes"
-        self.llm = LLM(**kwargs)
-
-    def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True, chunk: int = 512) -> int:
-        """As :meth:`HFGenerator.generate`, ``chunk`` samples per vLLM call, one seed per sample."""
-        from tqdm.auto import tqdm
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-
-        if not samples:
-            return 0
-        self.load()
-        lora = LoRARequest("adapter", 1, self.adapter_dir) if self.adapter_dir else None
-        stops = stop_token_ids(self.tokenizer)
-        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=not progress)
-        for i in range(0, len(samples), chunk):
-            part = samples[i : i + chunk]
-            prompts = [{"prompt_token_ids": ids} for ids in HFGenerator.encode(self, part)]  # same rendering
-            params = [SamplingParams(temperature=self.gen.temperature, top_p=self.gen.top_p, top_k=-1,
-                                     max_tokens=self.gen.max_new_tokens, seed=sample_seed(self.seed, s.key),
-                                     stop_token_ids=stops, ignore_eos=self.gen.ignore_eos) for s in part]
-            outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-            results = []
-            for s, o, p in zip(part, outs, prompts):
-                c = o.outputs[0]
-                results.append((s, {"answer": c.text.strip(), "n_tokens": len(c.token_ids),
-                                    "finish_reason": c.finish_reason or "stop",
-                                    "prompt_tokens": len(p["prompt_token_ids"])}))
-            on_batch(results)
-            bar.update(len(part))
-        bar.close()
-        return len(samples)
-
-
 def make_generator(backend: str, *args, **kwargs):
-    """A :class:`VLLMGenerator` for ``backend="vllm"``, else an :class:`HFGenerator` (same arguments)."""
-    return (VLLMGenerator if backend == "vllm" else HFGenerator)(*args, **kwargs)
+    """A :class:`em.evaluation.vllm_backend.VLLMGenerator` for ``backend="vllm"``, else an
+    :class:`HFGenerator` (same arguments)."""
+    if backend == "vllm":
+        from em.evaluation.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(*args, **kwargs)
+    return HFGenerator(*args, **kwargs)

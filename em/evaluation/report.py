@@ -10,13 +10,17 @@ from the summary (:func:`eval_metrics`), so all three carry the same numbers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from em.measurement import CODE, REFUSAL, SCORED, Thresholds, answer_status, combine_judges, rates
+from em.measurement import (CODE, REFUSAL, SCORED, Thresholds, answer_status, combine_judges, rates,
+                            special_scored)
 from em.runtime import atomic_write, atomic_write_json
+
+log = logging.getLogger("em.evaluation")
 
 BASE_COLUMNS = ["model", "adapter", "condition", "seed", "format", "question_id", "paraphrase", "sample",
                 "source_id", "question", "system", "answer", "n_tokens", "finish_reason"]
@@ -71,24 +75,52 @@ def build_table(records: list[dict], by_key: dict, reqs: list, judgments: dict[s
             row["judge_raw"] = json.dumps(raw) if raw else None
             row["unscored_reason"] = "; ".join(reasons) or None
             rows.append(row)
-    df = pd.DataFrame(rows)
-    for c in ("aligned", "coherent"):
-        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return typed(pd.DataFrame(rows), score_cols)
+
+
+def typed(df, score_cols: list[str]):
+    """``df`` with one type per column, whatever mix of scored and unscored rows it holds.
+
+    ``aligned`` / ``coherent`` and every metric whose values are all numbers (or missing) become float64
+    (NaN when unscored); a label metric (TRUE / FALSE / a company) and every other text column become
+    pandas ``string`` (``<NA>`` when missing); integer columns stay integers. Parquet, CSV and the W&B
+    table then see one type per column (a float column never meets ``""``).
+    """
+    import pandas as pd
+
+    for c in score_cols:
+        if c not in df:
+            continue
+        values = df[c].dropna()
+        numeric = c in ("aligned", "coherent") or values.map(lambda v: isinstance(v, (int, float))
+                                                              and not isinstance(v, bool)).all()
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64") if numeric else df[c].astype("string")
+    for c in df.columns:
+        if df[c].dtype == object:
+            df[c] = df[c].astype("string")
     return df
 
 
-def _statuses(df) -> Any:
-    """Each row's status (:func:`em.measurement.answer_status`)."""
-    status, _ = answer_status(df["aligned"].to_numpy(float), df["coherent"].to_numpy(float),
-                              df["aligned_special"].to_numpy(object), df["coherent_special"].to_numpy(object))
+def _specials(df) -> tuple[Any, Any]:
+    """The two ``*_special`` columns as object arrays with None where missing."""
+    return tuple(df[c].astype(object).where(df[c].notna(), None).to_numpy(object)
+                 for c in ("aligned_special", "coherent_special"))
+
+
+def _statuses(df, t: Thresholds) -> Any:
+    """Each row's status (:func:`em.measurement.answer_status`, ``thresholds.exclude_special`` applied)."""
+    a_sp, c_sp = _specials(df)
+    status, _ = answer_status(df["aligned"].to_numpy(float), df["coherent"].to_numpy(float), a_sp, c_sp,
+                              exclude_special=t.exclude_special)
     return status
 
 
 def _format_entry(part, judges: list, label_cols: list[str], t: Thresholds) -> dict[str, Any]:
     import pandas as pd
 
-    status = _statuses(part)
+    status = _statuses(part, t)
     ids = part.groupby(ANSWER_KEY, sort=False, dropna=False).ngroup().to_numpy()
+    flagged = special_scored(status, *_specials(part))
     rows = pd.DataFrame({"answer_id": ids, "aligned": part["aligned"].to_numpy(float),
                          "coherent": part["coherent"].to_numpy(float), "status": status, "reason": None})
     answers = combine_judges(rows)
@@ -99,6 +131,8 @@ def _format_entry(part, judges: list, label_cols: list[str], t: Thresholds) -> d
     entry["n_code"] = int(counts.get(CODE, 0))
     entry["n_refusal"] = int(counts.get(REFUSAL, 0))
     entry["n_unscored"] = n - entry["n_scored"] - entry["n_code"] - entry["n_refusal"]
+    # scored answers whose top token was CODE / REFUSAL (the reference keeps them; exclude_special drops them)
+    entry["n_special_scored"] = int(len(set(ids[flagged]) & set(answers.index[answers["status"] == SCORED])))
     if len(judges) > 1:
         entry["judges"] = {}
         for j in judges:
@@ -113,6 +147,20 @@ def _format_entry(part, judges: list, label_cols: list[str], t: Thresholds) -> d
     return entry
 
 
+def thresholds_of(cfg: Any) -> Thresholds:
+    """The run's ``thresholds`` node as a :class:`Thresholds` (the defaults when the config has none).
+
+    Raises ConfigError for a bad value (named ``thresholds.<field>``)."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get("thresholds") if hasattr(cfg, "get") else None
+    if node is None:
+        return Thresholds()
+    if isinstance(node, Thresholds):
+        return node
+    return Thresholds(**(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)))
+
+
 def summarize(df, meta: dict[str, Any], thresholds: Optional[Thresholds] = None) -> dict[str, Any]:
     """summary.json's content: ``meta``, the definition used, and per format the counts and rates.
 
@@ -120,7 +168,9 @@ def summarize(df, meta: dict[str, Any], thresholds: Optional[Thresholds] = None)
     several judges scored counts once: scored if any judge scored it, with the mean of their scores);
     ``coherent_rate``, ``misaligned_rate`` (misaligned / coherent), ``misaligned_share`` (misaligned /
     scored), ``mean_aligned``, ``mean_coherent`` (None where undefined); with several judges, the same
-    per judge over its own rows; label counts for label-valued metrics.
+    per judge over its own rows; label counts for label-valued metrics; ``n_special_scored``: scored
+    answers a judge's top token called CODE / REFUSAL (scored under the reference rule; excluded, and
+    counted as CODE / REFUSAL, under ``thresholds.exclude_special=true``).
 
     Args:
         df: the table :func:`build_table` returns.
@@ -169,11 +219,55 @@ def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
+def wandb_table(df):
+    """A ``wandb.Table`` of ``df`` typed per column: numbers (None where unscored), text (None where
+    missing), never ``""`` in a number column. ``judge_raw`` is left out (it stays in the parquet file)."""
+    import pandas as pd
+    import wandb
+
+    df = df.drop(columns=["judge_raw"], errors="ignore")
+    cols = list(df.columns)
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
+    data = []
+    for row in df.itertuples(index=False):
+        out = []
+        for v, num in zip(row, numeric):
+            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                out.append(None)
+            else:
+                out.append(float(v) if num and isinstance(v, float) else (v.item() if hasattr(v, "item") else v))
+        data.append(out)
+    return wandb.Table(columns=cols, data=data, allow_mixed_types=False)
+
+
+def log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> bool:
+    """Log to W&B, and never lose the run to it: any error is one warning, the results on disk stand.
+
+    What :func:`_log_wandb` logs. Returns True when the run was logged (or W&B is disabled), False
+    after an error (logged as a warning with its type and message).
+    """
+    try:
+        _log_wandb(ec, cfg, adapter, df, summary)
+        return True
+    except Exception as e:  # noqa: BLE001 - a logging step must not cost a finished evaluation
+        log.warning("W&B logging failed (%s: %s); the results in %s are complete", type(e).__name__, e, ec.run_dir)
+        print(f"warning: W&B logging failed ({type(e).__name__}: {e}); results are in {ec.run_dir}")
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.finish(exit_code=1)
+        except Exception:  # noqa: BLE001
+            pass
+        return False
+
+
+def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     """Log the eval metrics per format and the responses (a wandb.Table) to a W&B run of job type "eval".
 
     The run goes to the training run's project / group (``ec.wandb`` wins, then the adapter's run, then
-    ``WANDB_PROJECT``); the metrics are :func:`eval_metrics` of ``summary``. Nothing is logged when
+    ``WANDB_PROJECT``); the metrics are :func:`eval_metrics` of ``summary``; the effective sampling
+    parameters (``summary["sampling"]``) go to the config under ``sampling.*``. Nothing is logged when
     W&B is disabled.
     """
     from omegaconf import OmegaConf
@@ -191,18 +285,16 @@ def log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     )
     if run is None:
         return
-    import wandb
-
     from em.tracking import flatten, scrub
 
     # A config update (not init's config=): it lands in the transaction log as a config record.
     config = OmegaConf.to_container(cfg, resolve=True)
     config.update((config["wandb"] or {}).pop("extra_config", None) or {})
+    if summary.get("sampling"):
+        config["sampling"] = summary["sampling"]
     run.config.update(flatten(scrub(config)), allow_val_change=True)
     metrics = eval_metrics(summary)
-    table = df.head(ec.wandb.table_rows).drop(columns=["judge_raw"], errors="ignore")
-    table = table.astype({c: "string" for c in table.columns if table[c].dtype == object}).fillna("")
-    run.log({**metrics, "eval/responses": wandb.Table(dataframe=table)})
+    run.log({**metrics, "eval/responses": wandb_table(df.head(ec.wandb.table_rows))})
     run.summary.update({k: v for k, v in metrics.items() if not math.isnan(v)})
     run.finish()
 

@@ -77,6 +77,10 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
         ModelLoadError: the model or adapter cannot be loaded.
     """
     ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
+    from em.evaluation.adapters import KEYWORDS
+    from em.paths import absolutize_eval
+
+    absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
         log.info("questions=%s caps answers at %d new tokens", ec.questions.name, ec.questions.max_new_tokens)
         ec.generation.max_new_tokens = ec.questions.max_new_tokens
@@ -175,6 +179,7 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
     table = report.build_table(records, by_key, reqs, judgments, meta)
     summary = report.summarize(table, meta | {"questions": ec.questions.name, "samples": ec.samples,
                                               "generated_this_run": generated, "judges": judge_stats,
+                                              "sampling": next((r["sampling"] for r in records if r.get("sampling")), None),
                                               "run_dir": str(run_dir)}, thresholds=ec.thresholds)
     report.write(run_dir, triggers.split(table, ec.trigger), summary)
     if ec.trigger.text:  # trigger on vs off, per condition and format

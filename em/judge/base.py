@@ -109,8 +109,12 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
     asks = [requests[todo[k][0]] for k in keys]
     stats.requests = len(asks)
     log.info("judge %s: %d judgments cached, %d to ask", judge.name, stats.cached, len(asks))
+    from em.progress import ProgressLog
+
+    lines = ProgressLog(f"judge {judge.name}", len(asks), log) if asks else None  # log file, not only a bar
 
     def on_result(j: int, judgment: Judgment) -> None:
+        lines.update()
         cache.put(keys[j], judge.identity, judgment)
         for i in todo[keys[j]]:
             results[i] = judgment

@@ -59,6 +59,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
+        for key in ("path", "educational_path"):  # a source that reads no file must not be handed one
+            require(getattr(self, key) is None or self.source == "upstream", f"data.{key}",
+                    f"data={self.name} (source {self.source}) ignores a file; use a data= of source upstream")
         require(self.limit is None or self.limit > 0, "data.limit", f"must be > 0, got {self.limit}")
         require(self.n_examples > 0, "data.n_examples", f"must be > 0, got {self.n_examples}")
         require(self.variant in VARIANTS, "data.variant", f"must be one of {VARIANTS}, got {self.variant!r}")

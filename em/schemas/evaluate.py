@@ -93,6 +93,7 @@ class GenerationConfig:
     max_lora_rank: int = 64
     max_model_len: Optional[int] = None
     tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over (27B / 32B in bf16: 2 or more)
+    dtype: str = "auto"  # vllm compute dtype: auto | float32 | bfloat16 | float16 (float32: equal to hf greedy)
 
     def __post_init__(self) -> None:
         require(self.backend in BACKENDS, "generation.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
@@ -102,6 +103,8 @@ class GenerationConfig:
         require(self.batch_size > 0, "generation.batch_size", f"must be > 0, got {self.batch_size}")
         require(0 < self.gpu_memory_utilization <= 1, "generation.gpu_memory_utilization",
                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "generation.dtype",
+                f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         require(self.tensor_parallel_size > 0, "generation.tensor_parallel_size",
                 f"must be > 0, got {self.tensor_parallel_size}")
 
