@@ -255,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _model_params(name: str) -> float:
     import yaml
 
-    return float(yaml.safe_load((ROOT / "conf/model" / f"{name}.yaml").read_text())["params"])
+    return float(yaml.safe_load((ROOT / "em/conf/model" / f"{name}.yaml").read_text())["params"])
 
 
 if __name__ == "__main__":

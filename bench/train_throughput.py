@@ -629,9 +629,9 @@ def parse_args(argv=None):
     """The command line (see the module docstring and --help)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma3_270m", help="conf/model/<name> (default gemma3_270m; tiny: ~1 min)")
-    p.add_argument("--data", default="synthetic", help="conf/data/<name> (default synthetic, offline)")
-    p.add_argument("--lora", default="r32_a64", help="conf/lora/<name>")
+    p.add_argument("--model", default="gemma3_270m", help="em/conf/model/<name> (default gemma3_270m; tiny: ~1 min)")
+    p.add_argument("--data", default="synthetic", help="em/conf/data/<name> (default synthetic, offline)")
+    p.add_argument("--lora", default="r32_a64", help="em/conf/lora/<name>")
     p.add_argument("--n-examples", type=int, default=32, help="examples (data.n_examples, or data.limit upstream)")
     p.add_argument("--max-length", type=int, default=None,
                    help="trainer.max_length (default 256; 1024 for random-init models, whose tokenizer is byte-level)")
