@@ -29,6 +29,8 @@ FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
 ANSWER_KEY = ("model", "adapter", "condition", "seed", "format", "question_id", "paraphrase", "sample",
               "system", "question", "answer")
 KEEP_COLUMNS = ("adapter", "seed")
+# Free text read from a CSV as written: an answer "NA" or "None" stays text; only an empty field is missing.
+TEXT_COLUMNS = ("question", "answer", "system", "unscored_reason", "judge_raw")
 
 
 @dataclass
@@ -61,7 +63,11 @@ def read_table(path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".parquet":
             df = pd.read_parquet(path)
         else:
-            df = pd.read_csv(path, low_memory=False)
+            from pandas._libs.parsers import STR_NA_VALUES
+
+            header = pd.read_csv(path, nrows=0).columns
+            na = {c: [""] if str(c).strip() in TEXT_COLUMNS else sorted(STR_NA_VALUES) for c in header}
+            df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=na)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file (no header, no rows)") from None
     except Exception as e:  # pyarrow / parser errors come in many classes; the message is what helps

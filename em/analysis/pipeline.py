@@ -23,7 +23,7 @@ from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import sensitivity_tables
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
-from em.runtime import atomic_write_text
+from em.runtime import atomic_write_csv, atomic_write_text
 from em.schemas.analysis import load_analysis_config
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def write_tables(r: Results) -> dict[str, pd.DataFrame]:
     }
     for name, df in frames.items():
         path = Path(r.settings.run_dir) / f"{name}.csv"
-        df.to_csv(path, index=False)
+        atomic_write_csv(path, df)
         r.tables[descriptions[name]] = path
     return frames
 
