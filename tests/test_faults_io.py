@@ -80,3 +80,32 @@ def test_analysis_tables_are_quoted(tmp_path):
     atomic_write_csv(tmp_path / "t.csv", df)
     back = pd.read_csv(tmp_path / "t.csv")
     assert back["condition"].tolist() == ["a\rb", "c"] and back["rate"].tolist() == [0.5, 0.25]
+
+
+def test_duplicate_rows_warned_and_deduped(tmp_path, caplog):
+    """Case 12: a table whose rows were appended twice is warned about (count); dedupe=true counts them once."""
+    df = responses_table(["a", "b", "c", "d"])
+    path = tmp_path / "responses.csv"
+    pd.concat([df, df]).to_csv(path, index=False)
+    with caplog.at_level("WARNING", logger="em.analysis"):
+        doubled = load_responses([path])
+    assert len(doubled.answers) == 8  # counted as given, but said
+    assert "4 exact duplicate row(s)" in caplog.text and str(path) in caplog.text
+    assert doubled.sources["duplicates"].tolist() == [4]
+    assert any("4 exact duplicate row(s)" in n for n in doubled.notes)
+    once = load_responses([path], dedupe=True)
+    assert len(once.answers) == 4
+    np.testing.assert_array_equal(once.answers["aligned"].to_numpy(float), df["aligned"].to_numpy(float))
+    caplog.clear()
+    df.to_parquet(tmp_path / "clean.parquet")
+    with caplog.at_level("WARNING", logger="em.analysis"):
+        clean = load_responses([tmp_path / "clean.parquet"])
+    assert len(clean.answers) == 4 and "duplicate" not in caplog.text and clean.sources["duplicates"].tolist() == [0]
+
+
+def test_dedupe_is_an_analysis_config_key(tmp_path):
+    """Case 12: ``python analyze.py dedupe=true`` (the analysis schema's key, off by default)."""
+    from em.schemas.analysis import load_analysis_config
+
+    assert load_analysis_config({"run_dir": str(tmp_path)}).dedupe is False
+    assert load_analysis_config({"run_dir": str(tmp_path), "dedupe": True}).dedupe is True

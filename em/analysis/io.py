@@ -10,6 +10,7 @@ format columns, and with an ensemble judge one row per judge (a ``judge`` column
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from em import measurement
 from em.errors import ConfigError, DataError
 from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
 
+log = logging.getLogger("em.analysis")
 GROUP_COLUMNS = ("model", "condition", "format", "question_id")
 # A missing model/condition/format column makes one group, named so nobody mistakes it for a real value.
 UNSPECIFIED = "unspecified"
@@ -287,8 +289,11 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
 
 
 def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, model: Optional[str] = None,
-                   judge_combine: str = "mean") -> Responses:
+                   judge_combine: str = "mean", dedupe: bool = False) -> Responses:
     """Read and normalise every table in ``paths`` into one :class:`Responses`.
+
+    Exact duplicate rows of a table are counted (``duplicates`` in the inputs table), warned about and,
+    with ``dedupe``, counted once.
 
     Raises:
         DataError: no paths, or a table :func:`read_table` / :func:`normalise` rejects.
@@ -300,7 +305,15 @@ def load_responses(paths: Sequence[Path], *, condition: Optional[str] = None, mo
     offset = 0
     for i, path in enumerate(paths):
         df = read_table(path)
+        dup = df.astype("string").duplicated(keep="first").to_numpy()
+        if dup.any():
+            what = "dropped (dedupe=true)" if dedupe else "counted as they are (dedupe=true counts them once)"
+            log.warning("%s: %d exact duplicate row(s), %s", path, int(dup.sum()), what)
+            notes.append(f"{path}: {int(dup.sum())} exact duplicate row(s), {what}.")
+            if dedupe:
+                df = df[~dup].reset_index(drop=True)
         a, j, info = normalise(df, path, condition=condition, model=model, judge_combine=judge_combine)
+        info["duplicates"] = int(dup.sum())
         a.insert(0, "source", i)
         answers.append(a)
         if j is not None:

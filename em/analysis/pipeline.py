@@ -128,7 +128,8 @@ def run_analysis(cfg: Any) -> Path:
     run_dir = Path(s.run_dir)
     with _timed(timings, "load"):
         paths = find_tables(s.inputs, Path(s.outputs_root))
-        responses = load_responses(paths, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine)
+        responses = load_responses(paths, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine,
+                                   dedupe=s.dedupe)
         _check_scored(responses.answers, paths)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)
