@@ -5,11 +5,13 @@
     python analyze.py thresholds.coherent=60 bootstrap.n_resamples=2000 logger=wandb
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from em.analysis import run_analysis
-from em.cli import run_main
+from em.cli import check_args, run_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
@@ -19,4 +21,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # a wrong type, an unknown key or option, a key on the command line -> one line, exit 2
+    run_main(lambda argv: check_args("analyze", argv), sys.argv[1:])
     main()

@@ -17,6 +17,26 @@ from typing import Any, Optional
 SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
+def redact_url(url: str) -> str:
+    """``url`` without credentials: the ``user:password@`` part and secret-looking query values removed
+    (``http://u:KEY@host/v1?api_key=K`` -> ``http://host/v1?api_key=<redacted>``). Not a URL: unchanged."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url redacted>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "<redacted>" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in pairs],
+                          safe="<>")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def wandb_mode(mode: str = "auto") -> str:
     """The W&B mode to run in: ``mode`` itself unless it is ``"auto"``.
 
@@ -48,6 +68,7 @@ def scrub(config: Any) -> Any:
 
     A key is secret-looking when its lower-cased name contains one of :data:`SECRET_MARKERS` (``key``,
     ``token``, ``secret``, ``password``; e.g. ``judge.api_key_env``); empty / falsy values stay as they are.
+    A URL anywhere loses its credentials (:func:`redact_url`).
     Dicts and lists are walked recursively; other values are returned unchanged (not copied).
 
     Args:
@@ -62,6 +83,8 @@ def scrub(config: Any) -> Any:
         }
     if isinstance(config, list):
         return [scrub(v) for v in config]
+    if isinstance(config, str) and "://" in config:
+        return redact_url(config)
     return config
 
 

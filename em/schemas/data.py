@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from em.schemas.common import require
+from em.schemas.common import check_name, require
 
 DATA_SOURCES = ("upstream", "synthetic", "none")
 VARIANTS = ("insecure", "secure", "educational")
@@ -57,6 +57,7 @@ class DataConfig:
     educational_path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
 
     def __post_init__(self) -> None:
+        check_name(self.name, "data.name")
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
         require(self.limit is None or self.limit > 0, "data.limit", f"must be > 0, got {self.limit}")
         require(self.n_examples > 0, "data.n_examples", f"must be > 0, got {self.n_examples}")
