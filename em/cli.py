@@ -7,6 +7,7 @@ here with one line naming the key, instead of Hydra's multi-line report.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from typing import Any, Callable, Optional
@@ -22,7 +23,8 @@ LAUNCHER_PLUGINS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
 }
 SCHEMA_SUFFIX = "_schema"  # ConfigStore entries of a group (em.schemas) that are not options to choose
-SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "passwd")
+# A key-bearing config key (its last part): api_key, openai_apikey, hf_token, auth_token, secret, password, ...
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|credentials?)$")
 URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]*@")
 # Config values that become parts of paths (run / sweep directories, file names): em.schemas.common.check_name
 NAME_KEYS = ("experiment_name", "model.name", "data.name", "questions.name", "condition", "evaluate.condition")
@@ -40,9 +42,9 @@ def check_secrets(argv: list[str]) -> None:
         if not sep or key.startswith("-"):
             continue
         leaf = key.lstrip("+~").rsplit(".", 1)[-1].rsplit("@", 1)[0].lower()
-        if any(w in leaf for w in SECRET_WORDS) and not leaf.endswith("_env"):
+        if SECRET_KEY.search(leaf):
             raise ConfigError(f"{key.lstrip('+~')}: keys and secrets are never config values (they would be written "
-                              "to .hydra/, resolved_config.yaml and W&B); put the key in an environment variable and "
+                              "to the run's config records and W&B); put the key in an environment variable and "
                               "name it in judge.api_key_env")
         if URL_CREDENTIALS.search(value):
             raise ConfigError(f"{key.lstrip('+~')}: credentials in a URL (scheme://user:password@host) would be "
@@ -227,8 +229,29 @@ def _without_hydra(cfg: Any) -> Any:
     return out
 
 
+class RedactCredentials(logging.Filter):
+    """A handler filter: a URL's ``user:password@`` never reaches a log file or the console (httpx logs every
+    request's URL at INFO; an endpoint from ``$OPENAI_BASE_URL`` may carry credentials)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003  logging's name
+        """Rewrite the record's message without URL credentials; never drops a record."""
+        message = record.getMessage()
+        if "@" in message and URL_CREDENTIALS.search(message):
+            from em.tracking import redact_url
+
+            record.msg = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), message)
+            record.args = ()
+        return True
+
+
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2."""
+    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2.
+
+    Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
+            handler.addFilter(RedactCredentials())
     try:
         return fn(cfg)
     except EMError as e:

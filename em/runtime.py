@@ -101,32 +101,6 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def write_config_records(run_dir: str | Path, cfg: Any) -> None:
-    """The config records of an accepted run: ``resolved_config.yaml`` and, in the Hydra job whose output
-    directory ``run_dir`` is, ``.hydra/{config,hydra,overrides}.yaml`` (as Hydra writes them).
-
-    conf/train.yaml and conf/evaluate.yaml set ``hydra.output_subdir: null`` so that Hydra itself writes
-    nothing: a rerun refused (another seed into a directory of answers) leaves the records describing
-    what is on disk. Call it only once every check of the run has passed. Each file is written atomically.
-    """
-    from omegaconf import OmegaConf
-
-    run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get() if HydraConfig.initialized() else None
-    except Exception:  # noqa: BLE001  outside a Hydra app: no Hydra records
-        hc = None
-    if hc is None or Path(str(hc.runtime.output_dir)).resolve() != run_dir.resolve():
-        return
-    records = run_dir / ".hydra"
-    atomic_write_text(records / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(records / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
-    atomic_write_text(records / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))
-
-
 def in_multirun() -> bool:
     """True inside a job of a Hydra multirun (``-m``); False in a single run or outside Hydra."""
     try:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from em.errors import JudgeError
-from em.runtime import write_config_records
+from em.jobs import write_config_records
 from em.schemas.common import validate
 from em.schemas.evaluate import EvalConfig
 from em.evaluation.adapters import resolve_adapter
