@@ -60,10 +60,12 @@ def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], m
 
 
 CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # what starts raw HTML (a tag, a comment, a declaration)
 
 
 def escape_markdown(text: str) -> str:
-    """``text`` with every ``<`` outside code spans written ``&lt;``: no value from data or config (a model
+    """``text`` with every ``<`` that could open HTML (before a letter, ``/``, ``!`` or ``?``) outside code
+    spans written ``&lt;`` (``aligned < 30`` stays as it is): no value from data or config (a model
     named ``<img src=x onerror=...>``, a ``<script>`` condition) opens an HTML tag in a Markdown viewer.
 
     The report itself writes no HTML, so this escapes only what came from the tables and the config;
@@ -71,10 +73,10 @@ def escape_markdown(text: str) -> str:
     """
     out, pos = [], 0
     for m in CODE_SPAN.finditer(text):
-        out.append(text[pos:m.start()].replace("<", "&lt;"))
+        out.append(TAG_OPEN.sub("&lt;", text[pos:m.start()]))
         out.append(m.group(0))
         pos = m.end()
-    out.append(text[pos:].replace("<", "&lt;"))
+    out.append(TAG_OPEN.sub("&lt;", text[pos:]))
     return "".join(out)
 
 
