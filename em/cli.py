@@ -193,6 +193,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     import em.schemas  # noqa: F401  registers the schemas and resolvers
 
@@ -212,7 +213,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
                                                               with_log_configuration=False)
         except HydraException as e:
             raise ConfigError(hydra_error_line(e)) from None
-        except Exception as e:  # noqa: BLE001  omegaconf's own errors (a type, a missing value) carry the key
+        except OmegaConfBaseException as e:  # omegaconf's own errors (a type, a missing value) carry the key
             key = getattr(e, "full_key", None)
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
         check_composed(_without_hydra(cfg))
