@@ -7,6 +7,8 @@ here with one line naming the key, instead of Hydra's multi-line report.
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from typing import Any, Callable, Optional
 
@@ -21,6 +23,73 @@ LAUNCHER_PLUGINS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
 }
 SCHEMA_SUFFIX = "_schema"  # ConfigStore entries of a group (em.schemas) that are not options to choose
+# A key-bearing config key (its last part): api_key, openai_apikey, hf_token, auth_token, secret, password, ...
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|passwd|credentials?)$")
+URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s@]*@")
+# Config values that become parts of paths (run / sweep directories, file names): em.schemas.common.check_name
+NAME_KEYS = ("experiment_name", "model.name", "data.name", "questions.name", "condition", "evaluate.condition")
+
+
+def check_secrets(argv: list[str]) -> None:
+    """No key on the command line: ``+judge.api_key=...`` or a URL with ``user:password@`` is refused before
+    Hydra writes ``.hydra/*.yaml`` (the message never repeats the value).
+
+    Raises:
+        ConfigError: names the key and says where a key belongs (an environment variable, ``judge.api_key_env``).
+    """
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith("-"):
+            continue
+        leaf = key.lstrip("+~").rsplit(".", 1)[-1].rsplit("@", 1)[0].lower()
+        if SECRET_KEY.search(leaf):
+            raise ConfigError(f"{key.lstrip('+~')}: keys and secrets are never config values (they would be written "
+                              "to the run's config records and W&B); put the key in an environment variable and "
+                              "name it in judge.api_key_env")
+        if URL_CREDENTIALS.search(value):
+            raise ConfigError(f"{key.lstrip('+~')}: credentials in a URL (scheme://user:password@host) would be "
+                              "written to every config record; put the key in the environment variable named by "
+                              "judge.api_key_env")
+
+
+def check_composed(cfg: Any) -> None:
+    """The composed config, before Hydra creates a directory: no key a schema lacks (``+bogus=1``), no URL
+    with credentials (from a YAML file too), and path-safe names (:data:`NAME_KEYS`).
+
+    Raises:
+        ConfigError: one line naming the key.
+    """
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    from em.schemas.common import check_name
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig):
+            t = OmegaConf.get_type(node)
+            known = {f.name for f in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else None
+            for k in node.keys():
+                where = f"{path}.{k}" if path else str(k)
+                if known is not None and k not in known:
+                    raise ConfigError(f"{where}: not a config key (a '+' override adds a key nothing reads); "
+                                      "--cfg job lists the keys")
+                walk(node._get_node(k), where)
+        elif isinstance(node, ListConfig):
+            for i in range(len(node)):
+                walk(node._get_node(i), f"{path}[{i}]")
+        elif not node._is_interpolation() and isinstance(node._value(), str) and URL_CREDENTIALS.search(node._value()):
+            raise ConfigError(f"{path}: credentials in a URL (scheme://user:password@host) would be written to "
+                              "every config record; put the key in the environment variable named by judge.api_key_env")
+
+    walk(cfg, "")
+    for key in NAME_KEYS:
+        try:
+            value = OmegaConf.select(cfg, key, default=None)
+        except Exception:  # noqa: BLE001  an interpolation that resolves only inside a run: checked at validation
+            continue
+        if isinstance(value, str):
+            check_name(value, key)
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -124,9 +193,11 @@ def check_args(config_name: str, argv: list[str]) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     import em.schemas  # noqa: F401  registers the schemas and resolvers
 
+    check_secrets(argv)
     check_launcher(argv)
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help and not (args.config_dir or args.config_name):
@@ -141,10 +212,40 @@ def check_args(config_name: str, argv: list[str]) -> None:
     mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         try:
-            GlobalHydra.instance().hydra.compose_config(config_name, list(args.overrides), run_mode=mode,
-                                                        with_log_configuration=False)
+            cfg = GlobalHydra.instance().hydra.compose_config(config_name, list(args.overrides), run_mode=mode,
+                                                              with_log_configuration=False)
         except HydraException as e:
             raise ConfigError(hydra_error_line(e)) from None
+        except OmegaConfBaseException as e:  # omegaconf's own errors (a type, a missing value) carry the key
+            key = getattr(e, "full_key", None)
+            raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
+        check_composed(_without_hydra(cfg))
+
+
+def _without_hydra(cfg: Any) -> Any:
+    """A copy of a composed config without its ``hydra`` node (what the task function receives)."""
+    from omegaconf import OmegaConf, open_dict
+
+    out = cfg.copy()
+    with open_dict(out):
+        out.pop("hydra", None)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+class RedactCredentials(logging.Filter):
+    """A handler filter: a URL's ``user:password@`` never reaches a log file or the console (httpx logs every
+    request's URL at INFO; an endpoint from ``$OPENAI_BASE_URL`` may carry credentials)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003  logging's name
+        """Rewrite the record's message without URL credentials; never drops a record."""
+        message = record.getMessage()
+        if "@" in message and URL_CREDENTIALS.search(message):
+            from em.tracking import redact_url
+
+            record.msg = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), message)
+            record.args = ()
+        return True
 
 
 def help_text(config_name: str, overrides: list[str]) -> str:
@@ -178,7 +279,13 @@ def help_text(config_name: str, overrides: list[str]) -> str:
 
 
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2."""
+    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2.
+
+    Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
+            handler.addFilter(RedactCredentials())
     try:
         return fn(cfg)
     except EMError as e:

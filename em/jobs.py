@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from em import lineage
 from em.errors import ConfigError
-from em.runtime import atomic_write_json, read_json
+from em.runtime import atomic_write_json, atomic_write_text, read_json
 
 JOB_FILE = "em_job.json"
 DONE_FILE = "DONE.json"
@@ -153,3 +153,27 @@ def write_done(job_dir: Path, full_hash: str, train_hash: str, summary: dict[str
 def clear_done(job_dir: Path) -> None:
     """Remove a ``DONE.json`` of another config: it no longer describes this directory."""
     (Path(job_dir) / DONE_FILE).unlink(missing_ok=True)
+
+
+def write_config_records(run_dir: str | Path, cfg: Any) -> None:
+    """The config records of an accepted run: ``resolved_config.yaml`` and, in the Hydra job whose output
+    directory ``run_dir`` is, ``.hydra/{config,hydra,overrides}.yaml`` (as Hydra writes them).
+
+    conf/train.yaml and conf/evaluate.yaml set ``hydra.output_subdir: null`` so that Hydra itself writes
+    nothing: a rerun refused (another seed into a directory of answers) leaves the records describing
+    what is on disk. Call it only once every check of the run has passed. Each file is written atomically.
+    """
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001  outside a Hydra app: no Hydra records
+        hc = None
+    if hc is None or Path(str(hc.runtime.output_dir)).resolve() != run_dir.resolve():
+        return
+    records = run_dir / ".hydra"
+    atomic_write_text(records / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(records / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
+    atomic_write_text(records / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))

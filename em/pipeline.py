@@ -118,6 +118,7 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
     jobs.check_job_dir(job_dir, train_hash, ident)
+    jobs.write_config_records(job_dir, cfg)  # accepted: the records describe this job (Hydra itself writes none)
 
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
     done = jobs.read_done(job_dir)

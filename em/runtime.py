@@ -3,6 +3,8 @@
 * :func:`atomic_write` / :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_replace_dir`
   -- a reader (or a killed writer) never sees half a file: write a temp file *in the same directory*
   (so the final ``os.replace`` is a rename on one filesystem), then rename it over the target.
+* :func:`atomic_write_csv` -- every CSV em writes: each text field quoted, so ``\r`` / ``\n`` / quotes /
+  commas inside an answer never split a row (round trip through :func:`em.analysis.io.read_table`).
 * :func:`in_multirun` -- are we one job of a Hydra ``-m`` sweep?
 * :func:`is_wandb_logger` -- does a ``logger`` config node build W&B?
 * :data:`CONF_DIR` -- the packaged Hydra config root (for ``initialize_config_dir`` only; nothing opens a
@@ -54,6 +56,18 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 def atomic_write_json(path: str | Path, obj: Any, indent: Optional[int] = 2) -> Path:
     """Write ``obj`` as JSON atomically; values JSON cannot hold (paths, numpy scalars) go through ``str``."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=_jsonable))
+
+
+def atomic_write_csv(path: str | Path, df: Any) -> Path:
+    """Write a pandas DataFrame as CSV atomically, every non-numeric field quoted (``csv.QUOTE_NONNUMERIC``).
+
+    The csv module's minimal quoting does not quote a bare ``\r`` (only the line terminator's characters),
+    and pandas' reader ends a row at one: quoting every text field keeps answers with CR, LF, NUL, quotes
+    or commas in one row. Missing values are written as empty fields.
+    """
+    import csv
+
+    return atomic_write(path, lambda p: df.to_csv(p, index=False, quoting=csv.QUOTE_NONNUMERIC))
 
 
 def atomic_replace_dir(src: str | Path, dest: str | Path) -> Path:

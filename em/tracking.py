@@ -24,6 +24,26 @@ SECRET_ENV_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 REDACTED = "<redacted>"
 
 
+def redact_url(url: str) -> str:
+    """``url`` without credentials: the ``user:password@`` part and secret-looking query values removed
+    (``http://u:KEY@host/v1?api_key=K`` -> ``http://host/v1?api_key=<redacted>``). Not a URL: unchanged."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url redacted>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "<redacted>" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in pairs],
+                          safe="<>")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def wandb_mode(mode: str = "auto") -> str:
     """The W&B mode to run in: ``mode`` itself unless it is ``"auto"``.
 
@@ -71,7 +91,8 @@ def scrub(config: Any, _secrets: Optional[set[str]] = None) -> Any:
     Redacted: a non-empty value under a secret key (:func:`is_secret_key`: ``api_key``, ``*_api_key``,
     ``token``, ``*_token``...), and any string equal to the value of a secret environment variable
     (:func:`env_secrets`), whatever its key. Never by substring of a hyperparameter's name:
-    ``generation.max_new_tokens`` and ``model.random_init.num_key_value_heads`` stay as they are.
+    ``generation.max_new_tokens`` and ``model.random_init.num_key_value_heads`` stay as they are. A URL anywhere loses its credentials
+    (:func:`redact_url`).
     Dicts and lists are walked recursively; other values are returned unchanged (not copied).
 
     Args:
@@ -87,6 +108,8 @@ def scrub(config: Any, _secrets: Optional[set[str]] = None) -> Any:
         return [scrub(v, secrets) for v in config]
     if isinstance(config, str) and config in secrets:
         return REDACTED
+    if isinstance(config, str) and "://" in config:
+        return redact_url(config)
     return config
 
 

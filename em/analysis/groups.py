@@ -49,7 +49,7 @@ class Cells:
 
     @classmethod
     def from_answers(cls, answers: pd.DataFrame) -> "Cells":
-        """Build the cells from the answers table :func:`em.analysis.io.load_responses` returns."""
+        """Build the cells from the answers table :func:`em.analysis.loading.load_responses` returns."""
         grouped = answers.groupby(list(GROUP_COLUMNS), observed=True, sort=True)
         code = grouped.ngroup().to_numpy()
         keys = grouped.size().reset_index()[list(GROUP_COLUMNS)]

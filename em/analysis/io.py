@@ -11,20 +11,20 @@ format columns, and with an ensemble judge one row per judge (a ``judge`` column
 from __future__ import annotations
 
 import contextvars
-
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from em import measurement
 from em.analysis import readers
-from em.analysis.inputs import TableInput, swept_labels
 from em.errors import ConfigError, DataError
 from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
 
+log = logging.getLogger("em.analysis")
 GROUP_COLUMNS = ("model", "condition", "format", "question_id")
 # A missing model/condition/format column makes one group, named so nobody mistakes it for a real value.
 UNSPECIFIED = "unspecified"
@@ -277,89 +277,3 @@ def normalise(df: pd.DataFrame, path: Path, *, condition: Optional[str] = None, 
     reasons = answers.loc[answers["status"] == UNSCORED, "reason"].fillna("unknown").value_counts()
     info["unscored_reasons"] = "; ".join(f"{k}: {v}" for k, v in reasons.items())
     return answers, judge_scores, info
-
-
-def load_responses(tables: Sequence[TableInput | Path], *, condition: Optional[str] = None,
-                   model: Optional[str] = None, judge_combine: str = "mean", columns: Optional[dict] = None,
-                   seed_kind: str = "sampling", exclude_special: bool = False) -> Responses:
-    """Read and normalise every table into one :class:`Responses`.
-
-    Each table goes through :func:`em.analysis.readers.prepare` (column map ``columns``, its input's
-    metadata, flag columns, ``seed_kind``). Tables found by scanning a folder that have no score column
-    are skipped (listed in the notes); tables of identical sweep jobs (same hash) are read once; keys a
-    sweep varied beyond model / data / seed are appended to the model name (``model[optimizer.lr=1e-05]``),
-    so they group the rates and appear in every table.
-
-    ``exclude_special``: ``thresholds.exclude_special`` (the paper's exclusion of CODE / REFUSAL top tokens
-    with scores; default off, the reference judge's rule: :func:`em.measurement.answer_status`).
-
-    Raises:
-        DataError: no tables, or a table :func:`read_table` / :func:`normalise` / ``prepare`` rejects.
-        ConfigError: ``judges.combine`` names an absent judge.
-    """
-    token = _EXCLUDE_SPECIAL.set(bool(exclude_special))
-    try:
-        return _load_tables(tables, condition, model, judge_combine, columns, seed_kind)
-    finally:
-        _EXCLUDE_SPECIAL.reset(token)
-
-
-def _load_tables(tables, condition, model, judge_combine, columns, seed_kind) -> Responses:
-    tables = [t if isinstance(t, TableInput) else TableInput(Path(t)) for t in tables]
-    if not tables:
-        raise DataError("inputs: no responses tables found")
-    labels, swept, duplicates = swept_labels(tables)
-    answers, judges, infos, notes = [], [], [], []
-    if duplicates:
-        notes.append(f"{len(duplicates)} table(s) from sweep jobs identical to another (same job hash) were read "
-                     f"once: {', '.join(str(tables[i].path) for i in duplicates)}.")
-    if swept:
-        notes.append(f"Sweep keys beyond model / data / seed group the answers (appended to the model name): "
-                     f"{', '.join(swept)}.")
-    skipped = []
-    sampling_seed = False
-    offset = 0
-    for i, t in enumerate(tables):
-        if i in duplicates:
-            continue
-        df = read_table(t.path)
-        if t.scanned and not readers.has_scores(df.rename(columns={v: k for k, v in (columns or {}).items()})):
-            skipped.append(str(t.path))
-            continue
-        df = readers.prepare(df, t.path, t.meta, columns or {}, seed_kind)
-        sampling_seed |= "sample_seed" in df
-        a, j, info = normalise(df, t.path, condition=condition, model=model, judge_combine=judge_combine)
-        if labels[i]:
-            a["model"] = a["model"].astype(str) + f"[{labels[i]}]"
-            info["sweep"] = labels[i]
-        a.insert(0, "source", i)
-        answers.append(a)
-        if j is not None:
-            j = j.assign(answer_id=j["answer_id"] + offset, source=i)
-            judges.append(j)
-        offset += len(a)
-        infos.append(info)
-    if skipped:
-        notes.append(f"Files without score columns in the folders read were skipped: {', '.join(skipped)}.")
-    if not answers:
-        raise DataError(f"inputs: no table with score columns among {len(tables)} file(s) "
-                        f"(e.g. {tables[0].path}); map other names with columns.aligned=... columns.coherent=...")
-    table = pd.concat(answers, ignore_index=True)
-    for col in ("model", "condition", "format", "question_id", "status"):
-        table[col] = table[col].astype("category")
-    for col in KEEP_COLUMNS:
-        if col in table:
-            table[col] = table[col].fillna(UNSPECIFIED).astype("category")
-    sources = pd.DataFrame(infos)
-    for col in ("model", "condition", "format"):
-        if (table[col] == UNSPECIFIED).any():
-            notes.append(f"Some tables have no '{col}' column (or empty values): those answers form one "
-                         f"'{UNSPECIFIED}' {col} group.")
-    if (sources["schema"] == "upstream").any():
-        notes.append("Upstream-schema tables (question_id/question/answer/aligned/coherent only): format inferred "
-                     "from the question_id suffix (_json, _template, else plain).")
-    if sampling_seed:
-        notes.append("A per-answer `seed` column was read as a sampling seed (set columns.seed_kind=training if "
-                     "it is the fine-tuning run's seed).")
-    return Responses(answers=table, judge_scores=pd.concat(judges, ignore_index=True) if judges else None,
-                     sources=sources, notes=notes)

@@ -59,6 +59,39 @@ def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], m
     return "\n".join(lines) + "\n"
 
 
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # what starts raw HTML (a tag, a comment, a declaration)
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with every ``<`` that could open HTML (before a letter, ``/``, ``!`` or ``?``) outside code
+    spans written ``&lt;`` (``aligned < 30`` stays as it is): no value from data or config (a model
+    named ``<img src=x onerror=...>``, a ``<script>`` condition) opens an HTML tag in a Markdown viewer.
+
+    The report itself writes no HTML, so this escapes only what came from the tables and the config;
+    inside a code span a renderer shows ``<`` literally already.
+    """
+    out, pos = [], 0
+    for m in CODE_SPAN.finditer(text):
+        out.append(TAG_OPEN.sub("&lt;", text[pos:m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    out.append(TAG_OPEN.sub("&lt;", text[pos:]))
+    return "".join(out)
+
+
+def _no_raw_html():
+    """A Python-Markdown extension that treats raw HTML as text (escaped), blocks and inline alike."""
+    from markdown.extensions import Extension
+
+    class NoRawHtml(Extension):
+        def extendMarkdown(self, md):  # noqa: N802  Python-Markdown's hook name
+            md.preprocessors.deregister("html_block")
+            md.inlinePatterns.deregister("html")
+
+    return NoRawHtml()
+
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
@@ -70,11 +103,12 @@ code{background:#f5f5f5;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bo
 
 def render_html(markdown_text: str, base: Path) -> str:
     """A self-contained HTML page from the report's Markdown: the figures under ``base`` are inlined as
-    base64 PNG data URIs, so the file can be moved or mailed alone.
+    base64 PNG data URIs, so the file can be moved or mailed alone. Raw HTML in the text is rendered as
+    text (escaped), never as markup: no value from the data can run a script in the reader's browser.
     """
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists"])
+    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists", _no_raw_html()])
 
     def inline(match: re.Match) -> str:
         path = base / match.group(1)

@@ -15,7 +15,7 @@ from em.analysis.contrasts import contrast_table
 from em.analysis.correlations import correlation_table
 from em.analysis.groups import Cells
 from em.analysis.inputs import find_tables
-from em.analysis.io import load_responses
+from em.analysis.loading import load_responses
 from em.analysis.judges import judge_tables
 from em.analysis.rates import rate_definition, rate_table
 from em.analysis.results import Results
@@ -23,7 +23,7 @@ from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import sensitivity_tables
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
-from em.runtime import atomic_write_text
+from em.runtime import atomic_write_csv, atomic_write_text
 from em.schemas.analysis import load_analysis_config
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def write_tables(r: Results) -> dict[str, pd.DataFrame]:
     }
     for name, df in frames.items():
         path = Path(r.settings.run_dir) / f"{name}.csv"
-        df.to_csv(path, index=False)
+        atomic_write_csv(path, df)
         r.tables[descriptions[name]] = path
     return frames
 
@@ -140,7 +140,7 @@ def run_analysis(cfg: Any) -> Path:
         paths = [t.path for t in tables]
         responses = load_responses(tables, condition=s.condition, model=s.model_name, judge_combine=s.judges.combine,
                                    columns=s.columns.mapping(), seed_kind=s.columns.seed_kind,
-                                   exclude_special=s.thresholds.exclude_special)
+                                   exclude_special=s.thresholds.exclude_special, dedupe=s.dedupe)
         _check_scored(responses.answers, paths)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)

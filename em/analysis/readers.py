@@ -47,6 +47,9 @@ def _read_json(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(obj)
 
 
+TEXT_COLUMNS = ("question", "answer", "system", "unscored_reason", "judge_raw")
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read one .parquet / .csv / .jsonl / .json (list of records) table, column names stripped.
 
@@ -61,8 +64,12 @@ def read_table(path: Path) -> pd.DataFrame:
             df = _read_jsonl(path)
         elif suffix == ".json":
             df = _read_json(path)
-        else:
-            df = pd.read_csv(path, low_memory=False)
+        else:  # free text as written: an answer "NA" or "None" stays text; only an empty field is missing
+            from pandas._libs.parsers import STR_NA_VALUES
+
+            header = pd.read_csv(path, nrows=0).columns
+            na = {c: [""] if str(c).strip() in TEXT_COLUMNS else sorted(STR_NA_VALUES) for c in header}
+            df = pd.read_csv(path, low_memory=False, keep_default_na=False, na_values=na)
     except DataError:
         raise
     except pd.errors.EmptyDataError:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from em.analysis.contrasts import headline_contrast
 from em.analysis.figures import CAPTIONS, FIGURES
-from em.analysis.markdown import dec, md_table, num, pct, pval, rate_ci, render_html
+from em.analysis.markdown import dec, escape_markdown, md_table, num, pct, pval, rate_ci, render_html
 from em.analysis.results import Results
 from em.analysis.sensitivity import check_summary
 from em.analysis.rates import DENOMINATOR_COLUMN as DEN_COLUMN
@@ -332,7 +332,7 @@ def render_markdown(r: Results) -> str:
 
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and a self-contained ``run_dir/report.html``; return both paths."""
-    text = render_markdown(r)
+    text = escape_markdown(render_markdown(r))  # every value from data or config: no HTML tag opens
     md = run_dir / "report.md"
     md.write_text(text, encoding="utf-8")
     html = run_dir / "report.html"

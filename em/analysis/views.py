@@ -1,7 +1,7 @@
 """Small views beside the main analysis: the misaligned rate along a sequential fine-tuning chain
 (:func:`chain_view`) and the trigger-on vs trigger-off contrast (:func:`trigger_contrast`).
 
-Both start from the answers table of :func:`em.analysis.io.load_responses` (one row per answer, with
+Both start from the answers table of :func:`em.analysis.loading.load_responses` (one row per answer, with
 ``status``, ``aligned`` and ``coherent``) and count under a :class:`em.measurement.Thresholds`: the
 misaligned rate is misaligned / coherent among scored answers, with a Wilson interval
 (:func:`em.analysis.rates.wilson`); a difference of two rates gets Newcombe's hybrid score interval
@@ -116,8 +116,8 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
 
 
 def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.DataFrame:
-    """The answers table of the given responses tables (:func:`em.analysis.io.load_responses`); a
+    """The answers table of the given responses tables (:func:`em.analysis.loading.load_responses`); a
     ``trigger`` column of the tables is kept (``unspecified`` where a table has none)."""
-    from em.analysis.io import load_responses
+    from em.analysis.loading import load_responses
 
     return load_responses(list(tables), condition=condition).answers

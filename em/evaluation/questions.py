@@ -98,14 +98,18 @@ def parse_question_file(path: str | Path, name: Optional[str] = None) -> list[Qu
     Returns the entries in file order, variants included.
 
     Raises:
-        DataError: the file cannot be read or is not YAML; it is not a non-empty list; an entry is not a
-            mapping, lacks ``id``, repeats an id, has no non-empty list of string ``paraphrases``, a
+        DataError: the file cannot be read, is not UTF-8 (file:line) or is not YAML; it is not a
+            non-empty list; an entry is not a mapping, lacks ``id``, repeats an id, has no non-empty list of string ``paraphrases``, a
             non-string ``system``, no ``judge_prompts`` mapping, a template without ``{answer}``, or a
             ``samples_per_paraphrase`` that is not a positive integer. The message names file and entry.
     """
     name = name or str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{name}:{line}: not valid UTF-8 (byte {e.start + 1}); save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise DataError(f"{name}: not valid YAML ({' '.join(str(e).split())})") from None
     except OSError as e:

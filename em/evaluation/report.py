@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from em.measurement import (CODE, REFUSAL, SCORED, Thresholds, answer_status, combine_judges, rates,
                             special_scored)
-from em.runtime import atomic_write, atomic_write_json
+from em.runtime import atomic_write, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("em.evaluation")
 
@@ -193,7 +193,7 @@ def summarize(df, meta: dict[str, Any], thresholds: Optional[Thresholds] = None)
 def write(run_dir: Path, df, summary: dict[str, Any]) -> None:
     """Write responses.parquet, responses.csv and summary.json into ``run_dir``, each atomically."""
     atomic_write(Path(run_dir) / "responses.parquet", lambda p: df.to_parquet(p, index=False))
-    atomic_write(Path(run_dir) / "responses.csv", lambda p: df.to_csv(p, index=False))
+    atomic_write_csv(Path(run_dir) / "responses.csv", df)
     atomic_write_json(Path(run_dir) / "summary.json", summary)
 
 

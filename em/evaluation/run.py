@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from em.errors import JudgeError
-from em.runtime import atomic_write_text
+from em.jobs import write_config_records
 from em.schemas.common import validate
 from em.schemas.evaluate import EvalConfig
 from em.evaluation.adapters import resolve_adapter
@@ -86,7 +86,6 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
         ec.generation.max_new_tokens = ec.questions.max_new_tokens
     run_dir = Path(ec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     # 1. questions x formats -> samples (unknown ids / missing variants fail here)
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
@@ -116,7 +115,8 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
         "max_new_tokens": ec.generation.max_new_tokens,
     }
     store = AnswerStore(run_dir / "answers.jsonl", identity)
-    stored = store.load()
+    stored = store.load()  # refuses answers of another identity: the run is accepted after this
+    write_config_records(run_dir, cfg)
     shas = {s.key: prompt_sha(render(tokenizer, ec.model, s)) for s in samples}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "

@@ -160,7 +160,7 @@ def run_batch(judge: OpenAIBatchJudge, requests: list[JudgeRequest], on_result: 
         for i in ids[cid]:
             on_result(i, judgment)
 
-    client = OpenAI(api_key=os.environ[judge.api_key_env], base_url=judge.base_url,
+    client = OpenAI(api_key=os.environ[judge.api_key_env], base_url=judge.endpoint,
                     max_retries=judge.max_retries, timeout=judge.timeout)
     try:
         # 1. batches submitted earlier from this directory: reuse their saved answers, re-attach to running ones

@@ -65,7 +65,7 @@ class OpenAIJudge(OpenAIEndpointJudge):
         from openai import AsyncOpenAI
         from tqdm.auto import tqdm
 
-        client = AsyncOpenAI(api_key=os.environ[self.api_key_env], base_url=self.base_url,
+        client = AsyncOpenAI(api_key=os.environ[self.api_key_env], base_url=self.endpoint,
                              max_retries=self.max_retries, timeout=self.timeout)
         sem = asyncio.Semaphore(self.concurrency)
         bar = tqdm(total=len(requests), desc=f"judge {self.name}", unit="req", disable=not progress,

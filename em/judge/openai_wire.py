@@ -40,8 +40,11 @@ def resolve_base_url(base_url: Optional[str]) -> str:
 
 def identity(base_url: str, model: str, top_logprobs: int) -> str:
     """The cache identity of an OpenAI-compatible judge: the same prompt to the same model at the same endpoint
-    (with the same number of top logprobs) gets the same answer, synchronously or through the Batch API."""
-    return f"openai|{base_url}|{model}|top{top_logprobs}"
+    (with the same number of top logprobs) gets the same answer, synchronously or through the Batch API.
+    Credentials in ``base_url`` are never part of it (:func:`em.tracking.redact_url`)."""
+    from em.tracking import redact_url
+
+    return f"openai|{redact_url(base_url)}|{model}|top{top_logprobs}"
 
 
 def request_body(model: str, prompt: str, top_logprobs: int = 20) -> dict[str, Any]:
@@ -155,7 +158,8 @@ class OpenAIEndpointJudge(Judge):
     Args (conf/judge/openai*.yaml; ranges checked by :class:`em.schemas.judge.OpenAIEndpointSchema`):
         name: the judge's name in the responses table.
         model: the API model id.
-        base_url: the endpoint; None: ``$OPENAI_BASE_URL``, else the OpenAI API.
+        base_url: the endpoint; None: ``$OPENAI_BASE_URL``, else the OpenAI API. Kept as ``endpoint`` for the
+            client; ``base_url`` and ``identity`` (logged, cached, written) carry it without credentials.
         api_key_env: the environment variable that holds the key (the key itself is never in a config).
         max_retries: the openai client's retries of 429 / 5xx / timeouts / dropped connections.
         timeout: seconds per HTTP request.
@@ -169,7 +173,10 @@ class OpenAIEndpointJudge(Judge):
                  price_output_per_mtok: Optional[float] = None):
         self.name = name
         self.model = model
-        self.base_url = resolve_base_url(base_url)
+        from em.tracking import redact_url
+
+        self.endpoint = resolve_base_url(base_url)  # what the client connects to (may carry credentials)
+        self.base_url = redact_url(self.endpoint)  # what is shown, logged, cached and written: no credentials
         self.api_key_env = api_key_env
         self.max_retries = max_retries
         self.timeout = timeout

@@ -196,6 +196,8 @@ class AnalysisConfig:
         power: target power for the sample size reported as needed.
         min_group_n: fewer answers in the denominator than this in either group: reported, not tested.
         figures: draw the PNG / SVG figures.
+        dedupe: count exact duplicate rows of a table once (they are always counted and warned about; an
+            upstream table can hold two identical short answers legitimately, so off by default).
         logger: the training stage's ``logger`` group; only whether it builds W&B is read here.
 
     Raises (in :func:`load_analysis_config`):
@@ -221,6 +223,7 @@ class AnalysisConfig:
     ordering: OrderingConfig = field(default_factory=OrderingConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
     figures: bool = True
+    dedupe: bool = False
     wandb: AnalysisWandbConfig = field(default_factory=AnalysisWandbConfig)
     logger: Any = None
 

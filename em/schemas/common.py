@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +14,21 @@ def require(ok: bool, key: str, msg: str) -> None:
     """Raise ConfigError(f"{key}: {msg}") unless ``ok`` (the dotted config key comes first)."""
     if not ok:
         raise ConfigError(f"{key}: {msg}")
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: str, key: str) -> str:
+    """``value`` when it is safe as one path component (``[A-Za-z0-9._-]``, no ``..``): it names run, sweep
+    and output directories and files.
+
+    Raises:
+        ConfigError: ``<key>: ...`` naming the key and the characters allowed.
+    """
+    ok = isinstance(value, str) and bool(NAME_PATTERN.fullmatch(value)) and ".." not in value
+    require(ok, key, f"{value!r} is used in paths: only letters, digits, '.', '_' and '-' (no '..', no '/')")
+    return value
 
 
 def validate(cfg: DictConfig) -> Any:

