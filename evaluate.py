@@ -16,10 +16,14 @@ from em.cli import check_args, run_main
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once it really runs)."""
+    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once it really runs).
+
+    Exits 1 when judgments failed (the table and summary are written; a rerun asks only those again)."""
     from em.evaluation.run import run_evaluation
 
-    run_main(run_evaluation, cfg)
+    res = run_main(run_evaluation, cfg)
+    if getattr(res, "failures", 0):  # judgments failed: results kept on disk, a rerun asks them again
+        sys.exit(1)
 
 
 if __name__ == "__main__":

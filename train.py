@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 import em.schemas  # noqa: F401  registers the structured-config schemas
 from em.cli import check_args, run_main
+from em.runtime import in_multirun as _in_multirun
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -20,7 +21,9 @@ def main(cfg: DictConfig) -> None:
     """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
     from em.pipeline import run_job
 
-    run_main(run_job, cfg)
+    res = run_main(run_job, cfg)
+    if getattr(res, "state", None) == "failed" and not _in_multirun():  # e.g. failed judgments: a rerun asks again
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ class EvalTarget:
 
 @dataclass
 class JobResult:
-    """What :func:`run_job` did: ``state`` done / skipped / failed, and the job's final metrics."""
+    """What :func:`run_job` did: ``state`` done / skipped / failed, and the job's final metrics.
+
+    A job whose judgments failed (retryable) is ``failed`` (stage ``judge``): no DONE.json, so a relaunch
+    asks them again; train.py exits 1 for it."""
 
     state: str
     job_dir: Path
@@ -121,6 +124,9 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
 
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
     done = jobs.read_done(job_dir)
+    if done and jobs.judge_failures(job_dir):  # an older version's DONE.json over failed judgments
+        done = None
+        jobs.clear_done(job_dir)
     if tc.sweep.skip_done and done and done.get("hash") == full_hash:
         record.end("skipped", models_loaded=model_loads())
         print(f"{job_dir}: done already (config hash {full_hash}); skipped")
@@ -155,6 +161,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     finally:
         release_memory()
 
+    failed = jobs.judge_failures(job_dir)
+    if failed:  # not done: a relaunch re-asks the failed judgments (answers and trained adapter are reused)
+        error = f"{failed['count']} judgments failed (most common, {failed['top_count']}x: {failed['reason']})"
+        record.end("failed", models_loaded=model_loads(), stage="judge", error=error, judge_failures=failed["count"])
+        print(f"error: {job_dir}: judge: {error}; a relaunch asks them again", file=sys.stderr)
+        return JobResult("failed", job_dir, summary, error=error)
     jobs.write_done(job_dir, full_hash, train_hash, summary)
     record.end("done", models_loaded=model_loads())
     return JobResult("done", job_dir, summary)
