@@ -120,6 +120,11 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     job_dir = Path(tc.run_dir)
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
+    if evals and not evals[0][1].dry_run:  # the judges' checks (ranges, API key) too, before training
+        from em.judge.factory import build_judges
+
+        for judge in build_judges(evals[0][1].judge):
+            judge.check()
     jobs.check_job_dir(job_dir, train_hash, ident)
 
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
