@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from em import jobs
 from em.errors import EMError
+from em.locks import DirectoryLocked, DirLock
 from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
 from em.schemas.common import validate
 from em.schemas.evaluate import PIPELINE_KEYS, EvalConfig
@@ -113,6 +114,8 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     Raises:
         ConfigError: a bad value, or a job directory holding a training run of another config (before
             anything is loaded); with ``isolate_failures`` false, any error of a stage.
+        DirectoryLocked: another live process writes the job directory (with ``isolate_failures``: a
+            failed result instead, and the other process' records are left alone).
     """
     isolate = in_multirun() if isolate_failures is None else isolate_failures
     loads0 = model_loads()  # (several jobs may share this process)
@@ -126,7 +129,24 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
         for judge in build_judges(evals[0][1].judge):
             judge.check()
     jobs.check_job_dir(job_dir, train_hash, ident)
+    lock = DirLock(job_dir, "job")
+    try:  # one writer per job directory (a relaunch while the old job still runs is refused)
+        lock.acquire()
+    except DirectoryLocked as e:
+        if not isolate:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return JobResult("failed", job_dir, error=str(e))
+    try:
+        return _run_locked(cfg, tc, job_dir, (full_hash, train_hash, ident), evals, isolate, loads0)
+    finally:
+        lock.release()
 
+
+def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: bool,
+                loads0: int) -> JobResult:
+    """:func:`run_job` once the job directory's lock is held: skip, or train -> evaluate -> judge."""
+    full_hash, train_hash, ident = hashes
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
     done = jobs.read_done(job_dir)
     if done and jobs.judge_failures(job_dir):  # an older version's DONE.json over failed judgments

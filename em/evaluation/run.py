@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from em.errors import JudgeError
+from em.locks import DirLock
 from em.runtime import atomic_write_text
 from em.schemas.common import validate
 from em.schemas.evaluate import EvalConfig
@@ -77,8 +78,15 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
         JudgeError: a judge that cannot run (no API key: before generation; every request refused:
             after the table of what finished is written).
         ModelLoadError: the model or adapter cannot be loaded.
+        DirectoryLocked: another live process writes ``run_dir`` (:mod:`em.locks`).
     """
     ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
+    with DirLock(ec.run_dir, "evaluation"):  # one writer per run directory (a second run: exit 2)
+        return _run_locked(cfg, ec)
+
+
+def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
+    """:func:`run_evaluation` once the run directory's lock is held."""
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
         log.info("questions=%s caps answers at %d new tokens", ec.questions.name, ec.questions.max_new_tokens)
         ec.generation.max_new_tokens = ec.questions.max_new_tokens
