@@ -114,4 +114,18 @@ class DirLock:
         self.release()
 
 
-__all__ = ["DirLock", "DirectoryLocked", "LOCK_FILE"]
+def holder(directory: str | Path) -> Optional[str]:
+    """Who the lock file of ``directory`` names (``pid <p> on <host> (started ..., <what>)``), or None when it
+    names no one (never locked, or released). A named holder is alive or its lock is stale."""
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        info = _read(fd)
+    finally:
+        os.close(fd)
+    return _describe(info) if info.get("pid") else None
+
+
+__all__ = ["DirLock", "DirectoryLocked", "LOCK_FILE", "holder"]

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from em import jobs
 from em.errors import ConfigError, EMError
+from em.locks import holder
 from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
 
 log = logging.getLogger("em.sweep")
@@ -219,7 +220,9 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
     for d in job_dirs:
         rec = jobs.read_job(d)
         if rec is None or rec.get("started", 0) < since - 1:
-            out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"})
+            held = holder(d)
+            out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"
+                                  + (f"; its directory is locked by {held}" if held else "")})
             continue
         state = rec.get("state")
         if state in ("done", "skipped"):

@@ -92,3 +92,19 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, capsys):
 
         assert info["pid"] == os.getpid() and info["what"] == "evaluation" and info["host"]
     assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def test_sweep_summary_names_the_process_holding_a_job_directory(tmp_path):
+    from em.sweep import format_summary, summarize
+
+    job_dir = tmp_path / "sweep" / "job0"
+    job_dir.mkdir(parents=True)
+    since = time.time()
+    holder = _holder(job_dir)  # a job of an earlier launch, still running
+    try:
+        s = summarize(tmp_path / "sweep", [job_dir], since)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"locked by pid {holder.pid} " in s["failed"][0]["error"]
+    assert "0 done, 0 skipped, 1 failed" in format_summary(s)
