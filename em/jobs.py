@@ -116,9 +116,10 @@ def read_done(job_dir: Path) -> Optional[dict]:
 
 
 def is_done(job_dir: Path, full_hash: str) -> bool:
-    """Does ``<job_dir>/DONE.json`` record this exact job (the hash of its identity)?"""
+    """Does ``<job_dir>/DONE.json`` record this exact job (the hash of its identity), with no failed judgment
+    in its evaluation summaries (an older version wrote DONE.json over failed judgments)?"""
     done = read_done(job_dir)
-    return bool(done and done.get("hash") == full_hash)
+    return bool(done and done.get("hash") == full_hash) and not judge_failures(job_dir)
 
 
 class JobRecord:
@@ -142,6 +143,26 @@ class JobRecord:
         """Record a final ``state`` with its end time (unix s) and, when given, the models this job loaded."""
         extra = {} if models_loaded is None else {"models_loaded": models_loaded - self.loads_before}
         self.write(state, ended=time.time(), **fields, **extra)
+
+
+def judge_failures(job_dir: Path) -> Optional[dict[str, Any]]:
+    """The failed (retryable) judgments recorded in the job's evaluation summaries (``eval*/summary.json``,
+    ``judges.<name>.failures``), or None when there are none.
+
+    Returns:
+        ``{"count": n, "reason": the most common reason, "top_count": how often}``.
+    """
+    count, top = 0, None
+    for f in sorted(Path(job_dir).glob("eval*/summary.json")):
+        for st in ((read_json(f) or {}).get("judges") or {}).values():
+            n = int(st.get("failures") or 0)
+            count += n
+            t = (st.get("extra") or {}).get("top_failure")
+            if n and t and (top is None or t.get("count", 0) > top.get("count", 0)):
+                top = t
+    if not count:
+        return None
+    return {"count": count, "reason": (top or {}).get("reason", "unknown"), "top_count": (top or {}).get("count", count)}
 
 
 def write_done(job_dir: Path, full_hash: str, train_hash: str, summary: dict[str, Any]) -> None:

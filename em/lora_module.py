@@ -104,6 +104,7 @@ class LoRAFineTune(L.LightningModule):
         self._window_loss = 0.0
         self._tokens_seen = 0
         self._t0: Optional[float] = None
+        self._seconds_before = 0.0  # training time of the run's earlier parts (restored from the checkpoint)
         self.resumed_from_step: Optional[int] = None
 
     @property
@@ -137,8 +138,21 @@ class LoRAFineTune(L.LightningModule):
         return loss * self.grad_accum
 
     def on_train_start(self) -> None:
-        """Start the tokens/s clock (model loading and setup excluded)."""
+        """Start the tokens/s clock (model loading and setup excluded); after a resume, give a CSV logger
+        the restored steps again (Lightning's ``CSVLogger`` starts ``metrics.csv`` afresh), so the file holds
+        every step once, the resumed ones after them."""
         self._t0 = time.perf_counter()
+        if self.resumed_from_step is not None:
+            from lightning.pytorch.loggers import CSVLogger
+
+            for logger in self.loggers:
+                if isinstance(logger, CSVLogger):
+                    for h in self.history:
+                        logger.log_metrics({k: v for k, v in h.items() if k != "step"}, step=h["step"])
+
+    def _train_seconds(self) -> float:
+        """Training seconds of the whole run so far: earlier parts (from the checkpoint) + this process'."""
+        return self._seconds_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
     def on_train_epoch_start(self) -> None:
         """Hand the epoch to the batch sampler, so that every epoch has its own seeded order."""
@@ -159,11 +173,12 @@ class LoRAFineTune(L.LightningModule):
             self._window_loss = strategy.reduce(torch.as_tensor(self._window_loss, device=self.device), reduce_op="sum")
             if isinstance(strategy, L.pytorch.strategies.FSDPStrategy):
                 grad_norm = strategy.reduce(grad_norm.to(self.device) ** 2, reduce_op="sum") ** 0.5
-        elapsed = time.perf_counter() - (self._t0 or time.perf_counter())
+        elapsed = self._train_seconds()
         metrics = {
             "train/loss": float(self._window_loss),
             "train/lr": optimizer.param_groups[0]["lr"],
             "train/grad_norm": float(grad_norm),  # before clipping
+            # the whole run's tokens over the whole run's training time: both restored on resume
             "train/tokens_per_s": self._tokens_seen / max(elapsed, 1e-9),
             "train/tokens_seen": float(self._tokens_seen),
             "train/epoch": self.trainer.current_epoch
@@ -191,16 +206,20 @@ class LoRAFineTune(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trainable weights in the checkpoint; add the step history and tokens seen."""
+        """Keep only the trainable weights in the checkpoint; add the step history, tokens seen and training
+        seconds so far."""
         # (FSDP inserts its wrapper into parameter names, not into the gathered state dict's keys)
         trainable = {n.replace("_fsdp_wrapped_module.", "") for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["em_history"] = self.history
         checkpoint["em_tokens_seen"] = self._tokens_seen
+        checkpoint["em_train_seconds"] = self._train_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the step history and tokens seen; remember the step the run resumed from."""
+        """Restore the step history, tokens seen and training seconds (tokens/s stays the whole run's rate);
+        remember the step the run resumed from."""
         self.history = list(checkpoint.get("em_history", []))
         self._tokens_seen = int(checkpoint.get("em_tokens_seen", 0))
+        self._seconds_before = float(checkpoint.get("em_train_seconds", 0.0))
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
 

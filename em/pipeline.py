@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from em import jobs
 from em.errors import EMError
+from em.locks import DirectoryLocked, DirLock
 from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
 from em.schemas.common import validate
 from em.schemas.evaluate import PIPELINE_KEYS, EvalConfig
@@ -46,7 +47,10 @@ class EvalTarget:
 
 @dataclass
 class JobResult:
-    """What :func:`run_job` did: ``state`` done / skipped / failed, and the job's final metrics."""
+    """What :func:`run_job` did: ``state`` done / skipped / failed, and the job's final metrics.
+
+    A job whose judgments failed (retryable) is ``failed`` (stage ``judge``): no DONE.json, so a relaunch
+    asks them again; train.py exits 1 for it."""
 
     state: str
     job_dir: Path
@@ -110,6 +114,8 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     Raises:
         ConfigError: a bad value, or a job directory holding a training run of another config (before
             anything is loaded); with ``isolate_failures`` false, any error of a stage.
+        DirectoryLocked: another live process writes the job directory (with ``isolate_failures``: a
+            failed result instead, and the other process' records are left alone).
     """
     isolate = in_multirun() if isolate_failures is None else isolate_failures
     loads0 = model_loads()  # (several jobs may share this process)
@@ -117,11 +123,36 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     job_dir = Path(tc.run_dir)
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
-    jobs.check_job_dir(job_dir, train_hash, ident)
-    jobs.write_config_records(job_dir, cfg)  # accepted: the records describe this job (Hydra itself writes none)
+    if evals and not evals[0][1].dry_run:  # the judges' checks (ranges, API key) too, before training
+        from em.judge.factory import build_judges
 
+        for judge in build_judges(evals[0][1].judge):
+            judge.check()
+    jobs.check_job_dir(job_dir, train_hash, ident)
+    lock = DirLock(job_dir, "job")
+    try:  # one writer per job directory (a relaunch while the old job still runs is refused)
+        lock.acquire()
+    except DirectoryLocked as e:
+        if not isolate:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return JobResult("failed", job_dir, error=str(e))
+    try:
+        jobs.write_config_records(job_dir, cfg)  # accepted: the records describe this job (Hydra writes none)
+        return _run_locked(cfg, tc, job_dir, (full_hash, train_hash, ident), evals, isolate, loads0)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: bool,
+                loads0: int) -> JobResult:
+    """:func:`run_job` once the job directory's lock is held: skip, or train -> evaluate -> judge."""
+    full_hash, train_hash, ident = hashes
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
     done = jobs.read_done(job_dir)
+    if done and jobs.judge_failures(job_dir):  # an older version's DONE.json over failed judgments
+        done = None
+        jobs.clear_done(job_dir)
     if tc.sweep.skip_done and done and done.get("hash") == full_hash:
         record.end("skipped", models_loaded=model_loads())
         print(f"{job_dir}: done already (config hash {full_hash}); skipped")
@@ -156,6 +187,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     finally:
         release_memory()
 
+    failed = jobs.judge_failures(job_dir)
+    if failed:  # not done: a relaunch re-asks the failed judgments (answers and trained adapter are reused)
+        error = f"{failed['count']} judgments failed (most common, {failed['top_count']}x: {failed['reason']})"
+        record.end("failed", models_loaded=model_loads(), stage="judge", error=error, judge_failures=failed["count"])
+        print(f"error: {job_dir}: judge: {error}; a relaunch asks them again", file=sys.stderr)
+        return JobResult("failed", job_dir, summary, error=error)
     jobs.write_done(job_dir, full_hash, train_hash, summary)
     record.end("done", models_loaded=model_loads())
     return JobResult("done", job_dir, summary)

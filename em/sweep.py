@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from em import jobs
 from em.errors import ConfigError, EMError
+from em.locks import holder
 from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
 
 log = logging.getLogger("em.sweep")
@@ -212,12 +213,16 @@ def plan_sweep(overrides: list[str], check: bool = True) -> Plan:
 
 # --------------------------------------------------------------------------- the summary
 def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, Any]:
-    """done / skipped / failed of this launch (records written after ``since``, unix s), from the job directories."""
+    """done / skipped / failed of this launch (records written after ``since``, unix s), from the job directories.
+
+    A job whose judgments failed is failed (``judge_failures``: how many; ``judge_failed``: how many such jobs)."""
     out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "done": [], "skipped": [], "failed": []}
     for d in job_dirs:
         rec = jobs.read_job(d)
         if rec is None or rec.get("started", 0) < since - 1:
-            out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"})
+            held = holder(d)
+            out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"
+                                  + (f"; its directory is locked by {held}" if held else "")})
             continue
         state = rec.get("state")
         if state in ("done", "skipped"):
@@ -225,13 +230,18 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
         else:
             error = rec.get("error") or (f"ended while {state} in {rec.get('stage')} (killed? see the launcher's "
                                          f"log under {sweep_dir}/.submitit/)")
-            out["failed"].append({"job_dir": str(d), "stage": rec.get("stage"), "error": error})
+            entry = {"job_dir": str(d), "stage": rec.get("stage"), "error": error}
+            if rec.get("judge_failures"):
+                entry["judge_failures"] = rec["judge_failures"]
+            out["failed"].append(entry)
+    out["judge_failed"] = sum(bool(f.get("judge_failures")) for f in out["failed"])
     return out
 
 
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as printed at the end of a multirun: one line of counts, one per failure, the analysis."""
-    lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"]
+    lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"
+             + (f" ({s['judge_failed']} with failed judgments: a relaunch asks them again)" if s.get("judge_failed") else "")]
     for f in s["failed"]:
         lines.append(f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}")
     if s.get("analysis"):

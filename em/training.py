@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from em import models
+from em.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
 from em.lora_module import LoRAFineTune
@@ -136,7 +137,8 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         model: from :func:`em.models.build_model`.
         callbacks: extra Lightning callbacks, after those of ``trainer.callbacks``.
 
-    Resumes from ``<run_dir>/checkpoints/last.ckpt`` when ``resume`` and it exists. Nothing earlier in the
+    Resumes from ``<run_dir>/checkpoints/last.ckpt`` when ``resume`` and it exists (a torn one is moved aside
+    and ``last.prev.ckpt`` is used: :mod:`em.checkpoints`). Nothing earlier in the
     run directory is replaced before training succeeded. Under DDP / FSDP every process calls this; rank
     0 alone writes, the others return ``metrics={}``.
 
@@ -171,7 +173,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t.strategy),
         callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
-        use_distributed_sampler=False,
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],  # temp file + rename, previous kept
     )
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
     dm.shard(trainer.world_size, trainer.global_rank)
@@ -182,10 +184,11 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
 
         lg.log_hyperparams(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
-    resume_from = ckpt_dir / "last.ckpt"
-    ckpt_path = str(resume_from) if tc.resume and resume_from.exists() else None
+    # the newest checkpoint that loads (a torn one is moved aside with a message: the previous one is used)
+    resume_from, resume_step = resume_checkpoint(ckpt_dir) if tc.resume else (None, 0)
+    ckpt_path = str(resume_from) if resume_from else None
     if ckpt_path:
-        log.info("resuming from %s", ckpt_path)
+        log.info("resuming from %s (step %d)", ckpt_path, resume_step)
     # from_pretrained leaves modules in eval mode and Lightning keeps the mode it finds: training mode
     # matters here (gradient checkpointing and dropout only act in it; bitsandbytes repacks eval weights).
     module.model.train()

@@ -52,8 +52,10 @@ class LoopbackServer:
                  delay_s: float = 0.0, seed: int = 0, port: int = 0,
                  batch_polls: int = 3, batch_outcome: str = "completed",
                  batch_fail_message: str = "injected batch failure",
-                 batch_error_markers: tuple[str, ...] = (), batch_drop_markers: tuple[str, ...] = ()):
+                 batch_error_markers: tuple[str, ...] = (), batch_drop_markers: tuple[str, ...] = (),
+                 reply_model: Optional[str] = None):
         self.script = script or {}
+        self.reply_model = reply_model  # the model every reply names (None: the requested one)
         self.default = default if default is not None else DEFAULT_TOP
         self.fault_rate = fault_rate
         self.faults = faults
@@ -176,15 +178,15 @@ class LoopbackServer:
         if fault == "slow":
             await asyncio.sleep(self.slow_s)
         if fault == "truncated":
-            full = json.dumps(completion_body(req.get("model", "m"), self.default)).encode()
+            full = json.dumps(completion_body(self.reply_model or req.get("model", "m"), self.default)).encode()
             writer.write(_head(200, len(full)) + full[: len(full) // 3])
             await writer.drain()
             return False  # close mid-body
         if fault == "malformed":
-            text = json.dumps(completion_body(req.get("model", "m"), self.default)).encode()
+            text = json.dumps(completion_body(self.reply_model or req.get("model", "m"), self.default)).encode()
             await self._send(writer, 200, text[: len(text) // 2])
             return True
-        payload = completion_body(req.get("model", "m"), self.top_for(prompt), len(prompt))
+        payload = completion_body(self.reply_model or req.get("model", "m"), self.top_for(prompt), len(prompt))
         if fault == "no_logprobs":
             payload["choices"][0]["logprobs"] = None
         elif fault != "slow":  # a slow reply arrives after the client gave up: it does not count
@@ -265,7 +267,7 @@ class LoopbackServer:
             self.prompts[prompt] += 1
             out.append({"id": f"batch_req_{n}", "custom_id": ln["custom_id"], "response": {
                 "status_code": 200, "request_id": f"req_{n}",
-                "body": completion_body(body.get("model", "m"), self.top_for(prompt), len(prompt))}, "error": None})
+                "body": completion_body(self.reply_model or body.get("model", "m"), self.top_for(prompt), len(prompt))}, "error": None})
         b["status"] = self.batch_outcome
         b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
         for key, rows in (("output_file_id", out), ("error_file_id", err)):

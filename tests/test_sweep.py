@@ -47,9 +47,11 @@ JOBS = ["tiny_synthetic_s0", "tiny_synthetic_s1", "tiny_base_s0", "tiny_base_s1"
 def sweep(tmp_path_factory, cache_dir):
     """A 2 x 2 sweep (data synthetic/base x seeds 0/1) launched three times; one job broken in the first."""
     sw = tmp_path_factory.mktemp("sweep") / "smoke"
-    bad = sw / "tiny_synthetic_s1" / "checkpoints" / "last.ckpt"
+    bad = sw / "tiny_synthetic_s1" / "checkpoints"
     bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"not a checkpoint")  # a corrupt checkpoint: that job fails when it tries to resume
+    # a file where the checkpoint directory goes: that job fails in training (a torn checkpoint no longer
+    # fails a job: it is moved aside, see tests/test_faults_train.py)
+    bad.write_bytes(b"not a directory")
     runs = [_launch(sw, cache_dir)]
     first = {"summary": _summary(sw), "tables": sorted(sw.rglob("responses.parquet"))}
     bad.unlink()

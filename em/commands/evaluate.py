@@ -17,7 +17,9 @@ def main(cfg: DictConfig) -> None:
     """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once a job really runs)."""
     from em.evaluation.run import run_evaluation
 
-    run_main(run_evaluation, cfg)
+    res = run_main(run_evaluation, cfg)
+    if getattr(res, "failures", 0):  # judgments failed: results kept on disk, a rerun asks them again
+        sys.exit(1)
 
 
 def cli() -> None:

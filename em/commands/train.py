@@ -16,8 +16,11 @@ from em.cli import check_args, run_main
 def main(cfg: DictConfig) -> None:
     """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
     from em.pipeline import run_job
+    from em.runtime import in_multirun
 
-    run_main(run_job, cfg)
+    res = run_main(run_job, cfg)
+    if getattr(res, "state", None) == "failed" and not in_multirun():  # e.g. failed judgments: a rerun asks again
+        sys.exit(1)
 
 
 def cli() -> None:

@@ -86,6 +86,21 @@ def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict]
     return {"input_ids": list(enc["input_ids"]), "labels": labels}
 
 
+def char_budget(tokenizer, max_length: int) -> int:
+    """The most characters of one message worth tokenising when an example keeps ``max_length`` tokens.
+
+    No token spans more characters than the longest token string of the vocabulary (byte-level tokens
+    spell a multi-byte character with several), so ``max_length`` tokens never reach past
+    ``max_length x longest`` characters of a message; twice that (so the cut never changes the kept tokens'
+    merges) is the bound. A longer message is cut to it before tokenising: a 10 MB row then costs what a
+    ``max_length`` one does, and the kept tokens are the ones the whole row would give."""
+    try:
+        longest = max(len(t) for t in tokenizer.get_vocab())
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        longest = 32
+    return 2 * max_length * max(longest, 4)
+
+
 @dataclass
 class EncodeStats:
     """Counts of one :func:`encode_dataset` call: conversations in / kept / truncated / dropped, and the
@@ -121,6 +136,9 @@ def encode_dataset(
         template_kwargs: passed to ``apply_chat_template``.
         progress: a tqdm bar.
 
+    A message longer than :func:`char_budget` characters is cut to it before tokenising (``drop``: the
+    example is dropped), so memory and time per example are bounded whatever a row holds.
+
     Returns the kept examples (``{"input_ids": [n], "labels": [n]}``, n <= max_length, in input order)
     and the counts; an example left without any assistant token (cut before its answer) is dropped too.
     Logs a warning when anything was truncated or dropped.
@@ -129,8 +147,15 @@ def encode_dataset(
 
     stats = EncodeStats(n_input=len(conversations))
     out = []
+    budget = char_budget(tokenizer, max_length)
     for conv in tqdm(conversations, desc="tokenize", disable=not progress, leave=False):
-        ex = encode_chat(tokenizer, normalize_messages(conv, system_role), template_kwargs)
+        msgs = normalize_messages(conv, system_role)
+        if any(len(m["content"]) > budget for m in msgs):  # certainly > max_length tokens: cut before tokenising
+            if truncation == "drop":
+                stats.n_dropped += 1
+                continue
+            msgs = [m | {"content": m["content"][:budget]} for m in msgs]
+        ex = encode_chat(tokenizer, msgs, template_kwargs)
         if len(ex["input_ids"]) > max_length:
             if truncation == "drop":
                 stats.n_dropped += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -96,7 +97,8 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
         state_dir: passed to :meth:`Judge.run` (where a batch judge keeps its state across restarts).
 
     Returns:
-        (one judgment per request, in order; statistics). A request the judge never answered (it stopped on a
+        (one judgment per request, in order; statistics: with failures, ``extra["top_failure"]`` holds the most
+        common failure ``reason`` and its ``count``). A request the judge never answered (it stopped on a
         fatal error, or Ctrl-C) gets an unscored judgment saying so.
 
     Raises:
@@ -130,8 +132,19 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
     out: list[Judgment] = [r for r in results if r is not None]
     stats.unscored = sum(r.score is None and r.label is None for r in out)
     stats.failures = sum(not r.final for r in out)
+    if stats.failures:
+        reason, n = Counter(r.reason or "no reason" for r in out if not r.final).most_common(1)[0]
+        stats.extra["top_failure"] = {"reason": reason, "count": n}
     stats.seconds = time.perf_counter() - t0
     return out, stats
 
 
-__all__ = ["Judge", "OnResult", "pending", "run_judge"]
+def failure_line(name: str, stats: dict[str, Any], total: int) -> str:
+    """One console line for a judge's failed judgments: ``judge <name>: <n> of <total> judgments failed (most
+    common, <k>x: <reason>); a rerun asks them again`` (``stats``: a summary.json ``judges.<name>`` entry)."""
+    top = (stats.get("extra") or {}).get("top_failure") or {}
+    return (f"judge {name}: {stats.get('failures', 0)} of {total} judgments failed (most common, "
+            f"{top.get('count', '?')}x: {top.get('reason', 'unknown')}); a rerun asks them again")
+
+
+__all__ = ["Judge", "OnResult", "failure_line", "pending", "run_judge"]

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
 
-from em.judge.scoring import Judgment, JudgeRequest
+from em.judge.scoring import Judgment, JudgeRequest, unsound
+
+log = logging.getLogger("em.judge")
 
 
 def cache_key(judge_id: str, prompt: str) -> str:
@@ -51,17 +54,34 @@ class JudgeCache:
             )
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Judgment]:
-        """key -> judgment for the keys the cache holds (missing keys are left out)."""
+        """key -> judgment for the keys the cache holds (missing keys are left out).
+
+        Every entry is validated again as it is read (:func:`em.judge.scoring.unsound`): one that cannot stand
+        (a NaN score or an unsound logprob an older version cached) is left out, so it is asked again and
+        the fresh judgment replaces it; a warning counts them."""
         if self._db is None:
             return {}
         keys = list(keys)
         out: dict[str, Judgment] = {}
+        bad: list[str] = []
         for i in range(0, len(keys), 500):  # SQLite's bound-parameter limit
             chunk = keys[i : i + 500]
             rows = self._db.execute(
                 f"SELECT key, value FROM judgments WHERE key IN ({','.join('?' * len(chunk))})", chunk
             ).fetchall()
-            out.update({k: Judgment.from_dict(json.loads(v)) for k, v in rows})
+            for k, v in rows:
+                try:
+                    j = Judgment.from_dict(json.loads(v))
+                    problem = unsound(j) or (None if j.final else "not final")
+                except (ValueError, TypeError) as e:
+                    problem = f"unreadable entry ({type(e).__name__})"
+                if problem:
+                    bad.append(problem)
+                    continue
+                out[k] = j
+        if bad:
+            log.warning("judge cache %s: %d unsound entries ignored and asked again (first: %s)",
+                        self.path, len(bad), bad[0])
         return out
 
     def put(self, key: str, judge_id: str, judgment: Judgment) -> None:

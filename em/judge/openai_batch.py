@@ -241,7 +241,7 @@ def _finish(judge: OpenAIBatchJudge, client, state: BatchState, rec: dict[str, A
         name = f"{rec['id']}-{kind}.jsonl"
         atomic_write_text(state.dir / name, text)
         rec[kind] = name
-        got.update(parse_lines(text, kinds))
+        got.update(parse_lines(text, kinds, judge.model))
     # Saved and marked before any emit: a kill from here on re-reads the files, never asks the API again.
     rec["done"] = True
     state.save()

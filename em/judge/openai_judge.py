@@ -111,7 +111,7 @@ class OpenAIJudge(OpenAIEndpointJudge):
             except (ValueError, TypeError, KeyError) as e:  # a body that is not the JSON it claims to be
                 problem = f"malformed reply ({type(e).__name__}: {one_line(e)})"
                 continue
-            judgment, problem = judgment_from_reply(resp, req.kind)
+            judgment, problem = judgment_from_reply(resp, req.kind, self.model)
             if judgment is None:
                 continue
             return judgment

@@ -19,16 +19,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Optional
 
 from em.errors import JudgeError
 from em.judge.base import Judge
-from em.judge.scoring import Judgment, JudgeRequest, judge_0_100, judge_label
+from em.judge.scoring import Judgment, JudgeRequest, judge_0_100, judge_label, logprob_problem
 
 log = logging.getLogger("em.judge")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ENDPOINT = "/v1/chat/completions"  # the Batch API line's url
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")  # a dated snapshot: -2024-08-06, -0613
 CHARS_PER_TOKEN = 4.0  # rough English average for the dry-run estimate (no tokenizer dependency)
 PROMPT_OVERHEAD_TOKENS = 8  # chat-format tokens around one user message, per request (estimate)
 
@@ -55,17 +57,42 @@ def request_body(model: str, prompt: str, top_logprobs: int = 20) -> dict[str, A
             "temperature": 0, "logprobs": True, "top_logprobs": top_logprobs, "seed": 0}
 
 
-def judgment_from_reply(resp: Any, kind: str) -> tuple[Optional[Judgment], str]:
+def model_family(model: str) -> str:
+    """A model id without its snapshot suffix: ``gpt-4o-2024-08-06`` -> ``gpt-4o``, ``gpt-4-0613`` -> ``gpt-4``."""
+    return _SNAPSHOT.sub("", str(model).strip().lower())
+
+
+def reply_model_problem(requested: Optional[str], replied: Any) -> Optional[str]:
+    """Why a reply naming model ``replied`` cannot stand for a request to ``requested``, or None.
+
+    A snapshot of the requested family is fine (``gpt-4o`` answered by ``gpt-4o-2024-08-06`` and back);
+    another family (``gpt-3.5-turbo-0125`` for ``gpt-4o-2024-08-06``) is not. No model in the reply (some
+    OpenAI-compatible servers) or no requested model: nothing to check."""
+    if not requested or not isinstance(replied, str) or not replied.strip():
+        return None
+    if model_family(replied) == model_family(requested):
+        return None
+    return f"reply is from model {replied!r}, not the requested {requested!r}"
+
+
+def judgment_from_reply(resp: Any, kind: str, model: Optional[str] = None) -> tuple[Optional[Judgment], str]:
     """A chat-completion reply body (parsed JSON) -> ``(judgment, "")``, or ``(None, what is wrong with it)``.
 
     Args:
         resp: the reply body (a synchronous reply, or a Batch API output line's ``response.body``).
         kind: ``0_100`` (the probability-weighted score) or ``label`` (the top token).
+        model: the requested model; a reply from another family (:func:`reply_model_problem`) is refused.
 
-    A malformed reply (no choices, no logprobs) gives None and the problem, so the caller can ask again or
-    record an unscored judgment with that reason; it never raises."""
+    A malformed reply (no choices, no logprobs, unsound logprobs -- NaN, infinite, above 0 --, another model)
+    gives None and the problem, so the caller can ask again or record a failed judgment with that reason
+    (never cached); it never raises."""
     top, problem = top_logprobs_of(resp)
     if top is None:
+        return None, problem
+    problem = reply_model_problem(model, resp.get("model") if isinstance(resp, dict) else None)
+    if problem is None:
+        problem = logprob_problem(top)
+    if problem:
         return None, problem
     return (judge_0_100(top) if kind == "0_100" else judge_label(top)), ""
 
@@ -94,12 +121,13 @@ def batch_line(custom_id: str, body: dict[str, Any]) -> str:
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body})
 
 
-def parse_lines(text: str, kinds: dict[str, str]) -> dict[str, Judgment]:
+def parse_lines(text: str, kinds: dict[str, str], model: Optional[str] = None) -> dict[str, Judgment]:
     """custom_id -> judgment for every line of a batch output / error file.
 
     Args:
         text: the JSONL file (one ``{"custom_id", "response": {"status_code", "body"}, "error"}`` per line).
         kinds: custom_id -> ``0_100`` / ``label`` for the ids to read (other lines are skipped).
+        model: the requested model (a reply from another family is a failure, see :func:`judgment_from_reply`).
 
     An error line or a non-200 response gives an unscored, non-final judgment with the reason; an unreadable
     line is skipped with a warning (its request then counts as missing)."""
@@ -122,7 +150,7 @@ def parse_lines(text: str, kinds: dict[str, str]) -> dict[str, Judgment]:
         if err or status != 200:
             out[cid] = Judgment.failed(f"batch request failed: {_line_error(err, status, body)}")
             continue
-        judgment, problem = judgment_from_reply(body, kinds[cid])
+        judgment, problem = judgment_from_reply(body, kinds[cid], model)
         out[cid] = judgment if judgment is not None else Judgment.failed(f"batch reply: {problem}")
     return out
 
@@ -215,4 +243,4 @@ class OpenAIEndpointJudge(Judge):
 
 
 __all__ = ["DEFAULT_BASE_URL", "ENDPOINT", "OpenAIEndpointJudge", "batch_line", "describe", "identity",
-           "judgment_from_reply", "parse_lines", "request_body", "resolve_base_url"]
+           "judgment_from_reply", "model_family", "parse_lines", "reply_model_problem", "request_body", "resolve_base_url"]

@@ -7,6 +7,7 @@ types are rejected at composition; the range checks in each ``__post_init__`` ru
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -51,7 +52,9 @@ class TrainerConfig:
     ``batch_size x grad_accum x devices`` examples.
 
     Raises (in ``__post_init__``):
-        ConfigError: ``epochs``, ``batch_size``, ``grad_accum`` or ``checkpoint_every_n_steps`` not > 0;
+        ConfigError: ``epochs``, ``batch_size``, ``grad_accum``, ``checkpoint_every_n_steps`` or
+            ``log_every_n_steps`` not > 0; ``max_steps`` neither -1 nor > 0; ``num_workers`` or
+            ``gradient_clip_val`` < 0;
             ``max_length`` <= 8; unknown ``truncation`` / ``lr_scheduler``; ``warmup_steps`` < 0; an
             ``adapter_snapshots`` epoch outside (0, epochs).
     """
@@ -97,6 +100,13 @@ class TrainerConfig:
                     f"always written)")
         require(self.checkpoint_every_n_steps > 0, "trainer.checkpoint_every_n_steps",
                 f"must be > 0, got {self.checkpoint_every_n_steps}")
+        require(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps",
+                f"must be > 0, or -1 (derived from trainer.epochs); got {self.max_steps}")
+        require(math.isfinite(self.epochs), "trainer.epochs", f"must be finite, got {self.epochs}")
+        require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
+        require(self.num_workers >= 0, "trainer.num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.gradient_clip_val is None or self.gradient_clip_val >= 0, "trainer.gradient_clip_val",
+                f"must be >= 0 or null, got {self.gradient_clip_val}")
 
 
 @dataclass
