@@ -278,6 +278,20 @@ def pipeline_config(cfg: DictConfig, run_dir: Path, adapter: str, condition: str
     return OmegaConf.merge(OmegaConf.structured(CapabilityRunConfig), node)
 
 
+def run_for_target(cfg: DictConfig, run_dir: Path, adapter: str, condition: str, prefix: str = "") -> dict[str, float]:
+    """The capability step of a train.py job for one evaluation target (``capability.enabled=true``).
+
+    Returns its ``capability/<task>/{base,adapter,delta}`` metrics (with ``prefix``, e.g. ``epoch_1/``)
+    for ``DONE.json``. Raises what :func:`run_capability` raises.
+    """
+    res = run_capability(pipeline_config(cfg, Path(run_dir), adapter, condition))
+    out = {}
+    for r in res["tasks"]:
+        for k in ("base", "adapter", "delta"):
+            out[f"{prefix}capability/{r['task']}/{k}"] = r[k]
+    return out
+
+
 if __name__ == "__main__":
     from em.commands.capability import cli
 

@@ -117,6 +117,7 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     job_dir = Path(tc.run_dir)
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
+    caps = eval_targets(cfg, job_dir) if tc.capability.enabled else []  # lm-eval, beside each evaluation
     jobs.check_job_dir(job_dir, train_hash, ident)
 
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
@@ -139,6 +140,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
             stage = f"evaluate:{t.label}"
             record.write("running", stage=stage)
             summary.update(_evaluate(ec, prefix="" if t.label == "final" else f"{t.label}/"))
+        for t in caps:
+            stage = f"capability:{t.label}"
+            record.write("running", stage=stage)
+            from em.capability import run_for_target
+
+            summary.update(run_for_target(cfg, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
     except KeyboardInterrupt:
         record.end("interrupted", stage=stage)
         raise
