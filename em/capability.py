@@ -103,8 +103,10 @@ def leaves(task_dict: dict) -> dict[str, Any]:
     return out
 
 
-def score(lm: Any, task_dict: dict, t: Any, cc: Any) -> dict[str, Any]:
+def score(lm: Any, task_dict: dict, t: Any, cc: Any, seed: int = 0) -> dict[str, Any]:
     """Run one configured task through ``lm`` (an lm-eval LM); its metric overall and per document.
+
+    Few-shot examples are drawn with ``seed`` (lm-eval's few-shot sampler), the same for base and adapter.
 
     Returns ``{"value", "stderr", "n", "docs"}``: the mean of ``t.metric`` over every document of every leaf
     task (a group's documents pooled: mmlu's size-weighted mean), lm-eval's stderr (the group's when pooled),
@@ -117,10 +119,10 @@ def score(lm: Any, task_dict: dict, t: Any, cc: Any) -> dict[str, Any]:
 
     metric, _, filt = t.metric.partition(",")
     limit = t.limit or cc.limit
-    kwargs = {"num_fewshot": t.num_fewshot} if t.num_fewshot is not None else {}
-    if kwargs:
-        for task in leaves(task_dict).values():
+    for task in leaves(task_dict).values():
+        if t.num_fewshot is not None:
             task.set_config(key="num_fewshot", value=t.num_fewshot)
+        task.set_fewshot_seed(seed=seed)  # the same few-shot examples for base and adapter
     res = evaluator.evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=cc.bootstrap_iters,
                              log_samples=True, confirm_run_unsafe_code=cc.confirm_run_unsafe_code,
                              apply_chat_template=cc.apply_chat_template)
@@ -223,7 +225,7 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
     if need_base:
         lm = _lm(model, tokenizer, cc)
         base = {"identity": ident | {"adapter": None},
-                "tasks": {t.task: score(lm, task_dicts[t.task], t, cc) for t in cc.tasks}}
+                "tasks": {t.task: score(lm, task_dicts[t.task], t, cc, c.seed) for t in cc.tasks}}
         atomic_write_json(base_file, base)
     else:
         print(f"capability: base model scores from {base_file}")
@@ -233,7 +235,7 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
 
         model = PeftModel.from_pretrained(model, str(adapter.adapter_dir)).eval()
         lm = _lm(model, tokenizer, cc)
-        scored = {t.task: score(lm, fresh_tasks(t), t, cc) for t in cc.tasks}
+        scored = {t.task: score(lm, fresh_tasks(t), t, cc, c.seed) for t in cc.tasks}
     rows = []
     for t in cc.tasks:
         b, a = base["tasks"][t.task], scored[t.task]
