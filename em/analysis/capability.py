@@ -80,6 +80,7 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
     tasks = list(dict.fromkeys(table["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.2), squeeze=False)
     palette = dict(zip(dict.fromkeys(table["condition"]), sns.color_palette("tab10")))
+    markers = dict(zip(dict.fromkeys(table["model"]), "osD^vP*Xph" * 10))  # a marker per model
     for ax, task in zip(axes[0], tasks):
         d = table[table["task"] == task]
         for _, r in d.iterrows():
@@ -88,7 +89,7 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
                     if pd.notna(r["delta_low"]) and pd.notna(r["delta_high"]) else None)
             yerr = ([[y - 100 * r["ci_low"]], [100 * r["ci_high"] - y]]
                     if pd.notna(r["ci_low"]) and pd.notna(r["ci_high"]) else None)
-            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=palette[r["condition"]], capsize=3,
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=markers[r["model"]], color=palette[r["condition"]], capsize=3,
                         label=r["condition"])
             ax.annotate(str(r["model"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axvline(0, color="0.5", lw=0.8, ls="--")
