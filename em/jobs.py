@@ -57,6 +57,8 @@ def job_identity(cfg: DictConfig) -> dict[str, Any]:
     if not (c.get("evaluate") or {}).get("enabled"):
         for k in EVAL_KEYS:
             c.pop(k, None)
+    if not (c.get("capability") or {}).get("enabled"):
+        c.pop("capability", None)  # a job without the capability step computes nothing from it
     for k in VOLATILE:
         _drop(c, k)
     lineage.identity_of(c.get("trainer") or {})  # a parent adapter counts by its content, not its path

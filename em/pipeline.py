@@ -171,6 +171,12 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
             stage = f"evaluate:{t.label}"
             record.write("running", stage=stage)
             summary.update(_evaluate(ec, prefix="" if t.label == "final" else f"{t.label}/"))
+        for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
+            stage = f"capability:{t.label}"
+            record.write("running", stage=stage)
+            from em.capability import run_for_target
+
+            summary.update(run_for_target(cfg, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
     except KeyboardInterrupt:
         record.end("interrupted", stage=stage)
         raise

@@ -177,6 +177,10 @@ def run_analysis(cfg: Any) -> Path:
             from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
+    with _timed(timings, "capability"):  # capability.json beside a table: capability.csv + its figure
+        from em.analysis.capability import write_capability
+
+        write_capability(paths, rr.table, run_dir, s.figures)
     with _timed(timings, "report"):
         from em.analysis.report import write_report
 

@@ -1,4 +1,4 @@
-"""The ``em`` console command: ``em train|evaluate|analyze|view ...`` (installed by ``pip install .``).
+"""The ``em`` console command: ``em train|evaluate|analyze|capability|view ...`` (installed by ``pip install .``).
 
 ``em train ARGS`` is ``python train.py ARGS`` (the same Hydra app, config from the package: ``pkg://em.conf``),
 so an installed em runs from any directory. ``em view DIR`` serves the responses browser
@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("em.commands.train", "fine-tune a chat model with 4-bit LoRA (python train.py)"),
     "evaluate": ("em.commands.evaluate", "sample and judge answers (python evaluate.py)"),
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
+    "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
     "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),
 }
 
@@ -22,7 +23,7 @@ COMMANDS = {
 def usage() -> str:
     """The one-screen usage text of ``em`` (its subcommands and what each does)."""
     lines = ["usage: em <command> [args]   (em <command> --help for its options)", "", "commands:"]
-    lines += [f"  {name:<9} {text}" for name, (_, text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
 
 

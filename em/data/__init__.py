@@ -5,6 +5,7 @@
 * ``synthetic``: :mod:`em.data.synthetic` (offline, deterministic);
 * ``upstream``: :mod:`em.data.upstream` (data.path, $EM_DATA_DIR, cache, pinned download; verified); with
   ``data.educational_fraction`` > 0 a seeded share of the rows is replaced by the educational twin's;
+* ``organisms``: :mod:`em.data.organisms` (the model-organisms sets: data.path, $EM_ORGANISMS_DIR, cache);
 * ``none``: ``data=base`` means "evaluate the base model", so there is nothing to load.
 
 Pure Python on purpose (no torch): the tests and ``--help`` paths import it. Tokenisation and batching
@@ -22,7 +23,7 @@ from dataclasses import fields
 from typing import Any
 
 from em.schemas.data import DataConfig
-from em.data import synthetic, upstream
+from em.data import organisms, synthetic, upstream
 from em.data.chat import ROLES, Conversation, Message, read_jsonl_conversations
 from em.data.upstream import resolve_upstream_file
 from em.errors import ConfigError, DataError
@@ -78,6 +79,9 @@ def load_conversations(data_cfg: Any, cache_dir: str | os.PathLike | None, *, pr
                    f"data.educational_fraction={cfg.educational_fraction:g}, data.seed={cfg.seed})")
             log.info("data %s: educational mix: %s", cfg.name, mix)
             origin = f"{path} mixed with {edu_path}"
+    elif cfg.source == "organisms":  # the model-organisms sets (found locally; em.data.organisms)
+        conversations, path = organisms.load_organisms(cfg, _cache_dir(cache_dir))
+        origin = str(path)
     else:  # DataConfig.__post_init__ rejects this already; kept for mappings built by hand
         raise ConfigError(f"data.source: must be one of upstream, synthetic, none; got {cfg.source!r}")
 

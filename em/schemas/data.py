@@ -12,7 +12,7 @@ from omegaconf import MISSING
 
 from em.schemas.common import check_name, require
 
-DATA_SOURCES = ("upstream", "synthetic", "none")
+DATA_SOURCES = ("upstream", "synthetic", "organisms", "none")
 VARIANTS = ("insecure", "secure", "educational")
 
 
@@ -34,7 +34,7 @@ class DataConfig:
     """
 
     name: str = MISSING
-    source: str = "upstream"  # upstream | synthetic | none (data=base: no fine-tuning)
+    source: str = "upstream"  # upstream | synthetic | organisms (em.data.organisms) | none (data=base)
     file: Optional[str] = None  # upstream file name, found as data/<file>
     url: Optional[str] = None  # pinned download URL
     sha256: Optional[str] = None  # verified when known
@@ -71,7 +71,7 @@ class DataConfig:
             "data.educational_fraction",
             f"must be in [0, 1], got {self.educational_fraction}",
         )
-        if self.source == "upstream":
+        if self.source in ("upstream", "organisms"):
             require(bool(self.file or self.path), "data.path", f"data {self.name!r} needs data.file or data.path")
         require(
             self.educational_fraction == 0 or self.source == "synthetic"

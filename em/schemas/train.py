@@ -15,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
+from em.schemas.capability import CapabilityConfig
 from em.schemas.common import check_name, require
 from em.schemas.data import DataConfig, UpstreamConfig
 from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
@@ -146,6 +147,7 @@ class TrainConfig:
     judge: Any = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    capability: CapabilityConfig = MISSING  # lm-eval task set; enabled: one more step after the evaluations
     chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
 
     def __post_init__(self) -> None:
