@@ -141,10 +141,48 @@ def check_args(config_name: str, argv: list[str]) -> None:
     mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         try:
-            GlobalHydra.instance().hydra.compose_config(config_name, list(args.overrides), run_mode=mode,
-                                                        with_log_configuration=False)
+            cfg = GlobalHydra.instance().hydra.compose_config(config_name, list(args.overrides), run_mode=mode,
+                                                              with_log_configuration=False)
         except HydraException as e:
             raise ConfigError(hydra_error_line(e)) from None
+    check_known_keys(cfg)
+
+
+def check_known_keys(cfg: Any, path: str = "") -> None:
+    """Refuse a key its schema does not declare (``+trainer.max_epochs=2``: Hydra's ``+`` adds keys even
+    under a typed node). Walks every node typed by a dataclass; ``dict``-typed fields (``trainer.extra``)
+    take any key.
+
+    Raises:
+        ConfigError: ``<key>: not a key of <Schema>`` (for ``trainer.*``: where Lightning arguments go).
+    """
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, ListConfig):
+        for i in range(len(cfg)):
+            check_known_keys(cfg._get_node(i), f"{path}[{i}]")
+        return
+    if not isinstance(cfg, DictConfig):
+        return
+    schema = OmegaConf.get_type(cfg)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        if not path and key == "hydra":
+            continue
+        full = f"{path}.{key}" if path else str(key)
+        if fields is not None and key not in fields:
+            hint = ""
+            if path == "trainer":
+                from em.schemas.train import TRAINER_OWN
+
+                hint = (f"; em sets it from {TRAINER_OWN[key]}" if key in TRAINER_OWN else
+                        f"; a lightning.Trainer argument goes in trainer.extra (+trainer.extra.{key}=...)")
+            raise ConfigError(f"{full}: not a key of {schema.__name__}{hint}")
+        child = cfg._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            check_known_keys(child, full)
 
 
 def help_text(config_name: str, overrides: list[str]) -> str:

@@ -164,6 +164,7 @@ class AnalysisWandbConfig:
     """Where ``logger=wandb`` logs the analysis run (project, group, mode: auto | online | offline | disabled)."""
 
     project: Optional[str] = "${oc.env:WANDB_PROJECT,em}"
+    entity: Optional[str] = None  # null: W&B's own default
     group: Optional[str] = None
     mode: str = "auto"
 

@@ -113,6 +113,7 @@ class EvalWandbConfig:
     enabled: bool = True
     project: Optional[str] = None  # null: the training run's project, else $WANDB_PROJECT or "em"
     group: Optional[str] = None  # null: the training run's group (experiment_name or <model>-<data>)
+    entity: Optional[str] = None  # null: the training run's entity, else W&B's own default
     mode: str = "auto"  # auto | offline | online | disabled
     table_rows: int = 20000  # responses logged as a wandb.Table (the full table is always on disk)
     tags: list[str] = field(default_factory=list)
