@@ -200,6 +200,11 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     shutil.rmtree(adapter_tmp, ignore_errors=True)  # left by a killed run
     module.model.save_pretrained(adapter_tmp, **({"state_dict": lora_state} if lora_state is not None else {}))
     data.tokenizer.save_pretrained(adapter_tmp)
+    from em.adapter_card import examples_sha256, finalize_adapter
+
+    finalize_adapter(adapter_tmp, tc, source=models.model_dir(tc.model, tc.cache_dir), steps=trainer.global_step,
+                     final_loss=module.history[-1]["train/loss"] if module.history else None,
+                     data_sha256=tc.data.sha256 or examples_sha256(data.examples))
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")
 
     metrics = _run_metrics(tc, data, module, steps=trainer.global_step, wall_s=wall)
