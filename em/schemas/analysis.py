@@ -224,6 +224,9 @@ class AnalysisConfig:
     figures: bool = True
     wandb: AnalysisWandbConfig = field(default_factory=AnalysisWandbConfig)
     logger: Any = None
+    seed: int = 0  # analyze.yaml: bootstrap.seed and judges.seed follow it
+    quiet: bool = False
+    progress: bool = True
 
     def __post_init__(self) -> None:
         inputs = self.inputs
@@ -267,6 +270,8 @@ def load_analysis_config(cfg: Any) -> AnalysisConfig:
             such as ``run_dir: ${hydra:...}`` outside a Hydra run).
     """
     cfg = cfg.copy() if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if isinstance(cfg.get("wandb"), DictConfig):  # its logger.* interpolations, before the node is reduced
+        cfg.wandb = OmegaConf.to_container(cfg.wandb, resolve=True)
     logger = cfg.get("logger")
     if isinstance(logger, str):  # a hand-written config naming the logger group's option
         name = logger.lower()

@@ -148,7 +148,9 @@ class EvalConfig:
     judge_cache: Optional[str] = None  # sqlite file; null: no cache
     dry_run: bool = False  # print the judge request count and estimated cost, then stop
     progress: bool = True
+    quiet: bool = False  # warnings and errors only
     wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
+    logger: Any = None  # evaluate.py's logger group (wandb | csv | none); ``wandb`` is derived from it
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
     thresholds: Thresholds = field(default_factory=Thresholds)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it

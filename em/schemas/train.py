@@ -133,6 +133,8 @@ class TrainConfig:
     run_dir: str = MISSING
     cache_dir: str = MISSING
     resume: bool = True  # pick up run_dir/checkpoints/last.ckpt when it exists
+    quiet: bool = False  # warnings and errors only
+    progress: bool = True  # progress bars (on a terminal; a log file gets one line per logged step)
     upstream: UpstreamConfig = MISSING
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
