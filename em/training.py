@@ -32,6 +32,7 @@ from em import models
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
 from em.lora_module import LoRAFineTune
+from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
 from em.schemas.common import validate
 
@@ -167,6 +168,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t.strategy),
         callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
+        enable_progress_bar=bars_on(tc.progress),  # a log file gets the per-step log lines instead
         use_distributed_sampler=False, **dict(t.extra),
     )
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.

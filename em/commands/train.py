@@ -17,10 +17,17 @@ def main(cfg: DictConfig) -> None:
     """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
     from em.pipeline import run_job
 
+    from em.quiet import configure
+
+    configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True),
+              lightning=True)
     run_main(run_job, cfg)
 
 
 def cli() -> None:
     """Check the command line (one line, exit 2 on a bad option or key), then run the Hydra app."""
+    from em.quiet import early
+
+    early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("train", argv), sys.argv[1:])
     main()

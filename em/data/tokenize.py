@@ -129,7 +129,7 @@ def encode_dataset(
 
     stats = EncodeStats(n_input=len(conversations))
     out = []
-    for conv in tqdm(conversations, desc="tokenize", disable=not progress, leave=False):
+    for conv in tqdm(conversations, desc="tokenize", disable=None if progress else True, leave=False):
         ex = encode_chat(tokenizer, normalize_messages(conv, system_role), template_kwargs)
         if len(ex["input_ids"]) > max_length:
             if truncation == "drop":

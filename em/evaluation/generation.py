@@ -180,7 +180,7 @@ class HFGenerator:
         )
         device = next(model.parameters()).device
         done = 0
-        bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=not progress)
+        bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=None if progress else True)
         try:
             for batch in self.batches(samples):
                 n = max(len(ids) for _, ids in batch)
@@ -264,7 +264,7 @@ class VLLMGenerator:
         self.load()
         lora = LoRARequest("adapter", 1, self.adapter_dir) if self.adapter_dir else None
         stops = stop_token_ids(self.tokenizer)
-        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=not progress)
+        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=None if progress else True)
         for i in range(0, len(samples), chunk):
             part = samples[i : i + chunk]
             prompts = [{"prompt_token_ids": ids} for ids in HFGenerator.encode(self, part)]  # same rendering

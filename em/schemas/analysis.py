@@ -226,6 +226,7 @@ class AnalysisConfig:
     logger: Any = None
     seed: int = 0  # analyze.yaml: bootstrap.seed and judges.seed follow it
     quiet: bool = False
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
     progress: bool = True
 
     def __post_init__(self) -> None:

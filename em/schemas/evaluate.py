@@ -149,6 +149,7 @@ class EvalConfig:
     dry_run: bool = False  # print the judge request count and estimated cost, then stop
     progress: bool = True
     quiet: bool = False  # warnings and errors only
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
     wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
     logger: Any = None  # evaluate.py's logger group (wandb | csv | none); ``wandb`` is derived from it
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json

@@ -134,6 +134,7 @@ class TrainConfig:
     cache_dir: str = MISSING
     resume: bool = True  # pick up run_dir/checkpoints/last.ckpt when it exists
     quiet: bool = False  # warnings and errors only
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
     progress: bool = True  # progress bars (on a terminal; a log file gets one line per logged step)
     upstream: UpstreamConfig = MISSING
     model: ModelConfig = MISSING
