@@ -80,3 +80,23 @@ def test_analyze_bootstrap_seed_stays_an_explicit_override(tmp_path):
     r = _run("analyze", "--cfg", "job", "--resolve", "seed=7", "bootstrap.seed=3", cwd=tmp_path)
     cfg = yaml.safe_load(r.stdout)
     assert cfg["bootstrap"]["seed"] == 3 and cfg["judges"]["seed"] == 7
+
+
+def test_sweep_analysis_gets_the_jobs_logger_keys():
+    """The end-of-sweep analysis is composed with logger.* overrides and its W&B run reads them."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from em.runtime import CONF_DIR
+    from em.schemas.analysis import load_analysis_config
+    from em.sweep import analysis_overrides
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["model=tiny", "run_dir=/x", "logger=wandb", "logger.project=P", "logger.entity=E"])
+    overrides = analysis_overrides(cfg, Path("/sweep"))
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        a = compose("analyze", overrides=[*overrides, "run_dir=/sweep/analysis", "seed=4"])
+    s = load_analysis_config(a)
+    assert s.use_wandb and (s.wandb.project, s.wandb.entity, s.wandb.group) == ("P", "E", "tiny-synthetic")
+    assert s.bootstrap.seed == 4

@@ -272,7 +272,7 @@ def load_analysis_config(cfg: Any) -> AnalysisConfig:
     """
     cfg = cfg.copy() if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
     if isinstance(cfg.get("wandb"), DictConfig):  # its logger.* interpolations, before the node is reduced
-        cfg.wandb = OmegaConf.to_container(cfg.wandb, resolve=True)
+        cfg.wandb = AnalysisWandbConfig(**OmegaConf.to_container(cfg.wandb, resolve=True))
     logger = cfg.get("logger")
     if isinstance(logger, str):  # a hand-written config naming the logger group's option
         name = logger.lower()
