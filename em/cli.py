@@ -128,6 +128,10 @@ def check_args(config_name: str, argv: list[str]) -> None:
     import em.schemas  # noqa: F401  registers the schemas and resolvers
 
     check_launcher(argv)
+    for arg in argv:  # the W&B option carries the logger node's schema: csv merged first would be dropped
+        opts = arg.partition("=")[2].strip("[]").split(",") if arg.startswith("logger=[") else []
+        if "csv" in opts and "wandb" in opts and opts.index("csv") < opts.index("wandb"):
+            raise ConfigError(f"{arg}: list wandb first: logger=[wandb,csv]")
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help and not (args.config_dir or args.config_name):
         print(help_text(config_name, list(args.overrides)))

@@ -71,6 +71,7 @@ def test_self_log_monitor_checkpoint_two_loggers_and_log_every_n_steps(tmp_path,
 
 @pytest.mark.parametrize("arg, line", [
     ("+trainer.max_epochs=2", "trainer.max_epochs: not a key of TrainerConfig; em sets it from trainer.epochs"),
+    ("logger=[csv,wandb]", "logger=[csv,wandb]: list wandb first: logger=[wandb,csv]"),
     ("+trainer.limit_train_batches=2", "trainer.limit_train_batches: not a key of TrainerConfig; a lightning.Trainer "
                                        "argument goes in trainer.extra"),
 ])
