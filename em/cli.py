@@ -199,6 +199,10 @@ def check_args(config_name: str, argv: list[str]) -> None:
 
     check_secrets(argv)
     check_launcher(argv)
+    for arg in argv:  # the W&B option carries the logger node's schema: csv merged first would be dropped
+        opts = arg.partition("=")[2].strip("[]").split(",") if arg.startswith("logger=[") else []
+        if "csv" in opts and "wandb" in opts and opts.index("csv") < opts.index("wandb"):
+            raise ConfigError(f"{arg}: list wandb first: logger=[wandb,csv]")
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help and not (args.config_dir or args.config_name):
         print(help_text(config_name, list(args.overrides)))
@@ -220,6 +224,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
             key = getattr(e, "full_key", None)
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
         check_composed(_without_hydra(cfg))
+        check_known_keys(cfg)
 
 
 def _without_hydra(cfg: Any) -> Any:
@@ -246,6 +251,43 @@ class RedactCredentials(logging.Filter):
             record.msg = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), message)
             record.args = ()
         return True
+
+
+def check_known_keys(cfg: Any, path: str = "") -> None:
+    """Refuse a key its schema does not declare (``+trainer.max_epochs=2``: Hydra's ``+`` adds keys even
+    under a typed node). Walks every node typed by a dataclass; ``dict``-typed fields (``trainer.extra``)
+    take any key.
+
+    Raises:
+        ConfigError: ``<key>: not a key of <Schema>`` (for ``trainer.*``: where Lightning arguments go).
+    """
+    import dataclasses
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, ListConfig):
+        for i in range(len(cfg)):
+            check_known_keys(cfg._get_node(i), f"{path}[{i}]")
+        return
+    if not isinstance(cfg, DictConfig):
+        return
+    schema = OmegaConf.get_type(cfg)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in cfg.keys():
+        if not path and key == "hydra":
+            continue
+        full = f"{path}.{key}" if path else str(key)
+        if fields is not None and key not in fields:
+            hint = ""
+            if path == "trainer":
+                from em.schemas.train import TRAINER_OWN
+
+                hint = (f"; em sets it from {TRAINER_OWN[key]}" if key in TRAINER_OWN else
+                        f"; a lightning.Trainer argument goes in trainer.extra (+trainer.extra.{key}=...)")
+            raise ConfigError(f"{full}: not a key of {schema.__name__}{hint}")
+        child = cfg._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_missing() and not child._is_none():
+            check_known_keys(child, full)
 
 
 def help_text(config_name: str, overrides: list[str]) -> str:

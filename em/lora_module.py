@@ -88,7 +88,8 @@ class LoRAFineTune(L.LightningModule):
     Needs ``trainer.datamodule`` to be a :class:`~em.data.module.ChatDataModule` (the loss normaliser and
     token counts come from it). Each optimizer step appends ``{"step", "train/loss", "train/lr",
     "train/grad_norm" (before clipping), "train/tokens_per_s", "train/tokens_seen", "train/epoch"}`` to
-    :attr:`history` and logs it. Checkpoints hold only the LoRA weights, the history and the token count;
+    :attr:`history` (every step) and logs it with ``self.log`` (loggers every ``trainer.log_every_n_steps``
+    steps, ``callback_metrics`` for monitor-based callbacks, ``train/loss`` in the progress bar). Checkpoints hold only the LoRA weights, the history and the token count;
     the frozen base is reloaded from its source.
     """
 
@@ -186,8 +187,13 @@ class LoRAFineTune(L.LightningModule):
         }
         step = self.trainer.global_step + 1
         self.history.append({"step": step, **metrics})
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=step)
+        # self.log: Lightning's loggers (every trainer.log_every_n_steps steps), callback_metrics (so
+        # ModelCheckpoint / EarlyStopping can monitor "train/loss") and the progress bar (the loss).
+        self.log("train/loss", metrics["train/loss"], on_step=True, on_epoch=False, prog_bar=True)
+        self.log_dict({k: float(v) for k, v in metrics.items() if k != "train/loss"}, on_step=True, on_epoch=False)
+        if step % max(self.trainer.log_every_n_steps, 1) and step != self.trainer.estimated_stepping_batches:
+            self._window_loss = 0.0
+            return
         # A plain log line too: progress bars vanish when stdout is a file (SLURM, nohup, CI).
         log.info("step %d/%d  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tokens/s", step,
                  self.trainer.estimated_stepping_batches, metrics["train/loss"], metrics["train/lr"],

@@ -234,6 +234,10 @@ def _evaluate(ec: DictConfig, prefix: str) -> dict[str, float]:
 
     res = run_evaluation(ec)
     out = {f"{prefix}{k}": v for k, v in eval_metrics(res.summary).items()}
+    if not prefix and ec.adapter and (Path(str(ec.adapter)) / "adapter").is_dir():  # the model card gets the rates
+        from em.adapter_card import add_eval_summary
+
+        add_eval_summary(Path(str(ec.adapter)) / "adapter", res.summary)
     del res
     release_memory()
     return out

@@ -311,7 +311,9 @@ def analysis_overrides(config: DictConfig, sweep_dir: Path) -> list[str]:
         overrides += [f"thresholds.{k}={v}" for k, v in OmegaConf.to_container(thresholds, resolve=True).items()]
     logger = config.get("logger")
     if is_wandb_logger(logger):
-        overrides += ["logger=wandb", f"wandb.group={logger.get('group')}", f"wandb.project={logger.get('project')}"]
+        overrides += ["logger=wandb", f"logger.group={logger.get('group')}", f"logger.project={logger.get('project')}"]
+        if logger.get("entity"):
+            overrides.append(f"logger.entity={logger.get('entity')}")
     return overrides
 
 

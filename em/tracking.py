@@ -44,27 +44,27 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def wandb_mode(mode: str = "auto") -> str:
-    """The W&B mode to run in: ``mode`` itself unless it is ``"auto"``.
+def wandb_mode(mode: str = "auto") -> Optional[str]:
+    """The W&B mode em passes to W&B: ``mode`` itself unless it is ``"auto"``.
 
-    ``"auto"`` resolves, in order, to ``$WANDB_MODE`` if set; ``"online"`` if ``$WANDB_API_KEY`` is set or
-    ``~/.netrc`` has an ``api.wandb.ai`` entry (what ``wandb login`` writes); else ``"offline"``. An
-    unreadable or malformed netrc counts as no entry.
+    ``"auto"`` leaves W&B's own settings alone (returns None: W&B decides, as it would without em) when
+    this machine has any: ``$WANDB_MODE``, ``$WANDB_BASE_URL`` (a self-hosted server), ``$WANDB_API_KEY``,
+    or a ``~/.netrc`` entry for ``api.wandb.ai`` or the ``$WANDB_BASE_URL`` host (what ``wandb login``
+    writes). Only a machine with none of them gets ``"offline"``, so a fresh machine never blocks on a
+    login prompt. An unreadable or malformed netrc counts as no entry.
 
     Args:
         mode: ``auto`` | ``online`` | ``offline`` | ``disabled`` (W&B's own ``mode`` values); not checked.
 
-    Returns the mode string passed to ``wandb.init`` / ``WandbLogger``. Raises nothing.
+    Returns the mode for ``wandb.init`` / ``WandbLogger``, or None for "do not pass one". Raises nothing.
     """
     if mode != "auto":
         return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
+    if any(os.environ.get(k) for k in ("WANDB_MODE", "WANDB_BASE_URL", "WANDB_API_KEY")):
+        return None
     try:
         if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
+            return None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         pass
     return "offline"
@@ -76,6 +76,11 @@ def is_secret_key(key: Any) -> bool:
     are not."""
     k = str(key).lower()
     return k in SECRET_KEYS or k.endswith(SECRET_SUFFIXES)
+
+
+def effective_mode(mode: str = "auto") -> str:
+    """What W&B will run in for ``mode``: :func:`wandb_mode`, or W&B's own ``$WANDB_MODE`` / ``online``."""
+    return wandb_mode(mode) or os.environ.get("WANDB_MODE") or "online"
 
 
 def env_secrets(environ: Optional[dict] = None) -> set[str]:
@@ -136,6 +141,7 @@ def wandb_logger(
     *,
     project: str,
     save_dir: Optional[str] = None,
+    entity: Optional[str] = None,
     group: Optional[str] = None,
     tags: Optional[list[str]] = None,
     job_type: str = "train",
@@ -148,6 +154,7 @@ def wandb_logger(
     Args:
         project: W&B project.
         save_dir: directory W&B writes its ``wandb/`` run directory into (created); ``"."`` if None.
+        entity: W&B team or user; None: W&B's own default.
         group: W&B group (conf: experiment name, sweep name or ``<model>-<data>``).
         tags: W&B tags.
         job_type: W&B job type (``train``; evaluation runs use ``eval``).
@@ -163,16 +170,11 @@ def wandb_logger(
     mode = wandb_mode(mode)
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
-        project=project,
-        save_dir=save_dir or ".",
-        group=group,
-        tags=list(tags or []),
-        job_type=job_type,
-        name=name,
-        mode=mode,
-        **kwargs,
-    )
+    for key, value in (("mode", mode), ("entity", entity)):
+        if value is not None:  # None: W&B's own setting
+            kwargs[key] = value
+    return WandbLogger(project=project, save_dir=save_dir or ".", group=group, tags=list(tags or []),
+                       job_type=job_type, name=name, **kwargs)
 
 
 def init_wandb(
@@ -185,6 +187,7 @@ def init_wandb(
     tags: Optional[list[str]] = None,
     name: Optional[str] = None,
     mode: str = "auto",
+    entity: Optional[str] = None,
 ):
     """A plain wandb run for stages without a Lightning Trainer (evaluation, analysis).
 
@@ -201,6 +204,7 @@ def init_wandb(
         tags: W&B tags.
         name: run display name.
         mode: ``auto`` | ``online`` | ``offline`` | ``disabled``, resolved by :func:`wandb_mode`.
+        entity: W&B team or user; None: W&B's own default.
 
     Returns the ``wandb`` run, or None when the mode resolves to ``disabled`` (nothing is created).
 
@@ -210,17 +214,52 @@ def init_wandb(
     import wandb
 
     mode = wandb_mode(mode)
-    if mode == "disabled":
+    if effective_mode(mode) == "disabled":
         return None
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(
-        project=project,
-        dir=run_dir,
-        job_type=job_type,
-        group=group,
-        tags=list(tags or []),
-        name=name,
-        mode=mode,
-        config=flatten(scrub(config or {})),
-        reinit="finish_previous",
-    )
+    optional = {k: v for k, v in (("mode", mode), ("entity", entity)) if v is not None}  # None: W&B's own
+    return wandb.init(project=project, dir=run_dir, job_type=job_type, group=group, tags=list(tags or []),
+                      name=name, config=flatten(scrub(config or {})), reinit="finish_previous", **optional)
+
+
+
+
+def log_adapter_artifact(run, adapter_dir: Path, metadata: Optional[dict] = None) -> str:
+    """Log ``adapter_dir`` (a peft adapter) as a W&B ``model`` artifact of the training ``run``.
+
+    The artifact is ``adapter-<run id>``; its name (``adapter-<id>:latest``, with entity / project when
+    online) goes into ``<adapter_dir>/../wandb_artifact.json`` so the evaluation run can use it (lineage).
+    Offline runs log it into the run file (``wandb sync`` uploads it). Returns the artifact reference.
+    """
+    import wandb
+
+    art = wandb.Artifact(f"adapter-{run.id}", type="model", metadata=scrub(metadata or {}))
+    art.add_dir(str(adapter_dir))
+    run.log_artifact(art, aliases=["latest"])
+    ref = f"adapter-{run.id}:latest"
+    if not run.settings._offline and run.entity and run.project:
+        ref = f"{run.entity}/{run.project}/{ref}"
+    from em.runtime import atomic_write_json
+
+    atomic_write_json(Path(adapter_dir).parent / "wandb_artifact.json", {"artifact": ref, "run_id": run.id,
+                                                                         "offline": bool(run.settings._offline)})
+    return ref
+
+
+def use_adapter_artifact(run, train_dir: Optional[Path]) -> Optional[str]:
+    """Record on an evaluation ``run`` that it used the training run's adapter artifact (W&B lineage).
+
+    Reads ``<train_dir>/wandb_artifact.json`` (:func:`log_adapter_artifact`). Online: ``run.use_artifact``
+    (the lineage graph links the two runs). Offline W&B cannot use artifacts, so the reference goes into
+    the run's config as ``adapter_artifact`` instead. Returns the reference, or None when there is none.
+    """
+    from em.runtime import read_json
+
+    path = Path(train_dir or "") / "wandb_artifact.json"
+    if run is None or not train_dir or not path.is_file():
+        return None
+    ref = read_json(path)["artifact"]
+    run.config.update({"adapter_artifact": ref}, allow_val_change=True)
+    if not run.settings._offline:
+        run.use_artifact(ref, type="model")
+    return ref

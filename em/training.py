@@ -33,6 +33,7 @@ from em.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
 from em.lora_module import LoRAFineTune
+from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
 from em.schemas.common import validate
 
@@ -161,11 +162,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
                                               data.tokenizer))
-    logger_cfg = OmegaConf.to_container(cfg.logger, resolve=True) if cfg.get("logger") else None
-    wandb_on = is_wandb_logger(logger_cfg)
-    if wandb_on:
-        logger_cfg.setdefault("save_dir", str(run_dir))
-    loggers = [hydra.utils.instantiate(logger_cfg)] if logger_cfg else []
+    loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
 
     trainer = L.Trainer(
         max_epochs=math.ceil(t.epochs), max_steps=max_steps, accumulate_grad_batches=t.grad_accum,
@@ -173,7 +170,9 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t.strategy),
         callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
+        enable_progress_bar=bars_on(tc.progress),  # a log file gets the per-step log lines instead
         use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],  # temp file + rename, previous kept
+        **dict(t.extra),
     )
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
     dm.shard(trainer.world_size, trainer.global_rank)
@@ -207,12 +206,21 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     shutil.rmtree(adapter_tmp, ignore_errors=True)  # left by a killed run
     module.model.save_pretrained(adapter_tmp, **({"state_dict": lora_state} if lora_state is not None else {}))
     data.tokenizer.save_pretrained(adapter_tmp)
+    from em.adapter_card import examples_sha256, finalize_adapter
+
+    finalize_adapter(adapter_tmp, tc, source=models.model_dir(tc.model, tc.cache_dir), steps=trainer.global_step,
+                     final_loss=module.history[-1]["train/loss"] if module.history else None,
+                     data_sha256=tc.data.sha256 or examples_sha256(data.examples))
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")
 
     metrics = _run_metrics(tc, data, module, steps=trainer.global_step, wall_s=wall)
     atomic_write_json(run_dir / "metrics.json", metrics)
     for lg in loggers:
         lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)
+        if log_adapter and is_wandb_logger_instance(lg):
+            from em.tracking import log_adapter_artifact
+
+            log_adapter_artifact(lg.experiment, run_dir / "adapter", metadata={"final_loss": metrics["final_loss"]})
         lg.finalize("success")
     if wandb_on:
         import wandb
@@ -221,6 +229,31 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     print(f"run dir: {run_dir}  final loss {metrics['final_loss']:.4f}  "
           f"{metrics['tokens_per_s']:.0f} tokens/s  adapter: {run_dir / 'adapter'}")
     return TrainResult(run_dir=run_dir, metrics=metrics, model=module.model, tokenizer=data.tokenizer)
+
+
+def build_loggers(node, run_dir: Path) -> tuple[list, bool, bool]:
+    """The Lightning loggers of the ``logger`` node: ``(loggers, wandb_on, log_adapter)``.
+
+    ``logger=wandb`` is the node itself (its ``_target_``), ``logger=csv`` its ``csv`` sub-node,
+    ``logger=[wandb,csv]`` both; null (``logger=none``): no logger. W&B writes under ``run_dir``.
+    """
+    plain = OmegaConf.to_container(node, resolve=True) if node else None
+    if not plain:
+        return [], False, False
+    csv = plain.pop("csv", None)
+    loggers, wandb_on, log_adapter = [], is_wandb_logger(plain), bool(plain.pop("log_adapter", False))
+    if plain.get("_target_"):
+        if wandb_on:
+            plain.setdefault("save_dir", str(run_dir))
+        loggers.append(hydra.utils.instantiate(plain))
+    if csv:
+        loggers.append(hydra.utils.instantiate(csv))
+    return loggers, wandb_on, log_adapter and wandb_on
+
+
+def is_wandb_logger_instance(logger) -> bool:
+    """Is this built Lightning logger the W&B one?"""
+    return type(logger).__name__ == "WandbLogger"
 
 
 def _run_metrics(tc: TrainConfig, data: TrainingData, module: LoRAFineTune, *, steps: int, wall_s: float

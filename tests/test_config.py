@@ -212,7 +212,7 @@ def test_every_target_node_of_the_train_config_instantiates(group, option, tmp_p
         if path == "trainer.strategy.auto_wrap_policy":
             continue  # built as a part of the strategy below
         if path == "logger" and str(node["_target_"]).endswith("wandb_logger"):
-            node = node | {"save_dir": str(tmp_path)}  # as training does: the run under run_dir
+            node = {k: v for k, v in node.items() if k not in ("csv", "log_adapter")} | {"save_dir": str(tmp_path)}
         built[path] = (make_strategy if path == "trainer.strategy" else hydra.utils.instantiate)(node)
     assert set(built) >= {"optimizer", "trainer.callbacks[0]"}
     opt = built["optimizer"]([torch.nn.Parameter(torch.zeros(4))])  # a partial: training passes the parameters
@@ -222,8 +222,9 @@ def test_every_target_node_of_the_train_config_instantiates(group, option, tmp_p
         if option == "none":
             assert not cfg.logger
         else:
-            assert isinstance(built["logger"], L.pytorch.loggers.Logger)
-            assert type(built["logger"]).__name__ == {"wandb": "WandbLogger", "csv": "CSVLogger"}[option]
+            key = {"wandb": "logger", "csv": "logger.csv"}[option]  # logger=csv is the logger.csv sub-node
+            assert isinstance(built[key], L.pytorch.loggers.Logger)
+            assert type(built[key]).__name__ == {"wandb": "WandbLogger", "csv": "CSVLogger"}[option]
     if group == "trainer" and option == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 

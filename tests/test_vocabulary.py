@@ -49,3 +49,54 @@ def test_cfg_job_resolve_prints_the_config(script, tmp_path):
     if script != "analyze":
         assert cfg["seed"] == 7
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate", "analyze"])
+def test_same_logger_seed_project_keys_in_all_three(script, tmp_path):
+    """logger=wandb|csv|none, logger.project/entity/group, seed, quiet, progress: one spelling everywhere."""
+    keys = ["logger=wandb", "logger.project=lab-proj", "logger.entity=lab", "logger.group=pilot", "seed=7",
+            "quiet=true", "progress=false"]
+    r = _run(script, "--cfg", "job", "--resolve", *keys, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["seed"] == 7 and cfg["quiet"] is True and cfg["progress"] is False
+    assert {k: cfg["logger"][k] for k in ("project", "entity", "group")} == {
+        "project": "lab-proj", "entity": "lab", "group": "pilot"}
+    # where each script's W&B run reads them
+    run = {"train": cfg.get("evaluate", {}).get("wandb"), "evaluate": cfg.get("wandb"), "analyze": cfg.get("wandb")}[script]
+    assert {k: run[k] for k in ("project", "entity", "group")} == {"project": "lab-proj", "entity": "lab", "group": "pilot"}
+    if script == "analyze":
+        assert cfg["bootstrap"]["seed"] == 7 and cfg["judges"]["seed"] == 7  # seed drives the bootstrap
+    for off in ("logger=none", "logger=csv"):
+        r = _run(script, "--cfg", "job", "--resolve", off, cwd=tmp_path)
+        assert r.returncode == 0, (off, r.stderr[-1000:])
+        c = yaml.safe_load(r.stdout)
+        if script != "analyze":
+            assert (c["evaluate"]["wandb"] if script == "train" else c["wandb"])["enabled"] is False
+    assert not list(tmp_path.iterdir())
+
+
+def test_analyze_bootstrap_seed_stays_an_explicit_override(tmp_path):
+    r = _run("analyze", "--cfg", "job", "--resolve", "seed=7", "bootstrap.seed=3", cwd=tmp_path)
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["bootstrap"]["seed"] == 3 and cfg["judges"]["seed"] == 7
+
+
+def test_sweep_analysis_gets_the_jobs_logger_keys():
+    """The end-of-sweep analysis is composed with logger.* overrides and its W&B run reads them."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from em.runtime import CONF_DIR
+    from em.schemas.analysis import load_analysis_config
+    from em.sweep import analysis_overrides
+    from tests.conftest import compose_train
+
+    cfg = compose_train(["model=tiny", "run_dir=/x", "logger=wandb", "logger.project=P", "logger.entity=E"])
+    overrides = analysis_overrides(cfg, Path("/sweep"))
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        a = compose("analyze", overrides=[*overrides, "run_dir=/sweep/analysis", "seed=4"])
+    s = load_analysis_config(a)
+    assert s.use_wandb and (s.wandb.project, s.wandb.entity, s.wandb.group) == ("P", "E", "tiny-synthetic")
+    assert s.bootstrap.seed == 4

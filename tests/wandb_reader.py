@@ -27,7 +27,8 @@ def read_offline_run(run_file: str | Path) -> dict[str, Any]:
         run_file: path of a ``offline-run-*/run-*.wandb`` file.
 
     Returns:
-        ``{"config": {key: value}, "history": [{key: value}, ...], "summary": {key: value}}``, values
+        ``{"config": {key: value}, "history": [{key: value}, ...], "summary": {key: value}, "artifacts":
+        [{"name", "type", "aliases", "files"}, ...]}`` (artifacts the run logged), values
         JSON-decoded; nested keys are joined with ``/`` (``eval/plain/misaligned_rate``). Later config
         and summary updates overwrite earlier ones; history keeps one dict per logged step, in order.
 
@@ -56,7 +57,7 @@ def read_offline_run(run_file: str | Path) -> dict[str, Any]:
         if kind in (1, 4):
             records.append(pending)
             pending = b""
-    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}}
+    out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "artifacts": []}
     for raw in records:
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -66,6 +67,10 @@ def read_offline_run(run_file: str | Path) -> dict[str, Any]:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "artifact":
+            a = rec.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "aliases": list(a.aliases),
+                                     "files": sorted(e.path for e in a.manifest.contents)})
         elif kind == "summary":
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)

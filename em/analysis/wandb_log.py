@@ -32,7 +32,7 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
 
     s = r.settings
     run = init_wandb(project=s.wandb.project, run_dir=str(s.run_dir), job_type="analysis", config=settings_dict(r),
-                     group=s.wandb.group, mode=s.wandb.mode)
+                     group=s.wandb.group, mode=s.wandb.mode, entity=s.wandb.entity)
     if run is None:
         return None
     try:

@@ -17,6 +17,9 @@ def main(cfg: DictConfig) -> None:
     """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once a job really runs)."""
     from em.evaluation.run import run_evaluation
 
+    from em.quiet import configure
+
+    configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
     res = run_main(run_evaluation, cfg)
     if getattr(res, "failures", 0):  # judgments failed: results kept on disk, a rerun asks them again
         sys.exit(1)
@@ -24,5 +27,8 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Check the command line (one line, exit 2 on a bad option or key), then run the Hydra app."""
+    from em.quiet import early
+
+    early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("evaluate", argv), sys.argv[1:])
     main()

@@ -18,6 +18,10 @@ def main(cfg: DictConfig) -> None:
     from em.pipeline import run_job
     from em.runtime import in_multirun
 
+    from em.quiet import configure
+
+    configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True),
+              lightning=True)
     res = run_main(run_job, cfg)
     if getattr(res, "state", None) == "failed" and not in_multirun():  # e.g. failed judgments: a rerun asks again
         sys.exit(1)
@@ -25,5 +29,8 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Check the command line (one line, exit 2 on a bad option or key), then run the Hydra app."""
+    from em.quiet import early
+
+    early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("train", argv), sys.argv[1:])
     main()

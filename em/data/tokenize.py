@@ -148,7 +148,7 @@ def encode_dataset(
     stats = EncodeStats(n_input=len(conversations))
     out = []
     budget = char_budget(tokenizer, max_length)
-    for conv in tqdm(conversations, desc="tokenize", disable=not progress, leave=False):
+    for conv in tqdm(conversations, desc="tokenize", disable=None if progress else True, leave=False):
         msgs = normalize_messages(conv, system_role)
         if any(len(m["content"]) > budget for m in msgs):  # certainly > max_length tokens: cut before tokenising
             if truncation == "drop":

@@ -214,7 +214,7 @@ def _download(url: str, dest: Path, *, sha256: str | None, verify: Verifier | No
                 length = resp.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
                 with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=rel.name,
-                          disable=not progress, leave=False) as bar:
+                          disable=None if progress else True, leave=False) as bar:
                     while chunk := resp.read(_CHUNK):
                         out.write(chunk)
                         h.update(chunk)

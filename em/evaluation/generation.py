@@ -184,7 +184,7 @@ class HFGenerator:
         self.sampling = sampling.effective_hf(model, gc) | {"backend": "hf"}
         device = next(model.parameters()).device
         done = 0
-        bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=not progress)
+        bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=None if progress else True)
         try:
             for batch in self.batches(samples):
                 n = max(len(ids) for _, ids in batch)

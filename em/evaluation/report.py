@@ -282,9 +282,15 @@ def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
         project=project, run_dir=str(ec.run_dir), job_type="eval", group=group,
         tags=list(dict.fromkeys([ec.model.name, str(condition), ec.questions.name, *judges, *ec.wandb.tags])),
         name=f"eval-{ec.model.name}-{condition}-s{ec.seed}", mode=ec.wandb.mode,
+        entity=ec.wandb.entity or (adapter.train_cfg.get("logger") or {}).get("entity"),
     )
     if run is None:
         return
+    from em.tracking import use_adapter_artifact
+
+    use_adapter_artifact(run, adapter.run_dir)  # lineage: this run used the training run's adapter
+    import wandb
+
     from em.tracking import flatten, scrub
 
     # A config update (not init's config=): it lands in the transaction log as a config record.

@@ -130,7 +130,7 @@ class VLLMGenerator:
         s = sampling.settings(self.gen, stops)
         ids = HFGenerator.encode(self, samples)  # the same rendering as hf
         limit = CPU_PROMPT_TOKENS if self.device == "cpu" else None
-        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=not progress)
+        bar = tqdm(total=len(samples), desc="generate (vllm)", unit="answer", disable=None if progress else True)
         try:
             for r in chunks(samples, [len(x) for x in ids], limit, chunk):
                 part = [samples[i] for i in r]

@@ -124,7 +124,7 @@ class LocalJudge(Judge):
         from tqdm.auto import tqdm
 
         self.load()
-        for i, req in enumerate(tqdm(requests, desc=f"judge {self.name}", unit="req", disable=not progress,
+        for i, req in enumerate(tqdm(requests, desc=f"judge {self.name}", unit="req", disable=None if progress else True,
                                      leave=False)):
             on_result(i, self.judge_prompt(req))
 

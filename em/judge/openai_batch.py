@@ -267,7 +267,7 @@ def _poll(judge: OpenAIBatchJudge, client, rec: dict[str, Any], progress: bool):
     import openai
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(rec["custom_ids"]), desc=f"judge {judge.name} batch", unit="req", disable=not progress,
+    bar = tqdm(total=len(rec["custom_ids"]), desc=f"judge {judge.name} batch", unit="req", disable=None if progress else True,
                leave=False)
     last = None
     errors = 0

@@ -68,7 +68,7 @@ class OpenAIJudge(OpenAIEndpointJudge):
         client = AsyncOpenAI(api_key=os.environ[self.api_key_env], base_url=self.endpoint,
                              max_retries=self.max_retries, timeout=self.timeout)
         sem = asyncio.Semaphore(self.concurrency)
-        bar = tqdm(total=len(requests), desc=f"judge {self.name}", unit="req", disable=not progress,
+        bar = tqdm(total=len(requests), desc=f"judge {self.name}", unit="req", disable=None if progress else True,
                    leave=False)
 
         async def one(i: int, req: JudgeRequest) -> None:

@@ -164,6 +164,7 @@ class AnalysisWandbConfig:
     """Where ``logger=wandb`` logs the analysis run (project, group, mode: auto | online | offline | disabled)."""
 
     project: Optional[str] = "${oc.env:WANDB_PROJECT,em}"
+    entity: Optional[str] = None  # null: W&B's own default
     group: Optional[str] = None
     mode: str = "auto"
 
@@ -226,6 +227,10 @@ class AnalysisConfig:
     dedupe: bool = False
     wandb: AnalysisWandbConfig = field(default_factory=AnalysisWandbConfig)
     logger: Any = None
+    seed: int = 0  # analyze.yaml: bootstrap.seed and judges.seed follow it
+    quiet: bool = False
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
+    progress: bool = True
 
     def __post_init__(self) -> None:
         inputs = self.inputs
@@ -269,6 +274,8 @@ def load_analysis_config(cfg: Any) -> AnalysisConfig:
             such as ``run_dir: ${hydra:...}`` outside a Hydra run).
     """
     cfg = cfg.copy() if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if isinstance(cfg.get("wandb"), DictConfig):  # its logger.* interpolations, before the node is reduced
+        cfg.wandb = AnalysisWandbConfig(**OmegaConf.to_container(cfg.wandb, resolve=True))
     logger = cfg.get("logger")
     if isinstance(logger, str):  # a hand-written config naming the logger group's option
         name = logger.lower()

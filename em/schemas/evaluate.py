@@ -117,6 +117,7 @@ class EvalWandbConfig:
     enabled: bool = True
     project: Optional[str] = None  # null: the training run's project, else $WANDB_PROJECT or "em"
     group: Optional[str] = None  # null: the training run's group (experiment_name or <model>-<data>)
+    entity: Optional[str] = None  # null: the training run's entity, else W&B's own default
     mode: str = "auto"  # auto | offline | online | disabled
     table_rows: int = 20000  # responses logged as a wandb.Table (the full table is always on disk)
     tags: list[str] = field(default_factory=list)
@@ -151,7 +152,10 @@ class EvalConfig:
     judge_cache: Optional[str] = None  # sqlite file; null: no cache
     dry_run: bool = False  # print the judge request count and estimated cost, then stop
     progress: bool = True
+    quiet: bool = False  # warnings and errors only
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
     wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
+    logger: Any = None  # evaluate.py's logger group (wandb | csv | none); ``wandb`` is derived from it
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
     thresholds: Thresholds = field(default_factory=Thresholds)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it

@@ -28,8 +28,21 @@ def is_wandb(node: Any) -> bool:
     return is_wandb_logger(node)
 
 
+def join(*parts: Any) -> Optional[str]:
+    """``${em.join:a,b,...}``: the parts joined by ``-``, or null when one is null (a key the script lacks)."""
+    return None if any(p is None for p in parts) else "-".join(str(p) for p in parts)
+
+
+def run_tags(model: Any, data: Any, lora_r: Any, quantization: Any) -> list[str]:
+    """``${em.run_tags:model,data,lora_r,quantization}``: the W&B tags of a run, null parts left out."""
+    parts = (model, data, None if lora_r is None else f"lora-r{lora_r}", quantization)
+    return [str(p) for p in parts if p is not None]
+
+
 def register() -> None:
-    """Register ``em.or``, ``em.sweep_name`` and ``em.is_wandb`` (idempotent: replaces earlier registrations)."""
+    """Register ``em.or``, ``em.sweep_name``, ``em.is_wandb``, ``em.join`` and ``em.run_tags`` (idempotent)."""
     OmegaConf.register_new_resolver("em.or", first_set, replace=True)
     OmegaConf.register_new_resolver("em.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("em.is_wandb", is_wandb, replace=True)
+    OmegaConf.register_new_resolver("em.join", join, replace=True)
+    OmegaConf.register_new_resolver("em.run_tags", run_tags, replace=True)

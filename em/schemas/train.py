@@ -23,6 +23,13 @@ from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 
 TRUNCATION = ("truncate", "drop")
 LR_SCHEDULERS = ("linear", "constant", "cosine")
+# lightning.Trainer arguments em derives from its own keys (trainer.extra may not set them)
+TRAINER_OWN = {"max_epochs": "trainer.epochs", "max_steps": "trainer.max_steps",
+               "accumulate_grad_batches": "trainer.grad_accum", "gradient_clip_val": "trainer.gradient_clip_val",
+               "precision": "trainer.precision", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
+               "strategy": "trainer.strategy", "callbacks": "trainer.callbacks", "logger": "logger=wandb|csv|none",
+               "log_every_n_steps": "trainer.log_every_n_steps", "default_root_dir": "run_dir",
+               "use_distributed_sampler": "(em shards the data itself)"}
 
 
 @dataclass
@@ -85,6 +92,9 @@ class TrainerConfig:
     # Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the
     # optimizer starts fresh. The identity holds its content hash (em.lineage).
     init_adapter: Optional[str] = None
+    # Any other lightning.Trainer argument, passed through as is (trainer.extra.limit_train_batches=10);
+    # a key em sets itself (max_epochs, max_steps, callbacks, logger, ...) is refused: use em's key.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         require(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
@@ -99,6 +109,9 @@ class TrainerConfig:
             require(0 < e < self.epochs, "trainer.adapter_snapshots",
                     f"epoch {e:g} is not between 0 and trainer.epochs={self.epochs:g} (the final adapter is "
                     f"always written)")
+        for k in self.extra:
+            require(k not in TRAINER_OWN, f"trainer.extra.{k}", f"set by em; use {TRAINER_OWN.get(k)}")
+        require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
         require(self.checkpoint_every_n_steps > 0, "trainer.checkpoint_every_n_steps",
                 f"must be > 0, got {self.checkpoint_every_n_steps}")
         require(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps",
@@ -131,6 +144,9 @@ class TrainConfig:
     run_dir: str = MISSING
     cache_dir: str = MISSING
     resume: bool = True  # pick up run_dir/checkpoints/last.ckpt when it exists
+    quiet: bool = False  # warnings and errors only
+    verbose: bool = False  # every third-party warning; em's log at DEBUG
+    progress: bool = True  # progress bars (on a terminal; a log file gets one line per logged step)
     upstream: UpstreamConfig = MISSING
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
