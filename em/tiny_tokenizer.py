@@ -20,7 +20,7 @@ def build_tokenizer(family: str):
     (``em.models.load_tokenizer`` sets the one ``model.chat_template`` names).
 
     Args:
-        family: ``qwen3`` or ``qwen2`` for ChatML specials; any other value (``gemma3``) gets Gemma's.
+        family: ``qwen3``, ``qwen2`` or ``llama`` (SmolLM2) for ChatML specials; any other value (``gemma3``) gets Gemma's.
 
     Raises:
         ModuleNotFoundError: ``tokenizers`` / ``transformers`` not installed.
@@ -35,7 +35,7 @@ def build_tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(QWEN3_SPECIALS + GEMMA3_SPECIALS)
-    if family in ("qwen3", "qwen2"):  # Qwen 2.5 and Qwen 3 share ChatML and these special tokens
+    if family in ("qwen3", "qwen2", "llama"):  # Qwen 2.5, Qwen 3 and SmolLM2 share ChatML and these special tokens
         special = dict(pad_token="<|endoftext|>", eos_token="<|im_end|>", bos_token=None)
     else:
         special = dict(pad_token="<pad>", eos_token="<end_of_turn>", bos_token="<bos>")

