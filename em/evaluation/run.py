@@ -163,7 +163,8 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
                 finally:
                     j.close()
                 judgments[j.name] = results
-                judge_stats[j.name] = stats.__dict__ | {"identity": j.identity}
+                judge_stats[j.name] = stats.__dict__ | {"identity": j.identity,
+                                                         "score_mode": getattr(j, "score_mode", "reference")}
         finally:
             cache.close()
     else:
