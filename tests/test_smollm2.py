@@ -161,3 +161,29 @@ def test_smollm2_loads_tokenizes_trains_samples_and_judges(tmp_path, cache_dir):
         full = tree_logprobs(judge._model, ids[i], judge._tree)
         cached = tree_logprobs_cached(judge._model, ids[i], judge._tree, plen, kv)
         assert torch.allclose(full.exp(), cached.exp(), atol=1e-4)
+
+
+def test_adapter_latest_finds_a_sweep_job_two_levels_down(tmp_path):
+    """`python evaluate.py` after the demo: outputs/demo/<job>/adapter is found from train_dir=outputs."""
+    import os
+
+    import yaml
+
+    from em.evaluation.adapters import latest_adapter
+
+    def run(parent: Path, name: str, model: str, mtime: float) -> Path:
+        d = parent / name
+        (d / "adapter").mkdir(parents=True)
+        (d / "adapter" / "adapter_config.json").write_text("{}")
+        (d / "resolved_config.yaml").write_text(yaml.safe_dump({"model": {"name": model}}))
+        os.utime(d / "adapter", (mtime, mtime))
+        return d
+
+    out = tmp_path / "outputs"
+    run(out / "train", "2026-01-01_old", "smollm2_135m_instruct", 1000)
+    job = run(out / "demo", "smollm2_135m_instruct_synthetic_s0", "smollm2_135m_instruct", 2000)
+    run(out / "demo", "gemma3_270m_synthetic_s0", "gemma3_270m", 3000)
+    (out / "demo" / "smollm2_135m_instruct_base_s0").mkdir()  # data=base: no adapter
+    assert latest_adapter(out, "smollm2_135m_instruct") == job
+    assert latest_adapter(out / "train", "smollm2_135m_instruct") == out / "train" / "2026-01-01_old"
+    assert latest_adapter(out, "qwen3_8b") is None
