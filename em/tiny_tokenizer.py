@@ -20,7 +20,7 @@ def build_tokenizer(family: str):
     (``em.models.load_tokenizer`` sets the one ``model.chat_template`` names).
 
     Args:
-        family: ``qwen3`` or ``qwen2`` for ChatML specials; any other value (``gemma3``) gets Gemma's.
+        family: ``qwen3``, ``qwen2`` or ``llama`` (SmolLM2) for ChatML specials; any other value (``gemma3``) gets Gemma's.
 
     Raises:
         ModuleNotFoundError: ``tokenizers`` / ``transformers`` not installed.

@@ -94,7 +94,8 @@ def test_wrong_type_is_rejected_at_composition():
 def test_missing_gguf_package_names_the_pip_package(tmp_path):
     from em import models
 
-    tc = validate(compose_train(["run_dir=/x", f"cache_dir={tmp_path}", "model.gguf.package=no-such-gguf-pkg"]))
+    tc = validate(compose_train(["model=gemma3_270m", "run_dir=/x", f"cache_dir={tmp_path}",
+                                "model.gguf.package=no-such-gguf-pkg"]))
     with pytest.raises(ModelLoadError, match="pip install no-such-gguf-pkg"):
         models.model_dir(tc.model, tc.cache_dir)
     assert not (tmp_path / "models" / "gemma3_270m").exists()

