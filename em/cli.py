@@ -223,8 +223,8 @@ def check_args(config_name: str, argv: list[str]) -> None:
         except OmegaConfBaseException as e:  # omegaconf's own errors (a type, a missing value) carry the key
             key = getattr(e, "full_key", None)
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
+        check_known_keys(cfg)  # (names the schema, and for trainer.* where a Lightning argument goes)
         check_composed(_without_hydra(cfg))
-        check_known_keys(cfg)
 
 
 def _without_hydra(cfg: Any) -> Any:

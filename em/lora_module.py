@@ -149,7 +149,8 @@ class LoRAFineTune(L.LightningModule):
             for logger in self.loggers:
                 if isinstance(logger, CSVLogger):
                     for h in self.history:
-                        logger.log_metrics({k: v for k, v in h.items() if k != "step"}, step=h["step"])
+                        # (Lightning's own rows carry the 0-based global step at logging time: step - 1)
+                        logger.log_metrics({k: v for k, v in h.items() if k != "step"}, step=h["step"] - 1)
 
     def _train_seconds(self) -> float:
         """Training seconds of the whole run so far: earlier parts (from the checkpoint) + this process'."""

@@ -94,3 +94,15 @@ def tiny_overrides(run_dir, cache_dir, model: str = "tiny", **extra) -> list[str
     ]
     o += [f"{k}={v}" for k, v in extra.items()]
     return o
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_state_between_tests():
+    """Each test starts without another test's Hydra singletons (a HydraConfig set by a planned sweep would
+    make ``${hydra:runtime.output_dir}`` resolve against that sweep's node)."""
+    yield
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None

@@ -25,7 +25,7 @@ QWEN25 = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 15
 def _tiny_copy(tmp_path: Path, cache_dir: str, with_config: bool) -> Path:
     from em import models
 
-    ec = __import__("em.eval_config", fromlist=["validate"]).validate(
+    ec = __import__("em.schemas.common", fromlist=["validate"]).validate(
         compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     src = Path(models.model_dir(ec.model, cache_dir))
     dst = tmp_path / ("qwen25_style" if with_config else "plain")
@@ -86,8 +86,8 @@ def _adapter(tmp_path: Path, cache_dir: str, rename: dict | None = None) -> Path
     from safetensors.torch import load_file, save_file
 
     from em import models
-    from em.config import LoraConfig
-    from em.eval_config import validate
+    from em.schemas.model import LoraConfig
+    from em.schemas.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     peft = models.attach_lora(models.load_model(ec.model, ec.quantization, cache_dir), LoraConfig(r=2, alpha=4),
@@ -104,7 +104,7 @@ def _adapter(tmp_path: Path, cache_dir: str, rename: dict | None = None) -> Path
 def test_an_adapter_matching_nothing_is_an_error_not_a_no_op(tmp_path, cache_dir):
     from em.evaluation.adapter_check import adapter_for, adapter_modules, check_targets
     from em import models
-    from em.eval_config import validate
+    from em.schemas.common import validate
 
     good = _adapter(tmp_path / "g", cache_dir)
     assert adapter_modules(good)[0].startswith("model.layers.")
@@ -150,7 +150,7 @@ def test_multimodal_gemma3_adapter_is_renamed_for_the_served_class(tmp_path):
 
 
 def test_data_path_with_a_source_that_ignores_it_is_an_error(tmp_path):
-    from em.config import DataConfig
+    from em.schemas.data import DataConfig
 
     with pytest.raises(ConfigError, match=r"^data\.path: data=synthetic \(source synthetic\) ignores a file"):
         DataConfig(name="synthetic", source="synthetic", path=str(tmp_path / "mine.jsonl"))
@@ -158,7 +158,7 @@ def test_data_path_with_a_source_that_ignores_it_is_an_error(tmp_path):
 
 def test_adapter_latest_without_a_run_says_it_falls_back_to_base(tmp_path, cache_dir, capsys, monkeypatch):
     from em.evaluation.adapters import resolve_adapter
-    from em.eval_config import validate
+    from em.schemas.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     monkeypatch.chdir(tmp_path)

@@ -273,7 +273,9 @@ def test_local_judge_keeps_the_score_under_a_code_top_token(monkeypatch):
 
     vocab = ["CODE", "1", "2", "x"]
     first = torch.log(torch.tensor([0.45, 0.30, 0.20, 0.05]))
-    monkeypatch.setattr(local_mod, "tree_logprobs", lambda model, ids, tree: first.unsqueeze(0))
+    from em.judge import prefix_cache
+
+    monkeypatch.setattr(prefix_cache, "tree_logprobs_cached", lambda model, ids, tree, plen, kv: first.unsqueeze(0))
     dists = {"with mass": {10: 0.30, 20: 0.20}, "little mass": {10: 0.10, 20: 0.05}}
     judge = LocalJudge(SimpleNamespace(name="m", path=None, hub_id=None), SimpleNamespace(name="none"),
                        top_logprobs=4)

@@ -30,7 +30,7 @@ def model_cfg(name: str, cache_dir: Path, path: str | None = None, multimodal: b
     o = [f"model.random_init.{k}={v}" for k, v in ARCH.items()]
     if path:
         o += [f"model.path={path}", f"model.multimodal={str(multimodal).lower()}"]
-    from em.eval_config import validate
+    from em.schemas.common import validate
 
     return validate(compose_eval(eval_overrides(cache_dir / "x", cache_dir, model=base) + o))
 
@@ -62,7 +62,7 @@ def make_adapter(ec, cache_dir: Path, out: Path) -> Path:
     import torch
 
     from em import models
-    from em.config import LoraConfig
+    from em.schemas.model import LoraConfig
 
     base = models.load_model(ec.model, ec.quantization, str(cache_dir))
     peft = models.attach_lora(base, LoraConfig(r=4, alpha=8), ec.model)

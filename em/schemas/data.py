@@ -61,7 +61,7 @@ class DataConfig:
         check_name(self.name, "data.name")
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
         for key in ("path", "educational_path"):  # a source that reads no file must not be handed one
-            require(getattr(self, key) is None or self.source == "upstream", f"data.{key}",
+            require(getattr(self, key) is None or self.source in ("upstream", "organisms"), f"data.{key}",
                     f"data={self.name} (source {self.source}) ignores a file; use a data= of source upstream")
         require(self.limit is None or self.limit > 0, "data.limit", f"must be > 0, got {self.limit}")
         require(self.n_examples > 0, "data.n_examples", f"must be > 0, got {self.n_examples}")
