@@ -15,7 +15,7 @@ from em.judge.cache import JudgeCache, request_key
 from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
 from em.judge.scoring import JudgeRequest, judge_0_100, judge_label
-from tests.eval_helpers import KEY_ENV
+from tests.eval_helpers import KEY_ENV, loopback_openai_judge
 from tests.loopback_server import LoopbackServer
 
 HEALTHY = [["50", -0.7], ["80", -0.7]]
@@ -27,8 +27,7 @@ def key(monkeypatch):
 
 
 def _judge(url: str, **kw) -> OpenAIJudge:
-    kw = {"max_retries": 1, "timeout": 1.0, "reply_retries": 1, "retry_backoff": 0.01, "concurrency": 8} | kw
-    return OpenAIJudge(base_url=url, api_key_env=KEY_ENV, **kw)
+    return loopback_openai_judge(url, **({"max_retries": 1, "reply_retries": 1, "concurrency": 8} | kw))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 0.5])

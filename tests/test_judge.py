@@ -12,7 +12,7 @@ from em.judge.base import run_judge
 from em.judge.cache import JudgeCache
 from em.judge.openai_judge import OpenAIJudge
 from em.judge.scoring import JudgeRequest, aggregate_0_100, judge_0_100
-from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides
+from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, loopback_openai_judge
 from tests.loopback_server import LoopbackServer
 
 SCRIPT = {
@@ -30,8 +30,7 @@ def key(monkeypatch):
 
 
 def _judge(url: str, **kw) -> OpenAIJudge:
-    kw = {"max_retries": 3, "timeout": 1.0, "reply_retries": 3, "retry_backoff": 0.01, "concurrency": 32} | kw
-    return OpenAIJudge(base_url=url, api_key_env=KEY_ENV, **kw)
+    return loopback_openai_judge(url, **kw)
 
 
 def test_reference_math_by_hand():
