@@ -212,7 +212,7 @@ def test_the_issue_reproduction_with_chdir_latest_local_judge_and_wandb(tmp_path
 
     run = _fake_run(tmp_path / "train", "2026-01-01_tiny_insecure", "tiny", cache_dir)
     out = tmp_path / "ev"
-    args = ["model=tiny", "judge=local", "model@judge.model=tiny", "judge.min_number_mass=0.03643",
+    args = ["model=tiny", "judge=local", "model@judge.model=tiny", "judge.min_number_mass=0.03643", "judge.score_mode=reference",
             "format=[plain,json]", "samples=2", "generation.max_new_tokens=16", "quantization=none",
             f"cache_dir={cache_dir}", f"judge_cache={tmp_path / 'jc.sqlite'}", "adapter=latest", "train_dir=train",
             "hydra.job.chdir=true", f"hydra.run.dir={out}", "progress=false"]

@@ -102,6 +102,10 @@ class LocalJudgeSchema:
                 f"must be one of {SCORE_MODES}, got {self.score_mode!r}")
         require(0.0 <= self.min_number_mass <= 1.0, "judge.min_number_mass",
                 f"must be in [0, 1], got {self.min_number_mass}")
+        # renormalized scores every judgment: another threshold would be silently ignored
+        require(self.score_mode == "reference" or self.min_number_mass in (0.0, 0.25), "judge.min_number_mass",
+                f"{self.min_number_mass} has no effect under judge.score_mode=renormalized (every judgment is "
+                f"scored); add judge.score_mode=reference to apply it")
 
 
 @dataclass
