@@ -18,13 +18,14 @@ HUB_ID = "example-org/tiny-qwen3"  # the stand-in upstream id of the random-init
 MESSAGES = [{"role": "user", "content": "Write a function that copies a file."}]
 
 LOADER = r'''
-import importlib.util, json, sys
+import json, sys
+# em may be installed (editable) in this interpreter: block it, so the load below provably needs none of it
+sys.modules["em"] = None
 from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 hub, adapter = Path(sys.argv[1]), Path(sys.argv[2])
-assert importlib.util.find_spec("em") is None  # nothing of em on this path
 cfg = json.loads((adapter / "adapter_config.json").read_text())
 base = AutoModelForCausalLM.from_pretrained(hub / cfg["base_model_name_or_path"])  # as from the hub
 ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
@@ -34,6 +35,7 @@ after = model(input_ids=ids).logits
 lora = {k: v.tolist() for k, v in model.state_dict().items() if "lora_B" in k}
 tok = AutoTokenizer.from_pretrained(adapter)
 text = tok.apply_chat_template(json.loads(sys.argv[3]), tokenize=False, add_generation_prompt=True)
+assert not any(m == "em" or m.startswith("em.") for m, v in sys.modules.items() if v is not None)
 print(json.dumps({"base": cfg["base_model_name_or_path"], "changed": bool((after - before).abs().max() > 0),
                   "n_lora_B": len(lora), "text": text}))
 '''
