@@ -19,7 +19,7 @@ Measured here (unless --recorded):
     rendered without the answer, counted with GPT-4o's o200k_base encoding (the bpe-openai package, if
     installed; else the Gemma 3 tokenizer as a stand-in) + 7 tokens of chat framing, plus the answer tokens.
 
-Assumed (flags): training MFU (--mfu 0.25 of --peak-tflops 989, an H100 SXM; bench/gpu_train.py measures the
+Assumed (flags): training MFU (--mfu 0.20, as measured on an H200, of --peak-tflops 989, an H100 SXM; bench/gpu_train.py measures the
 real figure on a GPU), FLOPs from bench/gpu_train.py's formula (no gradient checkpointing: em's default);
 vLLM sampling throughput per GPU (--decode-k / params in billions, at most --decode-max tokens/s; LoRA
 adapter served); per-job model load time; answer length (every answer at the 600-token cap is the upper
@@ -140,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--examples", type=int, default=6000)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--mfu", type=float, default=0.25, help="assumed training MFU (model FLOPs / peak)")
+    p.add_argument("--mfu", type=float, default=0.20, help="training MFU (model FLOPs / peak; bench/gpu_train.py measured 19.5-22.1 %% on an H200)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per GPU (H100 SXM: 989)")
     p.add_argument("--decode-k", type=float, default=60000.0,
                    help="assumed vLLM output tokens/s per GPU = decode_k / params in billions ...")
