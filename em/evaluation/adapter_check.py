@@ -239,7 +239,12 @@ def save_layout(adapter_dir: str | Path, model_dir: str | Path, trained_class: s
     """
     from transformers import AutoConfig
 
-    arch = (getattr(AutoConfig.from_pretrained(str(model_dir)), "architectures", None) or [trained_class])[0]
+    try:  # the checkpoint was just loaded: its config is local (or in the hub cache)
+        arch = (getattr(AutoConfig.from_pretrained(str(model_dir)), "architectures", None) or [trained_class])[0]
+    except (OSError, ValueError) as e:  # never lose a finished training run to this: keep the trained layout
+        log.warning("adapter %s: keys kept for %s (config of %s unreadable: %s)", adapter_dir, trained_class,
+                    model_dir, e)
+        return trained_class
     if arch == trained_class:
         return arch
     arch, served = served_modules(model_dir)
