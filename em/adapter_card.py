@@ -118,8 +118,8 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
              "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
              + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "
-                "`AutoModelForCausalLM` / `AutoModelForImageTextToText` build for it)."
-                if meta.get("key_layout") else ".")]
+                "`AutoModelForCausalLM` / `AutoModelForImageTextToText` build for it; em trained its language model)."
+                if not str(meta.get("key_layout") or "ForCausalLM").endswith("ForCausalLM") else ".")]
     if eval_summary:
         lines += ["", "## Evaluation", "", "| format | n | coherent | misaligned |", "|---|---|---|---|"]
         for fmt, s in (eval_summary.get("formats") or {}).items():
