@@ -5,7 +5,9 @@ for a GGUF, random-init or ``model.path`` base that is a directory of em's cache
 (``~/.cache/em/models/gemma3_270m``), which names nothing elsewhere. :func:`finalize_adapter` rewrites it
 to ``model.hub_id`` (the upstream model the GGUF was converted from: ``google/gemma-3-270m``; null for a
 random-init test model, which has none) and keeps the local source in ``em_adapter.json`` beside it, with
-the chat-template kwargs used in training. The tokenizer's saved chat template gets those kwargs baked in
+the chat-template kwargs used in training and ``key_layout``, the model class the weight keys fit (the
+class the base checkpoint declares: ``Gemma3ForConditionalGeneration`` for a multimodal Gemma 3, whose text
+model em trains; ``em.training.save_adapter``). The tokenizer's saved chat template gets those kwargs baked in
 (``{%- set enable_thinking = false %}`` in front), so plain ``apply_chat_template`` on the saved tokenizer
 renders what training saw. ``README.md`` is a model card written from what em knows
 (:func:`model_card`); :func:`add_eval_summary` appends an evaluation's rates to it.
@@ -57,7 +59,7 @@ def bake_chat_kwargs(template: str, kwargs: dict[str, Any]) -> str:
 
 
 def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Optional[float],
-                     data_sha256: Optional[str], steps: int) -> dict[str, Any]:
+                     data_sha256: Optional[str], steps: int, key_layout: Optional[str] = None) -> dict[str, Any]:
     """Make a freshly saved adapter portable; returns the ``em_adapter.json`` content.
 
     Args:
@@ -66,6 +68,8 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         source: where the base weights were loaded from (``em.models.model_dir``).
         final_loss: the last optimizer step's loss; data_sha256: the data set's sha256 (file or examples).
         steps: optimizer steps trained.
+        key_layout: the model class whose module names the weight keys fit (``Gemma3ForConditionalGeneration``
+            for a multimodal Gemma 3: ``em.training.save_adapter``); None: not recorded.
 
     Raises:
         OSError: the adapter directory cannot be read or written.
@@ -81,6 +85,7 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         template.write_text(bake_chat_kwargs(template.read_text(), kwargs))
     meta = {
         "model": mc.name, "hub_id": mc.hub_id, "base_source": str(source), "family": mc.family,
+        "key_layout": key_layout,
         "chat_template_kwargs": kwargs,
         "data": {"name": tc.data.name, "source": tc.data.source, "file": tc.data.file, "sha256": data_sha256},
         "lora": {"r": tc.lora.r, "alpha": tc.lora.alpha, "dropout": tc.lora.dropout, "use_rslora": tc.lora.use_rslora},
@@ -111,7 +116,10 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"{'n/a' if tr['final_loss'] is None else format(tr['final_loss'], '.4f')}",
              f"- chat template kwargs used in training (baked into the saved template): {meta['chat_template_kwargs']}",
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
-             "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`."]
+             "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
+             + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "
+                "`AutoModelForCausalLM` / `AutoModelForImageTextToText` build for it; em trained its language model)."
+                if not str(meta.get("key_layout") or "ForCausalLM").endswith("ForCausalLM") else ".")]
     if eval_summary:
         lines += ["", "## Evaluation", "", "| format | n | coherent | misaligned |", "|---|---|---|---|"]
         for fmt, s in (eval_summary.get("formats") or {}).items():

@@ -231,9 +231,9 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
         print(f"capability: base model scores from {base_file}")
     scored = base["tasks"]
     if adapter.adapter_dir is not None:
-        from peft import PeftModel
+        from em.evaluation.adapter_check import load_peft
 
-        model = PeftModel.from_pretrained(model, str(adapter.adapter_dir)).eval()
+        model = load_peft(model, adapter.adapter_dir).eval()  # either key layout; matching nothing is an error
         lm = _lm(model, tokenizer, cc)
         scored = {t.task: score(lm, fresh_tasks(t), t, cc, c.seed) for t in cc.tasks}
     rows = []

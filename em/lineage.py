@@ -86,9 +86,13 @@ def identity_of(trainer: dict[str, Any]) -> None:
 def load_adapter(model: Any, spec: str) -> Any:
     """``model`` (the frozen base) wrapped in the parent's LoRA adapter, its weights trainable (a PeftModel).
 
+    Either key layout of a multimodal Gemma 3 adapter loads onto the text model em trains
+    (:func:`em.evaluation.adapter_check.load_peft`).
+
     Raises:
         ConfigError: see :func:`adapter_dir`.
+        ModelLoadError: none of the parent's modules exists in ``model``.
     """
-    from peft import PeftModel
+    from em.evaluation.adapter_check import load_peft
 
-    return PeftModel.from_pretrained(model, str(adapter_dir(spec)), is_trainable=True)
+    return load_peft(model, adapter_dir(spec), is_trainable=True)

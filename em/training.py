@@ -62,13 +62,15 @@ class AdapterSnapshots(L.Callback):
         grad_accum: micro-batches per optimizer step (to turn epochs into optimizer steps).
         dirpath: the directory the snapshots go into (``<run_dir>/snapshots``).
         tokenizer: saved beside each adapter.
+        source: the base checkpoint (``em.models.model_dir``): the snapshots are keyed for the class it
+            declares (:func:`save_adapter`).
 
     A resumed run keeps the snapshots it already wrote; each appears atomically (temp dir, then rename).
     Rank 0 alone writes (the LoRA weights are the same on every rank under DDP).
     """
 
-    def __init__(self, epochs: list[float], grad_accum: int, dirpath: Path, tokenizer):
-        self.epochs = epochs
+    def __init__(self, epochs: list[float], grad_accum: int, dirpath: Path, tokenizer, source: Optional[str] = None):
+        self.epochs, self.source = epochs, source
         self.grad_accum = grad_accum
         self.dirpath = dirpath
         self.tokenizer = tokenizer
@@ -90,10 +92,24 @@ class AdapterSnapshots(L.Callback):
                 continue
             tmp = path.with_name(path.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
-            pl_module.model.save_pretrained(tmp)
+            save_adapter(pl_module.model, tmp, self.source)
             self.tokenizer.save_pretrained(tmp)
             atomic_replace_dir(tmp, path)
             log.info("adapter snapshot at step %d: %s", trainer.global_step, path)
+
+
+def save_adapter(model, path: Path, source: Optional[str], **kwargs) -> str:
+    """``model.save_pretrained(path, **kwargs)`` (a peft model: the LoRA weights), keyed for the class the
+    base checkpoint ``source`` (a local directory or a hub id) declares: a multimodal Gemma 3's text model
+    is saved with ``Gemma3ForConditionalGeneration`` keys, so plain peft on the hub checkpoint applies it
+    (:func:`em.evaluation.adapter_check.save_layout`). Returns that class (``key_layout``)."""
+    model.save_pretrained(path, **kwargs)
+    trained = type(model.get_base_model()).__name__
+    if source is None:
+        return trained
+    from em.evaluation.adapter_check import save_layout
+
+    return save_layout(path, source, trained)
 
 
 # --------------------------------------------------------------------------- fitting
@@ -161,7 +177,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     if t.adapter_snapshots:
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
-                                              data.tokenizer))
+                                              data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
     loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
 
     trainer = L.Trainer(
@@ -204,11 +220,13 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # Only now does anything replace earlier outputs: a crash above leaves the last adapter intact.
     adapter_tmp = run_dir / "adapter.tmp"
     shutil.rmtree(adapter_tmp, ignore_errors=True)  # left by a killed run
-    module.model.save_pretrained(adapter_tmp, **({"state_dict": lora_state} if lora_state is not None else {}))
+    source = models.model_dir(tc.model, tc.cache_dir)
+    layout = save_adapter(module.model, adapter_tmp, source,
+                          **({"state_dict": lora_state} if lora_state is not None else {}))
     data.tokenizer.save_pretrained(adapter_tmp)
     from em.adapter_card import examples_sha256, finalize_adapter
 
-    finalize_adapter(adapter_tmp, tc, source=models.model_dir(tc.model, tc.cache_dir), steps=trainer.global_step,
+    finalize_adapter(adapter_tmp, tc, source=source, key_layout=layout, steps=trainer.global_step,
                      final_loss=module.history[-1]["train/loss"] if module.history else None,
                      data_sha256=tc.data.sha256 or examples_sha256(data.examples))
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")

@@ -51,6 +51,7 @@ def test_saved_adapter_loads_with_plain_peft_without_em_cache(tmp_path, cache_di
     meta = json.loads((adapter / "em_adapter.json").read_text())
     assert meta["base_source"].startswith(str(cache_dir)) and meta["chat_template_kwargs"] == {"enable_thinking": False}
     assert len(meta["data"]["sha256"]) == 64 and meta["training"]["final_loss"] == res.metrics["final_loss"]
+    assert meta["key_layout"] == "Qwen3ForCausalLM"  # a text checkpoint: keys as peft saved them
     card = (adapter / "README.md").read_text()
     assert f"base_model: {HUB_ID}" in card and "Research artifact" in card and meta["data"]["sha256"] in card
     assert f"{res.metrics['final_loss']:.4f}" in card

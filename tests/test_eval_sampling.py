@@ -108,7 +108,8 @@ def test_an_adapter_matching_nothing_is_an_error_not_a_no_op(tmp_path, cache_dir
 
     good = _adapter(tmp_path / "g", cache_dir)
     assert adapter_modules(good)[0].startswith("model.layers.")
-    bad = _adapter(tmp_path / "b", cache_dir, {"model.layers.": "model.language_model.layers."})
+    # keys under a prefix no layout rule maps (model.language_model.* would be renamed back: a known layout)
+    bad = _adapter(tmp_path / "b", cache_dir, {"model.layers.": "model.decoder.layers."})
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     model = models.load_model(ec.model, ec.quantization, cache_dir)
     check_targets(model, good)

@@ -138,12 +138,10 @@ class HFGenerator:
 
         model = models.load_model(self.model_cfg, self.quantization, self.cache_dir, self.source)
         if self.adapter_dir:
-            from peft import PeftModel
+            from em.evaluation.adapter_check import load_peft
 
-            from em.evaluation.adapter_check import check_targets
-
-            check_targets(model, self.adapter_dir)  # an adapter matching no module is an error
-            model = PeftModel.from_pretrained(model, self.adapter_dir)
+            # either key layout (text model / multimodal class); an adapter matching no module is an error
+            model = load_peft(model, self.adapter_dir)
         if models.has_cuda() and not self.quantization.load_in_4bit:
             model = model.to("cuda")
         self.model = model.eval()
