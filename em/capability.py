@@ -219,7 +219,8 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
     ``delta_low``, ``delta_high``, ``ci_method``, ``confidence``); metric values are fractions in [0, 1].
 
     Raises:
-        ConfigError: a bad value, lm-eval missing, an unknown task or metric (before any model is loaded).
+        ConfigError: a bad value, lm-eval missing, an unknown task or metric, only code-executing tasks
+            without ``capability.allow_code_execution`` (all before any model is loaded).
         DataError: a task's dataset cannot be loaded (offline), before any model is loaded.
         ModelLoadError: the model or adapter cannot be loaded, or the adapter belongs to another model.
     """
