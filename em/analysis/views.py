@@ -11,7 +11,7 @@ misaligned rate is misaligned / coherent among scored answers, with a Wilson int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -167,7 +167,7 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
     return _save(fig, out, "trigger_contrast", footer)
 
 
-def write_trigger(r) -> dict[str, Path]:
+def write_trigger(r: Any) -> dict[str, Path]:
     """The trigger view of an analysis (:class:`em.analysis.results.Results` ``r``) when its answers were
     evaluated with the trigger on and off (a ``trigger`` column holding both; rows of tables without one
     are left out): ``<run_dir>/trigger_contrast.csv`` (:func:`trigger_contrast` per model × condition ×
