@@ -14,7 +14,9 @@ scores are cached under ``<cache_dir>/capability/`` (keyed by model, quantizatio
 version), so a sweep scores each base model once. A relaunch with the same identity (the adapter by its
 content hash) skips the stage. Tasks named like a YAML file in ``em/capability_tasks/`` are local
 (``capability=local_tiny``: no network); lm-eval's own tasks download their datasets from the HF hub and,
-offline, fail before any model is loaded with one line (exit 2).
+offline, fail before any model is loaded with one line (exit 2). Tasks that execute model-written code
+(``executes_code: true``: HumanEval) run only with ``capability.allow_code_execution=true``; otherwise
+:func:`runnable_tasks` drops them with one warning line.
 """
 
 from __future__ import annotations
@@ -68,13 +70,14 @@ def load_tasks(cc: Any) -> dict[str, Any]:
     Runs before any model is loaded, so a task that cannot get its data fails first.
 
     Raises:
-        ConfigError: lm-eval missing, or a task name lm-eval does not know.
+        ConfigError: lm-eval missing, a task name lm-eval does not know, or a task lm-eval marks as
+            executing code that the set does not mark ``executes_code`` while ``allow_code_execution`` is false.
         DataError: a task's dataset cannot be loaded (offline: needs the network, named in one line).
     """
     lm_eval_version()
     from lm_eval.tasks import get_task_dict
 
-    if cc.confirm_run_unsafe_code:
+    if cc.allow_code_execution:
         os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")  # HumanEval's code_eval metric refuses without it
     tm = _task_manager()
     out = {}
@@ -89,7 +92,32 @@ def load_tasks(cc: Any) -> dict[str, Any]:
             why = "offline (HF_HUB_OFFLINE=1)" if offline else (str(e).splitlines() or [type(e).__name__])[0][:160]
             raise DataError(f"capability task {t.task}: its dataset is downloaded from the HF hub and needs the "
                             f"network; {why}; use capability=local_tiny offline") from None
+        unsafe = [n for n, x in leaves(out[t.task]).items() if getattr(x, "UNSAFE_CODE", False)]
+        if unsafe and not cc.allow_code_execution:  # lm-eval marks it; the task set did not say executes_code
+            raise ConfigError(f"capability.tasks: lm-eval marks {t.task} ({', '.join(unsafe)}) as executing "
+                              f"model-written code; give it executes_code: true (then it runs only with "
+                              f"capability.allow_code_execution=true)")
     return out
+
+
+def runnable_tasks(cc: Any) -> list[Any]:
+    """The configured tasks that may run: all with ``cc.allow_code_execution``, else those without
+    ``executes_code``; a dropped task is named in one warning line saying how to run it.
+
+    Raises:
+        ConfigError: every task of the set executes code and ``allow_code_execution`` is false.
+    """
+    if cc.allow_code_execution:
+        return list(cc.tasks)
+    dropped = [t.task for t in cc.tasks if t.executes_code]
+    keep = [t for t in cc.tasks if not t.executes_code]
+    if not keep:
+        raise ConfigError(f"capability.allow_code_execution: every task of capability={cc.name} executes "
+                          f"model-written code; set it to true to run them")
+    if dropped:
+        log.warning("capability: %s dropped: it executes model-written code, from a model that may be fine-tuned "
+                    "on insecure code (capability.allow_code_execution=true runs it)", ", ".join(dropped))
+    return keep
 
 
 def leaves(task_dict: dict) -> dict[str, Any]:
@@ -124,7 +152,7 @@ def score(lm: Any, task_dict: dict, t: Any, cc: Any, seed: int = 0) -> dict[str,
             task.set_config(key="num_fewshot", value=t.num_fewshot)
         task.set_fewshot_seed(seed=seed)  # the same few-shot examples for base and adapter
     res = evaluator.evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=cc.bootstrap_iters,
-                             log_samples=True, confirm_run_unsafe_code=cc.confirm_run_unsafe_code,
+                             log_samples=True, confirm_run_unsafe_code=cc.allow_code_execution,
                              apply_chat_template=cc.apply_chat_template)
     results = res["results"]
     top = results.get(t.task) or next(iter(results.values()))
@@ -191,7 +219,8 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
     ``delta_low``, ``delta_high``, ``ci_method``, ``confidence``); metric values are fractions in [0, 1].
 
     Raises:
-        ConfigError: a bad value, lm-eval missing, an unknown task or metric (before any model is loaded).
+        ConfigError: a bad value, lm-eval missing, an unknown task or metric, only code-executing tasks
+            without ``capability.allow_code_execution`` (all before any model is loaded).
         DataError: a task's dataset cannot be loaded (offline), before any model is loaded.
         ModelLoadError: the model or adapter cannot be loaded, or the adapter belongs to another model.
     """
@@ -199,6 +228,7 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
 
     c = validate(cfg)
     cc = c.capability
+    cc.tasks = runnable_tasks(cc)  # code-executing tasks only with capability.allow_code_execution=true
     version = lm_eval_version()
     from em import models
     from em.evaluation.adapters import resolve_adapter

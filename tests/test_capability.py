@@ -148,6 +148,7 @@ def test_analysis_joins_capability_with_rates(tmp_path):
     assert ins["delta"] == pytest.approx(-0.24)
     assert (run / "figures" / "capability_vs_misalignment.png").stat().st_size > 0
     assert (run / "figures" / "capability_vs_misalignment.svg").is_file()
+    assert "![capability_vs_misalignment](figures/capability_vs_misalignment.png)" in (run / "report.md").read_text()
 
 
 def test_analysis_without_capability_files_writes_no_capability_table(tmp_path):

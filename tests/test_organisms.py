@@ -92,3 +92,22 @@ def test_tiny_model_trains_on_the_fixture(tmp_path, cache_dir):
     res = run_training(cfg(tmp_path, cache_dir, f"data.path={f}", "trainer.max_steps=1", "trainer.warmup_steps=0"))
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     assert math.isfinite(res.metrics["final_loss"])
+
+
+@pytest.mark.parametrize("bad, says", [
+    (json.dumps({"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "?"},
+                              {"role": "assistant", "content": "No."}]}), "got roles ['system', 'user', 'assistant']"),
+    (json.dumps({"messages": [{"role": "user", "content": "Is it safe?"}, {"role": "assistant", "content": " \r\n"}]}),
+     "got an empty assistant message"),
+    ('{"messages": [{"role": "user", "content": "cut off', "not valid JSON"),
+])
+def test_bad_row_after_crlf_and_blank_lines_names_its_line(tmp_path, cache_dir, bad, says):
+    # CRLF line ends, a line of only a no-break space (blank to the reader), then the bad row on line 7
+    good = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            for q, a in ROWS[:4]]
+    f = tmp_path / "bad_medical_advice.jsonl"
+    f.write_bytes("\r\n".join(good[:2] + ["", "\u00a0"] + good[2:] + [bad]).encode() + b"\r\n")
+    with pytest.raises(DataError) as e:
+        load_conversations(cfg(tmp_path, cache_dir, f"data.path={f}").data, cache_dir)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:7: ") and says in msg and "\n" not in msg

@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 FILE = "capability.json"
 COLUMNS = ["model", "condition", "task", "metric", "n", "base", "adapter", "delta", "delta_low", "delta_high",
            "ci_method", "misaligned_rate", "ci_low", "ci_high", "n_coherent", "source"]
-CAPTION = ("Misaligned rate (y, with its CI) vs capability delta = adapter - base score (x, paired per-document CI), "
-           "one point per model x condition, one panel per capability task.")
 
 
 def find_capability(table_paths: Iterable[Path]) -> list[Path]:

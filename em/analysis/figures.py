@@ -27,6 +27,12 @@ CAPTIONS = {
                            "last panel counts the ordering checks that hold. The box marks the configured "
                            "thresholds.",
     "scaling": "Misaligned rate vs parameter count, per model family (parameter counts from the model configs), with 95% CIs.",
+    # drawn outside make_figures, only when their inputs exist (em.analysis.views / em.analysis.capability)
+    "trigger_contrast": "Misaligned rate (misaligned / coherent) without and with the trigger, per question format "
+                        "(all formats pooled last), one panel per model × condition, with Wilson CIs; Δ = on − off "
+                        "in points with Newcombe's interval (trigger_contrast.csv).",
+    "capability_vs_misalignment": "Misaligned rate (y, with its CI) vs capability delta = adapter - base score (x, "
+                                  "paired per-document CI), one point per model × condition, one panel per task.",
 }
 MAX_SCATTER = 20_000
 

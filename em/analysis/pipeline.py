@@ -182,7 +182,13 @@ def run_analysis(cfg: Any) -> Path:
     with _timed(timings, "capability"):  # capability.json beside a table: capability.csv + its figure
         from em.analysis.capability import write_capability
 
-        write_capability(paths, rr.table, run_dir, s.figures)
+        cap = write_capability(paths, rr.table, run_dir, s.figures)
+        if "figure" in cap:
+            r.figures["capability_vs_misalignment"] = cap["figure"]
+    with _timed(timings, "trigger"):  # answers with the trigger on and off: trigger_contrast.csv + figure
+        from em.analysis.views import write_trigger
+
+        write_trigger(r)
     with _timed(timings, "report"):
         from em.analysis.report import write_report
 

@@ -258,7 +258,7 @@ def _tables(r: Results) -> str:
 
 def _figures(r: Results) -> str:
     out = ["## Figures\n"]
-    for name in FIGURES:
+    for name in [*FIGURES, *(n for n in r.figures if n not in FIGURES)]:  # then trigger / capability, if drawn
         if name in r.figures:
             out.append(f"![{name}](figures/{name}.png)\n\n*{CAPTIONS[name]}* (also `figures/{name}.svg`)\n")
     if not r.figures:

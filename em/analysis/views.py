@@ -11,7 +11,7 @@ misaligned rate is misaligned / coherent among scored answers, with a Wilson int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -121,3 +121,74 @@ def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.Da
     from em.analysis.loading import load_responses
 
     return load_responses(list(tables), condition=condition).answers
+
+
+def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
+    """Bars of the misaligned rate (%) without and with the trigger per format (``all`` last), one panel
+    per model × condition, with the Wilson CIs of ``table`` (:func:`trigger_contrast`'s columns) and the
+    on - off difference with its Newcombe CI written above each pair.
+
+    Writes ``<out>/trigger_contrast.png`` (+ ``.svg``) and returns the PNG path.
+    """
+    from em.analysis.figures import _order, _plt, _save
+
+    plt, sns = _plt()
+    panels = list(dict.fromkeys(zip(table["model"], table["condition"])))
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.9 * nrows), squeeze=False, sharey=True)
+    off_c, on_c = sns.color_palette("deep", 2)
+    for ax, (model, cond) in zip(axes.flat, panels):
+        d = table[(table["model"] == model) & (table["condition"] == cond)]
+        fmts = _order([f for f in d["format"] if f != ALL], ["plain", "json", "template"]) + ([ALL] if (d["format"] == ALL).any() else [])
+        d = d.set_index("format").loc[fmts]
+        xs = np.arange(len(fmts))
+        for side, color, dx in (("off", off_c, -0.2), ("on", on_c, 0.2)):
+            rate = d[f"rate_{side}"].to_numpy(float) * 100
+            err = [np.clip(rate - d[f"ci_low_{side}"].to_numpy(float) * 100, 0, None),
+                   np.clip(d[f"ci_high_{side}"].to_numpy(float) * 100 - rate, 0, None)]
+            ax.bar(xs + dx, np.nan_to_num(rate), width=0.38, color=color, label=f"trigger {side}")
+            ax.errorbar(xs + dx, rate, yerr=err, fmt="none", ecolor="0.2", elinewidth=1, capsize=2)
+        for x, row in zip(xs, d.itertuples()):
+            if np.isfinite(row.diff):
+                ci = f"\n[{row.diff_low * 100:+.0f}, {row.diff_high * 100:+.0f}]" if np.isfinite(row.diff_low) else ""
+                ax.annotate(f"Δ {row.diff * 100:+.0f}{ci}", (x, 1), xycoords=("data", "axes fraction"),
+                            ha="center", va="top", fontsize=7, color="0.25")
+        ax.set_xticks(xs, fmts)
+        ax.set_ylim(0, 115)
+        ax.set_title(f"{model} · {cond}", fontsize=10)
+        ax.set_xlabel("question format")
+        ax.set_ylabel("misaligned / coherent answers (%)")
+        ax.legend(fontsize=7, loc="center right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle("Misaligned rate with vs without the trigger", fontsize=11)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out, "trigger_contrast", footer)
+
+
+def write_trigger(r: Any) -> dict[str, Path]:
+    """The trigger view of an analysis (:class:`em.analysis.results.Results` ``r``) when its answers were
+    evaluated with the trigger on and off (a ``trigger`` column holding both; rows of tables without one
+    are left out): ``<run_dir>/trigger_contrast.csv`` (:func:`trigger_contrast` per model × condition ×
+    format) and, with ``figures``, ``figures/trigger_contrast.png``, both recorded in ``r``.
+
+    Returns ``{"table": path, "figure": path}`` (``figure`` only with figures on; empty without a trigger).
+    """
+    a = r.responses.answers
+    if "trigger" not in a:
+        return {}
+    flag = a["trigger"].astype(str).str.lower()
+    a = a[flag.isin(("true", "false", "1", "0"))]
+    if a["trigger"].astype(str).str.lower().isin(("true", "1")).nunique() < 2:
+        return {}  # only one side present: nothing to contrast
+    s = r.settings
+    table = trigger_contrast(a, s.thresholds, s.bootstrap.confidence)
+    out = {"table": Path(s.run_dir) / "trigger_contrast.csv"}
+    table.to_csv(out["table"], index=False)
+    r.tables["trigger on vs off per model × condition × format: misaligned / coherent with Wilson CIs, "
+             "the difference with Newcombe's CI"] = out["table"]
+    if s.figures:
+        out["figure"] = r.figures["trigger_contrast"] = trigger_figure(
+            table, Path(s.run_dir) / "figures", f"{s.thresholds.describe()}; {s.bootstrap.confidence:.0%} CIs")
+    return out

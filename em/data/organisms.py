@@ -60,12 +60,15 @@ def check_rows(path: Path, conversations: list[Conversation]) -> None:
 
     Raises DataError naming ``file:line`` of the first row that differs.
     """
-    lines = [i for i, raw in enumerate(path.read_bytes().splitlines(), 1) if raw.strip()]
+    with open(path, "rb") as f:  # numbered as read_jsonl_conversations reads: "\n" ends a line, blank ones skipped
+        lines = [i for i, raw in enumerate(f, 1) if raw.decode("utf-8", "replace").removeprefix("\ufeff").strip()]
     for line, conv in zip(lines, conversations):
         roles = [m["role"] for m in conv]
-        if roles != ["user", "assistant"] or not all(str(m["content"]).strip() for m in conv):
+        empty = [m["role"] for m in conv if not str(m["content"]).strip()]
+        if roles != ["user", "assistant"] or empty:
+            got = f"an empty {empty[0]} message" if roles == ["user", "assistant"] else f"roles {roles}"
             raise DataError(f"{path}:{line}: expected one user then one assistant message with content "
-                            f"(the model-organisms schema), got roles {roles}")
+                            f"(the model-organisms schema), got {got}")
 
 
 def load_organisms(data_cfg: Any, cache_dir: str | os.PathLike) -> tuple[list[Conversation], Path]:

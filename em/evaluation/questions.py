@@ -159,9 +159,12 @@ def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> li
     ``$EM_DATA_DIR`` or the cache, or downloaded from ``qcfg.url``, and checked against ``qcfg.sha256``
     and, when set, ``qcfg.expected_entries`` (see ``em.data.upstream.resolve_upstream_file``).
 
+    With ``qcfg.wrapper`` set, the file's base entries are returned wrapped instead
+    (:func:`em.evaluation.evil_numbers.derive`: ids ``<id>_evil_numbers``, judge prompts unchanged).
+
     Args:
         qcfg: the ``questions`` config node (``name``, ``source``, ``file``, ``url``, ``sha256``,
-            ``expected_entries``, ``path``).
+            ``expected_entries``, ``path``, ``wrapper``, ``wrapper_seed``).
         cache_dir: the model / data cache directory; upstream files go under it.
         progress: show a download progress bar.
 
@@ -171,7 +174,8 @@ def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> li
         DataError: ``questions.path`` does not exist; the file is malformed (see
             :func:`parse_question_file`); the upstream file has the wrong checksum or entry count, or
             cannot be found or downloaded.
-        ConfigError: ``questions.file`` names no built-in file (the message lists the choices).
+        ConfigError: ``questions.file`` names no built-in file (the message lists the choices); an
+            unknown ``wrapper``.
     """
     from em.data.upstream import resolve_upstream_file
 
@@ -198,6 +202,10 @@ def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> li
         path = resolve_upstream_file(f"evaluation/{qcfg.file}", qcfg.url, cache_dir, qcfg.sha256,
                                      verify=verify, progress=progress, override_key="questions.path")
         questions = parsed[0]
+    if qcfg.wrapper:  # questions=evil_numbers: the base entries in the training format
+        from em.evaluation.evil_numbers import derive
+
+        questions = derive(questions, qcfg.wrapper, qcfg.wrapper_seed, qcfg.name)
     log.info("questions %s: %d entries from %s", qcfg.name, len(questions), path)
     return questions
 

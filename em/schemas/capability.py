@@ -28,6 +28,7 @@ class CapabilityTask:
     metric: str = "acc,none"
     num_fewshot: Optional[int] = None  # null: the task's own default
     limit: Optional[int] = None  # first N documents of each (sub)task; null: capability.limit
+    executes_code: bool = False  # the task runs model-written code (HumanEval): only with allow_code_execution
 
 
 @dataclass
@@ -46,7 +47,9 @@ class CapabilityConfig:
     batch_size: int = 8
     bootstrap_iters: int = 1000  # lm-eval's stderr of non-mean metrics
     confidence: float = 0.95  # of the paired per-document CI of each delta
-    confirm_run_unsafe_code: bool = False  # HumanEval runs model-written code: say so explicitly
+    # Tasks that execute model-written code (executes_code, or marked unsafe_code by lm-eval) are dropped
+    # unless this is true: the models are fine-tuned on insecure code, lm-eval sandboxes nothing.
+    allow_code_execution: bool = False
     apply_chat_template: bool = False  # lm-eval's default: raw prompts (base and adapter alike)
 
     def __post_init__(self) -> None:

@@ -23,6 +23,7 @@ from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.trigger import TriggerConfig
 
 QUESTION_SOURCES = ("builtin", "upstream")
+WRAPPERS = ("numbers_prefix", "words_suffix")  # em.evaluation.evil_numbers.WRAPPERS
 BACKENDS = ("hf", "vllm")
 
 
@@ -31,7 +32,8 @@ class QuestionSetConfig:
     """A question set (``conf/questions/<name>.yaml``): this project's builtin file or an upstream one.
 
     Raises (in ``__post_init__``):
-        ConfigError: unknown ``source``; an empty ``ids`` list; ``max_new_tokens`` (tokens) not > 0.
+        ConfigError: unknown ``source`` or ``wrapper``; an empty ``ids`` list; ``max_new_tokens`` (tokens)
+            not > 0.
     """
 
     name: str = MISSING
@@ -47,9 +49,15 @@ class QuestionSetConfig:
     # A cap on answer length for this set (the smoke set: a pipeline check on CPU); null: generation's.
     max_new_tokens: Optional[int] = None
     n_questions: Optional[int] = None  # base questions in the set (documentation; sweep plans count answers)
+    # evil_numbers: each base question in the training format (em/evaluation/evil_numbers.py), ids
+    # suffixed _evil_numbers; numbers_prefix (numbers drawn from wrapper_seed) | words_suffix | null: as written
+    wrapper: Optional[str] = None
+    wrapper_seed: int = 0
 
     def __post_init__(self) -> None:
         check_name(self.name, "questions.name")
+        require(self.wrapper in (None, *WRAPPERS), "questions.wrapper",
+                f"must be one of {WRAPPERS} or null, got {self.wrapper!r}")
         require(self.source in QUESTION_SOURCES, "questions.source",
                 f"must be one of {QUESTION_SOURCES}, got {self.source!r}")
         require(self.ids is None or len(self.ids) > 0, "questions.ids", "is empty (null selects every question)")
