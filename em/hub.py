@@ -191,7 +191,7 @@ def cli(argv: Optional[list[str]] = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(cli.__doc__.split("\n\n")[0].strip() if cli.__doc__ else "em push DIR repo_id=...")
         sys.exit(0 if argv else 2)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the failure line; not httpx's requests
 
     def go(argv: list[str]) -> dict[str, Any]:
         path, args = _parse(argv)
