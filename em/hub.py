@@ -31,6 +31,8 @@ log = logging.getLogger("em.hub")
 PUSH_FILE = "hub_push.json"
 REPO_ID = re.compile(r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 ARGS = ("repo_id", "private", "endpoint", "commit_message")  # em push's key=value arguments
+USAGE = ("usage: em push ADAPTER_OR_JOB_DIR repo_id=NAMESPACE/NAME [private=true|false] [endpoint=URL] "
+         "[commit_message=TEXT]")
 
 
 def check_repo_id(repo_id: Optional[str], key: str = "push_to_hub.repo_id") -> None:
@@ -98,7 +100,8 @@ def push_adapter(adapter_dir: Path, repo_id: str, *, private: bool = True, endpo
     return {"repo_id": repo_id, "url": str(url), "commit": info.oid, "endpoint": api.endpoint, "files": files}
 
 
-def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force: bool = False) -> dict[str, Any]:
+def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force: bool = False,
+              warn: bool = True) -> dict[str, Any]:
     """Push ``adapter_dir`` unless ``record_dir/hub_push.json`` says this content already went to this repo
     and endpoint (or ``force``); never raises for a failed push.
 
@@ -107,6 +110,7 @@ def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force
         record_dir: where ``hub_push.json`` is read and written (the job dir); None: no record.
         node: ``push_to_hub`` (``repo_id``, ``private``, ``endpoint``, optional ``commit_message``).
         force: push even when the record says it was pushed (``em push``).
+        warn: log the failure as one warning line (``em push`` prints its own).
 
     Returns:
         The record: ``state`` (``pushed`` / ``pushed already`` / ``failed``), ``repo_id``, ``endpoint``,
@@ -137,8 +141,10 @@ def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force
         line = _redacted(line or type(e).__name__)[:500]
         rec = base | {"state": "failed", "error": f"{type(e).__name__}: {line}", "time": time.time()}
         where = record_dir if record_dir else adapter_dir
-        log.warning("push to the Hub failed (%s: %s); the adapter stays in %s; retry: em push %s repo_id=%s "
-                    "(or relaunch the job)", type(e).__name__, line, adapter_dir, where, node.repo_id)
+        rec["message"] = (f"push to the Hub failed ({rec['error']}); the adapter stays in {adapter_dir}; retry: "
+                          f"em push {where} repo_id={node.repo_id}" + ("" if force else " (or relaunch the job)"))
+        if warn:
+            log.warning("%s", rec["message"])
     if record_dir:
         atomic_write_json(Path(record_dir) / PUSH_FILE, rec)
     return rec
@@ -154,8 +160,7 @@ def _parse(argv: list[str]) -> tuple[Path, dict[str, Any]]:
 
     paths = [a for a in argv if "=" not in a]
     if len(paths) != 1:
-        raise ConfigError("usage: em push ADAPTER_OR_JOB_DIR repo_id=NAMESPACE/NAME [private=true|false] "
-                          "[endpoint=URL] [commit_message=TEXT]")
+        raise ConfigError(USAGE)
     args: dict[str, Any] = {}
     for a in argv:
         if "=" not in a:
@@ -189,9 +194,9 @@ def cli(argv: Optional[list[str]] = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(cli.__doc__.split("\n\n")[0].strip() if cli.__doc__ else "em push DIR repo_id=...")
+        print(f"{USAGE}\n\nPush an adapter directory (or a job directory's adapter/) to the Hugging Face Hub; "
+              "the token: HF_TOKEN or `hf auth login`.")
         sys.exit(0 if argv else 2)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the failure line; not httpx's requests
 
     def go(argv: list[str]) -> dict[str, Any]:
         path, args = _parse(argv)
@@ -209,10 +214,11 @@ def cli(argv: Optional[list[str]] = None) -> None:
         node = SimpleNamespace(**({"private": True, "endpoint": None, "commit_message": None}
                                   | {k: v for k, v in saved.items() if k in ARGS} | args))
         check_repo_id(getattr(node, "repo_id", None), "repo_id")
-        return push_once(adapter, job_dir, node, force=True)
+        return push_once(adapter, job_dir, node, force=True, warn=False)
 
     rec = run_main(go, argv)
-    if rec["state"] != "pushed":  # push_once logged the one warning line (what failed, how to retry)
+    if rec["state"] != "pushed":
+        print(f"error: {rec['message']}", file=sys.stderr)
         sys.exit(1)
     print(f"pushed {len(rec['files'])} files to {rec['url']} (commit {rec['commit']})")
 

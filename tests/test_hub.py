@@ -98,9 +98,15 @@ def test_job_pushes_once_survives_an_outage_and_never_writes_the_token(tmp_path,
             assert TOKEN.encode() not in f.read_bytes(), f
 
 
-def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir, capsys):
+def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    from em.cli import check_secrets
     from em.commands import main
     from em.schemas.common import validate
+
+    with pytest.raises(ConfigError, match="push_to_hub.token: .*set HF_TOKEN or run `hf auth login`"):
+        check_secrets(["push_to_hub.enabled=true", "+push_to_hub.token=hf_abc"])
 
     with pytest.raises(ConfigError, match="push_to_hub.repo_id"):
         validate(compose_train(tiny_overrides(tmp_path / "r", cache_dir, **{"push_to_hub.enabled": "true"})))
@@ -115,3 +121,11 @@ def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir,
             main(["push", str(tmp_path / "adapter"), *args])
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and err.startswith("error: ") and expect in err and "\n" not in err, err
+
+    # offline (or no token): exit 1 with the one warning line, nothing sent, the adapter untouched
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as e:
+        main(["push", str(tmp_path / "adapter"), "repo_id=me/x"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and err.count("\n") == 0 and "push to the Hub failed" in err and "HF_HUB_OFFLINE" in err
+    assert "relaunch" not in err and (tmp_path / "adapter" / "adapter_config.json").read_text() == "{}"
