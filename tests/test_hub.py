@@ -129,3 +129,18 @@ def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir,
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and err.count("\n") == 0 and "push to the Hub failed" in err and "HF_HUB_OFFLINE" in err
     assert "relaunch" not in err and (tmp_path / "adapter" / "adapter_config.json").read_text() == "{}"
+
+
+def test_sweep_summary_names_jobs_whose_push_failed(tmp_path):
+    from em.sweep import format_summary, summarize
+
+    recs = {"a": {"state": "done", "push": {"state": "failed", "error": "HfHubHTTPError: 503 Service Unavailable"}},
+            "b": {"state": "skipped", "push": {"state": "pushed", "url": "https://hub/me/b"}},
+            "c": {"state": "done"}}
+    for name, rec in recs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "em_job.json").write_text(json.dumps(rec | {"started": 10.0}))
+    text = format_summary(summarize(tmp_path, [tmp_path / n for n in recs], since=0.0))
+    lines = text.splitlines()
+    assert lines[0].endswith("2 done, 1 skipped, 0 failed")  # a failed push does not fail the job
+    assert lines[1:] == [f"  PUSH FAILED {tmp_path / 'a'}: HfHubHTTPError: 503 Service Unavailable"]
