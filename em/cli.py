@@ -43,9 +43,10 @@ def check_secrets(argv: list[str]) -> None:
             continue
         leaf = key.lstrip("+~").rsplit(".", 1)[-1].rsplit("@", 1)[0].lower()
         if SECRET_KEY.search(leaf):
+            where = ("set HF_TOKEN or run `hf auth login`" if key.lstrip("+~").startswith("push_to_hub.") else
+                     "put the key in an environment variable and name it in judge.api_key_env")
             raise ConfigError(f"{key.lstrip('+~')}: keys and secrets are never config values (they would be written "
-                              "to the run's config records and W&B); put the key in an environment variable and "
-                              "name it in judge.api_key_env")
+                              f"to the run's config records and W&B); {where}")
         if URL_CREDENTIALS.search(value):
             raise ConfigError(f"{key.lstrip('+~')}: credentials in a URL (scheme://user:password@host) would be "
                               "written to every config record; put the key in the environment variable named by "

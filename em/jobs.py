@@ -29,7 +29,7 @@ from em.runtime import atomic_write_json, atomic_write_text, read_json
 JOB_FILE = "em_job.json"
 DONE_FILE = "DONE.json"
 # Keys that say where or how a job runs, not what it computes: not part of the job's identity.
-VOLATILE = ("run_dir", "cache_dir", "resume", "logger", "sweep", "experiment_name", "chain",
+VOLATILE = ("run_dir", "cache_dir", "resume", "logger", "sweep", "experiment_name", "chain", "push_to_hub",
             "evaluate.progress", "evaluate.judge_cache", "evaluate.run_dir", "evaluate.cache_dir",
             "evaluate.adapter", "evaluate.train_dir", "evaluate.dry_run", "evaluate.wandb")
 # What the evaluation alone reads: dropped from the identity of a job that does not evaluate.

@@ -154,8 +154,8 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
         done = None
         jobs.clear_done(job_dir)
     if tc.sweep.skip_done and done and done.get("hash") == full_hash:
-        record.end("skipped", models_loaded=model_loads())
         print(f"{job_dir}: done already (config hash {full_hash}); skipped")
+        record.end("skipped", models_loaded=model_loads(), **_push(tc, job_dir))  # a failed push is retried
         return JobResult("skipped", job_dir, done.get("summary", {}))
     if done:  # an older result of another config: it no longer describes this directory
         jobs.clear_done(job_dir)
@@ -200,8 +200,22 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
         print(f"error: {job_dir}: judge: {error}; a relaunch asks them again", file=sys.stderr)
         return JobResult("failed", job_dir, summary, error=error)
     jobs.write_done(job_dir, full_hash, train_hash, summary)
-    record.end("done", models_loaded=model_loads())
+    record.end("done", models_loaded=model_loads(), **_push(tc, job_dir))
     return JobResult("done", job_dir, summary)
+
+
+def _push(tc: Any, job_dir: Path) -> dict[str, Any]:
+    """``push_to_hub.enabled``: the job's adapter to the Hub once (:func:`em.hub.push_once`; never raises);
+    returns ``{"push": record}`` for ``em_job.json``, or ``{}``."""
+    if not tc.push_to_hub.enabled:
+        return {}
+    if tc.data.source == "none" or not (job_dir / "adapter").is_dir():
+        log.warning("push_to_hub: %s has no trained adapter (data=%s); nothing pushed", job_dir, tc.data.name)
+        return {"push": {"state": "no adapter"}}
+    from em.hub import push_once
+
+    rec = push_once(job_dir / "adapter", job_dir, tc.push_to_hub)
+    return {"push": {k: rec.get(k) for k in ("state", "repo_id", "url", "commit", "error") if rec.get(k)}}
 
 
 def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: dict[str, Any]) -> bool:

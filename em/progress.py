@@ -2,8 +2,9 @@
 
 A terminal bar (tqdm) is lost from ``evaluate.log`` and from a batch job's output file; these lines are
 not. :class:`ProgressLog` logs one line when work starts, then at most every ``every_s`` seconds (and at
-least every ``every_frac`` of the total), and one when it ends. The judges' tqdm bars stay as they are on
-terminals; this runs beside them.
+least every ``every_frac`` of the total), and one when it ends. Judging (``em.judge.base.run_judge``) and
+sampling (``em.evaluation.run``, both backends; with generated tokens per second) use it. The tqdm bars stay
+as they are on terminals; this runs beside them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressLog:
-    """Logs ``<desc>: done/total (pct), rate/s, ETA`` lines to ``logger`` at INFO.
+    """Logs ``<desc>: done/total (pct), rate/s[, tokens tok/s], elapsed, ETA`` lines to ``logger`` at INFO.
 
     Args:
         desc: what is counted (``judge gpt-4o``).
@@ -38,6 +39,7 @@ class ProgressLog:
         self.every_s, self.every_frac = every_s, every_frac
         self.clock = clock or time.monotonic
         self.done = 0
+        self.tokens = 0  # generated tokens counted by update(tokens=...); shown as tok/s once > 0
         self.t0 = self.clock()
         self._last_t, self._last_n = self.t0, 0
         self.lines: list[str] = []  # every line logged (tests and callers read them)
@@ -48,16 +50,21 @@ class ProgressLog:
         self.log.info("%s", line)
 
     def line(self) -> str:
-        """The current progress line: done/total, percent, rate per second and ETA (``?`` before any rate)."""
+        """The current progress line: done/total, percent, rate per second (and tokens per second when
+        tokens are counted), elapsed time and ETA (``?`` before any rate)."""
         elapsed = max(self.clock() - self.t0, 1e-9)
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
-        return f"{self.desc}: {self.done}/{self.total} ({pct:.0f}%), {rate:.2f}/s, elapsed {_duration(elapsed)}, ETA {eta}"
+        toks = f", {self.tokens / elapsed:.1f} tok/s" if self.tokens else ""
+        return (f"{self.desc}: {self.done}/{self.total} ({pct:.0f}%), {rate:.2f}/s{toks}, "
+                f"elapsed {_duration(elapsed)}, ETA {eta}")
 
-    def update(self, n: int = 1) -> None:
-        """Count ``n`` more finished items; log a line when ``every_s`` or ``every_frac`` has passed."""
+    def update(self, n: int = 1, tokens: int = 0) -> None:
+        """Count ``n`` more finished items (and ``tokens`` generated tokens); log a line when ``every_s`` or
+        ``every_frac`` has passed."""
         self.done += n
+        self.tokens += int(tokens)
         now = self.clock()
         step = max(1, int(self.total * self.every_frac))
         if self.done >= self.total or now - self._last_t >= self.every_s or self.done - self._last_n >= step:

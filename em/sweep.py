@@ -226,7 +226,7 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
             continue
         state = rec.get("state")
         if state in ("done", "skipped"):
-            out[state].append({"job_dir": str(d), "models_loaded": rec.get("models_loaded")})
+            out[state].append({"job_dir": str(d), "models_loaded": rec.get("models_loaded"), "push": rec.get("push")})
         else:
             error = rec.get("error") or (f"ended while {state} in {rec.get('stage')} (killed? see the launcher's "
                                          f"log under {sweep_dir}/.submitit/)")
@@ -239,13 +239,13 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    """The summary as printed at the end of a multirun: one line of counts, one per failure, the analysis."""
+    """The summary printed at the end of a multirun: a line of counts, one per failure or failed push, the analysis."""
     lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"
              + (f" ({s['judge_failed']} with failed judgments: a relaunch asks them again)" if s.get("judge_failed") else "")]
-    for f in s["failed"]:
-        lines.append(f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}")
-    if s.get("analysis"):
-        lines.append(f"  analysis: {s['analysis']}")
+    lines += [f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}" for f in s["failed"]]
+    lines += [f"  PUSH FAILED {j['job_dir']}: {j['push'].get('error')}" for j in s["done"] + s["skipped"]
+              if (j.get("push") or {}).get("state") == "failed"]  # the job's results stand; a relaunch retries
+    lines += [f"  analysis: {s['analysis']}"] if s.get("analysis") else []
     return "\n".join(lines)
 
 

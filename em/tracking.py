@@ -173,8 +173,12 @@ def wandb_logger(
     for key, value in (("mode", mode), ("entity", entity)):
         if value is not None:  # None: W&B's own setting
             kwargs[key] = value
-    return WandbLogger(project=project, save_dir=save_dir or ".", group=group, tags=list(tags or []),
-                       job_type=job_type, name=name, **kwargs)
+    logger = WandbLogger(project=project, save_dir=save_dir or ".", group=group, tags=list(tags or []),
+                         job_type=job_type, name=name, **kwargs)
+    # Lightning always passes wandb.init(anonymous=None); wandb >= 0.19 warns "The anonymous setting has no
+    # effect" for any value. Unset, wandb.init keeps its own default and says nothing.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def init_wandb(

@@ -5,6 +5,7 @@ fallbacks say what they do."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -198,6 +199,15 @@ def test_judge_progress_lines_reach_the_log():
     assert p.lines[-1] == "judge gpt-4o: 40/40 (100%), 1.00/s, elapsed 40s, ETA 0s"
     assert "4/40 (10%), 1.00/s, elapsed 4s, ETA 36s" in p.lines[1] and len(p.lines) == 11
 
+    # sampling counts generated tokens too (answers/s and tok/s); slow work gets a line every 30 s
+    t[0] = 0.0
+    g = ProgressLog("generate (hf)", 1000, logging.getLogger("t"), every_s=30, clock=lambda: t[0])
+    for _ in range(100):
+        t[0] += 2.0
+        g.update(1, tokens=25)
+    assert g.lines[1] == "generate (hf): 15/1000 (2%), 0.50/s, 12.5 tok/s, elapsed 30s, ETA 32m50s"
+    assert [x.split(":")[1].split()[0] for x in g.lines[2:]] == ["30/1000", "45/1000", "60/1000", "75/1000", "90/1000"]
+
 
 def test_the_issue_reproduction_with_chdir_latest_local_judge_and_wandb(tmp_path, cache_dir):
     """The issue's run (local tiny judge, a mass threshold that leaves some answers unscored, W&B offline),
@@ -224,6 +234,9 @@ def test_the_issue_reproduction_with_chdir_latest_local_judge_and_wandb(tmp_path
     assert df["adapter"].eq(str(run / "adapter")).all()  # found from the launch directory, not the job's
     log = (out / "evaluate.log").read_text()
     assert "judge tiny: 32/32 (100%)" in log and "ETA" in log
+    n = len((out / "answers.jsonl").read_text().splitlines())  # sampling's lines too, not only a bar
+    assert re.search(rf"generate \(hf\): 0/{n} to do", log), log[-2000:]
+    assert re.search(rf"generate \(hf\): {n}/{n} \(100%\), [\d.]+/s, [\d.]+ tok/s, elapsed \w+, ETA 0s", log)
     rec = read_offline_run(next((out / "wandb").glob("offline-run-*/run-*.wandb")))
     assert rec["config"]["generation.max_new_tokens"] == 16
     assert rec["config"]["model.random_init.num_key_value_heads"] == 2

@@ -29,6 +29,7 @@ def test_train_run_prints_no_third_party_deprecation_and_each_line_once(tmp_path
     rc, out = _train(tmp_path, cache_dir)
     assert rc == 0, out[-3000:]
     assert not re.search(r"DeprecationWarning|FutureWarning|is deprecated", out), out[-3000:]
+    assert "anonymous" not in out.lower(), out[-3000:]  # W&B's own "The anonymous setting has no effect"
     assert "\r" not in out, "progress-bar carriage returns in a log file"
     assert "litlogger" not in out and "Tip:" not in out
     lightning = [line.split("] - ", 1)[-1] for line in out.splitlines() if "lightning" in line or line.startswith("INFO:")]

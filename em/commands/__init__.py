@@ -1,8 +1,8 @@
-"""The ``em`` console command: ``em train|evaluate|analyze|capability|view ...`` (installed by ``pip install .``).
+"""The ``em`` console command: ``em train|evaluate|analyze|capability|view|push ...`` (installed by ``pip install .``).
 
 ``em train ARGS`` is ``python train.py ARGS`` (the same Hydra app, config from the package: ``pkg://em.conf``),
 so an installed em runs from any directory. ``em view DIR`` serves the responses browser
-(:mod:`em.viewer`). Light on purpose: a subcommand's heavy imports happen only once it runs.
+(:mod:`em.viewer`); ``em push DIR repo_id=...`` uploads an adapter (:mod:`em.hub`). Light on purpose: a subcommand's heavy imports happen only once it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ COMMANDS = {
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
     "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
     "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),
+    "push": ("em.hub", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
 }
 
 

@@ -143,12 +143,17 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
                              adapter_dir=str(adapter.adapter_dir) if adapter.adapter_dir else None, source=source,
                              tokenizer=tokenizer)
         t0 = time.perf_counter()
+        gen.load()  # before the progress clock starts: the rate and ETA are the sampling's own
+        from em.progress import ProgressLog
+
+        lines = ProgressLog(f"generate ({ec.generation.backend})", len(todo), log)  # the log file gets them too
 
         def on_batch(batch):
             recs = [_record(s, out, shas[s.key]) for s, out in batch]
             store.append(recs)
             for r in recs:
                 stored[tuple(r["_key"])] = r
+            lines.update(len(batch), tokens=sum(int(out.get("n_tokens") or 0) for _, out in batch))
 
         generated = gen.generate(todo, on_batch, progress=ec.progress)
         gen_seconds = time.perf_counter() - t0

@@ -132,6 +132,32 @@ class SweepConfig:
 
 
 @dataclass
+class PushToHubConfig:
+    """The trained adapter to the Hugging Face Hub, once per job, when the job is done (:mod:`em.hub`).
+
+    The token is huggingface_hub's (``$HF_TOKEN`` or ``hf auth login``), never a key here.
+
+    Raises (in ``__post_init__``):
+        ConfigError: ``enabled`` without a ``repo_id`` like ``my-org/my-adapter``; an ``endpoint`` that is
+            not an http(s) URL.
+    """
+
+    enabled: bool = False
+    repo_id: Optional[str] = None  # namespace/name (in a sweep, interpolate: me/em-${model.name}-${data.name}-s${seed})
+    private: bool = True  # a new repo is private (an existing one keeps its visibility)
+    endpoint: Optional[str] = None  # null: the Hub (or $HF_ENDPOINT); else another server's URL
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            from em.hub import check_repo_id
+
+            check_repo_id(self.repo_id)
+        if self.endpoint is not None:
+            require(str(self.endpoint).startswith(("http://", "https://")), "push_to_hub.endpoint",
+                    f"an http(s) URL or null, got {self.endpoint!r}")
+
+
+@dataclass
 class TrainConfig:
     """train.py's config: one job = fine-tune (unless data=base), then optionally evaluate and judge.
 
@@ -164,6 +190,7 @@ class TrainConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     capability: CapabilityConfig = MISSING  # lm-eval task set; enabled: one more step after the evaluations
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)  # off; em/hub.py
     chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
 
     def __post_init__(self) -> None:
