@@ -4,20 +4,29 @@ and Newcombe's hybrid score interval for a difference of two rates.
 Why these (the coverage simulation is ``bench/rate_ci_coverage.py``; the table is in docs/analysis.md):
 at 0-5 events a percentile bootstrap collapses onto the observed counts (3 of 40 gives a lower bound of
 0, 0 of 40 a point), while the score intervals keep their nominal coverage. Answers to the same question
-are correlated, so the default (``wilson_deff``) widens Wilson's interval by the design effect
-(Kish 1965): the count and the denominator are divided by ``deff`` before the score interval is taken.
+are correlated, so ``wilson_deff`` widens Wilson's interval by the design effect (Kish 1965): the count
+and the denominator are divided by ``deff`` before the score interval is taken. The design effect is
+estimated from the group's few questions (clusters), so the default (``wilson_deff_t``) also takes the
+small-cluster correction: Student's t on (clusters - 1) degrees of freedom instead of the normal quantile
+(Cameron & Miller 2015, section VI, few clusters), applied as Korn & Graubard's (1998) degrees-of-freedom-adjusted
+effective sample size, n / deff * (z / t)^2, on which Wilson's interval is taken (Dean & Pagano 2015).
 
 Sources: Wilson 1927; Clopper & Pearson 1934 (statsmodels ``proportion_confint``, methods ``wilson`` and
 ``beta``); Newcombe 1998, "Interval estimation for the difference between independent proportions",
 method 10 (statsmodels ``confint_proportions_2indep(method="newcomb")`` is the same interval built from
-plain Wilson limits); Kish 1965, *Survey Sampling*, for the design effect.
+plain Wilson limits); Kish 1965, *Survey Sampling*, for the design effect; Cameron & Miller 2015, "A
+practitioner's guide to cluster-robust inference", J. Human Resources 50(2), for the G/(G-1) factor and
+the t(G-1) quantile with few clusters; Korn & Graubard 1998, "Confidence intervals for proportions with
+small expected number of positive counts estimated from survey data", Survey Methodology 24(2), and
+Dean & Pagano 2015, "Evaluating confidence interval methods for binomial proportions in clustered
+surveys", J. Survey Statistics and Methodology 3(4), for the df-adjusted effective sample size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-METHODS = ("wilson_deff", "wilson", "clopper_pearson")
+METHODS = ("wilson_deff_t", "wilson_deff", "wilson", "clopper_pearson")
 
 
 def _arrays(*xs) -> list[np.ndarray]:
@@ -80,12 +89,46 @@ def wilson_deff(count, nobs, deff, confidence: float) -> tuple[np.ndarray, np.nd
     return low, high
 
 
-def rate_ci(count, nobs, deff, confidence: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+def df_adjustment(n_clusters, confidence: float) -> np.ndarray:
+    """(z / t_{G-1})^2 per group, the factor on the effective sample size for G clusters (Korn & Graubard 1998).
+
+    z and t are the two-sided ``confidence`` quantiles of the normal and of Student's t with G - 1 degrees of
+    freedom (Cameron & Miller 2015's small-G correction); 1 where G < 2 (one question: no between-question
+    variance is estimated, the binomial one is used as is). Shape (groups,), values in (0, 1].
+    """
+    from scipy import stats
+
+    (g,) = _arrays(n_clusters)
+    tail = (1 - confidence) / 2
+    out = np.ones(len(g))
+    many = g >= 2
+    out[many] = (stats.norm.isf(tail) / stats.t.isf(tail, g[many] - 1)) ** 2
+    return out
+
+
+def wilson_deff_t(count, nobs, deff, n_clusters, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson's interval on the df-adjusted effective sample, nobs / deff * (z / t_{G-1})^2 (arrays (groups,)).
+
+    The same as Wilson's score interval on (count / deff, nobs / deff) with the critical value t_{G-1} in place
+    of z. Contains :func:`wilson_deff` and plain Wilson; exact 0 / 1 bounds at 0 / all events are kept, and at
+    0 events (deff 1) the upper bound is t^2 / (nobs + t^2), above Wilson's z^2 / (nobs + z^2).
+    """
+    count, nobs, deff = _arrays(count, nobs, deff)
+    return wilson_deff(count, nobs, deff / df_adjustment(n_clusters, confidence), confidence)
+
+
+def rate_ci(count, nobs, deff, confidence: float, method: str, n_clusters=None) -> tuple[np.ndarray, np.ndarray]:
     """The rate interval ``method`` names (:data:`METHODS`), arrays of shape (groups,).
 
+    ``n_clusters`` (questions with answers, per group) is required by ``wilson_deff_t``.
+
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, or ``wilson_deff_t`` without ``n_clusters``.
     """
+    if method == "wilson_deff_t":
+        if n_clusters is None:
+            raise ValueError("wilson_deff_t needs the number of clusters (questions) per group")
+        return wilson_deff_t(count, nobs, deff, n_clusters, confidence)
     if method == "wilson_deff":
         return wilson_deff(count, nobs, deff, confidence)
     return proportion_ci(count, nobs, confidence, method)
@@ -104,4 +147,5 @@ def newcombe(p1, low1, high1, p2, low2, high2) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(low, -1, 1), np.clip(high, -1, 1)
 
 
-__all__ = ["METHODS", "proportion_ci", "design_effect", "wilson_deff", "rate_ci", "newcombe"]
+__all__ = ["METHODS", "proportion_ci", "design_effect", "wilson_deff", "df_adjustment", "wilson_deff_t", "rate_ci",
+           "newcombe"]

@@ -3,7 +3,8 @@
 Every group at every level gets the misaligned share among coherent answers (Betley et al. 2025), among
 scored answers (the model-organisms work, Turner et al. 2025) and among all answers, each with an interval;
 ``denominator`` picks the headline (``misaligned_rate``, ``ci_low``, ``ci_high``). Intervals:
-:mod:`em.analysis.intervals` (default: Wilson widened by the design effect of clustering by question).
+:mod:`em.analysis.intervals` (default: Wilson widened by the design effect of clustering by question, with
+Student's t on questions - 1 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _bootstrap_ci(cells: Cells, counts: pd.DataFrame, per_level, denominator: st
 
 
 def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_group_n: int,
-               denominator: str = "coherent", method: str = "wilson_deff", n_resamples: int = 0,
+               denominator: str = "coherent", method: str = "wilson_deff_t", n_resamples: int = 0,
                seed: int = 0) -> RateResult:
     """Counts, misaligned rates (three denominators) and intervals for every group at every level in LEVELS.
 
@@ -91,9 +92,9 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
         confidence: two-sided confidence level in (0, 1).
         min_group_n: groups with fewer answers in the headline denominator are noted as too small for tests.
         denominator: the headline, a key of :data:`em.measurement.DENOMINATORS`.
-        method: ``wilson_deff`` (default), ``wilson``, ``clopper_pearson``, or ``bootstrap`` (the stratified
-            percentile bootstrap with ``n_resamples`` and ``seed``, headline only; the other denominators
-            then use ``wilson_deff``).
+        method: ``wilson_deff_t`` (default), ``wilson_deff``, ``wilson``, ``clopper_pearson``, or ``bootstrap``
+            (the stratified percentile bootstrap with ``n_resamples`` and ``seed``, headline only; the other
+            denominators then use ``wilson_deff_t``).
 
     Returns:
         A :class:`RateResult`; per denominator D the table has ``misaligned_of_D`` with ``_low`` / ``_high``
@@ -126,10 +127,10 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
         for den, col in DENOMINATOR_COLUMN.items():
             deff = design_effect(agg[f"k2_{den}"], agg[f"kn_{den}"], agg[f"n2_{den}"], t["n_misaligned"], t[col],
                                  agg[f"c_{den}"])
-            side = "wilson_deff" if method == "bootstrap" else method
+            side = "wilson_deff_t" if method == "bootstrap" else method
             t[f"misaligned_of_{den}"] = ratio(t["n_misaligned"], t[col])
             t[f"misaligned_of_{den}_low"], t[f"misaligned_of_{den}_high"] = rate_ci(
-                t["n_misaligned"], t[col], deff, confidence, side)
+                t["n_misaligned"], t[col], deff, confidence, side, agg[f"c_{den}"])
             t[f"deff_{den}"] = deff
         col = DENOMINATOR_COLUMN[denominator]
         t["denominator"] = denominator
@@ -139,7 +140,8 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
         t["ci_low"], t["ci_high"] = t[f"misaligned_of_{denominator}_low"], t[f"misaligned_of_{denominator}_high"]
         t["wilson_low"], t["wilson_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "wilson")
         t["cp_low"], t["cp_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "clopper_pearson")
-        t["ci_method"] = {"wilson_deff": "Wilson, design effect of clustering by question",
+        t["ci_method"] = {"wilson_deff_t": "Wilson, design effect of clustering by question, t(questions - 1)",
+                          "wilson_deff": "Wilson, design effect of clustering by question",
                           "wilson": "Wilson score", "clopper_pearson": "Clopper-Pearson exact",
                           "bootstrap": f"percentile bootstrap ({n_resamples} resamples within questions)"}[method]
         if method == "bootstrap":

@@ -75,14 +75,15 @@ class BootstrapConfig:
 
 @dataclass
 class CIConfig:
-    """How rate intervals are made: ``wilson_deff`` (Wilson widened by the design effect of clustering by
-    question; default), ``wilson``, ``clopper_pearson`` or ``bootstrap`` (``bootstrap.*``). Level: ``bootstrap.confidence``.
+    """How rate intervals are made: ``wilson_deff_t`` (default: Wilson widened by the design effect of clustering
+    by question, with Student's t on questions - 1 degrees of freedom), ``wilson_deff`` (the same with the normal
+    quantile), ``wilson``, ``clopper_pearson`` or ``bootstrap`` (``bootstrap.*``). Level: ``bootstrap.confidence``.
     """
 
-    method: str = "wilson_deff"
+    method: str = "wilson_deff_t"
 
     def __post_init__(self) -> None:
-        ok = ("wilson_deff", "wilson", "clopper_pearson", "bootstrap")
+        ok = ("wilson_deff_t", "wilson_deff", "wilson", "clopper_pearson", "bootstrap")
         require(self.method in ok, "ci.method", f"must be one of {', '.join(ok)}, got {self.method!r}")
 
 
