@@ -1,6 +1,6 @@
 """Coverage of misaligned-rate intervals at rare events: the simulation behind analyze.py's default (ci.method).
 
-    python bench/rate_ci_coverage.py            # 10,000 tables per setting (a few minutes on 2 cores)
+    python bench/rate_ci_coverage.py            # 10,000 tables per setting (about 2 minutes on 2 shared cores)
     python bench/rate_ci_coverage.py --quick    # 2,000 tables, 400 bootstrap resamples (well under a minute)
 
 Each simulated table is one group of answers to 8 questions (equal answers per question), 40 to 2,400 in
@@ -8,8 +8,10 @@ all, at a true misaligned rate of 0.1 %, 1 % or 10 %. Two designs: *fixed* quest
 answers are independent), and *random* questions whose rates vary around the true rate (logit-normal, sd 1;
 the true rate is the mean over the question population, so answers to one question are correlated). For
 each method the share of tables whose 95 % interval holds the true rate is printed (nominal 0.95), and the
-mean width. Methods: the percentile bootstrap resampling answers within questions (analyze.py's former
-default), Wilson, Clopper-Pearson, and Wilson widened by the estimated design effect (em's default).
+mean width. Methods: the percentile bootstrap resampling answers within questions (analyze.py's first
+default), Wilson, Clopper-Pearson, Wilson widened by the estimated design effect (``wilson_deff``, the
+default before the small-cluster correction) and the same with Student's t on questions - 1 degrees of
+freedom (``wilson_deff_t``, em's default); the last column is the ratio of their mean widths, new / old.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from em.analysis.intervals import design_effect, proportion_ci, wilson_deff  # noqa: E402
+from em.analysis.intervals import design_effect, proportion_ci, wilson_deff, wilson_deff_t  # noqa: E402
 
 Q = 8
 
@@ -63,9 +65,9 @@ def main() -> None:
     tables = args.tables or (2_000 if args.quick else 10_000)
     resamples = 400 if args.quick else 1_000
     rng = np.random.default_rng(args.seed)
-    methods = ("bootstrap", "wilson", "clopper_pearson", "wilson_deff")
+    methods = ("bootstrap", "wilson", "clopper_pearson", "wilson_deff", "wilson_deff_t")
     print(f"{tables:,} tables per row, {Q} questions, 95 % intervals; coverage (mean width, percentage points)")
-    print(f"{'design':<7} {'rate':>6} {'n':>6} " + " ".join(f"{m:>20}" for m in methods))
+    print(f"{'design':<7} {'rate':>6} {'n':>6} " + " ".join(f"{m:>18}" for m in methods) + "  new/old")
     start = time.perf_counter()
     for design in ("fixed", "random"):
         for rate in (0.001, 0.01, 0.1):
@@ -76,13 +78,17 @@ def main() -> None:
                 ci = {"bootstrap": bootstrap(rng, k, nq, resamples),
                       "wilson": proportion_ci(K, N, 0.95, "wilson"),
                       "clopper_pearson": proportion_ci(K, N, 0.95, "clopper_pearson"),
-                      "wilson_deff": wilson_deff(K, N, deff, 0.95)}
-                cells = []
+                      "wilson_deff": wilson_deff(K, N, deff, 0.95),
+                      "wilson_deff_t": wilson_deff_t(K, N, deff, np.full(len(K), Q), 0.95)}
+                cells, width = [], {}
                 for m in methods:
                     low, high = ci[m]
                     cov = np.mean((low <= rate) & (rate <= high))
-                    cells.append(f"{cov:.3f} ({100 * np.mean(high - low):6.2f})")
-                print(f"{design:<7} {100 * rate:>5.1f}% {n:>6} " + " ".join(f"{c:>20}" for c in cells), flush=True)
+                    width[m] = np.mean(high - low)
+                    cells.append(f"{cov:.3f} ({100 * width[m]:6.2f})")
+                ratio = width["wilson_deff_t"] / width["wilson_deff"]
+                print(f"{design:<7} {100 * rate:>5.1f}% {n:>6} " + " ".join(f"{c:>18}" for c in cells)
+                      + f"  {ratio:7.2f}", flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
 
 
