@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize
+from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from em.analysis import run_analysis
@@ -75,7 +76,16 @@ def test_design_effect_widens_only_clustered_groups(tmp_path):
     r = rates.set_index("condition")
     assert r.loc["clustered", "design_effect"] > 2 and r.loc["even", "design_effect"] == 1.0
     assert r.loc["clustered", "ci_high"] > r.loc["clustered", "wilson_high"]
-    assert r.loc["even", "ci_high"] == pytest.approx(r.loc["even", "wilson_high"])
+    # even: deff 1, so the default is Wilson with Student's t on 4 - 1 df for z (statsmodels' Wilson at the alpha
+    # whose normal quantile is that t)
+    t = stats.t.ppf(0.975, 3)
+    assert (r.loc["even", "ci_low"], r.loc["even", "ci_high"]) == pytest.approx(
+        proportion_confint(4, 160, alpha=2 * stats.norm.sf(t), method="wilson"))
+    assert r.loc["even", "ci_high"] > r.loc["even", "wilson_high"]
+    old = pd.read_csv(analyse(tmp_path / "old", f"inputs=[{path}]", "ci.method=wilson_deff") / "rates.csv")
+    old = old.query("level == 'condition'").set_index("condition")
+    assert old.loc["even", "ci_high"] == pytest.approx(r.loc["even", "wilson_high"])
+    assert r.loc["clustered", "ci_high"] > old.loc["clustered", "ci_high"] > r.loc["clustered", "wilson_high"]
 
 
 def _pairs(tmp_path: Path, tables: dict[str, pd.DataFrame], *overrides: str) -> pd.DataFrame:

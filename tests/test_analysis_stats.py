@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from scipy import stats
 from scipy.stats import fisher_exact, pearsonr, spearmanr
 from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
@@ -134,7 +135,14 @@ def test_bootstrap_ci_coverage_about_95_percent():
     default = rate_table(Cells.from_answers(answers), Thresholds(), confidence=0.95, min_group_n=10).table
     default = default[default["level"] == "model×condition"]
     assert (default["design_effect"] >= 1).all() and (default["ci_low"] <= groups["wilson_low"].to_numpy()).all()
-    assert 0.93 <= ((default["ci_low"] <= true_rate) & (true_rate <= default["ci_high"])).mean() <= 0.995
+    old = rate_table(Cells.from_answers(answers), Thresholds(), confidence=0.95, min_group_n=10,
+                     method="wilson_deff").table
+    old = old[old["level"] == "model×condition"]
+    assert 0.93 <= ((old["ci_low"] <= true_rate) & (true_rate <= old["ci_high"])).mean() <= 0.995
+    # the default adds Student's t on 8 - 1 df: conservative with these fixed questions, at most t / z wider
+    assert ((default["ci_low"] <= true_rate) & (true_rate <= default["ci_high"])).mean() >= 0.95
+    widths = (default["ci_high"] - default["ci_low"]).to_numpy() / (old["ci_high"] - old["ci_low"]).to_numpy()
+    assert (widths > 1).all() and (widths <= stats.t.ppf(0.975, q - 1) / stats.norm.ppf(0.975)).all()
     assert len(groups) == reps
     covered = ((groups["ci_low"] <= true_rate) & (true_rate <= groups["ci_high"])).mean()
     assert 0.92 <= covered <= 0.98, covered

@@ -1,0 +1,106 @@
+"""The default rate interval, wilson_deff_t: Wilson on the design-effect sample with Student's t on (questions - 1)
+degrees of freedom. Expectations are computed here from Wilson's formula, scipy's t quantile and statsmodels'
+cluster-robust fit, not read back from em."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+
+from em.analysis.intervals import design_effect, proportion_ci, rate_ci, wilson_deff
+
+
+def wilson_formula(k: float, n: float, crit: float) -> tuple[float, float]:
+    """Wilson's score interval (Wilson 1927) with an arbitrary critical value; 0 as the lower bound at 0 events."""
+    p = k / n
+    denom = 1 + crit**2 / n
+    centre = (p + crit**2 / (2 * n)) / denom
+    half = crit * np.sqrt(p * (1 - p) / n + crit**2 / (4 * n * n)) / denom
+    return (0.0 if k == 0 else centre - half), centre + half
+
+
+def moments(k: np.ndarray, n: np.ndarray) -> tuple:
+    """design_effect's inputs for one group of questions with k_i events of n_i answers."""
+    return (k * k).sum(), (k * n).sum(), (n * n).sum(), k.sum(), n.sum(), (n > 0).sum()
+
+
+def em_interval(k: np.ndarray, n: np.ndarray, method: str = "wilson_deff_t", confidence: float = 0.95):
+    k2, kn, n2, big_k, big_n, g = moments(k, n)
+    deff = design_effect(k2, kn, n2, big_k, big_n, g)
+    low, high = rate_ci(big_k, big_n, deff, confidence, method, g)
+    return float(low[0]), float(high[0]), float(deff[0])
+
+
+@pytest.mark.parametrize("questions", [2, 3, 8, 20])
+@pytest.mark.parametrize("per_question", [(0, 5), (1, 50), (2, 300), (12, 40)])
+def test_equal_questions_give_wilson_with_the_t_quantile(questions, per_question):
+    # every question has the same counts: no between-question variance, deff 1, only the quantile changes
+    k = np.full(questions, per_question[0], dtype=float)
+    n = np.full(questions, per_question[1], dtype=float)
+    low, high, deff = em_interval(k, n)
+    t = stats.t.ppf(0.975, questions - 1)
+    assert deff == 1.0
+    assert (low, high) == pytest.approx(wilson_formula(k.sum(), n.sum(), t), rel=1e-9, abs=1e-15)
+    z_low, z_high = proportion_confint(k.sum(), n.sum(), alpha=0.05, method="wilson")
+    assert low <= max(z_low, 0) and high >= z_high  # contains Wilson
+    if per_question[0] == 12 and questions >= 8:  # away from 0, with t^2 << n, the width grows by about t / z
+        ratio = (high - low) / (z_high - z_low)
+        assert ratio == pytest.approx(t / stats.norm.ppf(0.975), rel=0.02)
+
+
+def test_heterogeneous_questions_match_statsmodels_cluster_robust_fit():
+    # unequal question sizes and rates; the answer-level 0/1 table an intercept-only OLS is fitted on
+    k = np.array([0, 12, 1, 3, 9, 0], dtype=float)
+    n = np.array([30, 50, 40, 60, 45, 25], dtype=float)
+    y = np.concatenate([np.r_[np.ones(int(ki)), np.zeros(int(ni - ki))] for ki, ni in zip(k, n)])
+    groups = np.repeat(np.arange(len(n)), n.astype(int))
+    fit = sm.OLS(y, np.ones((len(y), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    p, big_n = k.sum() / n.sum(), n.sum()
+    ci_sm = fit.conf_int(alpha=0.05)[0]
+    crit = (ci_sm[1] - ci_sm[0]) / (2 * fit.bse[0])  # statsmodels' small-G quantile: t on G - 1 df
+    assert crit == pytest.approx(stats.t.ppf(0.975, len(n) - 1))
+    deff_sm = fit.bse[0] ** 2 / (p * (1 - p) / big_n)  # CR1 cluster-robust variance over the binomial one
+    low, high, deff = em_interval(k, n)
+    assert fit.params[0] == pytest.approx(p) and deff == pytest.approx(deff_sm, rel=1e-9) and deff > 2
+    assert (low, high) == pytest.approx(wilson_formula(k.sum() / deff, big_n / deff, crit), rel=1e-9)
+    old_low, old_high, _ = em_interval(k, n, "wilson_deff")
+    w_low, w_high = proportion_confint(k.sum(), big_n, alpha=0.05, method="wilson")
+    assert low < old_low < w_low and high > old_high > w_high  # wider than the old default, wider than Wilson
+
+
+@pytest.mark.parametrize("questions, n_each", [(8, 5), (8, 300), (3, 100), (56, 40)])
+def test_zero_events_keep_an_exact_zero_and_a_conservative_upper_bound(questions, n_each):
+    k, n = np.zeros(questions), np.full(questions, float(n_each))
+    low, high, deff = em_interval(k, n)
+    t = stats.t.ppf(0.975, questions - 1)
+    assert low == 0.0 and deff == 1.0
+    assert high == pytest.approx(t**2 / (n.sum() + t**2))  # Wilson's upper bound at 0 events, with t for z
+    assert high > proportion_confint(0, n.sum(), alpha=0.05, method="wilson")[1]
+    assert high >= proportion_confint(0, n.sum(), alpha=0.05, method="beta")[1]  # Clopper-Pearson
+
+
+@pytest.mark.parametrize("events", [1, 2, 3, 5])
+def test_one_to_five_events_contain_the_old_default_and_wilson(events):
+    k = np.zeros(8)
+    k[:events] = 1.0  # one event in each of the first questions
+    n = np.full(8, 300.0)
+    low, high, _ = em_interval(k, n)
+    old_low, old_high, _ = em_interval(k, n, "wilson_deff")
+    w_low, w_high = proportion_confint(events, 2400, alpha=0.05, method="wilson")
+    assert 0 < low < old_low <= w_low + 1e-15 and high > old_high >= w_high - 1e-15
+
+
+def test_one_question_is_plain_wilson_and_clusters_are_required():
+    low, high = rate_ci(np.array([3.0, 0.0]), np.array([40.0, 40.0]), np.ones(2), 0.95, "wilson_deff_t",
+                        np.ones(2))
+    ref = proportion_ci([3, 0], [40, 40], 0.95, "wilson")
+    np.testing.assert_allclose(low, ref[0])
+    np.testing.assert_allclose(high, ref[1])
+    assert low[1] == 0.0
+    # the old default stays available and is the z version
+    np.testing.assert_allclose(wilson_deff([3.0], [40.0], [1.0], 0.95), proportion_ci([3], [40], 0.95, "wilson"))
+    with pytest.raises(ValueError, match="number of clusters"):
+        rate_ci([3.0], [40.0], [1.0], 0.95, "wilson_deff_t")
