@@ -10,8 +10,9 @@ the true rate is the mean over the question population, so answers to one questi
 each method the share of tables whose 95 % interval holds the true rate is printed (nominal 0.95), and the
 mean width. Methods: the percentile bootstrap resampling answers within questions (analyze.py's first
 default), Wilson, Clopper-Pearson, Wilson widened by the estimated design effect (``wilson_deff``, the
-default before the small-cluster correction) and the same with Student's t on questions - 1 degrees of
-freedom (``wilson_deff_t``, em's default); the last column is the ratio of their mean widths, new / old.
+default before the small-cluster corrections) and Wilson widened by the bias-reduced design effect (Mancl &
+DeRouen) with Student's t on questions - 1 degrees of freedom (``wilson_deff_t``, em's default); the last
+column is the ratio of their mean widths, new / old.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from em.analysis.intervals import design_effect, proportion_ci, wilson_deff, wilson_deff_t  # noqa: E402
+from em.analysis.intervals import (bias_reduced_moments, design_effect, proportion_ci, wilson_deff,  # noqa: E402
+                                   wilson_deff_t)
 
 Q = 8
 
@@ -74,12 +76,16 @@ def main() -> None:
             for n in (40, 200, 800, 2400):
                 k, nq = simulate(rng, rate, n, tables, design)
                 K, N = k.sum(1), nq.sum(1)
-                deff = design_effect((k * k).sum(1), (k * nq).sum(1), (nq * nq).sum(1), K, N, np.full(len(K), Q))
+                G = np.full(len(K), Q)
+                deff = design_effect((k * k).sum(1), (k * nq).sum(1), (nq * nq).sum(1), K, N, G)
+                table_of = np.repeat(np.arange(len(K)), Q)  # every question cell's table
+                deff_br = design_effect(*bias_reduced_moments(k.ravel(), nq.ravel(), table_of, len(K)), K, N, G,
+                                        "bias_reduced")
                 ci = {"bootstrap": bootstrap(rng, k, nq, resamples),
                       "wilson": proportion_ci(K, N, 0.95, "wilson"),
                       "clopper_pearson": proportion_ci(K, N, 0.95, "clopper_pearson"),
                       "wilson_deff": wilson_deff(K, N, deff, 0.95),
-                      "wilson_deff_t": wilson_deff_t(K, N, deff, np.full(len(K), Q), 0.95)}
+                      "wilson_deff_t": wilson_deff_t(K, N, deff_br, G, 0.95)}
                 cells, width = [], {}
                 for m in methods:
                     low, high = ci[m]

@@ -6,18 +6,21 @@ at 0-5 events a percentile bootstrap collapses onto the observed counts (3 of 40
 0, 0 of 40 a point), while the score intervals keep their nominal coverage. Answers to the same question
 are correlated, so ``wilson_deff`` widens Wilson's interval by the design effect (Kish 1965): the count
 and the denominator are divided by ``deff`` before the score interval is taken. The design effect is
-estimated from the group's few questions (clusters), so the default (``wilson_deff_t``) also takes the
-small-cluster correction: Student's t on (clusters - 1) degrees of freedom instead of the normal quantile
-(Cameron & Miller 2015, section VI, few clusters), applied as Korn & Graubard's (1998) degrees-of-freedom-adjusted
-effective sample size, n / deff * (z / t)^2, on which Wilson's interval is taken (Dean & Pagano 2015).
+estimated from the group's few questions (clusters), so the default (``wilson_deff_t``) takes the two
+small-cluster corrections (Cameron & Miller 2015, section VI, few clusters): the bias-reduced cluster variance
+(Mancl & DeRouen 2001) in the design effect, and Student's t on (clusters - 1) degrees of freedom instead of
+the normal quantile, applied as Korn & Graubard's (1998) degrees-of-freedom-adjusted effective sample size,
+n / deff * (z / t)^2, on which Wilson's interval is taken (Dean & Pagano 2015).
 
 Sources: Wilson 1927; Clopper & Pearson 1934 (statsmodels ``proportion_confint``, methods ``wilson`` and
 ``beta``); Newcombe 1998, "Interval estimation for the difference between independent proportions",
 method 10 (statsmodels ``confint_proportions_2indep(method="newcomb")`` is the same interval built from
 plain Wilson limits); Kish 1965, *Survey Sampling*, for the design effect; Cameron & Miller 2015, "A
 practitioner's guide to cluster-robust inference", J. Human Resources 50(2), for the G/(G-1) factor and
-the t(G-1) quantile with few clusters; Korn & Graubard 1998, "Confidence intervals for proportions with
-small expected number of positive counts estimated from survey data", Survey Methodology 24(2), and
+the t(G-1) quantile with few clusters; Mancl & DeRouen 2001, "A covariance estimator for GEE with improved
+small-sample properties", Biometrics 57(1), for the bias-reduced variance; Korn & Graubard 1998,
+"Confidence intervals for proportions with small expected number of positive counts estimated from survey
+data", Survey Methodology 24(2), and
 Dean & Pagano 2015, "Evaluating confidence interval methods for binomial proportions in clustered
 surveys", J. Survey Statistics and Methodology 3(4), for the df-adjusted effective sample size.
 """
@@ -58,22 +61,31 @@ def proportion_ci(count, nobs, confidence: float, method: str = "wilson") -> tup
     return low, high
 
 
-def design_effect(k2, kn, n2, count, nobs, n_clusters) -> np.ndarray:
+def design_effect(k2, kn, n2, count, nobs, n_clusters, small_sample: str = "cr1") -> np.ndarray:
     """Design effect of a rate pooled over clusters (questions), one per group; 1 where it cannot be estimated.
 
     deff = v_cluster / v_binomial, floored at 1, where v_binomial = p(1-p)/N and v_cluster is the
-    cluster-robust variance of the ratio estimator p = K/N, C/(C-1) * sum_i (k_i - p n_i)^2 / N^2 (Kish 1965).
+    cluster-robust variance of the ratio estimator p = K/N (Kish 1965). ``small_sample="cr1"``:
+    C/(C-1) * sum_i (k_i - p n_i)^2 / N^2 (statsmodels' ``cov_type="cluster"``); ``"bias_reduced"``: the moments
+    come from :func:`bias_reduced_moments` (weights (1 - n_i/N)^-2, Mancl & DeRouen 2001) and take no factor.
     Groups with fewer than 2 clusters, or p of 0 or 1, get 1.
 
     Args:
         k2, kn, n2: per group, the sums over its clusters of k_i^2, k_i n_i and n_i^2 (k_i events of n_i).
         count, nobs: per group K = sum k_i and N = sum n_i; n_clusters: clusters with n_i > 0.
+        small_sample: ``cr1`` or ``bias_reduced``.
+
+    Raises:
+        ValueError: an unknown ``small_sample``.
     """
+    if small_sample not in ("cr1", "bias_reduced"):
+        raise ValueError(f"unknown small-sample correction {small_sample!r} (cr1, bias_reduced)")
     k2, kn, n2, count, nobs, c = _arrays(k2, kn, n2, count, nobs, n_clusters)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = count / nobs
         ss = k2 - 2 * p * kn + p * p * n2
-        v_cluster = c / (c - 1) * ss / (nobs * nobs)
+        factor = c / (c - 1) if small_sample == "cr1" else 1.0
+        v_cluster = factor * ss / (nobs * nobs)
         v_binom = p * (1 - p) / nobs
         deff = v_cluster / v_binom
     ok = (c >= 2) & (nobs > 0) & (count > 0) & (count < nobs) & np.isfinite(deff)
@@ -87,6 +99,25 @@ def wilson_deff(count, nobs, deff, confidence: float) -> tuple[np.ndarray, np.nd
     low[(nobs > 0) & (count <= 0)] = 0.0
     high[(nobs > 0) & (count >= nobs)] = 1.0
     return low, high
+
+
+def bias_reduced_moments(k, n, index, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, sums of w k_i^2, w k_i n_i and w n_i^2 over its clusters, w = (1 - n_i / N)^-2 (shape (groups,)).
+
+    The leverage weights of the bias-reduced sandwich (Mancl & DeRouen 2001; statsmodels GEE
+    ``cov_type="bias_reduced"``): for the pooled rate, the i-th cluster's leverage is n_i / N. A cluster that is
+    its group's only one gets weight 0 (no between-cluster variance; :func:`design_effect` gives 1 there).
+
+    Args:
+        k, n: per cluster (cell), events and answers, shape (cells,); index: each cell's group in [0, n_groups).
+    """
+    k, n = _arrays(k, n)
+    index = np.asarray(index)
+    total = np.bincount(index, weights=n, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = 1.0 / (1.0 - n / total[index]) ** 2
+    w[~np.isfinite(w)] = 0.0
+    return tuple(np.bincount(index, weights=w * x, minlength=n_groups) for x in (k * k, k * n, n * n))
 
 
 def df_adjustment(n_clusters, confidence: float) -> np.ndarray:
@@ -110,8 +141,9 @@ def wilson_deff_t(count, nobs, deff, n_clusters, confidence: float) -> tuple[np.
     """Wilson's interval on the df-adjusted effective sample, nobs / deff * (z / t_{G-1})^2 (arrays (groups,)).
 
     The same as Wilson's score interval on (count / deff, nobs / deff) with the critical value t_{G-1} in place
-    of z. Contains :func:`wilson_deff` and plain Wilson; exact 0 / 1 bounds at 0 / all events are kept, and at
-    0 events (deff 1) the upper bound is t^2 / (nobs + t^2), above Wilson's z^2 / (nobs + z^2).
+    of z; analyze.py passes the bias-reduced design effect (:func:`bias_reduced_moments`). Contains plain Wilson
+    (and :func:`wilson_deff` given the same deff); exact 0 / 1 bounds at 0 / all events are kept, and at 0
+    events (deff 1) the upper bound is t^2 / (nobs + t^2), above Wilson's z^2 / (nobs + z^2).
     """
     count, nobs, deff = _arrays(count, nobs, deff)
     return wilson_deff(count, nobs, deff / df_adjustment(n_clusters, confidence), confidence)
@@ -147,5 +179,5 @@ def newcombe(p1, low1, high1, p2, low2, high2) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(low, -1, 1), np.clip(high, -1, 1)
 
 
-__all__ = ["METHODS", "proportion_ci", "design_effect", "wilson_deff", "df_adjustment", "wilson_deff_t", "rate_ci",
-           "newcombe"]
+__all__ = ["METHODS", "proportion_ci", "design_effect", "wilson_deff", "bias_reduced_moments", "df_adjustment",
+           "wilson_deff_t", "rate_ci", "newcombe"]

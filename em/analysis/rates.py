@@ -3,8 +3,8 @@
 Every group at every level gets the misaligned share among coherent answers (Betley et al. 2025), among
 scored answers (the model-organisms work, Turner et al. 2025) and among all answers, each with an interval;
 ``denominator`` picks the headline (``misaligned_rate``, ``ci_low``, ``ci_high``). Intervals:
-:mod:`em.analysis.intervals` (default: Wilson widened by the design effect of clustering by question, with
-Student's t on questions - 1 degrees of freedom).
+:mod:`em.analysis.intervals` (default: Wilson widened by the bias-reduced design effect of clustering by
+question, with Student's t on questions - 1 degrees of freedom).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import sparse
 
 from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
-from em.analysis.intervals import design_effect, proportion_ci, rate_ci
+from em.analysis.intervals import bias_reduced_moments, design_effect, proportion_ci, rate_ci
 from em.measurement import DENOMINATORS, Thresholds, ratio
 
 # config denominator -> the count column it divides by
@@ -98,7 +98,8 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
 
     Returns:
         A :class:`RateResult`; per denominator D the table has ``misaligned_of_D`` with ``_low`` / ``_high``
-        and ``deff_D``; the headline repeats as ``misaligned_rate``, ``ci_low``, ``ci_high``, ``design_effect``,
+        and ``deff_D`` (the bias-reduced design effect; the CR1 one with ``wilson_deff``); the headline repeats
+        as ``misaligned_rate``, ``ci_low``, ``ci_high``, ``design_effect``,
         next to ``wilson_low`` / ``wilson_high`` and ``cp_low`` / ``cp_high`` (no design effect) as checks.
     """
     counts = cells.counts(definition)
@@ -125,8 +126,12 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
             t["mean_aligned"] = agg["sum_aligned"] / agg["n_scored"].where(agg["n_scored"] > 0)
             t["mean_coherent"] = agg["sum_coherent"] / agg["n_scored"].where(agg["n_scored"] > 0)
         for den, col in DENOMINATOR_COLUMN.items():
-            deff = design_effect(agg[f"k2_{den}"], agg[f"kn_{den}"], agg[f"n2_{den}"], t["n_misaligned"], t[col],
-                                 agg[f"c_{den}"])
+            if method == "wilson_deff":  # the former default: the CR1 design effect
+                moments, small = (agg[f"k2_{den}"], agg[f"kn_{den}"], agg[f"n2_{den}"]), "cr1"
+            else:  # the default's bias-reduced one (reported, unused, with wilson / clopper_pearson)
+                moments = bias_reduced_moments(k, counts[col].to_numpy(dtype=float), index, len(keys))
+                small = "bias_reduced"
+            deff = design_effect(*moments, t["n_misaligned"], t[col], agg[f"c_{den}"], small)
             side = "wilson_deff_t" if method == "bootstrap" else method
             t[f"misaligned_of_{den}"] = ratio(t["n_misaligned"], t[col])
             t[f"misaligned_of_{den}_low"], t[f"misaligned_of_{den}_high"] = rate_ci(
@@ -140,7 +145,8 @@ def rate_table(cells: Cells, definition: Thresholds, *, confidence: float, min_g
         t["ci_low"], t["ci_high"] = t[f"misaligned_of_{denominator}_low"], t[f"misaligned_of_{denominator}_high"]
         t["wilson_low"], t["wilson_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "wilson")
         t["cp_low"], t["cp_high"] = proportion_ci(t["n_misaligned"], t[col], confidence, "clopper_pearson")
-        t["ci_method"] = {"wilson_deff_t": "Wilson, design effect of clustering by question, t(questions - 1)",
+        t["ci_method"] = {"wilson_deff_t": "Wilson, bias-reduced design effect of clustering by question, "
+                                           "t(questions - 1)",
                           "wilson_deff": "Wilson, design effect of clustering by question",
                           "wilson": "Wilson score", "clopper_pearson": "Clopper-Pearson exact",
                           "bootstrap": f"percentile bootstrap ({n_resamples} resamples within questions)"}[method]

@@ -84,8 +84,9 @@ def _setup(r: Results) -> str:
 def rate_method_text(s) -> str:
     """The interval method in words, for the report's Statistics paragraph."""
     return {"wilson_deff_t": "Wilson score intervals widened by the design effect of clustering by question "
-                             "(count and denominator divided by the design effect, `design_effect` in rates.csv), "
-                             "with Student's t on (questions - 1) degrees of freedom in place of the normal quantile",
+                             "(bias-reduced cluster variance, Mancl & DeRouen 2001; count and denominator divided by "
+                             "the design effect, `design_effect` in rates.csv), with Student's t on (questions - 1) "
+                             "degrees of freedom in place of the normal quantile",
             "wilson_deff": "Wilson score intervals widened by the design effect of clustering by question "
                            "(count and denominator divided by the design effect, `design_effect` in rates.csv)",
             "wilson": "Wilson score intervals", "clopper_pearson": "Clopper-Pearson exact intervals",

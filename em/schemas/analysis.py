@@ -75,9 +75,10 @@ class BootstrapConfig:
 
 @dataclass
 class CIConfig:
-    """How rate intervals are made: ``wilson_deff_t`` (default: Wilson widened by the design effect of clustering
-    by question, with Student's t on questions - 1 degrees of freedom), ``wilson_deff`` (the same with the normal
-    quantile), ``wilson``, ``clopper_pearson`` or ``bootstrap`` (``bootstrap.*``). Level: ``bootstrap.confidence``.
+    """How rate intervals are made: ``wilson_deff_t`` (default: Wilson widened by the bias-reduced design effect of
+    clustering by question, with Student's t on questions - 1 degrees of freedom), ``wilson_deff`` (the former
+    default: CR1 design effect, normal quantile), ``wilson``, ``clopper_pearson`` or ``bootstrap`` (``bootstrap.*``).
+    Level: ``bootstrap.confidence``.
     """
 
     method: str = "wilson_deff_t"
