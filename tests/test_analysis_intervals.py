@@ -1,16 +1,21 @@
-"""The default rate interval, wilson_deff_t: Wilson on the design-effect sample with Student's t on (questions - 1)
-degrees of freedom. Expectations are computed here from Wilson's formula, scipy's t quantile and statsmodels'
-cluster-robust fit, not read back from em."""
+"""The default rate interval, wilson_deff_t: Wilson on the bias-reduced design-effect sample with Student's t on
+(questions - 1) degrees of freedom. Expectations are computed here from Wilson's formula, scipy's t quantile and
+statsmodels' cluster-robust fits (OLS ``cov_type="cluster"``, GEE ``cov_type="bias_reduced"``), not read back
+from em."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
-from em.analysis.intervals import design_effect, proportion_ci, rate_ci, wilson_deff
+from em.analysis.groups import Cells
+from em.analysis.intervals import bias_reduced_moments, design_effect, proportion_ci, rate_ci, wilson_deff
+from em.analysis.rates import rate_table
+from em.measurement import Thresholds
 
 
 def wilson_formula(k: float, n: float, crit: float) -> tuple[float, float]:
@@ -22,16 +27,32 @@ def wilson_formula(k: float, n: float, crit: float) -> tuple[float, float]:
     return (0.0 if k == 0 else centre - half), centre + half
 
 
-def moments(k: np.ndarray, n: np.ndarray) -> tuple:
-    """design_effect's inputs for one group of questions with k_i events of n_i answers."""
-    return (k * k).sum(), (k * n).sum(), (n * n).sum(), k.sum(), n.sum(), (n > 0).sum()
-
-
 def em_interval(k: np.ndarray, n: np.ndarray, method: str = "wilson_deff_t", confidence: float = 0.95):
-    k2, kn, n2, big_k, big_n, g = moments(k, n)
-    deff = design_effect(k2, kn, n2, big_k, big_n, g)
-    low, high = rate_ci(big_k, big_n, deff, confidence, method, g)
+    """em's interval for one group of questions with k_i events of n_i answers, as rate_table wires it."""
+    if method == "wilson_deff_t":
+        moments, small = bias_reduced_moments(k, n, np.zeros(len(k), dtype=int), 1), "bias_reduced"
+    else:
+        moments, small = ((k * k).sum(), (k * n).sum(), (n * n).sum()), "cr1"
+    g = (n > 0).sum()
+    deff = design_effect(*moments, k.sum(), n.sum(), g, small)
+    low, high = rate_ci(k.sum(), n.sum(), deff, confidence, method, g)
     return float(low[0]), float(high[0]), float(deff[0])
+
+
+def answer_table(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 misaligned flags of every answer and its question (cluster) id."""
+    y = np.concatenate([np.r_[np.ones(int(ki)), np.zeros(int(ni - ki))] for ki, ni in zip(k, n)])
+    return y, np.repeat(np.arange(len(n)), n.astype(int))
+
+
+def gee_bias_reduced_deff(k: np.ndarray, n: np.ndarray) -> float:
+    """Mancl-DeRouen variance of the pooled rate (statsmodels GEE, logit link, delta method) over the binomial one."""
+    y, groups = answer_table(k, n)
+    fit = sm.GEE(y, np.ones((len(y), 1)), groups=groups, family=sm.families.Binomial(),
+                 cov_struct=sm.cov_struct.Independence()).fit(cov_type="bias_reduced")
+    p = k.sum() / n.sum()
+    assert 1 / (1 + np.exp(-fit.params[0])) == pytest.approx(p)
+    return (fit.bse[0] * p * (1 - p)) ** 2 / (p * (1 - p) / n.sum())
 
 
 @pytest.mark.parametrize("questions", [2, 3, 8, 20])
@@ -51,24 +72,52 @@ def test_equal_questions_give_wilson_with_the_t_quantile(questions, per_question
         assert ratio == pytest.approx(t / stats.norm.ppf(0.975), rel=0.02)
 
 
-def test_heterogeneous_questions_match_statsmodels_cluster_robust_fit():
-    # unequal question sizes and rates; the answer-level 0/1 table an intercept-only OLS is fitted on
+def test_heterogeneous_questions_match_statsmodels_cluster_robust_fits():
+    # unequal question sizes and rates
     k = np.array([0, 12, 1, 3, 9, 0], dtype=float)
     n = np.array([30, 50, 40, 60, 45, 25], dtype=float)
-    y = np.concatenate([np.r_[np.ones(int(ki)), np.zeros(int(ni - ki))] for ki, ni in zip(k, n)])
-    groups = np.repeat(np.arange(len(n)), n.astype(int))
-    fit = sm.OLS(y, np.ones((len(y), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    y, groups = answer_table(k, n)
     p, big_n = k.sum() / n.sum(), n.sum()
-    ci_sm = fit.conf_int(alpha=0.05)[0]
-    crit = (ci_sm[1] - ci_sm[0]) / (2 * fit.bse[0])  # statsmodels' small-G quantile: t on G - 1 df
+    # the former default: CR1 design effect (intercept-only OLS, cov_type="cluster") and z
+    ols = sm.OLS(y, np.ones((len(y), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    old_low, old_high, old_deff = em_interval(k, n, "wilson_deff")
+    assert ols.params[0] == pytest.approx(p)
+    assert old_deff == pytest.approx(ols.bse[0] ** 2 / (p * (1 - p) / big_n), rel=1e-9)
+    assert (old_low, old_high) == pytest.approx(
+        wilson_formula(k.sum() / old_deff, big_n / old_deff, stats.norm.ppf(0.975)), rel=1e-9)
+    # the default: bias-reduced design effect (GEE cov_type="bias_reduced") and t on G - 1 df, the quantile
+    # statsmodels' cluster fit uses with use_t
+    ci_ols = ols.conf_int(alpha=0.05)[0]
+    crit = (ci_ols[1] - ci_ols[0]) / (2 * ols.bse[0])
     assert crit == pytest.approx(stats.t.ppf(0.975, len(n) - 1))
-    deff_sm = fit.bse[0] ** 2 / (p * (1 - p) / big_n)  # CR1 cluster-robust variance over the binomial one
     low, high, deff = em_interval(k, n)
-    assert fit.params[0] == pytest.approx(p) and deff == pytest.approx(deff_sm, rel=1e-9) and deff > 2
+    assert deff == pytest.approx(gee_bias_reduced_deff(k, n), rel=1e-9) and deff > old_deff > 2
     assert (low, high) == pytest.approx(wilson_formula(k.sum() / deff, big_n / deff, crit), rel=1e-9)
-    old_low, old_high, _ = em_interval(k, n, "wilson_deff")
     w_low, w_high = proportion_confint(k.sum(), big_n, alpha=0.05, method="wilson")
     assert low < old_low < w_low and high > old_high > w_high  # wider than the old default, wider than Wilson
+
+
+def test_rate_table_uses_the_bias_reduced_design_effect_per_group():
+    # two conditions with their own unequal questions: the per-group leverages (n_i / N) must use each group's N
+    spec = {"a": ([0, 12, 1, 3, 9], [30, 50, 40, 60, 45]), "b": ([2, 2, 7], [100, 20, 35])}
+    rows = []
+    for cond, (ks, ns) in spec.items():
+        for q, (kq, nq) in enumerate(zip(ks, ns)):
+            rows.append(pd.DataFrame({"model": "m", "condition": cond, "format": "plain", "question_id": f"q{q}",
+                                      "coherent": 90.0, "aligned": np.where(np.arange(nq) < kq, 5.0, 90.0),
+                                      "status": "scored"}))
+    answers = pd.concat(rows, ignore_index=True)
+    for col in ("model", "condition", "format", "question_id", "status"):
+        answers[col] = answers[col].astype("category")
+    table = rate_table(Cells.from_answers(answers), Thresholds(), confidence=0.95, min_group_n=10).table
+    rows = table[table["level"] == "model×condition"].set_index("condition")
+    for cond, (ks, ns) in spec.items():
+        k, n = np.array(ks, dtype=float), np.array(ns, dtype=float)
+        deff = gee_bias_reduced_deff(k, n)
+        row = rows.loc[cond]
+        assert row.design_effect == pytest.approx(deff, rel=1e-9)
+        assert (row.ci_low, row.ci_high) == pytest.approx(
+            wilson_formula(k.sum() / deff, n.sum() / deff, stats.t.ppf(0.975, len(k) - 1)), rel=1e-9)
 
 
 @pytest.mark.parametrize("questions, n_each", [(8, 5), (8, 300), (3, 100), (56, 40)])
