@@ -1,6 +1,6 @@
 """Coverage of misaligned-rate intervals at rare events: the simulation behind analyze.py's default (ci.method).
 
-    python bench/rate_ci_coverage.py            # 10,000 tables per setting (about 2 minutes on 2 shared cores)
+    python bench/rate_ci_coverage.py            # 10,000 tables per setting (1-2 minutes on 2 shared cores)
     python bench/rate_ci_coverage.py --quick    # 2,000 tables, 400 bootstrap resamples (well under a minute)
 
 Each simulated table is one group of answers to 8 questions (equal answers per question), 40 to 2,400 in
