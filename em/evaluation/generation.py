@@ -5,7 +5,9 @@ the first user turn for Gemma: ``em.data.tokenize.normalize_messages``), sorted 
 little, left-padded, sampled with ``generate`` (KV cache) with exactly em's settings
 (:mod:`em.evaluation.sampling`: temperature 1.0 / top-p 1.0 / top-k off / no repetition penalty / at
 least one new token; nothing from the checkpoint's generation_config.json).
-Each batch is seeded from (seed, its first sample's key), so one config gives the same answers again.
+Each answer is drawn with its own seed, from (seed, its key) (:func:`sample_seed`,
+:func:`em.evaluation.sampling.per_sample_sampler`): one config gives the same answers again, whichever
+batch an answer falls in.
 vllm: the same prompts through vLLM (:mod:`em.evaluation.vllm_backend`), the adapter as a LoRARequest,
 one seed per sample; optional dependency, imported only when chosen.
 
@@ -15,6 +17,7 @@ starts: a killed run keeps every finished batch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -112,7 +115,7 @@ class HFGenerator:
     Args:
         model_cfg, quantization, cache_dir: the base model as ``em.models`` loads it.
         gen_cfg: the ``generation`` node (batch_size, temperature, top_p, max_new_tokens, ignore_eos).
-        seed: the run seed; each batch is seeded from it and its first sample's key.
+        seed: the run seed; each answer is sampled with its own seed from it and its key.
         adapter_dir: a LoRA adapter directory to apply (None: the base model).
         source, tokenizer: already resolved ones, to skip resolving / loading them again.
 
@@ -165,7 +168,7 @@ class HFGenerator:
         """Sample an answer for each sample, batch by batch; ``on_batch`` gets each finished batch as
         ``(sample, {"answer", "n_tokens", "finish_reason", "prompt_tokens"})`` pairs. Returns the count.
 
-        Each batch is left-padded to ``[batch, longest prompt]`` and seeded from (seed, its first key).
+        Each batch is left-padded to ``[batch, longest prompt]``; each row samples with the seed of its key.
         """
         import torch
         from tqdm.auto import tqdm
@@ -182,6 +185,12 @@ class HFGenerator:
         sampling.neutralize(model)
         gc = sampling.hf_config(sampling.settings(self.gen, stops), pad)
         self.sampling = sampling.effective_hf(model, gc) | {"backend": "hf"}
+        if gc.do_sample:  # em draws the tokens (one seed per answer); generate() takes the drawn one
+            self.sampling["sampler"] = "per_sample_inverse_cdf"
+            run_gc = copy.deepcopy(gc)
+            run_gc.do_sample, run_gc.temperature, run_gc.top_p = False, 1.0, 1.0
+        else:
+            run_gc = gc
         device = next(model.parameters()).device
         done = 0
         bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=None if progress else True)
@@ -194,9 +203,11 @@ class HFGenerator:
                     input_ids[i, n - len(ids):] = torch.tensor(ids)
                     mask[i, n - len(ids):] = 1
                 torch.manual_seed(sample_seed(self.seed, batch[0][0].key))
+                procs = [sampling.per_sample_sampler([sample_seed(self.seed, s.key) for s, _ in batch],
+                                                     gc.temperature, gc.top_p)] if gc.do_sample else None
                 with torch.no_grad():
                     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=gc)
+                                         generation_config=run_gc, logits_processor=procs)
                 results = []
                 for i, (s, ids) in enumerate(batch):
                     new = out[i, n:].tolist()
