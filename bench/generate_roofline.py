@@ -59,6 +59,8 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
+    from em.runtime import CONF_DIR
+
     import em.schemas  # noqa: F401  registers the schemas
     from em.evaluation.generation import HFGenerator, plan
     from em.evaluation.questions import build_prompts, load_question_set
@@ -67,7 +69,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     repo = Path(__file__).resolve().parents[1]
-    with initialize_config_dir(version_base="1.3", config_dir=str(repo / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("evaluate", overrides=[f"model={args.model}", "quantization=none", "run_dir=/tmp/unused",
                                              f"cache_dir={args.cache_dir}", "judge=none", "adapter=none"])
     ec = validate(cfg)
