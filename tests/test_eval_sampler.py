@@ -128,3 +128,18 @@ def test_greedy_keeps_transformers_argmax_and_a_vanishing_top_p_gives_it_too(tmp
     gen2, _ = _generator(tmp_path, cache_dir, 8, **{"generation.top_p": 1e-6})
     gen2.model, gen2.tokenizer = gen.model, gen.tokenizer
     assert _answers(gen2, samples) == greedy and gen2.sampling["sampler"] == "per_sample_inverse_cdf"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_one_prefill_per_distinct_prompt_changes_no_answer(tmp_path, cache_dir, monkeypatch, temperature):
+    """Greedy and sampled answers are the same with the shared prefill as with transformers' own."""
+    from em.evaluation.generation import HFGenerator
+
+    gen, samples = _generator(tmp_path, cache_dir, 16, **{"generation.temperature": temperature})
+    calls = []
+    real = HFGenerator.shared_prefill
+    monkeypatch.setattr(HFGenerator, "shared_prefill", lambda self, *a: calls.append(real(self, *a)) or calls[-1])
+    shared = _answers(gen, samples)
+    assert calls and all("cache" in c for c in calls)  # 2 samples per prompt: every batch shares prompts
+    gen.share_prompts = False
+    assert _answers(gen, samples) == shared

@@ -164,6 +164,33 @@ class HFGenerator:
         b = self.gen.batch_size
         return [enc[i : i + b] for i in range(0, len(enc), b)]
 
+    share_prompts = True  # one prefill per distinct prompt of a batch (False: transformers' own prefill)
+
+    def shared_prefill(self, input_ids, mask) -> dict[str, Any]:
+        """The KV cache of every row's prompt but its last token, computed once per distinct (padded) prompt
+        and copied to the rows that share it: the answers sampled for one question and format (``samples``
+        of them) share their prompt, so the prefill costs ``distinct prompts / batch`` of transformers' own.
+
+        Args: ``input_ids``, ``mask``: ``[batch, prompt]``, left-padded, on the model's device.
+        Returns ``{"cache": the expanded cache}`` for ``generate`` (which then feeds only each row's last
+        prompt token), or ``{}`` when no two rows share a prompt or the prompt is a single token.
+        """
+        import torch
+
+        n = input_ids.shape[1]
+        if n < 2:
+            return {}
+        rows, inverse = torch.unique(torch.cat([input_ids, mask], 1), dim=0, return_inverse=True)
+        if len(rows) == len(input_ids):
+            return {}
+        ids, m = rows[:, : n - 1], rows[:, n : 2 * n - 1]  # each distinct (prompt, mask) but its last token
+        pos = (m.cumsum(-1) - 1).masked_fill_(m == 0, 1)  # as generate() derives positions from the mask
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=True,
+                             logits_to_keep=1)
+        out.cache.reorder_cache(inverse)
+        return {"cache": out.cache}
+
     def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True) -> int:
         """Sample an answer for each sample, batch by batch; ``on_batch`` gets each finished batch as
         ``(sample, {"answer", "n_tokens", "finish_reason", "prompt_tokens"})`` pairs. Returns the count.
@@ -203,11 +230,12 @@ class HFGenerator:
                     input_ids[i, n - len(ids):] = torch.tensor(ids)
                     mask[i, n - len(ids):] = 1
                 torch.manual_seed(sample_seed(self.seed, batch[0][0].key))
+                shared = self.shared_prefill(input_ids.to(device), mask.to(device)) if self.share_prompts else {}
                 procs = [sampling.per_sample_sampler([sample_seed(self.seed, s.key) for s, _ in batch],
                                                      gc.temperature, gc.top_p)] if gc.do_sample else None
                 with torch.no_grad():
                     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=run_gc, logits_processor=procs)
+                                         generation_config=run_gc, logits_processor=procs, **shared)
                 results = []
                 for i, (s, ids) in enumerate(batch):
                     new = out[i, n:].tolist()
