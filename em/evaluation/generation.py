@@ -212,12 +212,11 @@ class HFGenerator:
         sampling.neutralize(model)
         gc = sampling.hf_config(sampling.settings(self.gen, stops), pad)
         self.sampling = sampling.effective_hf(model, gc) | {"backend": "hf"}
+        run_gc = copy.deepcopy(gc)
         if gc.do_sample:  # em draws the tokens (one seed per answer); generate() takes the drawn one
             self.sampling["sampler"] = "per_sample_inverse_cdf"
-            run_gc = copy.deepcopy(gc)
             run_gc.do_sample, run_gc.temperature, run_gc.top_p = False, 1.0, 1.0
-        else:
-            run_gc = gc
+        run_gc.top_k = run_gc.min_p = None  # unused without do_sample; set, transformers warns they are ignored
         device = next(model.parameters()).device
         done = 0
         bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=None if progress else True)
