@@ -26,10 +26,13 @@ bound of a decode step at each batch size: the model's linear layers alone (lm_h
 (interleaved), so a shared CPU's load moves them alike: compare within one command. em sets
 OMP_WAIT_POLICY=PASSIVE on import (it matters a lot on a shared CPU).
 
-Measured (SmolLM2-135M, 96 x 64 tokens, 2 shared cores, 3 rounds; limit 402 tokens/s at 108 GFLOP/s):
-multinomial:48 79.5 (74.4-95.8) new tokens/s = 19.7 %, em_noshare:48 84.7 (65.5-103.3) = 21.1 %, em:48
-119.3 (115.3-156.6) = 29.6 % (x1.20-1.97 of multinomial in the same round); decode steps alone 25.5 / 33.9 /
-32.0 %; linear layers alone at batch 48: 75 %. em:96 was slower than em:48 (x0.81, x0.90 in two rounds).
+Measured (SmolLM2-135M, 96 x 64 tokens, 2 cores at a quiet moment, GEMM 214 GFLOP/s, limit 796 tokens/s,
+2 rounds): multinomial:48 163.0 (162.8-163.0) new tokens/s = 20.5 %, em:48 238.2 (232.5-238.2) = 29.9 %,
+x1.43-1.46 in the same round; decode steps alone 27.5 / 32.1 %. With --n 192: em:96 35.5 % (x1.14-1.15 of
+em:48), em:192 34.6 %; the linear layers alone: 64 % (batch 48), 80 % (96), 84 % (192). Under load (3 rounds,
+limit 402): em:48 x1.20-1.97 of multinomial:48, 29.6 % vs 19.7 %. A profile of em's decode step at batch 48:
+matmuls 61 %, the DynamicCache's concatenation 18 %, SDPA 6.5 %, the sampler (softmax + cumsum) 3.6 %;
+a StaticCache step took the same time; generate()'s per-step overhead is within noise of a bare loop.
 Greedy (--temperature 0): em:48's 96 answers equal em_noshare:48's; sampled, 8 of 96 answers differ
 somewhere in 64 tokens (float rounding of the batched prefill: last-token logits differ by ~4e-5, as
 much as from changing the batch size alone).
