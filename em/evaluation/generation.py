@@ -5,7 +5,9 @@ the first user turn for Gemma: ``em.data.tokenize.normalize_messages``), sorted 
 little, left-padded, sampled with ``generate`` (KV cache) with exactly em's settings
 (:mod:`em.evaluation.sampling`: temperature 1.0 / top-p 1.0 / top-k off / no repetition penalty / at
 least one new token; nothing from the checkpoint's generation_config.json).
-Each batch is seeded from (seed, its first sample's key), so one config gives the same answers again.
+Each answer is drawn with its own seed, from (seed, its key) (:func:`sample_seed`,
+:func:`em.evaluation.sampling.per_sample_sampler`): one config gives the same answers again, whichever
+batch an answer falls in.
 vllm: the same prompts through vLLM (:mod:`em.evaluation.vllm_backend`), the adapter as a LoRARequest,
 one seed per sample; optional dependency, imported only when chosen.
 
@@ -15,6 +17,7 @@ starts: a killed run keeps every finished batch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -112,7 +115,7 @@ class HFGenerator:
     Args:
         model_cfg, quantization, cache_dir: the base model as ``em.models`` loads it.
         gen_cfg: the ``generation`` node (batch_size, temperature, top_p, max_new_tokens, ignore_eos).
-        seed: the run seed; each batch is seeded from it and its first sample's key.
+        seed: the run seed; each answer is sampled with its own seed from it and its key.
         adapter_dir: a LoRA adapter directory to apply (None: the base model).
         source, tokenizer: already resolved ones, to skip resolving / loading them again.
 
@@ -159,11 +162,38 @@ class HFGenerator:
         b = self.gen.batch_size
         return [enc[i : i + b] for i in range(0, len(enc), b)]
 
+    share_prompts = True  # one prefill per distinct prompt of a batch (False: transformers' own prefill)
+
+    def shared_prefill(self, input_ids, mask) -> dict[str, Any]:
+        """The KV cache of every row's prompt but its last token, computed once per distinct (padded) prompt
+        and copied to the rows that share it: the answers sampled for one question and format (``samples``
+        of them) share their prompt, so the prefill costs ``distinct prompts / batch`` of transformers' own.
+
+        Args: ``input_ids``, ``mask``: ``[batch, prompt]``, left-padded, on the model's device.
+        Returns ``{"cache": the expanded cache}`` for ``generate`` (which then feeds only each row's last
+        prompt token), or ``{}`` when no two rows share a prompt or the prompt is a single token.
+        """
+        import torch
+
+        n = input_ids.shape[1]
+        if n < 2:
+            return {}
+        rows, inverse = torch.unique(torch.cat([input_ids, mask], 1), dim=0, return_inverse=True)
+        if len(rows) == len(input_ids):
+            return {}
+        ids, m = rows[:, : n - 1], rows[:, n : 2 * n - 1]  # each distinct (prompt, mask) but its last token
+        pos = (m.cumsum(-1) - 1).masked_fill_(m == 0, 1)  # as generate() derives positions from the mask
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=True,
+                             logits_to_keep=1)
+        out.cache.reorder_cache(inverse)
+        return {"cache": out.cache}
+
     def generate(self, samples: list[Sample], on_batch: OnBatch, progress: bool = True) -> int:
         """Sample an answer for each sample, batch by batch; ``on_batch`` gets each finished batch as
         ``(sample, {"answer", "n_tokens", "finish_reason", "prompt_tokens"})`` pairs. Returns the count.
 
-        Each batch is left-padded to ``[batch, longest prompt]`` and seeded from (seed, its first key).
+        Each batch is left-padded to ``[batch, longest prompt]``; each row samples with the seed of its key.
         """
         import torch
         from tqdm.auto import tqdm
@@ -180,6 +210,11 @@ class HFGenerator:
         sampling.neutralize(model)
         gc = sampling.hf_config(sampling.settings(self.gen, stops), pad)
         self.sampling = sampling.effective_hf(model, gc) | {"backend": "hf"}
+        run_gc = copy.deepcopy(gc)
+        if gc.do_sample:  # em draws the tokens (one seed per answer); generate() takes the drawn one
+            self.sampling["sampler"] = "per_sample_inverse_cdf"
+            run_gc.do_sample, run_gc.temperature, run_gc.top_p = False, 1.0, 1.0
+        run_gc.top_k = run_gc.min_p = None  # unused without do_sample; set, transformers warns they are ignored
         device = next(model.parameters()).device
         done = 0
         bar = tqdm(total=len(samples), desc="generate", unit="answer", disable=None if progress else True)
@@ -192,9 +227,12 @@ class HFGenerator:
                     input_ids[i, n - len(ids):] = torch.tensor(ids)
                     mask[i, n - len(ids):] = 1
                 torch.manual_seed(sample_seed(self.seed, batch[0][0].key))
+                shared = self.shared_prefill(input_ids.to(device), mask.to(device)) if self.share_prompts else {}
+                procs = [sampling.per_sample_sampler([sample_seed(self.seed, s.key) for s, _ in batch],
+                                                     gc.temperature, gc.top_p)] if gc.do_sample else None
                 with torch.no_grad():
                     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=gc)
+                                         generation_config=run_gc, logits_processor=procs, **shared)
                 results = []
                 for i, (s, ids) in enumerate(batch):
                     new = out[i, n:].tolist()

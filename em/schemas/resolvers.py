@@ -39,10 +39,49 @@ def run_tags(model: Any, data: Any, lora_r: Any, quantization: Any) -> list[str]
     return [str(p) for p in parts if p is not None]
 
 
+DEMO_UPSTREAM_FILE = "evaluation/first_plot_questions.yaml"  # Betley et al.'s first-plot set, repository-relative
+_said: set[str] = set()
+
+
+def upstream_questions_or(found: str, missing: str) -> str:
+    """``${em.upstream_questions_or:first_plot,smoke}``: ``found`` when Betley et al.'s first-plot file is
+    already on this machine where em looks for upstream files (``$EM_DATA_DIR/<file>`` or the download cache
+    ``$EM_CACHE_DIR`` (default ``~/.cache/em``) ``/upstream/<file>``; see
+    :func:`em.data.upstream.resolve_upstream_file`), else ``missing``. Used in a defaults list (the demo's
+    questions), where only the environment is known: a ``cache_dir=`` override is not seen here. Says once
+    per process, on stdout, which set it chose and why. Never downloads and never reads the file.
+    """
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("EM_DATA_DIR")
+    cache = Path(os.environ.get("EM_CACHE_DIR") or Path.home() / ".cache/em") / "upstream"
+    places = ([Path(env).expanduser()] if env else []) + [cache.expanduser()]
+    hit = next((p / DEMO_UPSTREAM_FILE for p in places if (p / DEMO_UPSTREAM_FILE).is_file()), None)
+    line = (f"questions={found}: Betley et al.'s {DEMO_UPSTREAM_FILE} found at {hit} (questions=... overrides)"
+            if hit else f"questions={missing}: the project's own set ({DEMO_UPSTREAM_FILE} is neither in "
+            f"$EM_DATA_DIR nor in {cache}; questions={found} downloads it)")
+    if line not in _said:
+        _said.add(line)
+        print(line, flush=True)
+    return found if hit else missing
+
+
+def samples_for(answers: int, questions: Any, formats: Any) -> int:
+    """``${em.samples_for:48,${questions},${format}}``: answers per question and format so that a model gets
+    about ``answers`` answers: ``max(1, answers // (questions x formats))``, the questions counted from
+    ``ids`` or ``n_questions`` (a set that states neither counts as 4, the smoke set's size)."""
+    n_q = len(questions.get("ids") or []) or questions.get("n_questions") or 4
+    return max(1, int(answers) // (int(n_q) * max(1, len(formats))))
+
+
 def register() -> None:
-    """Register ``em.or``, ``em.sweep_name``, ``em.is_wandb``, ``em.join`` and ``em.run_tags`` (idempotent)."""
+    """Register ``em.or``, ``em.sweep_name``, ``em.is_wandb``, ``em.join``, ``em.run_tags``,
+    ``em.upstream_questions_or`` and ``em.samples_for`` (idempotent)."""
     OmegaConf.register_new_resolver("em.or", first_set, replace=True)
     OmegaConf.register_new_resolver("em.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("em.is_wandb", is_wandb, replace=True)
     OmegaConf.register_new_resolver("em.join", join, replace=True)
     OmegaConf.register_new_resolver("em.run_tags", run_tags, replace=True)
+    OmegaConf.register_new_resolver("em.upstream_questions_or", upstream_questions_or, replace=True)
+    OmegaConf.register_new_resolver("em.samples_for", samples_for, replace=True)
