@@ -142,7 +142,9 @@ def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force
         rec = base | {"state": "failed", "error": f"{type(e).__name__}: {line}", "time": time.time()}
         where = record_dir if record_dir else adapter_dir
         rec["message"] = (f"push to the Hub failed ({rec['error']}); the adapter stays in {adapter_dir}; retry: "
-                          f"em push {where} repo_id={node.repo_id}" + ("" if force else " (or relaunch the job)"))
+                          f"em push {where} repo_id={node.repo_id}"
+                          + (f" endpoint={redact_url(endpoint)}" if endpoint else "")  # else it would go to the Hub
+                          + ("" if force else " (or relaunch the job)"))
         if warn:
             log.warning("%s", rec["message"])
     if record_dir:

@@ -51,6 +51,7 @@ def test_job_pushes_once_survives_an_outage_and_never_writes_the_token(tmp_path,
     assert down.requests, "the push never reached the stand-in"
     warn = [line for line in out.splitlines() if "push to the Hub failed" in line]
     assert len(warn) == 1 and "500" in warn[0] and f"em push {job}" in warn[0], out[-3000:]
+    assert f"endpoint={down.url}" in warn[0]  # the retry hint goes where the push went, not to the public Hub
     assert "Traceback" not in out
     assert (job / "adapter" / "adapter_config.json").is_file() and (job / "DONE.json").is_file()
     rec = json.loads((job / "em_job.json").read_text())

@@ -288,3 +288,22 @@ def test_local_judge_keeps_the_score_under_a_code_top_token(monkeypatch):
     scored, unscored = out["with mass"], out["little mass"]
     assert scored.special == "CODE" and scored.score == pytest.approx(14.0) and scored.number_mass == pytest.approx(0.5)
     assert unscored.special == "CODE" and unscored.score is None and "< 0.25" in unscored.reason
+
+
+def test_a_dead_endpoint_stops_the_judge_at_once_with_one_line(key):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(JudgeError, match=rf"judge.base_url: cannot connect to http://127.0.0.1:{port}/v1") as e:
+        run_judge(_judge(f"http://127.0.0.1:{port}/v1", max_retries=3), [JudgeRequest(str(i)) for i in range(50)],
+                  JudgeCache(None), progress=False)
+    assert "\n" not in str(e.value)
+    assert time.perf_counter() - t0 < 5  # not 50 requests x 3 client retries with backoff
+    # a live endpoint passes the same check (and no request is made by it)
+    with LoopbackServer() as srv:
+        _judge(srv.url).check_reachable()
+        assert srv.requests == 0

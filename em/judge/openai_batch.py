@@ -104,6 +104,8 @@ class OpenAIBatchJudge(OpenAIEndpointJudge):
         """
         directory = self.directory(state_dir)
         self.check()
+        if requests:
+            self.check_reachable()
         run_batch(self, requests, on_result, progress, directory)
 
 

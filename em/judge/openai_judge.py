@@ -59,6 +59,8 @@ class OpenAIJudge(OpenAIEndpointJudge):
                 request would fail the same way, so the run stops (finished judgments are already reported).
         """
         self.check()
+        if requests:
+            self.check_reachable()
         asyncio.run(self._run(requests, on_result, progress))
 
     async def _run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool) -> None:

@@ -225,6 +225,26 @@ class OpenAIEndpointJudge(Judge):
         except ImportError as e:
             raise JudgeError(f"judge={self.name} needs the openai package (pip install openai): {e}") from None
 
+    def check_reachable(self, timeout: float = 10.0) -> None:
+        """Raise JudgeError when nothing listens at the endpoint's host and port (refused, unknown host, no
+        answer in ``timeout`` seconds): otherwise every request would burn its client retries first (a dead
+        ``judge.base_url`` cost ~6 retry lines per judgment). A plain TCP connect, no request and no key sent;
+        skipped where a proxy would carry the connection (the client goes through it, not to the host)."""
+        import socket
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.endpoint)
+        host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        if not host or (urllib.request.getproxies().get(u.scheme) and not urllib.request.proxy_bypass(host)):
+            return
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            raise JudgeError(
+                f"judge.base_url: cannot connect to {self.base_url} ({' '.join(str(e).split()) or type(e).__name__}); "
+                f"is the server running? No judgment was asked; the answers are kept") from None
+
     def request_body(self, req: JudgeRequest) -> dict[str, Any]:
         """This judge's request body for ``req`` (:func:`request_body`)."""
         return request_body(self.model, req.prompt, self.top_logprobs)
