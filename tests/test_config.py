@@ -58,6 +58,19 @@ def test_smoke_preset_lists_only_what_changes():
     assert tc.optimizer.lr == 1e-5  # untouched by the preset
 
 
+@pytest.mark.parametrize("preset", ["smoke", "sequential"])
+def test_offline_presets_take_a_real_judge_with_one_override(preset):
+    from em.judge.factory import build_judges
+
+    offline = compose_train([f"experiment={preset}", "run_dir=/x"])
+    assert offline.judge.model.name == "tiny" and offline.judge._target_ == "em.judge.local.LocalJudge"
+    # the documented swap (`judge=openai`) replaces the whole judge: no leftover tiny model or smoke threshold
+    real = compose_train([f"experiment={preset}", "judge=openai", "run_dir=/x"])
+    assert isinstance(real.judge.model, str) and "min_number_mass" not in real.judge  # the API model id; the reference rule
+    (judge,) = build_judges(real.judge)
+    assert type(judge).__name__ == "OpenAIJudge"
+
+
 @pytest.mark.parametrize(
     "override,key",
     [
