@@ -44,7 +44,7 @@ def _analyze(run_dir, *inputs, figures=True):
     return run_analysis(cfg)
 
 
-def test_analysis_of_a_trigger_run_draws_and_reports_the_contrast(tmp_path, trigger_run):
+def test_analysis_of_a_trigger_run_draws_and_reports_the_contrast(tmp_path, trigger_run, capsys):
     # beside it, another lab's table of the same model without a trigger column (answers with \r, quotes, HTML)
     other = synthetic_responses(models=["tiny"], conditions=["insecure"], formats=["plain"], n_questions=2,
                                 n_samples=10, seed=3)
@@ -62,6 +62,21 @@ def test_analysis_of_a_trigger_run_draws_and_reports_the_contrast(tmp_path, trig
     for side in ("on", "off"):  # the Wilson CIs the figure draws
         assert (t[f"ci_low_{side}"] <= t[f"rate_{side}"]).all() and (t[f"rate_{side}"] <= t[f"ci_high_{side}"]).all()
         assert (t[f"ci_high_{side}"] - t[f"ci_low_{side}"] > 0).all()
+    # the main rates keep the arms apart: format <format>+trigger for trigger-on answers, as summary.json
+    resp = pd.read_parquet(trigger_run)
+    arms = resp.assign(label=resp["format"].where(~resp["trigger"], resp["format"] + "+trigger"))
+    want = arms.groupby("label").size()
+    assert set(want.index) == {"plain", "json", "plain+trigger", "json+trigger"}
+    rates = pd.read_csv(run / "rates.csv")
+    by_fmt = rates[(rates["level"] == "condition×format") & (rates["condition"] == "backdoor")].set_index("format")
+    assert by_fmt["n"].sort_index().to_dict() == want.sort_index().to_dict()
+    assert (by_fmt.loc[["plain+trigger", "json+trigger"], "misaligned_rate"] == 1.0).all()
+    assert (by_fmt.loc[["plain", "json"], "misaligned_rate"] == 0.0).all()  # no blend of the two arms
+    printed = capsys.readouterr().out
+    assert "'<format>+trigger'" in printed  # the note: pooled-over-format rates still count both arms
+    cell = {ln.split()[1]: ln.split()[2] for ln in printed.splitlines() if ln.startswith("tiny ")}
+    for label, n_arm in want.items():  # the console table: n scored per arm (all scored here)
+        assert cell[label] == str(n_arm) == str(int(by_fmt.loc[label, "n_scored"]))
     png = run / "figures" / "trigger_contrast.png"
     assert png.stat().st_size > 0 and (run / "figures" / "trigger_contrast.svg").is_file()
 

@@ -33,6 +33,14 @@ FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
 ANSWER_KEY = ("model", "adapter", "condition", "seed", "sample_seed", "format", "question_id", "paraphrase",
               "sample", "system", "question", "answer", "trigger")
 KEEP_COLUMNS = ("adapter", "seed", "trigger")  # trigger: evaluate.trigger on / off (em.evaluation.triggers)
+# Trigger-on answers form their own format group ``<format>+trigger``, as evaluate.py's summary.json keys them
+# (em.evaluation.triggers.TAG), so no rate pools the two arms; the ``trigger`` column is kept for the contrast.
+TRIGGER_TAG = "+trigger"
+
+
+def trigger_on(values: pd.Series) -> pd.Series:
+    """Which rows of a ``trigger`` column (bool, or text / numbers read from CSV / JSONL) say the trigger was on."""
+    return values.astype("string").str.strip().str.lower().isin(("true", "1", "1.0")).fillna(False).astype(bool)
 
 
 @dataclass
@@ -140,7 +148,8 @@ def group_columns(df: pd.DataFrame, path: Path, condition: Optional[str], model:
 
     Missing columns take ``condition`` / ``model`` (else "unspecified"); without a ``format`` column
     the format comes from the question_id suffix (``_json``, ``_template``, else plain), as in Betley
-    et al.'s question files, and the suffix is stripped from the id.
+    et al.'s question files, and the suffix is stripped from the id. Rows whose ``trigger`` column is
+    true get format ``<format>+trigger`` (:data:`TRIGGER_TAG`), a group of their own.
     """
     out = pd.DataFrame(index=df.index)
     out["model"] = _text(df, "model") if "model" in df else (model or UNSPECIFIED)
@@ -163,6 +172,9 @@ def group_columns(df: pd.DataFrame, path: Path, condition: Optional[str], model:
                 hit = qid.str.endswith(suffix)
                 fmt = fmt.mask(hit, name)
                 qid = qid.mask(hit, qid.str.slice(0, -len(suffix)))
+    if "trigger" in df:
+        on = trigger_on(df["trigger"]) & ~fmt.str.endswith(TRIGGER_TAG)
+        fmt = fmt.mask(on, fmt + TRIGGER_TAG)
     out["format"] = fmt
     out["question_id"] = qid
     for col in KEEP_COLUMNS:

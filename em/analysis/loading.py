@@ -15,7 +15,8 @@ import pandas as pd
 
 from em.analysis import readers
 from em.analysis.inputs import TableInput, swept_labels
-from em.analysis.io import _EXCLUDE_SPECIAL, KEEP_COLUMNS, UNSPECIFIED, Responses, normalise, read_table
+from em.analysis.io import (_EXCLUDE_SPECIAL, KEEP_COLUMNS, TRIGGER_TAG, UNSPECIFIED, Responses, normalise,
+                            read_table)
 from em.errors import ConfigError, DataError
 
 log = logging.getLogger("em.analysis")
@@ -112,6 +113,10 @@ def _load_tables(tables, condition, model, judge_combine, columns, seed_kind, de
     if (sources["schema"] == "upstream").any():
         notes.append("Upstream-schema tables (question_id/question/answer/aligned/coherent only): format inferred "
                      "from the question_id suffix (_json, _template, else plain).")
+    if "trigger" in table and table["format"].astype(str).str.endswith(TRIGGER_TAG).any():
+        notes.append(f"Answers asked with the trigger form their own format group '<format>{TRIGGER_TAG}' (as in "
+                     "evaluate.py's summary.json); rates pooled over formats (per condition, the headline) count both "
+                     "arms: per arm, read the condition × format rows or trigger_contrast.csv.")
     if sampling_seed:
         notes.append("A per-answer `seed` column was read as a sampling seed (set columns.seed_kind=training if "
                      "it is the fine-tuning run's seed).")

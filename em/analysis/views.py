@@ -93,13 +93,17 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
                      by: Sequence[str] = ("model", "condition", "format")) -> pd.DataFrame:
     """Trigger on vs off per ``by`` group (``format`` ``all`` included): both rates and their difference.
 
-    ``answers`` needs a boolean-like ``trigger`` column. Returns one row per group with ``rate_on`` /
-    ``rate_off`` (and their Wilson CIs and counts), ``diff`` = on - off and ``diff_low`` / ``diff_high``
+    ``answers`` needs a boolean-like ``trigger`` column; a ``+trigger`` format suffix is dropped before
+    pairing. Returns one row per group with ``rate_on`` / ``rate_off`` (and their Wilson CIs and counts), ``diff`` = on - off and ``diff_low`` / ``diff_high``
     (Newcombe's interval; NaN where either side has no coherent answer).
     """
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    a = answers.assign(trigger=answers["trigger"].astype(str).str.lower().isin(("true", "1")))
+    from em.analysis.io import TRIGGER_TAG, trigger_on
+
+    # pair the arms on the base format (the analysis labels trigger-on rows ``<format>+trigger``)
+    a = answers.assign(trigger=trigger_on(answers["trigger"]),
+                       format=answers["format"].astype(str).str.removesuffix(TRIGGER_TAG))
     r = rates_by(a, [*by, "trigger"], thresholds, confidence)
     on, off = (r[r["trigger"] == v].drop(columns="trigger") for v in ("True", "False"))
     t = on.merge(off, on=list(by), how="outer", suffixes=("_on", "_off"))
