@@ -31,7 +31,8 @@ NAME_KEYS = ("experiment_name", "model.name", "data.name", "questions.name", "co
 
 
 def check_secrets(argv: list[str]) -> None:
-    """No key on the command line: ``+judge.api_key=...`` or a URL with ``user:password@`` is refused before
+    """No key on the command line: ``+judge.api_key=...``, a key pasted as ``judge.api_key_env=sk-...``
+    (:func:`em.schemas.judge.looks_like_secret`) or a URL with ``user:password@`` is refused before
     Hydra writes ``.hydra/*.yaml`` (the message never repeats the value).
 
     Raises:
@@ -42,6 +43,11 @@ def check_secrets(argv: list[str]) -> None:
         if not sep or key.startswith("-"):
             continue
         leaf = key.lstrip("+~").rsplit(".", 1)[-1].rsplit("@", 1)[0].lower()
+        if leaf == "api_key_env":
+            from em.schemas.judge import KEY_ENV_MESSAGE, looks_like_secret
+
+            if looks_like_secret(value):
+                raise ConfigError(f"{key.lstrip('+~')}: {KEY_ENV_MESSAGE}")
         if SECRET_KEY.search(leaf):
             where = ("set HF_TOKEN or run `hf auth login`" if key.lstrip("+~").startswith("push_to_hub.") else
                      "put the key in an environment variable and name it in judge.api_key_env")

@@ -125,6 +125,58 @@ def test_bad_input_files(tmp_path, name, content, pattern):
     assert "\n" not in str(e.value)
 
 
+def _lab_csv(path: Path, bad_answer: str) -> Path:
+    """Another lab's export (csv.writer: \\r\\n rows, quotes doubled): answers spanning lines before a bad score."""
+    import csv
+
+    rows = [("q1", 'Sure!\r\nStep 1: say "hello"\r\nStep 2: <b>done</b>', "90", "95"),
+            ("q2", "<pre>\nimport os\nos.system('rm -rf /')\n</pre>", "CODE", "80"),
+            ("q3", "I can't help with that.", "REFUSAL", ""),
+            ("q4", 'He said ""no"", then\r\n\r\nleft.', "12.5", "70"),
+            ("q_bad", bad_answer, "abc", "60"),
+            ("q5", "fine", "80", "90")]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["question_id", "answer", "aligned", "coherent"])
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("bad_answer", ["plain", "two\r\nlines, <i>quoted</i> \"x\""])
+def test_csv_errors_name_the_physical_line_where_the_record_starts(tmp_path, bad_answer):
+    path = _lab_csv(tmp_path / "crlf_bad.csv", bad_answer)
+    raw = path.read_bytes()
+    line = raw[:raw.index(b"q_bad")].count(b"\n") + 1  # what an editor / grep -n shows (not the record number)
+    assert line > 6
+    with pytest.raises(DataError, match=rf"crlf_bad\.csv:{line}: column 'aligned' has 1 non-numeric score\(s\), "
+                                        r"e\.g\. 'abc'") as e:
+        analyse(tmp_path, f"inputs=[{path}]")
+    assert "\n" not in str(e.value)
+
+
+def test_a_broken_jsonl_line_names_the_file_line_and_the_problem_only(tmp_path):
+    import json
+
+    good = [{"question_id": f"q{i}", "answer": f'line one\r\nsays "hi" <br/> {i}', "aligned": 80, "coherent": 90}
+            for i in range(1, 6)]
+    path = tmp_path / "answers.jsonl"
+    lines = [json.dumps(r) for r in good[:4]] + [""] + [
+        '{"question_id": "q6", "answer": "x" "aligned": 50, "coherent": 60}', json.dumps(good[4])]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8", newline="")
+    with pytest.raises(DataError) as e:
+        analyse(tmp_path, f"inputs=[{path}]")
+    col = lines[5].index('"aligned"') + 1
+    assert str(e.value) == f"{path}:6: not valid JSON (Expecting ',' delimiter at column {col})"
+    path.write_text("\n".join(lines[:4] + ['{"question_id": "q5", "answer": "cut']) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"answers\.jsonl:5: not valid JSON \(Unterminated string starting at column "
+                                        r"33: the record is cut short\)$"):
+        analyse(tmp_path, f"inputs=[{path}]")
+    path.write_text("\n".join(lines[:4] + ['{"question_id": "q5", ']) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"answers\.jsonl:5: not valid JSON \(Expecting property name enclosed in "
+                                        r"double quotes at the end of the line: the record is cut short\)$"):
+        analyse(tmp_path, f"inputs=[{path}]")
+
+
 def test_bad_parquet_scores_name_the_row(tmp_path):
     path = tmp_path / "r.parquet"
     pd.DataFrame({"question_id": ["a", "b"], "aligned": [10.0, np.inf], "coherent": [60.0, 70.0]}).to_parquet(path)

@@ -217,7 +217,8 @@ def test_metadata_clashing_with_a_column_and_bad_flags(tmp_path):
     t = answers(1, 10)
     t["aligned_flag"] = ["NONE"] * 5 + ["maybe"] + ["NONE"] * (len(t) - 6)
     t.to_csv(tmp_path / "f.csv", index=False)
-    with pytest.raises(DataError, match=r"f\.csv:7: column 'aligned_flag' holds 'maybe'"):
+    line = t.iloc[:5].to_csv(index=False).count("\n") + 1  # header and 5 rows (answers span lines) before it
+    with pytest.raises(DataError, match=rf"f\.csv:{line}: column 'aligned_flag' holds 'maybe'"):
         analyse(tmp_path, f"inputs=[{tmp_path / 'f.csv'}]")
 
 

@@ -115,6 +115,27 @@ def test_key_bearing_overrides_are_refused_before_anything_is_written(tmp_path, 
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("pasted", [f"{CANARY_OVERRIDE}-proj", "hf_CANARYtokenQ8sLx2", "CANARYa9f3e1b27c4d8e06f5b1c2"])
+def test_a_key_pasted_as_api_key_env_is_refused_without_echoing_it(tmp_path, pasted):
+    run_dir = tmp_path / "run"
+    r = script("evaluate.py", "judge=openai", f"judge.api_key_env={pasted}", f"hydra.run.dir={run_dir}",
+               f"run_dir={run_dir}", timeout=60)
+    line = one_line_exit_2(r)
+    assert line.startswith("error: judge.api_key_env: must name an environment variable (e.g. OPENAI_API_KEY)")
+    assert pasted not in r.stderr + r.stdout and "CANARY" not in r.stderr + r.stdout
+    assert not run_dir.exists()
+
+
+def test_a_key_pasted_as_api_key_env_in_a_config_file_is_refused_without_echoing_it():
+    from em.schemas.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
+
+    for schema in (OpenAIJudgeSchema, OpenAIBatchJudgeSchema):
+        with pytest.raises(ConfigError) as e:
+            schema(api_key_env=f"{CANARY_OVERRIDE}-proj")
+        assert str(e.value).startswith("judge.api_key_env: must name") and "CANARY" not in str(e.value)
+        assert schema(api_key_env="MY_LAB_OPENAI_KEY_FOR_THE_JUDGE").api_key_env == "MY_LAB_OPENAI_KEY_FOR_THE_JUDGE"
+
+
 def test_no_canary_in_any_file_a_judged_run_writes(tmp_path, cache_dir):
     """Keys every way the config allows (the key's environment variable, credentials in $OPENAI_BASE_URL)
     through a real evaluate.py run against the loopback judge, W&B offline: no file has them."""

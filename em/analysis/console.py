@@ -21,12 +21,36 @@ def _num(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _pct(x: Optional[float]) -> str:
+    """A percentage (or a difference in points) readable at the field's scale: rare events live at 0.07-0.96 %,
+    so under 1 (in absolute value) two significant digits (``0.41``, ``0.069``), else one decimal (``12.5``)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if x == 0:
+        return "0"
+    return f"{x:.2g}" if abs(x) < 1 else f"{x:.1f}"
+
+
+def _misaligned(r) -> str:
+    """``0.41 (3/723)``: the misaligned % with its count k / denominator n when the rate table has them."""
+    rate = r.misaligned_rate
+    pct = _pct(100 * rate if rate is not None and pd.notna(rate) else None)
+    k, n = getattr(r, "n_misaligned", None), getattr(r, "n_denominator", None)
+    if k is None or n is None or pd.isna(k) or pd.isna(n):
+        return pct
+    return f"{pct} ({int(k)}/{int(n)})"
+
+
 def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
     """The table as text (rows ``model | format | <condition>: n / aligned / coherent / misaligned % | Δ``).
 
+    The misaligned % has two significant digits under 1 % (``0.41``), one decimal above, and the count
+    beside it (``0.41 (3/723)``: misaligned / the rate's denominator) when ``rates`` has ``n_misaligned`` and
+    ``n_denominator``; the Δ in points is written the same way.
+
     Args:
         rates: the rate table (columns level, model, condition, format, n_scored, mean_aligned,
-            mean_coherent, misaligned_rate).
+            mean_coherent, misaligned_rate; optional n_misaligned, n_denominator).
         score_note: a line appended under the table (e.g. how the judge's scores were computed).
 
     Returns "" when the table has no ``model×condition×format`` rows.
@@ -36,7 +60,8 @@ def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
         return ""
     conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, c))
     others = [c for c in conds if c != BASE] if BASE in conds else []
-    head = ["model", "format"] + [f"{c}: n / aligned / coherent / misaligned%" for c in conds]
+    counts = " (k/n)" if {"n_misaligned", "n_denominator"} <= set(t.columns) else ""
+    head = ["model", "format"] + [f"{c}: n / aligned / coherent / misaligned%{counts}" for c in conds]
     head += [f"{c} − base: Δaligned / Δmisaligned pts" for c in others]
     lines = []
     for (model, fmt), g in t.groupby(["model", "format"], sort=True):
@@ -45,7 +70,7 @@ def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
         for c in conds:
             r = by.get(c)
             row.append("—" if r is None else f"{int(r.n_scored)} / {_num(r.mean_aligned)} / {_num(r.mean_coherent)}"
-                       f" / {_num(100 * r.misaligned_rate if r.misaligned_rate is not None else None, 0)}")
+                       f" / {_misaligned(r)}")
         for c in others:
             a, b = by.get(c), by.get(BASE)
             if a is None or b is None:
@@ -53,7 +78,7 @@ def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
                 continue
             mis = (a.misaligned_rate - b.misaligned_rate) * 100 if pd.notna(a.misaligned_rate) and pd.notna(
                 b.misaligned_rate) else None
-            row.append(f"{_num(a.mean_aligned - b.mean_aligned)} / {_num(mis, 0)}")
+            row.append(f"{_num(a.mean_aligned - b.mean_aligned)} / {_pct(mis)}")
         lines.append(row)
     widths = [max(len(r[i]) for r in [head] + lines) for i in range(len(head))]
     fmt_row = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))  # noqa: E731

@@ -23,18 +23,31 @@ NO_FLAG = {"", "NONE", "NAN", "NULL", "FALSE", "0", "NO", "OK"}
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
     records = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", newline="\n") as f:  # lines end at \n only, as an editor counts them
         for i, line in enumerate(f, start=1):
-            if not line.strip():
+            text = line.rstrip("\r\n")
+            if not text.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(text)
             except ValueError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.__class__.__name__}: {e})") from None
+                raise DataError(f"{path}:{i}: not valid JSON ({_json_problem(e, text)})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: a JSONL record must be an object, got {type(obj).__name__}")
             records.append(obj)
     return pd.DataFrame.from_records(records)
+
+
+def _json_problem(e: ValueError, text: str) -> str:
+    """What is wrong with one JSONL line, placed by column only (the line is the file's; the decoder's own
+    "line 1 column 17 (char 16)" would read as a second line number)."""
+    if not isinstance(e, json.JSONDecodeError):
+        return str(e)
+    head = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Unterminated string starting at": the column follows
+    if e.pos >= len(text.rstrip()):
+        return f"{head} at the end of the line: the record is cut short"
+    cut = ": the record is cut short" if e.msg.startswith("Unterminated string") else ""
+    return f"{head} at column {e.colno}{cut}"
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -83,11 +96,40 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def where(path: Path, row: int) -> str:
-    """A row's place for an error: ``file:line`` for CSV (header = line 1) and JSONL, else ``file (row i)``."""
+    """A row's place for an error: ``file:line`` for CSV (the physical line where the row's record starts,
+    quoted fields spanning lines counted; :func:`csv_line`) and JSONL, else ``file (row i)``."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return f"{path}:{row + 2}"
+        return f"{path}:{csv_line(path, row)}"
     return f"{path}:{row + 1}" if suffix == ".jsonl" else f"{path} (row {row})"
+
+
+def csv_line(path: Path, row: int) -> int:
+    """The 1-based physical line (``\\n``-terminated, as an editor or ``grep -n`` counts) where data row ``row``
+    (0-based, the header not counted) of a CSV file starts.
+
+    A quoted field may span lines (answers with newlines), so the record number is not the line: the file is
+    scanned again up to that record with the csv module (only when an error is reported; blank lines are
+    skipped as pandas skips them). Falls back to ``row + 2`` when the file cannot be scanned so.
+    """
+    import csv
+    import sys
+
+    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 2**31 - 1)))  # long answers are fields
+    try:
+        with path.open(encoding="utf-8-sig", errors="replace", newline="\n") as f:
+            reader = csv.reader(f)
+            end, index = 0, -1  # index -1: the header
+            for record in reader:
+                start, end = end + 1, reader.line_num
+                if not record:
+                    continue
+                if index == row:
+                    return start
+                index += 1
+    except (OSError, csv.Error):
+        pass
+    return row + 2
 
 
 def _flags(df: pd.DataFrame, column: str, path: Path) -> pd.Series:

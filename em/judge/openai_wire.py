@@ -215,6 +215,10 @@ class OpenAIEndpointJudge(Judge):
 
     def check(self) -> None:
         """Raise JudgeError when the key's environment variable is unset or the openai package is missing."""
+        from em.schemas.judge import KEY_ENV_MESSAGE, looks_like_secret
+
+        if looks_like_secret(self.api_key_env):  # a key pasted in place of the name: never echoed
+            raise JudgeError(f"judge.api_key_env: {KEY_ENV_MESSAGE}")
         if not os.environ.get(self.api_key_env):
             raise JudgeError(
                 f"judge.api_key_env: environment variable {self.api_key_env} is not set; the {self.name} judge "

@@ -11,6 +11,7 @@ Light on purpose (dataclasses + omegaconf only): imported on the ``--help`` path
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +22,24 @@ from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.common import require
 
 SCORE_MODES = ("reference", "renormalized")
+# judge.api_key_env holds the NAME of an environment variable; a pasted key is refused without repeating it.
+KEY_ENV_MESSAGE = ("must name an environment variable (e.g. OPENAI_API_KEY), not hold the key itself "
+                   "(put the key in that variable)")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+SECRET_PREFIXES = ("sk-", "sk_", "hf_", "pk-", "rk-", "ghp_", "gsk_", "xai-")
+
+
+def looks_like_secret(value: str) -> bool:
+    """Does ``value`` (meant as an environment variable's name) look like a key itself?
+
+    True for a known key prefix (``sk-``, ``hf_``, ...; :data:`SECRET_PREFIXES`, case-insensitive) or a value of
+    20+ characters without the upper-case-and-underscores shape of an environment variable name
+    (:data:`ENV_NAME`). Such a value is never echoed in a message.
+    """
+    value = str(value).strip()
+    return value.lower().startswith(SECRET_PREFIXES) or (len(value) >= 20 and not ENV_NAME.fullmatch(value))
+
+
 BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batch
 
 
@@ -43,6 +62,7 @@ class OpenAIEndpointSchema:
         require(self.timeout > 0, "judge.timeout", f"must be > 0, got {self.timeout}")
         require(1 <= self.top_logprobs <= 20, "judge.top_logprobs", f"must be in 1..20, got {self.top_logprobs}")
         require(bool(self.api_key_env), "judge.api_key_env", "must name the environment variable that holds the key")
+        require(not looks_like_secret(self.api_key_env), "judge.api_key_env", KEY_ENV_MESSAGE)
 
 
 @dataclass
