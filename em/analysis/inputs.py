@@ -171,7 +171,10 @@ def find_tables(inputs: Sequence[Any], outputs_root: Path) -> list[TableInput]:
 
 # Keys a sweep varies that already are analysis dimensions (model, condition via data, seed) or say where a
 # job runs rather than what it computes.
-NOT_SWEPT = ("model", "data", "seed", "experiment", "hydra", "logger", "judge", "run_dir", "outputs_root")
+NOT_SWEPT = ("model", "data", "seed", "experiment", "hydra", "logger", "judge", "run_dir", "outputs_root",
+             # columns of the answers table already (format; trigger as the <format>+trigger label), or settings
+             # that change how a run goes, not what it measures
+             "format", "trigger", "samples", "cache_dir", "wandb", "progress", "quiet", "verbose", "dry_run")
 
 
 def swept_labels(tables: list[TableInput]) -> tuple[list[str], list[str], list[int]]:
