@@ -339,4 +339,8 @@ def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
         return fn(cfg)
     except EMError as e:
         print(f"error: {e}", file=sys.stderr)
+        from em.runtime import drop_empty_run_dir
+
+        drop_empty_run_dir()
         sys.exit(2)
+

@@ -16,6 +16,7 @@ Light on purpose (stdlib + omegaconf only): imported on the ``--help`` path.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -131,3 +132,20 @@ def count_model_load() -> None:
 def model_loads() -> int:
     """Model loads in this process so far (a skipped sweep job reads 0 without importing torch)."""
     return _MODEL_LOADS
+
+
+def drop_empty_run_dir() -> None:
+    """A refused run leaves no trace: remove Hydra's run directory when all it holds is empty log files (a run
+    directory with anything else in it, e.g. an earlier run's results, is left exactly as it was)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if in_multirun():
+            return
+        d = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - no Hydra context (called as a library): nothing of ours to clean
+        return
+    files = [p for p in d.rglob("*") if p.is_file()] if d.is_dir() else []
+    if d.is_dir() and all(p.suffix == ".log" and p.stat().st_size == 0 for p in files):
+        logging.shutdown()  # the log handlers hold the (empty) files open
+        shutil.rmtree(d, ignore_errors=True)

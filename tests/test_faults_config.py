@@ -34,6 +34,17 @@ def test_max_steps_0_on_the_command_line_is_one_line_exit_2_and_nothing_written(
     assert r.stderr.strip().splitlines() == ["error: trainer.max_steps: must be > 0, or -1 (derived from "
                                              "trainer.epochs); got 0"]
     assert not (run_dir / "adapter").exists()
+    assert not (tmp_path / "hydra").exists()  # a refused run leaves no empty run directory behind
+
+
+def test_a_refused_run_keeps_an_existing_run_directory_as_it_was(tmp_path):
+    run_dir = tmp_path / "eval"
+    run_dir.mkdir()
+    (run_dir / "answers.jsonl").write_text('{"kept": true}\n')
+    r = subprocess.run([sys.executable, "evaluate.py", "model=tiny", "samples=-1", f"hydra.run.dir={run_dir}",
+                        f"run_dir={run_dir}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "samples" in r.stderr
+    assert (run_dir / "answers.jsonl").read_text() == '{"kept": true}\n'
 
 
 @pytest.mark.parametrize("extra, err, match", [
