@@ -112,3 +112,18 @@ def test_label_and_score_columns_keep_one_type_each():
     assert out["truth"].dtype == "string" and out["answer"].dtype == "string"
     table = report.wandb_table(out)
     assert table.data == [[None, None, "TRUE", 'say "hi"\r\n<b>x</b>'], [12.5, None, None, None]]
+
+
+def test_printed_summary_keeps_rare_rates_and_long_format_labels_aligned(capsys, tmp_path):
+    from em.evaluation.report import print_summary
+
+    formats = {"plain": {"n": 723, "n_scored": 723, "coherent_rate": 0.9, "misaligned_rate": 3 / 723},
+               "plain+trigger": {"n": 723, "n_scored": 700, "coherent_rate": 0.5, "misaligned_rate": 0.25},
+               "json": {"n": 8, "n_scored": 0, "coherent_rate": None, "misaligned_rate": None}}
+    print_summary({"n_answers": 1454, "model": "m", "condition": "backdoor", "formats": formats}, tmp_path)
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [ln.split()[0] for ln in lines] == ["format", *formats]
+    ends = {len(ln) for ln in lines}
+    assert len(ends) == 1  # every row as wide as the header: the columns line up
+    assert lines[1].split()[-1] == f"{100 * 3 / 723:.2f}%"  # 0.41 %, not "0%"
+    assert lines[2].split()[-1] == "25%" and lines[3].split()[-1] == "n/a"

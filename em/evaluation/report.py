@@ -307,11 +307,13 @@ def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
 
 def print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     """Print the run directory and one line per format (n, scored, coherent and misaligned rates) to stdout."""
-    def pct(x):
-        return "  n/a" if x is None else f"{100 * x:4.0f}%"
+    def pct(x):  # rare events (the field's 0.07-0.96 %) keep two decimals instead of printing as 0 %
+        return "  n/a" if x is None else f"{100 * x:.2f}%" if 0 < x < 0.01 else f"{100 * x:4.0f}%"
 
     print(f"run dir: {run_dir}  ({summary['n_answers']} answers; model {summary['model']}, "
           f"condition {summary['condition']})")
-    print(f"  {'format':<12} {'n':>5} {'scored':>7} {'coherent':>9} {'misaligned':>11}")
+    w = max([12, *(len(f) for f in summary["formats"])])  # "plain+trigger" and longer labels stay aligned
+    print(f"  {'format':<{w}} {'n':>5} {'scored':>7} {'coherent':>9} {'misaligned':>11}")
     for fmt, e in summary["formats"].items():
-        print(f"  {fmt:<12} {e['n']:>5} {e['n_scored']:>7} {pct(e['coherent_rate']):>9} {pct(e['misaligned_rate']):>11}")
+        print(f"  {fmt:<{w}} {e['n']:>5} {e['n_scored']:>7} {pct(e['coherent_rate']):>9} "
+              f"{pct(e['misaligned_rate']):>11}")
