@@ -253,9 +253,9 @@ class RedactCredentials(logging.Filter):
         """Rewrite the record's message without URL credentials; never drops a record."""
         message = record.getMessage()
         if "@" in message and URL_CREDENTIALS.search(message):
-            from em.tracking import redact_url
+            from em.tracking import redact_urls
 
-            record.msg = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), message)
+            record.msg = redact_urls(message)
             record.args = ()
         return True
 

@@ -56,11 +56,11 @@ def adapter_digest(adapter_dir: Path) -> str:
 
 def _redacted(text: str) -> str:
     """``text`` without any secret environment value (the token, API keys) or URL credentials."""
-    from em.tracking import env_secrets, redact_url
+    from em.tracking import env_secrets, redact_urls
 
     for s in sorted(env_secrets(), key=len, reverse=True):
         text = text.replace(s, "<redacted>")
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), text)
+    return redact_urls(text)
 
 
 def push_adapter(adapter_dir: Path, repo_id: str, *, private: bool = True, endpoint: Optional[str] = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,6 +43,11 @@ def redact_url(url: str) -> str:
         query = urlencode([(k, "<redacted>" if any(m in k.lower() for m in SECRET_MARKERS) else v) for k, v in pairs],
                           safe="<>")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_urls(text: str) -> str:
+    """``text`` (a log line, an error message) with every URL in it passed through :func:`redact_url`."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", lambda m: redact_url(m.group(0)), text)
 
 
 def wandb_mode(mode: str = "auto") -> Optional[str]:

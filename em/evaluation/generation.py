@@ -226,7 +226,6 @@ class HFGenerator:
                 for i, (_, ids) in enumerate(batch):  # left padding: every row's last token is its prompt's end
                     input_ids[i, n - len(ids):] = torch.tensor(ids)
                     mask[i, n - len(ids):] = 1
-                torch.manual_seed(sample_seed(self.seed, batch[0][0].key))
                 shared = self.shared_prefill(input_ids.to(device), mask.to(device)) if self.share_prompts else {}
                 procs = [sampling.per_sample_sampler([sample_seed(self.seed, s.key) for s, _ in batch],
                                                      gc.temperature, gc.top_p)] if gc.do_sample else None
