@@ -32,7 +32,7 @@ from em.data.chat import Conversation, read_jsonl_conversations
 from em.errors import ConfigError, DataError
 from em.runtime import atomic_write
 
-__all__ = ["ENV_VAR", "file_sha256", "load_educational_twin", "load_upstream", "resolve_upstream_file"]
+__all__ = ["ENV_VAR", "file_sha256", "load_educational_twin", "load_upstream", "local_roots", "resolve_upstream_file"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def local_roots(cache_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Where em looks for an upstream repository's files before downloading, in order: ``("EM_DATA_DIR",
+    its directory)`` when that variable is set, then ``("cache", <cache_dir>/upstream)``. Reads nothing."""
+    env_dir = os.environ.get(ENV_VAR)
+    return ([(ENV_VAR, Path(env_dir).expanduser())] if env_dir else []) + [
+        ("cache", Path(cache_dir).expanduser() / "upstream")]
 
 
 def resolve_upstream_file(
@@ -78,20 +86,17 @@ def resolve_upstream_file(
         raise DataError(f"{relpath}: upstream file names must be relative to the repository root")
     hint = _where_to_put_it(rel, override_key)
 
-    env_dir = os.environ.get(ENV_VAR)
-    if env_dir:
-        candidate = Path(env_dir).expanduser() / rel
-        if candidate.is_file():
-            _verify_found(candidate, sha256, verify, "a different version of the upstream file?")
-            log.info("%s: using %s (%s)", rel, candidate, ENV_VAR)
-            return candidate
-        log.info("%s: not in %s=%s; trying the cache", rel, ENV_VAR, env_dir)
+    for where, root in local_roots(cache_dir):
+        found = root / rel
+        if found.is_file():
+            _verify_found(found, sha256, verify, "a different version of the upstream file?" if where == ENV_VAR
+                          else "delete it to download it again")
+            log.info("%s: using %s (%s)", rel, found, where)
+            return found
+        if where == ENV_VAR:
+            log.info("%s: not in %s=%s; trying the cache", rel, ENV_VAR, root)
 
-    cached = Path(cache_dir).expanduser() / "upstream" / rel
-    if cached.is_file():
-        _verify_found(cached, sha256, verify, "delete it to download it again")
-        log.info("%s: using cached %s", rel, cached)
-        return cached
+    cached = local_roots(cache_dir)[-1][1] / rel  # the cache: where a download goes
 
     if not url:
         raise DataError(f"{rel}: not found locally and no download URL is configured; {hint}")

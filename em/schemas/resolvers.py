@@ -54,10 +54,11 @@ def upstream_questions_or(found: str, missing: str) -> str:
     import os
     from pathlib import Path
 
-    env = os.environ.get("EM_DATA_DIR")
-    cache = Path(os.environ.get("EM_CACHE_DIR") or Path.home() / ".cache/em") / "upstream"
-    places = ([Path(env).expanduser()] if env else []) + [cache.expanduser()]
-    hit = next((p / DEMO_UPSTREAM_FILE for p in places if (p / DEMO_UPSTREAM_FILE).is_file()), None)
+    from em.data.upstream import local_roots  # pure Python: fine on the composition path
+
+    roots = dict(local_roots(os.environ.get("EM_CACHE_DIR") or Path.home() / ".cache/em"))
+    cache = roots["cache"]
+    hit = next((r / DEMO_UPSTREAM_FILE for r in roots.values() if (r / DEMO_UPSTREAM_FILE).is_file()), None)
     line = (f"questions={found}: Betley et al.'s {DEMO_UPSTREAM_FILE} found at {hit} (questions=... overrides)"
             if hit else f"questions={missing}: the project's own set ({DEMO_UPSTREAM_FILE} is neither in "
             f"$EM_DATA_DIR nor in {cache}; questions={found} downloads it)")
