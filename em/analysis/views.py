@@ -182,9 +182,10 @@ def write_trigger(r: Any) -> dict[str, Path]:
     a = r.responses.answers
     if "trigger" not in a:
         return {}
-    flag = a["trigger"].astype(str).str.lower()
-    a = a[flag.isin(("true", "false", "1", "0"))]
-    if a["trigger"].astype(str).str.lower().isin(("true", "1")).nunique() < 2:
+    from em.analysis.io import trigger_on
+
+    a = a[a["trigger"].astype("string").str.strip().str.lower().isin(("true", "false", "1", "0", "1.0", "0.0"))]
+    if trigger_on(a["trigger"]).nunique() < 2:
         return {}  # only one side present: nothing to contrast
     s = r.settings
     table = trigger_contrast(a, s.thresholds, s.bootstrap.confidence)
