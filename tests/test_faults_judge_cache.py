@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -283,8 +284,9 @@ def test_a_silent_owner_on_another_host_is_taken_over_when_its_heartbeat_stops(t
         took = time.monotonic() - t0
         cache.close()
         assert srv.ok == 4 and stats.requests == 4 and all(j.final for j in out)
-    assert 1.0 <= took < 6  # waited for the heartbeat to stay still for stale_after_s, then took over
-    assert "pid 4242 on node-17 (no heartbeat for 1 s)" in _warnings(caplog, "taking over")[0]
+    assert 1.0 <= took < 20  # waited for the heartbeat to stay still for stale_after_s (1 s, not 60), then took over
+    (line,) = _warnings(caplog, "taking over")
+    assert re.search(r"taking over the claims of pid 4242 on node-17 \(no heartbeat for \d+ s\)", line)
 
 
 def test_a_live_owners_heartbeat_keeps_its_claims(tmp_path):

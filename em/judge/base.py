@@ -82,12 +82,17 @@ class Claims:
     """Per-request claims on a cache shared by several processes (:meth:`em.judge.cache.JudgeCache.claim`).
 
     A judge that sends one request at a time calls :meth:`claim` just before request ``i``: ``"ask"`` (this
-    process holds the key now: send it), ``"wait"`` (another live process is asking it: sleep ``poll_s`` and
+    process holds the key now: send it), ``"wait"`` (another live process is asking it: sleep :meth:`wait_s` and
     call again, without holding a concurrency slot) or ``"done"`` (another process stored its judgment
     meanwhile: it has been delivered, send nothing); and :meth:`release` when it gives up on ``i`` unanswered.
     """
 
-    poll_s = 0.2  # seconds between two looks at a key another process is asking
+    poll_s = 0.2  # seconds before the first look again at a key another process is asking
+    max_poll_s = 5.0  # the wait grows by half each time up to this
+
+    def wait_s(self, waits: int) -> float:
+        """Seconds to wait before looking again at a key found busy ``waits`` times in a row (``waits`` >= 1)."""
+        return min(self.poll_s * 1.5 ** (waits - 1), self.max_poll_s)
 
     def __init__(self, cache: JudgeCache, keys: list[str], deliver: Callable[[int, Judgment], None]):
         self.cache = cache
@@ -112,6 +117,7 @@ def _run_claimed(judge: Judge, asks: list[JudgeRequest], claims: Claims, on_resu
     """Run a judge that does not claim per request: claim every key it may ask, run it on those, release what
     it did not answer; wait for (or take over) the keys other processes hold, and repeat until none is left."""
     remaining = list(range(len(asks)))
+    waits = 0
     while remaining:
         mine: list[int] = []
         waiting: list[int] = []
@@ -135,7 +141,8 @@ def _run_claimed(judge: Judge, asks: list[JudgeRequest], claims: Claims, on_resu
                     if i not in answered:
                         claims.release(i)
         elif waiting:
-            time.sleep(claims.poll_s)
+            waits += 1
+            time.sleep(claims.wait_s(waits))
         remaining = waiting
 
 

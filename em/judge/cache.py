@@ -6,7 +6,7 @@ judgments are stored (a score, a label, or a deterministic "no score" such as < 
 retries are not, so the next run asks again. SQLite gives atomic writes that survive a kill and lets
 several evaluation processes share one cache.
 
-Trust (schema version 2, ``PRAGMA user_version``):
+Trust (schema version 2, ``PRAGMA user_version``; the file itself: :mod:`em.judge.cache_db`):
 
 - every row carries ``checksum`` = sha256 of (key, judge identity, stored value): a row changed on disk after
   it was written (one flipped byte turns a score of 6.31 into 96.08 and still passes SQLite's
@@ -31,7 +31,6 @@ writes and truncated on close, so it stays small.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,23 +40,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Optional
 
+from em.judge.cache_db import entry_checksum, open_database, pid_alive
 from em.judge.scoring import Judgment, JudgeRequest, unsound
 
 log = logging.getLogger("em.judge")
-
-SCHEMA_VERSION = 2
-# SQLite's primary result codes for "this file is not a (sound) database" (sqlite3.Error.sqlite_errorcode & 0xff)
-_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judge TEXT, value TEXT, checksum TEXT)",
-    "CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, claimed REAL)",
-    "CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, "
-    "beat INTEGER NOT NULL DEFAULT 0)",
-)
 
 
 def cache_key(judge_id: str, prompt: str) -> str:
@@ -71,61 +60,6 @@ def request_key(judge_id: str, req: JudgeRequest) -> str:
     Also the ``custom_id`` of the request's Batch API line, so a batch's results land in the same cache entries
     as the synchronous path's."""
     return cache_key(judge_id, req.prompt + "\x00" + req.kind)
-
-
-def entry_checksum(key: str, judge_id: Optional[str], value: Optional[str]) -> str:
-    """The checksum stored with a cache row: sha256 hex of ``[key, judge identity, stored JSON value]``."""
-    return hashlib.sha256(json.dumps([key, judge_id, value]).encode()).hexdigest()
-
-
-class CacheCorrupt(sqlite3.DatabaseError):
-    """``PRAGMA quick_check`` found the file damaged (raised internally; the file is then moved aside)."""
-
-
-def _is_corrupt(e: sqlite3.Error) -> bool:
-    if isinstance(e, CacheCorrupt):
-        return True
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in _CORRUPT_CODES
-    msg = str(e).lower()
-    return "not a database" in msg or "malformed" in msg
-
-
-def _pid_alive(pid: int) -> bool:
-    """Is process ``pid`` alive on this host (a zombie counts as dead: it will never answer)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-@contextmanager
-def _open_lock(path: Path) -> Iterator[None]:
-    """Serialise open / check / repair / migrate of one cache file among processes (``<file>.lock``, flock).
-
-    On a filesystem without locks the check goes on unlocked (a repair race there only loses what the other
-    process wrote in the same second)."""
-    try:
-        fd = os.open(str(path.with_name(path.name + ".lock")), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 class JudgeCache:
@@ -160,71 +94,8 @@ class JudgeCache:
         self._announced: set[str] = set()
         self._stop = threading.Event()
         self._beat_thread: Optional[threading.Thread] = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _open_lock(self.path):
-                try:
-                    self._db = self._connect()
-                except sqlite3.DatabaseError as e:
-                    if not _is_corrupt(e):
-                        raise
-                    self._move_aside(e)
-                    self._db = self._connect()
-
-    # ------------------------------------------------------------------ open, check, repair, migrate
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            db.execute("PRAGMA synchronous=NORMAL")  # durable on commit in WAL mode, much faster
-            db.execute("PRAGMA journal_size_limit=524288")  # a reset WAL is truncated to <= 512 kB
-            row = db.execute("PRAGMA quick_check(1)").fetchone()
-            if not row or row[0] != "ok":
-                raise CacheCorrupt(f"quick_check: {row[0] if row else 'no answer'}")
-            self._create_or_migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
-
-    def _create_or_migrate(self, db: sqlite3.Connection) -> None:
-        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            cols = [r[1] for r in db.execute("PRAGMA table_info(judgments)")]
-            for stmt in _SCHEMA:
-                db.execute(stmt)
-            if cols and "checksum" not in cols:  # version 1: give every row the checksum of what it holds now
-                db.execute("ALTER TABLE judgments ADD COLUMN checksum TEXT")
-                rows = db.execute("SELECT key, judge, value FROM judgments").fetchall()
-                db.executemany("UPDATE judgments SET checksum = ? WHERE key = ?",
-                               [(entry_checksum(k, j, v), k) for k, j, v in rows])
-                self.migrated = len(rows)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        if self.migrated:
-            log.warning("judge cache %s: migrated from version 1; its %d judgments were given checksums of what "
-                        "they hold now (they are still validated as judgments when read)", self.path, self.migrated)
-
-    def _move_aside(self, e: sqlite3.Error) -> None:
-        dest = self.path.with_name(self.path.name + ".corrupt")
-        n = 0
-        while dest.exists():
-            n += 1
-            dest = self.path.with_name(f"{self.path.name}.corrupt.{n}")
-        os.replace(self.path, dest)
-        for suffix in ("-wal", "-shm"):  # the journal belongs to the damaged file: it must not meet the new one
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                os.replace(side, dest.with_name(dest.name + suffix))
-        self.moved_aside = dest
-        reason = " ".join(str(e).split()) or type(e).__name__
-        log.warning("judge cache %s does not open (%s): moved aside to %s; starting an empty cache (its "
-                    "judgments will be asked again)", self.path, reason, dest.name)
+        if self.path is not None:  # checked: a damaged file moved aside and rebuilt, an old one migrated
+            self._db, self.moved_aside, self.migrated = open_database(self.path)
 
     # ------------------------------------------------------------------ reads and writes
     def _verified(self, key: str, judge: Optional[str], value: Optional[str], checksum: Optional[str]
@@ -297,6 +168,10 @@ class JudgeCache:
     def claim(self, key: str) -> tuple[str, Optional[Judgment]]:
         """Re-check the cache for ``key`` and claim it, in one transaction, just before asking a judge.
 
+        A key that is cached or held by a live owner is answered from a plain read (no write lock: processes
+        waiting on each other's keys do not slow the writers down); only a free or stale key takes the write
+        lock, looks again and inserts the claim.
+
         Returns:
             ``("cached", judgment)``: another process stored it meanwhile (nothing to ask);
             ``("mine", None)``: this process holds the claim now and should ask (also with no cache file);
@@ -305,19 +180,16 @@ class JudgeCache:
         if self._db is None:
             return "mine", None
         self._register()
+        status, judgment, _ = self._look(key)
+        if status != "free":
+            return status, judgment
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute("SELECT judge, value, checksum FROM judgments WHERE key = ?", (key,)).fetchone()
-            if row is not None:
-                j, _ = self._verified(key, *row)
-                if j is not None:
-                    self._db.execute("COMMIT")
-                    return "cached", j
-            held = self._db.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
-            if held is not None and held[0] != self.owner and not self._stale(held[0]):
+            status, judgment, holder = self._look(key)
+            if status != "free":
                 self._db.execute("COMMIT")
-                return "busy", None
-            if held is not None and held[0] != self.owner:
+                return status, judgment
+            if holder is not None and holder != self.owner:
                 self.taken_over += 1
             self._db.execute("INSERT OR REPLACE INTO claims (key, owner, claimed) VALUES (?, ?, ?)",
                              (key, self.owner, time.time()))
@@ -327,6 +199,19 @@ class JudgeCache:
             raise
         self._wrote()
         return "mine", None
+
+    def _look(self, key: str) -> tuple[str, Optional[Judgment], Optional[str]]:
+        """(``cached`` / ``busy`` / ``free``, the cached judgment, the claim's owner if any) for ``key``."""
+        row = self._db.execute("SELECT judge, value, checksum FROM judgments WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            j, _ = self._verified(key, *row)
+            if j is not None:
+                return "cached", j, None
+        held = self._db.execute("SELECT owner FROM claims WHERE key = ?", (key,)).fetchone()
+        holder = held[0] if held else None
+        if holder is not None and holder != self.owner and not self._stale(holder):
+            return "busy", None, holder
+        return "free", None, holder
 
     def release(self, key: str) -> None:
         """Drop this process's claim on ``key`` (its judgment failed or was never asked): another may ask."""
@@ -341,7 +226,7 @@ class JudgeCache:
         row = self._db.execute("SELECT pid, host, beat FROM owners WHERE owner = ?", (owner,)).fetchone()
         if row is None:
             why = "no owner record"
-        elif row[1] == socket.gethostname() and not _pid_alive(int(row[0])):
+        elif row[1] == socket.gethostname() and not pid_alive(int(row[0])):
             why = "process gone"
         else:
             beat, now = int(row[2]), time.monotonic()

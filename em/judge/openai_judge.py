@@ -92,20 +92,23 @@ class OpenAIJudge(OpenAIEndpointJudge):
         streak = {"silent": 0, "judged": 0}  # requests in a row without an answer; final judgments so far
 
         async def one(i: int, req: JudgeRequest) -> None:
+            waits = 0
             while True:
                 async with sem:
                     status = claims.claim(i) if claims is not None else "ask"
                     if status == "ask":
                         try:
                             judgment, silent = await self._judge_one(client, req)
-                        except BaseException:
-                            claims is not None and claims.release(i)  # cancelled or stopped: not asked
+                        except BaseException:  # cancelled or stopped: not answered, another process may ask
+                            if claims is not None:
+                                claims.release(i)
                             raise
                         break
                 if status == "done":  # another process sharing the cache judged it meanwhile
                     bar.update(1)
                     return
-                await asyncio.sleep(claims.poll_s)  # "wait": another process is asking it; look again
+                waits += 1  # "wait": another process is asking it; look again later
+                await asyncio.sleep(claims.wait_s(waits))
             on_result(i, judgment)
             bar.update(1)
             streak["silent"] = streak["silent"] + 1 if silent else 0
