@@ -9,6 +9,9 @@ Scripting: the reply's top logprobs are ``script[marker]`` for the first marker 
 (sleeps past the client's timeout), malformed (a 200 whose body is cut-off JSON), no_logprobs (a valid reply
 without logprobs) and truncated (Content-Length larger than the body, then the connection closes).
 
+``GET /v1/models`` (the judges' start-up check) answers a model list at once, before any fault, and is
+counted in ``probes``, not in ``requests``. ``slow_markers``: a prompt holding one of them is always ``slow``.
+
 Batch API: ``POST /v1/files`` (multipart), ``POST /v1/batches``, ``GET /v1/batches/{id}`` (validating ->
 in_progress -> ``batch_outcome`` after ``batch_polls`` polls) and ``GET /v1/files/{id}/content``. Each output
 line is the reply the synchronous endpoint would give (same script); a line whose prompt holds one of
@@ -53,7 +56,7 @@ class LoopbackServer:
                  batch_polls: int = 3, batch_outcome: str = "completed",
                  batch_fail_message: str = "injected batch failure",
                  batch_error_markers: tuple[str, ...] = (), batch_drop_markers: tuple[str, ...] = (),
-                 reply_model: Optional[str] = None):
+                 reply_model: Optional[str] = None, slow_markers: tuple[str, ...] = ()):
         self.script = script or {}
         self.reply_model = reply_model  # the model every reply names (None: the requested one)
         self.default = default if default is not None else DEFAULT_TOP
@@ -63,7 +66,9 @@ class LoopbackServer:
         self.delay_s = delay_s
         self.rng = random.Random(seed)
         self.port = port
-        self.requests = 0  # every HTTP request received
+        self.slow_markers = slow_markers
+        self.probes = 0  # GET /v1/models (start-up checks)
+        self.requests = 0  # every other HTTP request received
         self.ok = 0  # well-formed replies sent
         self.fault_counts: Counter = Counter()
         self.prompts: Counter = Counter()
@@ -143,6 +148,11 @@ class LoopbackServer:
                     body = await reader.readexactly(int(headers.get("content-length", "0")))
                 method, _, rest = lines[0].partition(" ")
                 path = rest.rpartition(" ")[0].split("?")[0]
+                if method == "GET" and path.rstrip("/").endswith("/models"):
+                    self.probes += 1
+                    await self._json(writer, 200, {"object": "list", "data": [
+                        {"id": self.reply_model or "gpt-4o-2024-08-06", "object": "model", "owned_by": "loopback"}]})
+                    continue
                 self.requests += 1
                 self._in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self._in_flight)
@@ -169,6 +179,8 @@ class LoopbackServer:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         fault = self.rng.choice(self.faults) if self.faults and self.rng.random() < self.fault_rate else None
+        if any(m in prompt for m in self.slow_markers):
+            fault = "slow"
         if fault:
             self.fault_counts[fault] += 1
         if fault in ("429", "500"):

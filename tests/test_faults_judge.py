@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from em.judge.base import run_judge
-from em.judge.cache import JudgeCache, request_key
+from em.judge.cache import JudgeCache, entry_checksum, request_key
 from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
 from em.judge.scoring import JudgeRequest, judge_0_100, judge_label
@@ -66,7 +66,9 @@ def test_a_poisoned_cache_entry_is_validated_again_and_heals(tmp_path, key):
         # what an older version stored: a final NaN judgment, no reason
         poisoned = {"score": float("nan"), "label": None, "special": None, "reason": None, "number_mass": 1.0,
                     "raw": [["50", float("nan")], ["80", -0.69]], "final": True}
-        cache._db.execute("INSERT INTO judgments VALUES (?, ?, ?)", (k, judge.identity, json.dumps(poisoned)))
+        value = json.dumps(poisoned)  # with a valid checksum: the soundness check is what refuses it
+        cache._db.execute("INSERT INTO judgments VALUES (?, ?, ?, ?)",
+                          (k, judge.identity, value, entry_checksum(k, judge.identity, value)))
         assert cache.get_many([k]) == {}  # not served
         (j,), stats = run_judge(judge, [req], cache, progress=False)
         assert srv.requests == 1 and stats.cached == 0

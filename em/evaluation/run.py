@@ -111,6 +111,10 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     if not ec.dry_run:
         for j in judges:
             j.check()
+    if judges:  # a damaged cache is moved aside and rebuilt now, not after hours of sampling
+        from em.judge.cache import check_cache
+
+        check_cache(ec.judge_cache)
 
     # 3. model, adapter, answers already on disk
     from em import models
@@ -133,6 +137,9 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
           f"{len(samples) - len(todo)} on disk, {len(todo)} to generate")
 
+    if todo and not ec.dry_run:  # new answers need the judge: a server that does not answer fails now
+        for j in judges:
+            j.check_reachable()
     if ec.dry_run:
         return _dry_run(ec, run_dir, samples, stored, todo, judges, identity)
 

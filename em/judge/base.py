@@ -33,12 +33,23 @@ class Judge:
 
     name: str = "judge"
     identity: str = "judge"
+    # True: :meth:`run` takes ``claims=`` (a :class:`Claims`) and calls ``claims.claim(i)`` just before it
+    # sends request i; False: the runner claims a whole batch of requests before :meth:`run` is called.
+    claims_each_request: bool = False
 
     def check(self) -> None:
         """Fail fast (before any generation) when the judge cannot work at all, e.g. no API key.
 
         Raises:
             JudgeError: one line saying what is missing.
+        """
+
+    def check_reachable(self) -> None:
+        """Fail fast (before any answer is sampled) when the judge's server does not answer; a no-op for
+        judges without one.
+
+        Raises:
+            JudgeError: one line naming the endpoint.
         """
 
     def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True,
@@ -65,6 +76,74 @@ class Judge:
 
     def close(self) -> None:
         """Release what the judge holds (a loaded model, clients); it may be run again afterwards."""
+
+
+class Claims:
+    """Per-request claims on a cache shared by several processes (:meth:`em.judge.cache.JudgeCache.claim`).
+
+    A judge that sends one request at a time calls :meth:`claim` just before request ``i``: ``"ask"`` (this
+    process holds the key now: send it), ``"wait"`` (another live process is asking it: sleep :meth:`wait_s` and
+    call again, without holding a concurrency slot) or ``"done"`` (another process stored its judgment
+    meanwhile: it has been delivered, send nothing); and :meth:`release` when it gives up on ``i`` unanswered.
+    """
+
+    poll_s = 0.2  # seconds before the first look again at a key another process is asking
+    max_poll_s = 5.0  # the wait grows by half each time up to this
+
+    def wait_s(self, waits: int) -> float:
+        """Seconds to wait before looking again at a key found busy ``waits`` times in a row (``waits`` >= 1)."""
+        return min(self.poll_s * 1.5 ** (waits - 1), self.max_poll_s)
+
+    def __init__(self, cache: JudgeCache, keys: list[str], deliver: Callable[[int, Judgment], None]):
+        self.cache = cache
+        self.keys = keys
+        self.deliver = deliver  # (i, judgment another process stored)
+
+    def claim(self, i: int) -> str:
+        """``"ask"``, ``"wait"`` or ``"done"`` for request ``i`` (see the class docstring)."""
+        status, judgment = self.cache.claim(self.keys[i])
+        if status == "cached":
+            self.deliver(i, judgment)
+            return "done"
+        return "ask" if status == "mine" else "wait"
+
+    def release(self, i: int) -> None:
+        """Give up this process's claim on request ``i`` (never answered: cancelled, or the run stopped)."""
+        self.cache.release(self.keys[i])
+
+
+def _run_claimed(judge: Judge, asks: list[JudgeRequest], claims: Claims, on_result: OnResult, progress: bool,
+                 state_dir: Optional[Path]) -> None:
+    """Run a judge that does not claim per request: claim every key it may ask, run it on those, release what
+    it did not answer; wait for (or take over) the keys other processes hold, and repeat until none is left."""
+    remaining = list(range(len(asks)))
+    waits = 0
+    while remaining:
+        mine: list[int] = []
+        waiting: list[int] = []
+        for i in remaining:
+            status = claims.claim(i)
+            if status == "ask":
+                mine.append(i)
+            elif status == "wait":
+                waiting.append(i)
+        if mine:
+            answered: set[int] = set()
+
+            def got(n: int, judgment: Judgment, mine: list[int] = mine) -> None:
+                answered.add(mine[n])
+                on_result(mine[n], judgment)
+
+            try:
+                judge.run([asks[i] for i in mine], got, progress=progress, state_dir=state_dir)
+            finally:
+                for i in mine:
+                    if i not in answered:
+                        claims.release(i)
+        elif waiting:
+            waits += 1
+            time.sleep(claims.wait_s(waits))
+        remaining = waiting
 
 
 def pending(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache
@@ -114,17 +193,33 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
     from em.progress import ProgressLog
 
     lines = ProgressLog(f"judge {judge.name}", len(asks), log) if asks else None  # log file, not only a bar
+    from_others = 0
 
     def on_result(j: int, judgment: Judgment) -> None:
         lines.update()
-        cache.put(keys[j], judge.identity, judgment)
+        cache.put(keys[j], judge.identity, judgment)  # also drops this process's claim on the key
         for i in todo[keys[j]]:
             results[i] = judgment
 
+    def deliver(j: int, judgment: Judgment) -> None:  # another process sharing the cache judged it meanwhile
+        nonlocal from_others
+        from_others += 1
+        lines.update()
+        for i in todo[keys[j]]:
+            results[i] = judgment
+
+    claims = Claims(cache, keys, deliver)
     try:
-        if asks:
-            judge.run(asks, on_result, progress=progress, state_dir=state_dir)
+        if asks and judge.claims_each_request:
+            judge.run(asks, on_result, progress=progress, state_dir=state_dir, claims=claims)
+        elif asks:
+            _run_claimed(judge, asks, claims, on_result, progress, state_dir)
     finally:
+        if from_others:
+            stats.requests -= from_others
+            stats.extra["from_another_process"] = from_others
+            log.info("judge %s: %d judgments came from another process sharing the cache (not asked here)",
+                     judge.name, from_others)
         # Whatever happens (a fatal judge error, Ctrl-C), rows that got no judgment say so.
         for i, r in enumerate(results):
             if r is None:
@@ -147,4 +242,4 @@ def failure_line(name: str, stats: dict[str, Any], total: int) -> str:
             f"{top.get('count', '?')}x: {top.get('reason', 'unknown')}); a rerun asks them again")
 
 
-__all__ = ["Judge", "OnResult", "failure_line", "pending", "run_judge"]
+__all__ = ["Claims", "Judge", "OnResult", "failure_line", "pending", "run_judge"]

@@ -8,7 +8,11 @@ Faults: HTTP 429 / 5xx / timeouts / dropped connections are retried by the opena
 (``max_retries`` with its exponential backoff, honouring Retry-After); a reply that arrives but is malformed
 (invalid JSON, no choices, no logprobs) is re-asked up to ``reply_retries`` times with backoff. What still
 fails becomes an unscored judgment with the reason, never a made-up score. Concurrency is bounded by an
-asyncio semaphore around one AsyncOpenAI client. The API key is read from the environment variable the
+asyncio semaphore around one AsyncOpenAI client. A judge that stops answering (``max_consecutive_failures``
+requests in a row time out, cannot connect or get a gateway error 502 / 503 / 504, after the client's retries)
+stops the run with one line instead of spending every remaining request's timeouts; what was judged is kept.
+Several processes sharing one cache claim each key just before they ask it (:class:`em.judge.base.Claims`),
+so none pays for a prompt another is asking or has answered. The API key is read from the environment variable the
 config names (``api_key_env``), so it never appears in a config dump, a log or W&B.
 """
 
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from em.errors import JudgeError
-from em.judge.base import OnResult
+from em.judge.base import Claims, OnResult
 from em.judge.openai_wire import OpenAIEndpointJudge, describe, judgment_from_reply, one_line
 from em.judge.scoring import Judgment, JudgeRequest
 
@@ -34,36 +38,48 @@ class OpenAIJudge(OpenAIEndpointJudge):
         concurrency: requests in flight (> 0).
         reply_retries: how often a malformed reply is asked again.
         retry_backoff: seconds before the first re-ask, doubled each time (times a 0.5..1.5 jitter).
+        max_consecutive_failures: requests in a row that got no answer (timeout, no connection, HTTP 502 / 503 /
+            504, each after the client's retries) before the run stops with a JudgeError; 0: never stop.
 
     Ranges are checked by :class:`em.schemas.judge.OpenAIJudgeSchema` when the config is composed and
     validated, not here. Source followed: Betley et al., ``open_models/judge.py`` (``OpenAiJudge``).
     """
 
+    claims_each_request = True  # run() takes claims= and claims each key just before it sends it
+
     def __init__(self, name: str = "gpt-4o", model: str = "gpt-4o-2024-08-06", base_url: Optional[str] = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64, max_retries: int = 6,
                  timeout: float = 60.0, reply_retries: int = 3, retry_backoff: float = 0.5, top_logprobs: int = 20,
-                 price_input_per_mtok: Optional[float] = None, price_output_per_mtok: Optional[float] = None):
+                 price_input_per_mtok: Optional[float] = None, price_output_per_mtok: Optional[float] = None,
+                 max_consecutive_failures: int = 16):
         super().__init__(name=name, model=model, base_url=base_url, api_key_env=api_key_env,
                          max_retries=max_retries, timeout=timeout, top_logprobs=top_logprobs,
                          price_input_per_mtok=price_input_per_mtok, price_output_per_mtok=price_output_per_mtok)
         self.concurrency = concurrency
         self.reply_retries = reply_retries
         self.retry_backoff = retry_backoff
+        self.max_consecutive_failures = max_consecutive_failures
 
     def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True,
-            state_dir: Optional[Path] = None) -> None:
+            state_dir: Optional[Path] = None, claims: Optional[Claims] = None) -> None:
         """Judge every request concurrently (see :meth:`em.judge.base.Judge.run`; ``state_dir`` is unused).
 
+        Args (besides the base class's):
+            claims: claim each request's key just before sending it (several processes on one cache); a key
+                another process holds is waited for, one it answered meanwhile is not sent. None: send all.
+
         Raises:
-            JudgeError: no key, or the endpoint refuses the key / model (HTTP 401 / 403 / 404): every other
-                request would fail the same way, so the run stops (finished judgments are already reported).
+            JudgeError: no key; the endpoint does not answer at all (start-up check); it refuses the key / model
+                (HTTP 401 / 403 / 404); or ``max_consecutive_failures`` requests in a row got no answer. Every
+                other request would fail the same way, so the run stops (finished judgments are already reported).
         """
         self.check()
         if requests:
             self.check_reachable()
-        asyncio.run(self._run(requests, on_result, progress))
+        asyncio.run(self._run(requests, on_result, progress, claims))
 
-    async def _run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool) -> None:
+    async def _run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool,
+                   claims: Optional[Claims] = None) -> None:
         from openai import AsyncOpenAI
         from tqdm.auto import tqdm
 
@@ -73,11 +89,36 @@ class OpenAIJudge(OpenAIEndpointJudge):
         bar = tqdm(total=len(requests), desc=f"judge {self.name}", unit="req", disable=None if progress else True,
                    leave=False)
 
+        streak = {"silent": 0, "judged": 0}  # requests in a row without an answer; final judgments so far
+
         async def one(i: int, req: JudgeRequest) -> None:
-            async with sem:
-                judgment = await self._judge_one(client, req)
+            waits = 0
+            while True:
+                async with sem:
+                    status = claims.claim(i) if claims is not None else "ask"
+                    if status == "ask":
+                        try:
+                            judgment, silent = await self._judge_one(client, req)
+                        except BaseException:  # cancelled or stopped: not answered, another process may ask
+                            if claims is not None:
+                                claims.release(i)
+                            raise
+                        break
+                if status == "done":  # another process sharing the cache judged it meanwhile
+                    bar.update(1)
+                    return
+                waits += 1  # "wait": another process is asking it; look again later
+                await asyncio.sleep(claims.wait_s(waits))
             on_result(i, judgment)
             bar.update(1)
+            streak["silent"] = streak["silent"] + 1 if silent else 0
+            streak["judged"] += judgment.final
+            if self.max_consecutive_failures and streak["silent"] >= self.max_consecutive_failures:
+                raise JudgeError(
+                    f"judge {self.name}: {streak['silent']} requests in a row got no answer from {self.base_url} "
+                    f"(last: {judgment.reason}); stopped asking (judge.max_consecutive_failures="
+                    f"{self.max_consecutive_failures}); the answers and the {streak['judged']} judgments of this "
+                    f"run are kept, a rerun asks the rest")
 
         tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(requests)]
         try:
@@ -89,7 +130,9 @@ class OpenAIJudge(OpenAIEndpointJudge):
             bar.close()
             await client.close()
 
-    async def _judge_one(self, client, req: JudgeRequest) -> Judgment:
+    async def _judge_one(self, client, req: JudgeRequest) -> tuple[Judgment, bool]:
+        """(the judgment of one request, whether the endpoint gave no answer at all: timeout, no connection,
+        a gateway error 502 / 503 / 504 -- what counts towards ``max_consecutive_failures``)."""
         import openai
 
         problem = "no reply"
@@ -109,15 +152,16 @@ class OpenAIJudge(OpenAIEndpointJudge):
                 continue
             except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError) as e:
                 # The client already retried these max_retries times with backoff.
-                return Judgment.failed(f"{describe(e)} (after {self.max_retries} retries)")
+                silent = isinstance(e, openai.APIConnectionError) or getattr(e, "status_code", None) in (502, 503, 504)
+                return Judgment.failed(f"{describe(e)} (after {self.max_retries} retries)"), silent
             except (ValueError, TypeError, KeyError) as e:  # a body that is not the JSON it claims to be
                 problem = f"malformed reply ({type(e).__name__}: {one_line(e)})"
                 continue
             judgment, problem = judgment_from_reply(resp, req.kind, self.model)
             if judgment is None:
                 continue
-            return judgment
-        return Judgment.failed(f"{problem} (after {self.reply_retries + 1} attempts)")
+            return judgment, False
+        return Judgment.failed(f"{problem} (after {self.reply_retries + 1} attempts)"), False
 
 
 __all__ = ["OpenAIJudge"]

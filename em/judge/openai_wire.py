@@ -229,24 +229,37 @@ class OpenAIEndpointJudge(Judge):
         except ImportError as e:
             raise JudgeError(f"judge={self.name} needs the openai package (pip install openai): {e}") from None
 
-    def check_reachable(self, timeout: float = 10.0) -> None:
-        """Raise JudgeError when nothing listens at the endpoint's host and port (refused, unknown host, no
-        answer in ``timeout`` seconds): otherwise every request would burn its client retries first (a dead
-        ``judge.base_url`` cost ~6 retry lines per judgment). A plain TCP connect, no request and no key sent;
-        skipped where a proxy would carry the connection (the client goes through it, not to the host)."""
-        import socket
-        import urllib.request
-        from urllib.parse import urlsplit
+    def check_reachable(self, timeout: Optional[float] = None) -> None:
+        """Raise JudgeError unless the endpoint answers one real, free request in ``timeout`` seconds.
 
-        u = urlsplit(self.endpoint)
-        host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
-        if not host or (urllib.request.getproxies().get(u.scheme) and not urllib.request.proxy_bypass(host)):
-            return
+        ``GET <base_url>/models`` (lists models; never billed) with the key, through whatever proxy the client
+        would use. Any HTTP reply passes (a proxy without that route answers 404: it is alive; a refused key
+        is reported by the first real request as before). Nothing listening (refused, unknown host) or a
+        server / proxy that accepts the connection and never answers (a stuck proxy: a TCP connect alone
+        passes it) fails here, in ``timeout`` seconds, before any answer is sampled -- instead of every
+        request burning ``timeout`` x (``max_retries`` + 1) seconds.
+
+        Args:
+            timeout: seconds to wait; None: ``min(judge.timeout, 10)``.
+        """
+        import httpx
+
+        timeout = min(self.timeout, 10.0) if timeout is None else timeout
+        key = os.environ.get(self.api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-        except OSError as e:
+            with httpx.Client(timeout=timeout, follow_redirects=True) as client:
+                client.get(f"{self.endpoint}/models", headers=headers)
+        except httpx.TimeoutException as e:
+            what = "connecting" if isinstance(e, httpx.ConnectTimeout) else "waiting for an answer to GET /models"
             raise JudgeError(
-                f"judge.base_url: cannot connect to {self.base_url} ({' '.join(str(e).split()) or type(e).__name__}); "
+                f"judge.base_url: {self.base_url} did not answer in {timeout:g} s ({what}; a stuck server or "
+                f"proxy?); no judgment was asked, nothing is lost") from None
+        except httpx.HTTPError as e:
+            from em.tracking import redact_urls
+
+            raise JudgeError(
+                f"judge.base_url: cannot connect to {self.base_url} ({redact_urls(one_line(e)) or type(e).__name__}); "
                 f"is the server running? No judgment was asked; the answers are kept") from None
 
     def request_body(self, req: JudgeRequest) -> dict[str, Any]:

@@ -73,10 +73,15 @@ class OpenAIJudgeSchema(OpenAIEndpointSchema):
     concurrency: int = 64  # requests in flight
     reply_retries: int = 3  # malformed replies (bad JSON, no logprobs) asked again
     retry_backoff: float = 0.5  # seconds, doubled per reply retry (with jitter)
+    # requests in a row with no answer (timeout / no connection / 502-504, after retries) before the run stops
+    # (answers and judgments kept, exit 2); 0: never stop
+    max_consecutive_failures: int = 16
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.concurrency > 0, "judge.concurrency", f"must be > 0, got {self.concurrency}")
+        require(self.max_consecutive_failures >= 0, "judge.max_consecutive_failures",
+                f"must be >= 0 (0: never stop), got {self.max_consecutive_failures}")
         require(self.reply_retries >= 0, "judge.reply_retries", f"must be >= 0, got {self.reply_retries}")
 
 
