@@ -14,8 +14,8 @@ from __future__ import annotations
 import atexit
 import copy
 import logging
+import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -212,14 +212,31 @@ def plan_sweep(overrides: list[str], check: bool = True) -> Plan:
 
 
 # --------------------------------------------------------------------------- the summary
-def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, Any]:
-    """done / skipped / failed of this launch (records written after ``since``, unix s), from the job directories.
+def from_launch(rec: Optional[dict], launch: Optional[str], before: Optional[dict]) -> bool:
+    """Was this ``em_job.json`` written by a job of this launch? Records decide, never clocks: its ``launch``
+    id when it has one; else (a launcher that did not pass the environment on) whether it changed since the
+    plan was made (``before``: the record then; pid, start and state differ on every launch). With neither
+    (a direct call), every record counts."""
+    if rec is None:
+        return False
+    if launch is not None and rec.get("launch") is not None:
+        return rec["launch"] == launch
+    if before is not None:
+        return rec != before
+    return True
 
-    A job whose judgments failed is failed (``judge_failures``: how many; ``judge_failed``: how many such jobs)."""
-    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "done": [], "skipped": [], "failed": []}
+
+def summarize(sweep_dir: Path, job_dirs: list[Path], launch: Optional[str] = None,
+              before: Optional[dict[Path, Optional[dict]]] = None) -> dict[str, Any]:
+    """done / skipped / failed / interrupted of this launch, from the job directories' records
+    (:func:`from_launch`: launch ids and record contents, no wall-clock comparison).
+
+    A job whose judgments failed is failed (``judge_failures``: how many; ``judge_failed``: how many such jobs).
+    An interrupted job (SIGTERM / SIGINT) is listed under ``interrupted`` with its stage, step and signal."""
+    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "done": [], "skipped": [], "failed": [], "interrupted": []}
     for d in job_dirs:
         rec = jobs.read_job(d)
-        if rec is None or rec.get("started", 0) < since - 1:
+        if not from_launch(rec, launch, None if before is None else before.get(Path(d))):
             held = holder(d)
             out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"
                                   + (f"; its directory is locked by {held}" if held else "")})
@@ -227,6 +244,9 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
         state = rec.get("state")
         if state in ("done", "skipped"):
             out[state].append({"job_dir": str(d), "models_loaded": rec.get("models_loaded"), "push": rec.get("push")})
+        elif state == "interrupted":
+            out["interrupted"].append({k: rec.get(k) for k in ("stage", "step", "signal", "exit_code")}
+                                      | {"job_dir": str(d)})
         else:
             error = rec.get("error") or (f"ended while {state} in {rec.get('stage')} (killed? see the launcher's "
                                          f"log under {sweep_dir}/.submitit/)")
@@ -241,7 +261,11 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, 
 def format_summary(s: dict[str, Any]) -> str:
     """The summary printed at the end of a multirun: a line of counts, one per failure or failed push, the analysis."""
     lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"
+             + (f", {len(s['interrupted'])} interrupted" if s.get("interrupted") else "")
              + (f" ({s['judge_failed']} with failed judgments: a relaunch asks them again)" if s.get("judge_failed") else "")]
+    lines += [f"  INTERRUPTED {i['job_dir']}: {i.get('signal')} in {i.get('stage')}"
+              + (f" at step {i['step']}" if i.get("step") is not None else "") + "; a relaunch resumes it"
+              for i in s.get("interrupted", [])]
     lines += [f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}" for f in s["failed"]]
     lines += [f"  PUSH FAILED {j['job_dir']}: {j['push'].get('error')}" for j in s["done"] + s["skipped"]
               if (j.get("push") or {}).get("state") == "failed"]  # the job's results stand; a relaunch retries
@@ -258,15 +282,22 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.plan: Optional[Plan] = None
-        self.started = 0.0
+        self.launch: Optional[str] = None  # this launch's id: the jobs' em_job.json carry it (EM_SWEEP_LAUNCH)
+        self.before: dict[Path, Optional[dict]] = {}  # each job's em_job.json before the launch
         self.reported = False
+        self.summary: Optional[dict] = None
+        self._config: Optional[DictConfig] = None
+        _CALLBACKS.append(self)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Plan and check every job (basic sweeper only); write ``<sweep dir>/sweep_plan.json``."""
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.hydra_config import HydraConfig
 
-        self.started = time.time()
+        import uuid
+
+        self.launch = uuid.uuid4().hex  # (the jobs inherit it: in this process, submitit's or SLURM's)
+        os.environ[jobs.LAUNCH_ENV] = self.launch
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
             log.info("not the basic sweeper: jobs are checked when they start")
@@ -282,25 +313,59 @@ class SweepCallback(Callback):
             HydraConfig.instance().set_config(config)
         print(self.plan.describe())
         atomic_write_json(sweep_dir / "sweep_plan.json", self.plan.to_json())
-        atexit.register(self._report, config)
+        self.before = {j.job_dir: jobs.read_job(j.job_dir) for j in self.plan.jobs}
+        self._config = config
+        atexit.register(self._report, config)  # (a last resort: train.py's cli() reports and sets the exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Print the summary (and analyse the sweep); exit 1 when a job failed."""
+        """Print the summary (and analyse the sweep); exit 1 when a job failed, 128 + signal when one was
+        interrupted."""
         summary = self._report(config)
-        if summary and summary["failed"]:
-            sys.exit(1)
+        code = summary_exit_status(summary)
+        if code:
+            sys.exit(code)
 
     def _report(self, config: DictConfig) -> Optional[dict]:
         if self.reported or self.plan is None:
             return None
         self.reported = True
         sweep_dir = self.plan.sweep_dir
-        summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], self.started)
+        summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], launch=self.launch, before=self.before)
+        self.summary = summary
         if OmegaConf.select(config, "sweep.analyze") and (summary["done"] or summary["skipped"]):
             summary["analysis"] = analyze_sweep(config, sweep_dir)
         atomic_write_json(sweep_dir / "sweep_summary.json", summary)
         print(format_summary(summary), flush=True)
         return summary
+
+
+_CALLBACKS: list[SweepCallback] = []  # the sweep callbacks of this process (one per multirun)
+
+
+def summary_exit_status(summary: Optional[dict]) -> int:
+    """A sweep's exit status from its summary: 1 when a job failed, else 128 + signal when one was
+    interrupted (130 / 143), else 0."""
+    if not summary:
+        return 0
+    if summary.get("failed"):
+        return 1
+    for i in summary.get("interrupted") or []:
+        return int(i.get("exit_code") or 130)
+    return 0
+
+
+def exit_status(code: Any) -> Any:
+    """The exit status of ``python train.py [-m]`` whose Hydra app ended with ``code`` (``SystemExit.code``):
+    a multirun not summarised yet (its end hook did not run: a launcher raised, a job exited) is summarised
+    now; a zero ``code`` becomes the summary's status (:func:`summary_exit_status`)."""
+    status = 0
+    for cb in _CALLBACKS:
+        if not cb.reported and cb.plan is not None and cb._config is not None:
+            cb._report(cb._config)
+        status = status or summary_exit_status(cb.summary)
+    if code in (0, None):
+        return status
+    return code
 
 
 def analysis_overrides(config: DictConfig, sweep_dir: Path) -> list[str]:
