@@ -27,6 +27,7 @@ from em.errors import ConfigError
 from em.runtime import atomic_write_json, atomic_write_text, read_json
 
 JOB_FILE = "em_job.json"
+LAUNCH_ENV = "EM_SWEEP_LAUNCH"  # the id of the multirun launch a job belongs to (set by em.sweep.SweepCallback)
 DONE_FILE = "DONE.json"
 # Keys that say where or how a job runs, not what it computes: not part of the job's identity.
 VOLATILE = ("run_dir", "cache_dir", "resume", "logger", "sweep", "experiment_name", "chain", "push_to_hub",
@@ -128,14 +129,15 @@ class JobRecord:
     """Writes ``<job dir>/em_job.json`` (atomically) as a job moves through its stages.
 
     Every write is the launch's fixed fields (hashes, identity, host, pid, ``started`` in unix seconds,
-    job dir) plus the state of the moment; ``models_loaded`` counts the models this job loaded.
+    job dir, ``launch``: the multirun launch's id or None) plus the state of the moment; ``models_loaded`` counts the models this job loaded.
     """
 
     def __init__(self, job_dir: Path, full_hash: str, train_hash: str, ident: dict, loads_before: int = 0):
         self.job_dir = Path(job_dir)
         self.loads_before = loads_before
         self.base = {"hash": full_hash, "train_hash": train_hash, "identity": ident, "host": socket.gethostname(),
-                     "pid": os.getpid(), "started": time.time(), "job_dir": str(job_dir)}
+                     "pid": os.getpid(), "started": time.time(), "job_dir": str(job_dir),
+                     "launch": os.environ.get(LAUNCH_ENV)}
 
     def write(self, state: str, **fields: Any) -> None:
         """Record ``state`` (running / done / skipped / failed / interrupted) with ``fields`` (stage, error, ...)."""

@@ -107,6 +107,7 @@ class LoRAFineTune(L.LightningModule):
         self._t0: Optional[float] = None
         self._seconds_before = 0.0  # training time of the run's earlier parts (restored from the checkpoint)
         self.resumed_from_step: Optional[int] = None
+        self._rng_to_restore: Optional[dict[str, Any]] = None  # the checkpoint's RNG states, for the next batch
 
     @property
     def tokens_seen(self) -> int:
@@ -221,6 +222,9 @@ class LoRAFineTune(L.LightningModule):
         checkpoint["em_history"] = self.history
         checkpoint["em_tokens_seen"] = self._tokens_seen
         checkpoint["em_train_seconds"] = self._train_seconds()
+        # RNG states as tensors (weights_only-loadable): LoRA dropout > 0 draws from them every step
+        checkpoint["em_rng"] = {"torch": torch.get_rng_state(),
+                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the step history, tokens seen and training seconds (tokens/s stays the whole run's rate);
@@ -229,4 +233,15 @@ class LoRAFineTune(L.LightningModule):
         self._tokens_seen = int(checkpoint.get("em_tokens_seen", 0))
         self._seconds_before = float(checkpoint.get("em_train_seconds", 0.0))
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
+        self._rng_to_restore = checkpoint.get("em_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """After a resume, the checkpoint's RNG states before the first batch: the state the uninterrupted
+        run had there (the checkpoint is written at the end of the previous batch; the data loader draws
+        from its own generator, not the global one, in between)."""
+        rng, self._rng_to_restore = self._rng_to_restore, None
+        if rng:
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all([t.cpu() for t in rng["cuda"]])
 

@@ -177,8 +177,14 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
             from em.capability import run_for_target
 
             summary.update(run_for_target(cfg, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
-    except KeyboardInterrupt:
-        record.end("interrupted", stage=stage)
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.stopping): recorded, one line, then the exit
+        from em.stopping import resume_line
+
+        fields = _interruption(e, stage, job_dir)
+        record.end("interrupted", stage=stage, **fields)
+        at = f" at step {fields['step']}" if fields.get("step") is not None else ""
+        print(f"interrupted ({fields['signal']}) in {stage}{at}: {job_dir} keeps what is done; "
+              f"{resume_line(job_dir, in_multirun())}", file=sys.stderr, flush=True)
         raise
     except Exception as e:
         line = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -202,6 +208,27 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
     jobs.write_done(job_dir, full_hash, train_hash, summary)
     record.end("done", models_loaded=model_loads(), **_push(tc, job_dir))
     return JobResult("done", job_dir, summary)
+
+
+def _interruption(e: BaseException, stage: str, job_dir: Path) -> dict[str, Any]:
+    """``em_job.json``'s fields for an interrupted job: the signal, the training step (in training: the steps
+    done; later stages: the trained adapter's steps) and the checkpoint step a resume starts from."""
+    import signal as _signal
+
+    signum = getattr(e, "signum", _signal.SIGINT)
+    out: dict[str, Any] = {"signal": _signal.Signals(signum).name, "exit_code": 128 + int(signum)}
+    step = getattr(e, "step", None)
+    if stage != "train":
+        step = (read_json(job_dir / "metrics.json") or {}).get("steps", step)
+    out["step"] = step
+    if stage == "train":
+        from em.checkpoints import LAST, checkpoint_step
+
+        try:
+            out["checkpoint_step"] = checkpoint_step(job_dir / "checkpoints" / LAST)
+        except Exception:  # noqa: BLE001  no (whole) checkpoint yet: a resume starts over
+            out["checkpoint_step"] = None
+    return out
 
 
 def _push(tc: Any, job_dir: Path) -> dict[str, Any]:

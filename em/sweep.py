@@ -14,8 +14,8 @@ from __future__ import annotations
 import atexit
 import copy
 import logging
+import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,10 +23,11 @@ from typing import Any, Callable, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from em import jobs
+from em import jobs, sweep_summary
 from em.errors import ConfigError, EMError
-from em.locks import holder
 from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
+from em.sweep_summary import (exit_status, format_summary, from_launch, summarize,  # noqa: F401  (em.sweep's API)
+                              summary_exit_status)
 
 log = logging.getLogger("em.sweep")
 
@@ -212,43 +213,6 @@ def plan_sweep(overrides: list[str], check: bool = True) -> Plan:
 
 
 # --------------------------------------------------------------------------- the summary
-def summarize(sweep_dir: Path, job_dirs: list[Path], since: float) -> dict[str, Any]:
-    """done / skipped / failed of this launch (records written after ``since``, unix s), from the job directories.
-
-    A job whose judgments failed is failed (``judge_failures``: how many; ``judge_failed``: how many such jobs)."""
-    out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "done": [], "skipped": [], "failed": []}
-    for d in job_dirs:
-        rec = jobs.read_job(d)
-        if rec is None or rec.get("started", 0) < since - 1:
-            held = holder(d)
-            out["failed"].append({"job_dir": str(d), "error": "did not start (no em_job.json from this launch)"
-                                  + (f"; its directory is locked by {held}" if held else "")})
-            continue
-        state = rec.get("state")
-        if state in ("done", "skipped"):
-            out[state].append({"job_dir": str(d), "models_loaded": rec.get("models_loaded"), "push": rec.get("push")})
-        else:
-            error = rec.get("error") or (f"ended while {state} in {rec.get('stage')} (killed? see the launcher's "
-                                         f"log under {sweep_dir}/.submitit/)")
-            entry = {"job_dir": str(d), "stage": rec.get("stage"), "error": error}
-            if rec.get("judge_failures"):
-                entry["judge_failures"] = rec["judge_failures"]
-            out["failed"].append(entry)
-    out["judge_failed"] = sum(bool(f.get("judge_failures")) for f in out["failed"])
-    return out
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The summary printed at the end of a multirun: a line of counts, one per failure or failed push, the analysis."""
-    lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"
-             + (f" ({s['judge_failed']} with failed judgments: a relaunch asks them again)" if s.get("judge_failed") else "")]
-    lines += [f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}" for f in s["failed"]]
-    lines += [f"  PUSH FAILED {j['job_dir']}: {j['push'].get('error')}" for j in s["done"] + s["skipped"]
-              if (j.get("push") or {}).get("state") == "failed"]  # the job's results stand; a relaunch retries
-    lines += [f"  analysis: {s['analysis']}"] if s.get("analysis") else []
-    return "\n".join(lines)
-
-
 class SweepCallback(Callback):
     """Hydra callback (``hydra.callbacks.em_sweep``): plan and check every job before launch, summarise after.
 
@@ -258,15 +222,22 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.plan: Optional[Plan] = None
-        self.started = 0.0
+        self.launch: Optional[str] = None  # this launch's id: the jobs' em_job.json carry it (EM_SWEEP_LAUNCH)
+        self.before: dict[Path, Optional[dict]] = {}  # each job's em_job.json before the launch
         self.reported = False
+        self.summary: Optional[dict] = None
+        self._config: Optional[DictConfig] = None
+        sweep_summary.CALLBACKS.append(self)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Plan and check every job (basic sweeper only); write ``<sweep dir>/sweep_plan.json``."""
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.hydra_config import HydraConfig
 
-        self.started = time.time()
+        import uuid
+
+        self.launch = uuid.uuid4().hex  # (the jobs inherit it: in this process, submitit's or SLURM's)
+        os.environ[jobs.LAUNCH_ENV] = self.launch
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
             log.info("not the basic sweeper: jobs are checked when they start")
@@ -282,20 +253,25 @@ class SweepCallback(Callback):
             HydraConfig.instance().set_config(config)
         print(self.plan.describe())
         atomic_write_json(sweep_dir / "sweep_plan.json", self.plan.to_json())
-        atexit.register(self._report, config)
+        self.before = {j.job_dir: jobs.read_job(j.job_dir) for j in self.plan.jobs}
+        self._config = config
+        atexit.register(self._report, config)  # (a last resort: train.py's cli() reports and sets the exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Print the summary (and analyse the sweep); exit 1 when a job failed."""
+        """Print the summary (and analyse the sweep); exit 1 when a job failed, 128 + signal when one was
+        interrupted."""
         summary = self._report(config)
-        if summary and summary["failed"]:
-            sys.exit(1)
+        code = summary_exit_status(summary)
+        if code:
+            sys.exit(code)
 
     def _report(self, config: DictConfig) -> Optional[dict]:
         if self.reported or self.plan is None:
             return None
         self.reported = True
         sweep_dir = self.plan.sweep_dir
-        summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], self.started)
+        summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], launch=self.launch, before=self.before)
+        self.summary = summary
         if OmegaConf.select(config, "sweep.analyze") and (summary["done"] or summary["skipped"]):
             summary["analysis"] = analyze_sweep(config, sweep_dir)
         atomic_write_json(sweep_dir / "sweep_summary.json", summary)

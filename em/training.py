@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from em import models
+from em import models, stopping
 from em.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
@@ -160,7 +160,9 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     0 alone writes, the others return ``metrics={}``.
 
     Raises:
-        KeyboardInterrupt: training was interrupted (the last checkpoint is kept; run again to resume).
+        KeyboardInterrupt: training was interrupted (the last checkpoint is kept; run again to resume):
+            :class:`em.stopping.Interrupted` (signal, step) for SIGTERM / SIGINT.
+        UnsafeCheckpoint: the checkpoint holds objects beyond tensors and plain types (:mod:`em.checkpoints`).
         DataError: the checkpoint was written by another number of processes, or too few batches for them.
     """
     run_dir = Path(tc.run_dir)
@@ -187,7 +189,9 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
         log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
         enable_progress_bar=bars_on(tc.progress),  # a log file gets the per-step log lines instead
-        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],  # temp file + rename, previous kept
+        use_distributed_sampler=False,
+        # temp file + rename, previous kept, weights_only reads; on SLURM Lightning requeues a preempted job
+        plugins=[AtomicCheckpointIO(), *stopping.slurm_plugins()],
         **dict(t.extra),
     )
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
@@ -208,7 +212,8 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # matters here (gradient checkpointing and dropout only act in it; bitsandbytes repacks eval weights).
     module.model.train()
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    with stopping.training(trainer):  # SIGTERM / SIGINT: stop after the batch, raise stopping.Interrupted
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     wall = time.perf_counter() - t0
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted; resume by running the same command again")

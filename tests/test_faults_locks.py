@@ -99,10 +99,9 @@ def test_sweep_summary_names_the_process_holding_a_job_directory(tmp_path):
 
     job_dir = tmp_path / "sweep" / "job0"
     job_dir.mkdir(parents=True)
-    since = time.time()
     holder = _holder(job_dir)  # a job of an earlier launch, still running
     try:
-        s = summarize(tmp_path / "sweep", [job_dir], since)
+        s = summarize(tmp_path / "sweep", [job_dir], launch="this launch")
     finally:
         holder.kill()
         holder.wait()

@@ -141,7 +141,7 @@ def test_sweep_summary_names_jobs_whose_push_failed(tmp_path):
     for name, rec in recs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "em_job.json").write_text(json.dumps(rec | {"started": 10.0}))
-    text = format_summary(summarize(tmp_path, [tmp_path / n for n in recs], since=0.0))
+    text = format_summary(summarize(tmp_path, [tmp_path / n for n in recs]))
     lines = text.splitlines()
     assert lines[0].endswith("2 done, 1 skipped, 0 failed")  # a failed push does not fail the job
     assert lines[1:] == [f"  PUSH FAILED {tmp_path / 'a'}: HfHubHTTPError: 503 Service Unavailable"]

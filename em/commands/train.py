@@ -22,7 +22,13 @@ def main(cfg: DictConfig) -> None:
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True),
               lightning=True)
-    res = run_main(run_job, cfg)
+    from em.stopping import handle_signals
+
+    try:
+        with handle_signals():  # SIGTERM / SIGINT: em_job.json says interrupted, exit 128 + signal
+            res = run_main(run_job, cfg)
+    except KeyboardInterrupt as e:
+        sys.exit(getattr(e, "exit_code", 130))
     if getattr(res, "state", None) == "failed" and not in_multirun():  # e.g. failed judgments: a rerun asks again
         sys.exit(1)
 
@@ -33,4 +39,12 @@ def cli() -> None:
 
     early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("train", argv), sys.argv[1:])
-    main()
+    from em.sweep import exit_status
+
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    # a multirun: its summary decides (non-zero when a job failed or was interrupted), not an atexit hook
+    sys.exit(exit_status(code))

@@ -84,7 +84,8 @@ class ChatDataModule(L.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         """This rank's batches, collated to ``[batch, seq]`` tensors (see :class:`Collator`)."""
         return torch.utils.data.DataLoader(
-            self.examples, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.num_workers
+            self.examples, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),  # its worker seed draw leaves the global RNG alone (resume)
         )
 
     def window_target_tokens(self, epoch: int, batch_idx: int, accum: int) -> int:
