@@ -175,28 +175,35 @@ def _kept(path: Optional[str]) -> str:
 
 def storage_fault(exc: BaseException) -> Optional[StorageError]:
     """The :class:`StorageError` for ``exc`` when it (or an exception in its cause / context chain) is a disk
-    fault, else None. Never raises."""
+    fault, else None. Of several faults in the chain (a failed job's ``error.log`` on the same full disk),
+    the first whose file is known is named. Never raises."""
     try:
+        first: Optional[tuple[int, Optional[str]]] = None
         for e in _chain(exc):
             code = _code(e)
             if code is None:
                 continue
-            path = (getattr(e, "em_path", None) or getattr(exc, "em_path", None)
+            path = (getattr(e, "em_path", None)
                     or (getattr(e, "filename", None) if isinstance(e, OSError) else None))
             if path is None and isinstance(e, sqlite3.Error):
                 path = _sqlite_file(e.__traceback__)
             if path is None:
                 path = _frame_path(e.__traceback__)
-            path = os.fsdecode(path) if path is not None else None
-            what = describe(path) if path else "its outputs"
-            where = f"{path}: " if path else ""
-            todo = ("free space (or set the output directory elsewhere) and rerun the same command: it resumes"
-                    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
-                    "make the directory writable (or set the output directory elsewhere) and rerun the same command")
-            return StorageError(f"{where}{REASONS[code]} [errno {code}] while writing {what}; {_kept(path)}; {todo}")
+            if first is None or (first[1] is None and path is not None):
+                first = (code, os.fsdecode(path) if path is not None else None)
+            if first[1] is not None:
+                break
+        if first is None:
+            return None
+        code, path = first
+        what = describe(path) if path else "its outputs"
+        where = f"{path}: " if path else ""
+        todo = ("free space (or set the output directory elsewhere) and rerun the same command: it resumes"
+                if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+                "make the directory writable (or set the output directory elsewhere) and rerun the same command")
+        return StorageError(f"{where}{REASONS[code]} [errno {code}] while writing {what}; {_kept(path)}; {todo}")
     except Exception:  # noqa: BLE001  describing a fault must never raise a second one
         return None
-    return None
 
 
 def quiet_log_file_faults(handler: logging.Handler) -> None:

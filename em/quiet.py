@@ -39,7 +39,8 @@ KNOWN_WARNINGS = (
     (r".*`torch\.jit\.script_method` is deprecated", DeprecationWarning, ""),
     (r".*`torch\.jit\.script` is deprecated", DeprecationWarning, ""),
 )
-HTTP_LOGGERS = ("httpx", "httpcore", "openai")  # per-request INFO / DEBUG lines of the judge's client
+# per-request INFO / DEBUG lines of the judge's client (openai >= 3 ships its own httpx2 / httpcore2)
+HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
 DROPPED_LOG_TEXT = ("💡 Tip:", "litlogger", "Failed to load CPU gemm_4bit_forward")
 
 
@@ -82,7 +83,7 @@ def configure(*, quiet: bool = False, verbose: bool = False, progress: bool = Tr
         lightning: import Lightning now (train.py), so that its console handler exists to be removed.
 
     Idempotent; touches only the ``lightning*``, ``bitsandbytes*``, ``em*`` and (unless ``verbose``)
-    ``httpx`` / ``httpcore`` / ``openai`` loggers, the root's level when ``quiet``, and ``TQDM_DISABLE`` /
+    ``httpx(2)`` / ``httpcore(2)`` / ``openai`` loggers, the root's level when ``quiet``, and ``TQDM_DISABLE`` /
     ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``WANDB_QUIET`` (set unless already set, not when ``verbose``) in this
     process's environment.
     """

@@ -233,3 +233,16 @@ def test_the_config_records_of_an_accepted_run_honour_the_umask(tmp_path):
         os.umask(old)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in files), files
+
+
+def test_a_second_fault_while_reporting_the_first_names_the_first_file(tmp_path):
+    """A failed job writes error.log on the same full disk: the line still names the file that filled it."""
+    ckpt = str(tmp_path / "checkpoints" / "last.ckpt")
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", ckpt)
+        except OSError:
+            raise OSError(errno.ENOSPC, "No space left on device")  # (a write without a file name)
+    except OSError as e:
+        line = str(storage_fault(e))
+    assert line.startswith(f"{ckpt}: no space left on device [errno 28] while writing a training checkpoint;"), line
