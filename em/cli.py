@@ -351,8 +351,8 @@ def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
             handler.addFilter(RedactCredentials())
         quiet_log_file_faults(handler)
         if isinstance(handler, logging.FileHandler):  # (a delayed handler has not created its file yet)
-            f = handler.baseFilename
-            log_sizes[f] = os.path.getsize(f) if os.path.exists(f) else 0
+            log_file = handler.baseFilename
+            log_sizes[log_file] = os.path.getsize(log_file) if os.path.exists(log_file) else 0
     try:
         return fn(cfg)
     except EMError as e:

@@ -42,7 +42,7 @@ REASONS = {
 _ERRNO_IN_TEXT = re.compile(r"\[errno (\d+)\]", re.IGNORECASE)
 _SQLITE_TEXT = {"database or disk is full": errno.ENOSPC, "readonly database": errno.EROFS}
 _TORCH_TEXT = ("file write failed", "unexpected pos")  # torch.save's PytorchStreamWriter on a full disk
-_PATH_LOCALS = ("path", "tmp", "filepath", "file_path", "filename", "dest", "target", "name", "where", "f")
+_PATH_LOCALS = ("path", "tmp", "filepath", "file_path", "filename", "dest", "target")
 # file name (or suffix) -> what it holds, for the line
 WHAT = (
     ("answers.jsonl", "the answers (append-only store)"),
@@ -132,14 +132,16 @@ def _sqlite_file(tb: Optional[TracebackType]) -> Optional[str]:
 
 
 def _frame_path(tb: Optional[TracebackType]) -> Optional[str]:
-    """A path-like local of the innermost frame that has one (a writer's ``path`` / ``tmp`` argument)."""
+    """A path-like local of the innermost frame that has one (a writer's ``path`` / ``tmp`` argument, or the
+    ``path`` of the ``self`` it runs for)."""
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for name in _PATH_LOCALS:
-            value = frame.f_locals.get(name)
+        owner = frame.f_locals.get("self")  # a writer object's own file (the lock's, the store's)
+        values = [frame.f_locals.get(name) for name in _PATH_LOCALS] + [getattr(owner, "path", None)]
+        for value in values:
             if isinstance(value, Path) or (isinstance(value, str) and os.sep in value and len(value) < 4096):
                 return str(value)
     return None
