@@ -246,3 +246,18 @@ def test_a_second_fault_while_reporting_the_first_names_the_first_file(tmp_path)
     except OSError as e:
         line = str(storage_fault(e))
     assert line.startswith(f"{ckpt}: no space left on device [errno 28] while writing a training checkpoint;"), line
+
+
+def test_pyarrows_parquet_writer_on_a_full_tmpfs_names_the_table(tmp_path):
+    import pandas as pd
+
+    from em.runtime import atomic_write
+
+    df = pd.DataFrame({"answer": [os.urandom(64).hex() for _ in range(4000)]})  # ~0.5 MB, incompressible
+    with tmpfs(tmp_path / "mnt", "128k") as mnt:
+        with pytest.raises(Exception) as ei:
+            atomic_write(mnt / "responses.parquet", lambda p: df.to_parquet(p))
+        assert not list(mnt.iterdir())  # no torn table, no temp file
+    line = str(storage_fault(ei.value))
+    assert line.startswith(f"{mnt / 'responses.parquet'}: no space left on device [errno 28] while writing the "
+                           "responses table;"), (type(ei.value), str(ei.value), line)
