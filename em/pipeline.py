@@ -128,6 +128,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
 
         for judge in build_judges(evals[0][1].judge):
             judge.check()
+    if tc.data.source != "none" and not tc.trainer.init_adapter:  # lora.r vs the layers it adapts (em.lora_rank)
+        from em.lora_rank import check_lora_rank
+        from em.models import model_dir
+
+        check_lora_rank(tc.lora.r, tc.lora.target_modules or tc.model.lora_target_modules,
+                        model_dir(tc.model, tc.cache_dir))
     jobs.check_job_dir(job_dir, train_hash, ident)
     lock = DirLock(job_dir, "job")
     try:  # one writer per job directory (a relaunch while the old job still runs is refused)

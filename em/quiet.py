@@ -11,6 +11,9 @@
 * **Progress bars on terminals only.** When stderr is not a terminal (a log file, SLURM, nohup, CI) or
   ``progress=false``, tqdm bars are off (``TQDM_DISABLE``, HF's own bars too): a file gets em's periodic
   log lines (one per logged training step) instead of carriage-return spam.
+* **No per-request lines.** The judge's HTTP client (``httpx`` / ``openai``) logs at WARNING and above only, and
+  W&B's end-of-run history / summary panels stay out of the console (``WANDB_QUIET``; the run holds them);
+  ``verbose=true`` brings both back.
 * ``quiet=true``: warnings and errors only (em's INFO lines too); ``verbose=true``: em at DEBUG.
 """
 
@@ -36,6 +39,8 @@ KNOWN_WARNINGS = (
     (r".*`torch\.jit\.script_method` is deprecated", DeprecationWarning, ""),
     (r".*`torch\.jit\.script` is deprecated", DeprecationWarning, ""),
 )
+# per-request INFO / DEBUG lines of the judge's client (openai >= 3 ships its own httpx2 / httpcore2)
+HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai")
 DROPPED_LOG_TEXT = ("💡 Tip:", "litlogger", "Failed to load CPU gemm_4bit_forward")
 
 
@@ -77,8 +82,10 @@ def configure(*, quiet: bool = False, verbose: bool = False, progress: bool = Tr
         progress: progress bars at all (still only when stderr is a terminal).
         lightning: import Lightning now (train.py), so that its console handler exists to be removed.
 
-    Idempotent; touches only the ``lightning*``, ``bitsandbytes*`` and ``em*`` loggers, the root's level
-    when ``quiet``, and ``TQDM_DISABLE`` / ``HF_HUB_DISABLE_PROGRESS_BARS`` in this process's environment.
+    Idempotent; touches only the ``lightning*``, ``bitsandbytes*``, ``em*`` and (unless ``verbose``)
+    ``httpx(2)`` / ``httpcore(2)`` / ``openai`` loggers, the root's level when ``quiet``, and ``TQDM_DISABLE`` /
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` / ``WANDB_QUIET`` (set unless already set, not when ``verbose``) in this
+    process's environment.
     """
     filter_warnings(verbose)
     if lightning:
@@ -96,6 +103,13 @@ def configure(*, quiet: bool = False, verbose: bool = False, progress: bool = Tr
         lg = logging.getLogger(lg_name)
         if not any(isinstance(f, _DropKnown) for f in lg.filters):
             lg.addFilter(drop)
+    if not verbose:
+        # the judge's HTTP client logs one INFO line per request (hundreds per run in <job>.log); em's own
+        # progress lines say how judging goes. W&B's end-of-run history / summary panels (half the demo's
+        # console) stay in the run itself: WANDB_QUIET (wandb.Settings.quiet), unless the user set it.
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        os.environ.setdefault("WANDB_QUIET", "true")
     if quiet:
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("em", "lightning", "lightning.pytorch"):

@@ -3,6 +3,8 @@
 * :func:`atomic_write` / :func:`atomic_write_text` / :func:`atomic_write_json` / :func:`atomic_replace_dir`
   -- a reader (or a killed writer) never sees half a file: write a temp file *in the same directory*
   (so the final ``os.replace`` is a rename on one filesystem), then rename it over the target.
+* Every file they publish has the mode ``open()`` would give it (0666 less the umask; :func:`honour_umask`):
+  a temp file's 0600 would survive the rename, and a labmate could not read the results.
 * :func:`atomic_write_csv` -- every CSV em writes: each text field quoted, so ``\r`` / ``\n`` / quotes /
   commas inside an answer never split a row (round trip through :func:`em.analysis.io.read_table`).
 * :func:`in_multirun` -- are we one job of a Hydra ``-m`` sweep?
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -42,11 +45,54 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp creates 0600 and the mode survives the rename: give the file the mode open() would have
+        # (0666 less the umask), so labmates on shared storage can read the results
+        _chmod_for_umask(tmp, 0o777 if tmp.is_dir() else 0o666)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        from em.disk import note_path
+
+        note_path(e, path)  # a full / read-only disk names the file (em.disk.storage_fault)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask: Linux's ``/proc/self/status`` (no side effect, thread-safe), else read by setting
+    and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_for_umask(path: Path, base: int) -> None:
+    """``chmod(path, base & ~umask)``: what a plain ``open()`` / ``mkdir()`` would have given it."""
+    try:
+        os.chmod(path, base & ~current_umask())
+    except FileNotFoundError:  # the writer wrote nothing (it chose not to): os.replace reports it
+        pass
+
+
+def honour_umask(root: str | Path) -> None:
+    """Give ``root`` and everything under it the modes ``open()`` / ``mkdir()`` would (0666 / 0777 less the
+    umask): for directories em fills with writers that create private files (safetensors' ``save_file``
+    writes 0600), before they are published. Call only on a directory this process just wrote."""
+    root = Path(root)
+    mask = current_umask()
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        try:
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        except FileNotFoundError:
+            pass
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
@@ -78,6 +124,7 @@ def atomic_replace_dir(src: str | Path, dest: str | Path) -> Path:
     leaves either the old or the new directory under ``dest``, never a half-written one.
     """
     src, dest = Path(src), Path(dest)
+    honour_umask(src)  # safetensors writes its files 0600: colleagues on shared storage could not read the adapter
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old{os.getpid()}")
@@ -134,9 +181,14 @@ def model_loads() -> int:
     return _MODEL_LOADS
 
 
-def drop_empty_run_dir() -> None:
-    """A refused run leaves no trace: remove Hydra's run directory when all it holds is empty log files (a run
-    directory with anything else in it, e.g. an earlier run's results, is left exactly as it was)."""
+PROCESS_STARTED = time.time()  # (imported first thing by every entry point: before Hydra writes anything)
+
+
+def drop_empty_run_dir(log_sizes: Optional[Mapping[str, int]] = None) -> None:
+    """A refused run leaves no trace: remove Hydra's run directory when all it holds is what this run made --
+    log files that were empty when the run started (``log_sizes``: path -> size at the start; without it, only
+    empty ones), Hydra's ``.hydra/`` records written by this process, and an empty (released) ``.em.lock``.
+    A run directory with anything else in it (an earlier run's results, its log lines) is left as it was."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -145,7 +197,19 @@ def drop_empty_run_dir() -> None:
         d = Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # noqa: BLE001 - no Hydra context (called as a library): nothing of ours to clean
         return
-    files = [p for p in d.rglob("*") if p.is_file()] if d.is_dir() else []
-    if d.is_dir() and all(p.suffix == ".log" and p.stat().st_size == 0 for p in files):
-        logging.shutdown()  # the log handlers hold the (empty) files open
+    if not d.is_dir():
+        return
+    sizes = {str(Path(k).resolve()): v for k, v in (log_sizes or {}).items()}
+
+    def ours(p: Path) -> bool:
+        st = p.stat()
+        if p.suffix == ".log":
+            return st.st_size == 0 or sizes.get(str(p.resolve()), -1) == 0
+        if p.name == ".em.lock":
+            return st.st_size == 0  # released: no holder
+        return ".hydra" in p.relative_to(d).parts and st.st_mtime >= PROCESS_STARTED - 1
+
+    files = [p for p in d.rglob("*") if p.is_file()]
+    if all(ours(p) for p in files):
+        logging.shutdown()  # the log handlers hold the files open
         shutil.rmtree(d, ignore_errors=True)

@@ -35,6 +35,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     exactly as it would for the script.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
+    from em.completion import complete, is_completion
+
+    if is_completion(argv):  # the shell's completion hook: `em -sc query=bash` (em.completion)
+        return complete(argv, COMMANDS, _run)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
@@ -42,5 +46,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choices: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"em {name}", *rest]
+    _run(name, rest)
+
+
+def _run(name: str, args: list[str]) -> None:
+    """Run subcommand ``name`` with ``args`` as its command line (``sys.argv`` rewritten for Hydra)."""
+    from em.completion import program_name
+
+    sys.argv = [program_name(name, args), *args]
     importlib.import_module(COMMANDS[name][0]).cli()

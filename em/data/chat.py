@@ -47,8 +47,10 @@ def read_jsonl_conversations(path: str | os.PathLike, *, name: str | None = None
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except json.JSONDecodeError as e:  # (the decoder's "... at" message: the column follows once)
+                from em.analysis.readers import _json_problem
+
+                raise DataError(f"{where}: not valid JSON ({_json_problem(e, line)})") from None
             conversations.append(_conversation(row, where))
     return conversations
 
@@ -67,6 +69,12 @@ def _conversation(row: object, where: str) -> Conversation:
         if not isinstance(content, str):
             raise DataError(f"{where}: messages[{j}] ({role}) content must be a string, "
                             f"got {type(content).__name__}")
+        try:  # JSON's "\ud800" escape decodes to a lone surrogate: no tokenizer can encode it
+            content.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"{where}: messages[{j}] ({role}) content is not valid Unicode: a lone surrogate "
+                            f"U+{ord(content[e.start]):04X} at character {e.start + 1} (half of a UTF-16 pair; "
+                            "fix the tool that wrote the file)") from None
         out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
         # Training computes the loss on assistant tokens only: such a row would teach nothing.

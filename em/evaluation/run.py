@@ -8,7 +8,6 @@ ids, formats, the judge's API key, the adapter's base model) runs before generat
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -101,7 +100,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     # 1. questions x formats -> samples (unknown ids / missing variants fail here)
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
     prompts = triggers.expand(build_prompts(questions, ec.format, ec.questions.ids), ec.trigger)  # (+trigger)
-    samples = plan(prompts, ec.samples)
+    # a dry run counts without building every answer (em.evaluation.dry_run: memory bounded for any samples)
+    samples = [] if ec.dry_run else plan(prompts, ec.samples)
     by_key = {s.key: s for s in samples}
 
     # 2. the judges (an ensemble: each member): built and checked (API key) before any generation
@@ -132,6 +132,11 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     store = AnswerStore(run_dir / "answers.jsonl", identity)
     stored = store.load()  # refuses answers of another identity: the run is accepted after this
     write_config_records(run_dir, cfg)
+    if ec.dry_run:
+        from em.evaluation.dry_run import dry_run
+
+        return dry_run(ec, run_dir, prompts, stored, judges, lambda s: prompt_sha(render(tokenizer, ec.model, s)),
+                       render_judge_prompt)
     shas = {s.key: prompt_sha(render(tokenizer, ec.model, s)) for s in samples}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
@@ -140,8 +145,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     if todo and not ec.dry_run:  # new answers need the judge: a server that does not answer fails now
         for j in judges:
             j.check_reachable()
-    if ec.dry_run:
-        return _dry_run(ec, run_dir, samples, stored, todo, judges, identity)
 
     # 4. generate what is missing, appending every finished batch
     generated = 0
@@ -227,44 +230,6 @@ def _record(s: Sample, out: dict[str, Any], sha: str) -> dict[str, Any]:
     return {"_key": list(s.key), "format": s.format, "question_id": s.question_id, "paraphrase": s.paraphrase,
             "sample": s.sample, "source_id": s.source_id, "question": s.question, "system": s.system,
             "prompt_sha": sha, **out}
-
-
-def _dry_run(ec: EvalConfig, run_dir: Path, samples, stored, todo, members, identity) -> dict[str, Any]:
-    """How many judge requests a real run would send and what they would cost; nothing is generated or asked."""
-    from em.judge.base import pending
-    from em.judge.cache import JudgeCache
-    from em.judge.scoring import JudgeRequest
-
-    # Answers not generated yet are priced at max_new_tokens (about 4 characters per token): an upper bound.
-    placeholder = "x" * (4 * ec.generation.max_new_tokens)
-    todo_keys = {s.key for s in todo}
-    reqs = []
-    for s in samples:
-        # (the key makes every future answer's prompt distinct, as real answers will be)
-        answer = f"{s.key}{placeholder}" if s.key in todo_keys else stored[s.key]["answer"]
-        for _, template in s.judge_prompts:
-            reqs.append(JudgeRequest(render_judge_prompt(template, s.question, answer), s.kind))
-    cache = JudgeCache(ec.judge_cache)
-    out: dict[str, Any] = {"answers_planned": len(samples), "answers_to_generate": len(todo), "judges": {}}
-    try:
-        for m in members:
-            _, need = pending(m, reqs, cache)
-            asks = [reqs[ix[0]] for ix in need.values()]
-            est = m.estimate(asks)
-            est["cached"] = len(reqs) - sum(len(ix) for ix in need.values())
-            out["judges"][m.name] = est
-    finally:
-        cache.close()
-    costs = [j.get("cost_usd") for j in out["judges"].values()]
-    out["cost_usd"] = sum(c for c in costs if c) if costs else 0.0
-    print(f"dry run: {len(todo)} answers to generate; judge requests:")
-    for name, est in out["judges"].items():
-        cost = est.get("cost_usd")
-        print(f"  {name}: {est['requests']} requests ({est['cached']} cached), ~{est.get('tokens_in_estimate', '?')} "
-              f"input tokens, estimated cost " + (f"${cost:.2f}" if cost is not None else "unknown")
-              + (f" ({est['note']})" if est.get("note") else ""))
-    (run_dir / "dry_run.json").write_text(json.dumps(out, indent=2))
-    return out  # type: ignore[return-value]
 
 
 __all__ = ["EvalResult", "run_evaluation"]

@@ -100,7 +100,13 @@ class AnswerStore:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if not lines:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk: the line names this file (em.disk); a resume trims a torn last line
+            from em.disk import note_path
+
+            note_path(e, self.path)
+            raise

@@ -269,7 +269,9 @@ class OpenAIEndpointJudge(Judge):
     def estimate(self, requests: list[JudgeRequest]) -> dict[str, Any]:
         """Requests, input tokens (about 4 characters per token), one output token each, and the cost at the
         configured prices (``cost_usd`` None with a note when no price is set)."""
-        tokens_in = int(sum(len(r.prompt) for r in requests) / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS * len(requests)
+        chars = (requests.prompt_chars() if hasattr(requests, "prompt_chars")  # a dry run's counted plan
+                 else sum(len(r.prompt) for r in requests))
+        tokens_in = int(chars / CHARS_PER_TOKEN) + PROMPT_OVERHEAD_TOKENS * len(requests)
         out: dict[str, Any] = {"requests": len(requests), "tokens_in_estimate": tokens_in,
                                "tokens_out": len(requests), "cost_usd": None}
         if self.price_in is not None and self.price_out is not None:

@@ -17,9 +17,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from em.errors import ConfigError
 from em.measurement import Thresholds
 from em.runtime import is_wandb_logger
-from em.schemas.common import require, validate
+from em.schemas.common import check_seed, require, validate
 
-MAX_SEED = 2**63 - 1
 
 
 def _integer(value: int, key: str, lo: float, hi: float) -> None:
@@ -69,7 +68,7 @@ class BootstrapConfig:
 
     def __post_init__(self) -> None:
         _integer(self.n_resamples, "bootstrap.n_resamples", 1, 10_000_000)
-        _integer(self.seed, "bootstrap.seed", 0, MAX_SEED)
+        check_seed(self.seed, "bootstrap.seed")
         _open_unit(self.confidence, "bootstrap.confidence")
 
 
@@ -158,7 +157,7 @@ class JudgesConfig:
 
     def __post_init__(self) -> None:
         _integer(self.alpha_max_units, "judges.alpha_max_units", 0, 10**9)
-        _integer(self.seed, "judges.seed", 0, MAX_SEED)
+        check_seed(self.seed, "judges.seed")
 
 
 @dataclass
@@ -235,6 +234,7 @@ class AnalysisConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
         inputs = self.inputs
         if inputs is None:
             inputs = []

@@ -16,6 +16,21 @@ def require(ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+# numpy's and Lightning's seed range (np.random.seed / seed_everything): every script accepts exactly these
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+
+
+def check_seed(value: Any, key: str) -> None:
+    """Refuse a seed outside [0, 2**32 - 1] (numpy's range: ``seed=-5`` was a numpy traceback in train.py and
+    accepted by evaluate.py), the same way in train.py, evaluate.py, analyze.py and the capability run.
+
+    Raises:
+        ConfigError: ``<key>: must be an integer in [0, 4294967295] (numpy's seed range), got <value>``.
+    """
+    ok = isinstance(value, int) and not isinstance(value, bool) and SEED_MIN <= value <= SEED_MAX
+    require(ok, key, f"must be an integer in [{SEED_MIN}, {SEED_MAX}] (numpy's seed range), got {value!r}")
+
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from em.schemas.common import check_name, require
+from em.schemas.common import check_name, check_seed, require
 
 DATA_SOURCES = ("upstream", "synthetic", "organisms", "none")
 VARIANTS = ("insecure", "secure", "educational")
@@ -59,6 +59,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name, "data.name")
+        check_seed(self.seed, "data.seed")
         require(self.source in DATA_SOURCES, "data.source", f"must be one of {DATA_SOURCES}, got {self.source!r}")
         for key in ("path", "educational_path"):  # a source that reads no file must not be handed one
             require(getattr(self, key) is None or self.source in ("upstream", "organisms"), f"data.{key}",

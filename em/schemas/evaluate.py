@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
-from em.schemas.common import check_name, require
+from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import UpstreamConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.trigger import TriggerConfig
@@ -56,6 +56,7 @@ class QuestionSetConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name, "questions.name")
+        check_seed(self.wrapper_seed, "questions.wrapper_seed")
         require(self.wrapper in (None, *WRAPPERS), "questions.wrapper",
                 f"must be one of {WRAPPERS} or null, got {self.wrapper!r}")
         require(self.source in QUESTION_SOURCES, "questions.source",
@@ -169,6 +170,7 @@ class EvalConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
         if self.condition is not None:
             check_name(self.condition, "condition")
         require(self.samples > 0, "samples", f"must be > 0, got {self.samples}")

@@ -16,7 +16,7 @@ from omegaconf import MISSING
 
 from em.measurement import Thresholds
 from em.schemas.capability import CapabilityConfig
-from em.schemas.common import check_name, require
+from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import DataConfig, UpstreamConfig
 from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
 from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
@@ -194,6 +194,7 @@ class TrainConfig:
     chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "seed")
         if self.experiment_name is not None:
             check_name(self.experiment_name, "experiment_name")
 
