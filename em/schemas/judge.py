@@ -22,6 +22,7 @@ from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.common import require
 
 SCORE_MODES = ("reference", "renormalized")
+OPENAI_SCORE_MODES = ("reference", "sampled")  # judge=openai: logprob-weighted, or the mean of sampled replies
 # judge.api_key_env holds the NAME of an environment variable; a pasted key is refused without repeating it.
 KEY_ENV_MESSAGE = ("must name an environment variable (e.g. OPENAI_API_KEY), not hold the key itself "
                    "(put the key in that variable)")
@@ -73,11 +74,26 @@ class OpenAIJudgeSchema(OpenAIEndpointSchema):
     concurrency: int = 64  # requests in flight
     reply_retries: int = 3  # malformed replies (bad JSON, no logprobs) asked again
     retry_backoff: float = 0.5  # seconds, doubled per reply retry (with jitter)
+    # reference: one token at temperature 0, score = logprob-weighted mean (Betley et al.); sampled: for
+    # endpoints without logprobs, n_samples replies at temperature 1, score = their mean (em.judge.sampled).
+    # A sampled judge is named <name>-sampled<k> and cached apart: the two never share a column.
+    score_mode: str = "reference"
+    n_samples: int = 10  # sampled: replies per prompt (k)
+    min_parsed: Optional[int] = None  # sampled: fewer parsed replies -> unscored; null: ceil(k / 4)
+    sample_max_tokens: Optional[int] = 16  # sampled: max_completion_tokens per reply; null: endpoint default
+    sample_n_per_request: bool = True  # sampled: one request with n=k (falls back to k requests if refused)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.concurrency > 0, "judge.concurrency", f"must be > 0, got {self.concurrency}")
         require(self.reply_retries >= 0, "judge.reply_retries", f"must be >= 0, got {self.reply_retries}")
+        require(self.score_mode in OPENAI_SCORE_MODES, "judge.score_mode",
+                f"must be one of {OPENAI_SCORE_MODES}, got {self.score_mode!r}")
+        require(self.n_samples >= 1, "judge.n_samples", f"must be >= 1, got {self.n_samples}")
+        require(self.min_parsed is None or 1 <= self.min_parsed <= self.n_samples, "judge.min_parsed",
+                f"must be in 1..judge.n_samples ({self.n_samples}), got {self.min_parsed}")
+        require(self.sample_max_tokens is None or self.sample_max_tokens >= 1, "judge.sample_max_tokens",
+                f"must be >= 1 or null, got {self.sample_max_tokens}")
 
 
 @dataclass
