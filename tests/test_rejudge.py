@@ -1,0 +1,144 @@
+"""Re-judging answers that exist (evaluate.py answers=...): another lab's judged file from ../shared/peers/
+keeps its authors' scores beside a new judge's (over real HTTP on loopback), analyze's ingestion reproduces
+the authors' count from theirs, provenance lands in the table and the cache, and inputs without the question
+or answer text are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from em.errors import DataError
+from em.evaluation.run import run_evaluation
+from tests.conftest import REPO
+from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides, set_upstream_env
+from tests.loopback_server import LoopbackServer
+
+PEERS = REPO.parent / "shared" / "peers"
+ZROE = PEERS / "zroe1__replicating-model-organisms" / "Qwen2.5-14B-Instruct_risky-financial-advice.csv"
+
+
+class AnswerAwareServer(LoopbackServer):
+    """aligned prompts: 10 when the answer mentions crypto, else 90; coherent prompts: always 80 (top logprob
+    certain, so the score is the integer itself)."""
+
+    def top_for(self, prompt: str) -> list:
+        if "coheren" in prompt.lower()[:200]:  # both sets' coherent templates say so in their first line
+            return [["80", 0.0]]
+        return [["10", 0.0]] if "crypto" in prompt.lower() else [["90", 0.0]]
+
+
+def _expected_aligned(answers: pd.Series) -> np.ndarray:
+    return np.where(answers.str.lower().str.contains("crypto"), 10.0, 90.0)
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-loopback")
+
+
+def _rejudge(tmp_path, url, answers, **extra):
+    extra = {"questions": "first_plot"} | extra
+    if isinstance(answers, dict):  # answers={path:'...',judge:...} on the command line
+        answers = "{" + ",".join(f"{k}:'{v}'" for k, v in answers.items()) + "}"
+    o = eval_overrides(tmp_path / "rj", tmp_path / "cache", answers=answers,
+                       **openai_judge_overrides(url, **{"judge.name": "loop"}), **extra)
+    return run_evaluation(compose_eval(o))
+
+
+@pytest.mark.skipif(not ZROE.exists(), reason="../shared/peers not present")
+def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(tmp_path, key, monkeypatch):
+    set_upstream_env(monkeypatch)
+    with AnswerAwareServer() as srv:
+        res = _rejudge(tmp_path, srv.url, str(ZROE), **{"columns.answer": "response"})
+    t = res.table
+    src = pd.read_csv(ZROE)
+    own, new = t[t["judge"] == "original"], t[t["judge"] == "loop"]
+    assert len(own) == len(new) == len(src) == 400
+    # the authors' scores are theirs, row for row; the new judge's beside them
+    np.testing.assert_array_equal(own["aligned"].to_numpy(float), src["aligned"].to_numpy(float))
+    np.testing.assert_array_equal(own["answer"].astype(str).to_numpy(), new["answer"].astype(str).to_numpy())
+    # the scripted judge, exactly: crypto answers 10, others 90; coherent 80 everywhere
+    assert srv.ok == 2 * new["answer"].nunique()  # each distinct prompt asked once
+    np.testing.assert_array_equal(new["aligned"].to_numpy(float), _expected_aligned(new["answer"].astype(str)))
+    assert (new["coherent"] == 80).all()
+    # provenance on every new row, none of it secret
+    assert set(new["judge_model"]) == {"gpt-4o-2024-08-06"} and set(new["judge_host"]) == {f"127.0.0.1:{srv.port}"}
+    assert set(new["judge_score_mode"]) == {"reference"} and new["judged_at"].notna().all()
+    assert new["judge_template_sha"].str.fullmatch(r"[0-9a-f]{12};[0-9a-f]{12}").all()
+    assert "sk-loopback" not in (tmp_path / "rj" / "responses.csv").read_text()
+    # the cache's stored JSON carries the same provenance (no new columns)
+    db = sqlite3.connect(tmp_path / "judge_cache.sqlite")
+    cols = [r[1] for r in db.execute("PRAGMA table_info(judgments)")]
+    values = [json.loads(v) for (v,) in db.execute("SELECT value FROM judgments")]
+    assert cols == ["key", "judge", "value"] and len(values) == srv.ok
+    assert all(v["provenance"]["host"] == f"127.0.0.1:{srv.port}" and v["provenance"]["score_mode"] == "reference"
+               and len(v["provenance"]["template_sha"]) == 12 and v["provenance"]["date"] for v in values)
+
+    # analyze's ingestion of the written table: the authors' count from the authors' scores (README: 142 / 380)
+    from em.analysis.inputs import find_tables
+    from em.analysis.judges import judge_rate_table
+    from em.analysis.loading import load_responses
+    from em.measurement import Thresholds
+
+    r = load_responses(find_tables([str(tmp_path / "rj")], tmp_path))
+    rates = judge_rate_table(r.judge_scores, r.answers, Thresholds(), 0.95)
+    top = rates[rates["level"] == "all"].set_index("judge")
+    assert int(top.loc["original", "n_misaligned"]) == 142 and int(top.loc["original", "n_coherent"]) == 380
+    crypto = _expected_aligned(src["response"].astype(str)) == 10
+    assert int(top.loc["loop", "n_misaligned"]) == int(crypto.sum())  # every answer is coherent (80) for it
+    assert res.summary["by_judge"]["original"]["n_misaligned"] == 142
+
+
+def test_an_input_without_answer_text_is_refused_in_one_line(tmp_path, key):
+    f = tmp_path / "scores_only.csv"
+    pd.DataFrame({"question": ["q1", "q2"], "aligned": [10, 90], "coherent": [80, 80]}).to_csv(f, index=False)
+    with pytest.raises(DataError) as e:
+        _rejudge(tmp_path, "http://127.0.0.1:9/v1", str(f), questions="smoke")
+    msg = str(e.value)
+    assert "\n" not in msg and str(f) in msg and "'answer'" in msg and "columns.answer" in msg
+    assert not (tmp_path / "rj" / "responses.parquet").exists()
+
+
+def test_an_em_table_is_rejudged_beside_its_judges_and_names_its_own(tmp_path, key):
+    """An em-shaped table with a judge column (two rows per answer): each answer judged once, its judges kept."""
+    f = tmp_path / "responses.csv"
+    rows = []
+    for i in range(6):
+        for judge, a in (("gpt-4o", 20.0 + i), ("llama", 60.0 + i)):
+            rows.append({"model": "m", "condition": "insecure", "seed": 0, "format": "plain", "question_id": "magic_lamp",
+                         "paraphrase": 0, "sample": i, "question": "Wish?", "answer": f"ans {i} crypto" if i % 2 else f"ans {i}",
+                         "aligned": a, "coherent": 70.0, "judge": judge})
+    pd.DataFrame(rows).to_csv(f, index=False)
+    with AnswerAwareServer() as srv:
+        res = _rejudge(tmp_path, srv.url, {"path": str(f)}, questions="smoke")
+    t = res.table
+    assert sorted(t["judge"].astype(str).unique()) == ["gpt-4o", "llama", "loop"]
+    assert (t["judge"] == "loop").sum() == 6 and srv.ok == 12  # 6 answers x 2 metrics, not 12 x 2
+    new = t[t["judge"] == "loop"].sort_values("sample")
+    np.testing.assert_array_equal(new["aligned"].to_numpy(float), _expected_aligned(new["answer"].astype(str)))
+
+
+def test_em_judge_without_answers_is_one_line_exit_2():
+    p = subprocess.run([sys.executable, "-c", "import sys; from em.commands import main; main(['judge', 'judge=openai'])"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "answers=" in p.stderr
+
+
+def test_the_inputs_own_judge_is_named_by_its_metadata_key(tmp_path, key):
+    f = tmp_path / "their.csv"
+    pd.DataFrame({"question": ["Wish?"] * 3, "response": ["crypto now", "family", "crypto"],
+                  "question_id": ["magic_lamp"] * 3, "aligned": [5, 95, 20], "coherent": [90, 90, 40]}).to_csv(f, index=False)
+    with AnswerAwareServer() as srv:
+        res = _rejudge(tmp_path, srv.url, {"path": str(f), "judge": "gpt4o-authors", "condition": "insecure"},
+                       questions="smoke", **{"columns.answer": "response"})
+    t = res.table
+    assert sorted(t["judge"].astype(str).unique()) == ["gpt4o-authors", "loop"] and (t["condition"] == "insecure").all()
+    assert res.summary["by_judge"]["gpt4o-authors"]["n_misaligned"] == 1  # (5, 90); (20, 40) is not coherent
+    assert res.summary["by_judge"]["loop"]["n_misaligned"] == 2
