@@ -150,3 +150,35 @@ def test_score_mode_ranges_are_checked():
         node = OmegaConf.create({"_target_": "em.judge.openai_judge.OpenAIJudge", **bad})
         with pytest.raises(ConfigError, match="judge\\.(score_mode|n_samples|min_parsed)"):
             build_judges(node)
+
+
+def test_evaluate_keeps_sampled_and_logprob_scores_apart_with_provenance(tmp_path, cache_dir, key):
+    """An ensemble of the logprob judge and the sampled judge on the same model: two judges, two rows per
+    answer, each row's mode in judge_score_mode and summary.json; the sampled rows' scores are the exact means."""
+    from tests.eval_helpers import compose_eval, eval_overrides
+    from em.evaluation.run import run_evaluation
+
+    class Both(NoLogprobServer):  # logprob requests get the default top logprobs, sampled ones bare integers
+        async def _respond(self, body, writer):
+            req = json.loads(body or b"{}")
+            if req.get("logprobs"):
+                return await LoopbackServer._respond(self, body, writer)
+            req["messages"][0]["content"] += " [vary]"
+            return await super()._respond(json.dumps(req).encode(), writer)
+
+    with Both() as srv:
+        extra = {"judge": "ensemble", "format": "[plain]", "samples": 1, "judge.judges.gpt41.score_mode": "sampled",
+                 "judge.judges.gpt41.n_samples": 8, "judge.judges.gpt41.model": "gpt-4o-2024-08-06"}
+        for name in ("gpt4o", "gpt41"):
+            extra |= {f"judge.judges.{name}.base_url": srv.url, f"judge.judges.{name}.api_key_env": KEY_ENV,
+                      f"judge.judges.{name}.retry_backoff": 0.01, f"judge.judges.{name}.name": "gpt-4o"}
+        res = run_evaluation(compose_eval(eval_overrides(tmp_path / "run", cache_dir, **extra)))
+    df = res.table
+    assert sorted(df["judge"].unique()) == ["gpt-4o", "gpt-4o-sampled8"] and len(df) == 2 * 4
+    smp = df[df["judge"] == "gpt-4o-sampled8"]
+    assert set(smp["judge_score_mode"]) == {"sampled"} and set(df[df["judge"] == "gpt-4o"]["judge_score_mode"]) == {"reference"}
+    # every sampled prompt cycles through the same 8 replies from its start: mean of the 8, exactly
+    assert set(smp["aligned"]) <= {sum(_hand(REPLIES["[vary]"])) / 8}
+    assert set(df["judge_host"]) == {f"127.0.0.1:{srv.port}"} and df["judged_at"].notna().all()
+    modes = {k: v["score_mode"] for k, v in res.summary["judges"].items()}
+    assert modes == {"gpt-4o": "reference", "gpt-4o-sampled8": "sampled"}

@@ -171,7 +171,12 @@ def _member_names(ensemble: EnsembleSchema) -> list[str]:
         if isinstance(member, EnsembleSchema):
             out += _member_names(member)
         elif member is not None:
-            out.append(str(member.get("name") if isinstance(member, dict) else getattr(member, "name", None)))
+            get = member.get if isinstance(member, dict) else lambda k, m=member: getattr(m, k, None)
+            name = str(get("name"))
+            if get("score_mode") == "sampled":  # the name it will carry (em.judge.sampled.sampled_name)
+                suffix = f"-sampled{get('n_samples')}"
+                name = name if name.endswith(suffix) else name + suffix
+            out.append(name)
     return out
 
 
