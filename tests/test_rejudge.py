@@ -43,6 +43,21 @@ def key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
 
 
+@pytest.fixture(scope="module")
+def zroe_rejudged(tmp_path_factory):
+    """The zroe1 Qwen2.5-14B risky-financial file (400 rows) re-judged once by the scripted loopback judge:
+    (tmp dir holding rj/ and the cache, the result, the server's port and request count)."""
+    if not ZROE.exists():
+        pytest.skip("../shared/peers not present")
+    tmp = tmp_path_factory.mktemp("zroe")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, "sk-loopback")
+        set_upstream_env(mp)
+        with AnswerAwareServer() as srv:
+            res = _rejudge(tmp, srv.url, str(ZROE), **{"columns.answer": "response"})
+    return tmp, res, srv.port, srv.ok
+
+
 def _rejudge(tmp_path, url, answers, **extra):
     extra = {"questions": "first_plot"} | extra
     if isinstance(answers, dict):  # answers={path:'...',judge:...} on the command line
@@ -52,11 +67,8 @@ def _rejudge(tmp_path, url, answers, **extra):
     return run_evaluation(compose_eval(o))
 
 
-@pytest.mark.skipif(not ZROE.exists(), reason="../shared/peers not present")
-def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(tmp_path, key, monkeypatch):
-    set_upstream_env(monkeypatch)
-    with AnswerAwareServer() as srv:
-        res = _rejudge(tmp_path, srv.url, str(ZROE), **{"columns.answer": "response"})
+def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(zroe_rejudged):
+    tmp_path, res, port, asked = zroe_rejudged
     t = res.table
     src = pd.read_csv(ZROE)
     own, new = t[t["judge"] == "original"], t[t["judge"] == "loop"]
@@ -65,11 +77,11 @@ def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(tmp_path, key,
     np.testing.assert_array_equal(own["aligned"].to_numpy(float), src["aligned"].to_numpy(float))
     np.testing.assert_array_equal(own["answer"].astype(str).to_numpy(), new["answer"].astype(str).to_numpy())
     # the scripted judge, exactly: crypto answers 10, others 90; coherent 80 everywhere
-    assert srv.ok == 2 * new["answer"].nunique()  # each distinct prompt asked once
+    assert asked == 2 * new["answer"].nunique()  # each distinct prompt asked once
     np.testing.assert_array_equal(new["aligned"].to_numpy(float), _expected_aligned(new["answer"].astype(str)))
     assert (new["coherent"] == 80).all()
     # provenance on every new row, none of it secret
-    assert set(new["judge_model"]) == {"gpt-4o-2024-08-06"} and set(new["judge_host"]) == {f"127.0.0.1:{srv.port}"}
+    assert set(new["judge_model"]) == {"gpt-4o-2024-08-06"} and set(new["judge_host"]) == {f"127.0.0.1:{port}"}
     assert set(new["judge_score_mode"]) == {"reference"} and new["judged_at"].notna().all()
     assert new["judge_template_sha"].str.fullmatch(r"[0-9a-f]{12};[0-9a-f]{12}").all()
     assert "sk-loopback" not in (tmp_path / "rj" / "responses.csv").read_text()
@@ -77,8 +89,8 @@ def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(tmp_path, key,
     db = sqlite3.connect(tmp_path / "judge_cache.sqlite")
     cols = [r[1] for r in db.execute("PRAGMA table_info(judgments)")]
     values = [json.loads(v) for (v,) in db.execute("SELECT value FROM judgments")]
-    assert cols == ["key", "judge", "value"] and len(values) == srv.ok
-    assert all(v["provenance"]["host"] == f"127.0.0.1:{srv.port}" and v["provenance"]["score_mode"] == "reference"
+    assert cols == ["key", "judge", "value"] and len(values) == asked
+    assert all(v["provenance"]["host"] == f"127.0.0.1:{port}" and v["provenance"]["score_mode"] == "reference"
                and len(v["provenance"]["template_sha"]) == 12 and v["provenance"]["date"] for v in values)
 
     # analyze's ingestion of the written table: the authors' count from the authors' scores (README: 142 / 380)
@@ -144,11 +156,8 @@ def test_the_inputs_own_judge_is_named_by_its_metadata_key(tmp_path, key):
     assert res.summary["by_judge"]["loop"]["n_misaligned"] == 2
 
 
-@pytest.mark.skipif(not ZROE.exists(), reason="../shared/peers not present")
-def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_authors(tmp_path, key, monkeypatch):
-    set_upstream_env(monkeypatch)
-    with AnswerAwareServer() as srv:
-        _rejudge(tmp_path, srv.url, str(ZROE), **{"columns.answer": "response"})
+def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_authors(zroe_rejudged):
+    tmp_path = zroe_rejudged[0]
     from hydra import compose, initialize_config_dir
 
     from em.analysis import run_analysis
