@@ -190,3 +190,18 @@ def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_aut
     assert "original (model and mode not recorded)" in headline
     assert (out / "figures" / "judge_scatter.png").stat().st_size > 10_000 and "judge_scatter" in report
     assert "Bias against the reference judge `original`" in report
+
+
+def test_dry_run_prices_the_rejudge_without_asking(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(KEY_ENV, raising=False)  # a dry run needs no key
+    f = tmp_path / "their.jsonl"
+    pd.DataFrame({"question": ["Wish?"] * 4, "answer": ["a", "b", "c", "a"], "aligned": [5, 95, 20, 5],
+                  "coherent": [90, 90, 40, 90]}).to_json(f, orient="records", lines=True)
+    out = _rejudge(tmp_path, "http://127.0.0.1:9/v1", str(f), questions="smoke", dry_run="true",
+                   **{"judge.score_mode": "sampled", "judge.n_samples": 5, "judge.sample_max_tokens": 4,
+                      "judge.price_input_per_mtok": 1.0, "judge.price_output_per_mtok": 1.0})
+    est = out["judges"]["loop-sampled5"]
+    # rows 1 and 4 hold the same text: two answers (two rows of the table), one prompt per metric to ask
+    assert est["requests"] == 3 * 2 and est["tokens_out"] == 3 * 2 * 5 * 4 and est["cost_usd"] > 0
+    assert (tmp_path / "rj" / "dry_run.json").exists() and not (tmp_path / "rj" / "responses.parquet").exists()
+    assert "estimated cost $" in capsys.readouterr().out
