@@ -205,3 +205,19 @@ def test_dry_run_prices_the_rejudge_without_asking(tmp_path, monkeypatch, capsys
     assert est["requests"] == 3 * 2 and est["tokens_out"] == 3 * 2 * 5 * 4 and est["cost_usd"] > 0
     assert (tmp_path / "rj" / "dry_run.json").exists() and not (tmp_path / "rj" / "responses.parquet").exists()
     assert "estimated cost $" in capsys.readouterr().out
+
+
+def test_em_judge_on_a_file_without_answers_is_one_line_exit_2_nothing_written(tmp_path):
+    f = tmp_path / "scores_only.csv"
+    pd.DataFrame({"question": ["q1"], "aligned": [10], "coherent": [80]}).to_csv(f, index=False)
+    from tests.eval_helpers import subprocess_env
+
+    p = subprocess.run([sys.executable, "-c", "import sys; from em.commands import main; main(sys.argv[1:])", "judge",
+                        f"answers={f}", "judge=openai", "questions=smoke",
+                        f"run_dir={tmp_path / 'rj'}", f"judge_cache={tmp_path / 'c.sqlite'}", "logger=none"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env=subprocess_env(**{KEY_ENV: "sk-x", "PYTHONPATH": str(REPO)}))
+    assert p.returncode == 2, p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and str(f) in errors[0] and "'answer'" in errors[0] and "Traceback" not in p.stderr
+    assert not (tmp_path / "rj" / "responses.parquet").exists() and not (tmp_path / "c.sqlite").exists()
