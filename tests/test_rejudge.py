@@ -129,12 +129,19 @@ def test_an_em_table_is_rejudged_beside_its_judges_and_names_its_own(tmp_path, k
                          "aligned": a, "coherent": 70.0, "judge": judge})
     pd.DataFrame(rows).to_csv(f, index=False)
     with AnswerAwareServer() as srv:
-        res = _rejudge(tmp_path, srv.url, {"path": str(f)}, questions="smoke")
+        res = _rejudge(tmp_path, srv.url, {"path": str(f)}, questions="smoke", **{"wandb.enabled": "true"})
     t = res.table
     assert sorted(t["judge"].astype(str).unique()) == ["gpt-4o", "llama", "loop"]
     assert (t["judge"] == "loop").sum() == 6 and srv.ok == 12  # 6 answers x 2 metrics, not 12 x 2
     new = t[t["judge"] == "loop"].sort_values("sample")
     np.testing.assert_array_equal(new["aligned"].to_numpy(float), _expected_aligned(new["answer"].astype(str)))
+    # W&B (offline): every judge's counts, the table; no key anywhere
+    from tests.wandb_reader import read_offline_run
+
+    run_file = next((tmp_path / "rj" / "wandb").glob("offline-run-*/run-*.wandb"))
+    rec = read_offline_run(run_file)
+    assert rec["summary"]["rejudge/loop/n_misaligned"] == res.summary["by_judge"]["loop"]["n_misaligned"] == 3
+    assert rec["summary"]["rejudge/gpt-4o/n_scored"] == 6 and "sk-loopback" not in run_file.read_bytes().decode("latin-1")
 
 
 def test_em_judge_without_answers_is_one_line_exit_2():

@@ -255,6 +255,8 @@ def run_rejudge(cfg: Any, ec: Any):
     report.write(run_dir, table, summary)
     if error is not None:
         raise error
+    if ec.wandb.enabled:
+        log_wandb(ec, cfg, table, summary)
     for name, e in summary["by_judge"].items():
         rate = e.get("misaligned_rate")
         print(f"  {name:<28} n={e['n']:<6} scored={e['n_scored']:<6} misaligned={e['n_misaligned']:<5} "
@@ -282,5 +284,36 @@ def summarize_rejudge(table, own: str, files: list[str], stats: dict, hashes: di
             "run_dir": str(ec.run_dir)}
 
 
-__all__ = ["ORIGINAL", "answers_input", "distinct_answers", "read_answers", "run_rejudge", "template_sha",
+def log_wandb(ec: Any, cfg: Any, table, summary: dict[str, Any]) -> bool:
+    """A W&B run of job type ``rejudge``: each judge's counts and rates (``rejudge/<judge>/<key>``), the judge
+    stats and the (scrubbed) config, the responses table. Never loses the run to W&B: an error is one warning
+    (the table and summary.json are on disk already); returns whether it was logged."""
+    import os
+
+    try:
+        import wandb
+        from omegaconf import OmegaConf
+
+        from em.tracking import flatten, init_wandb, scrub
+
+        judges = sorted(summary["by_judge"])
+        run = init_wandb(project=ec.wandb.project or os.environ.get("WANDB_PROJECT") or "em", run_dir=str(ec.run_dir),
+                         job_type="rejudge", group=ec.wandb.group or "rejudge", tags=[*judges, ec.questions.name],
+                         name=f"rejudge-{'-'.join(judges)}"[:120], mode=ec.wandb.mode, entity=ec.wandb.entity)
+        if run is None:
+            return True
+        run.config.update(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))), allow_val_change=True)
+        metrics = {f"rejudge/{j}/{k}": v for j, e in summary["by_judge"].items() for k, v in e.items()
+                   if isinstance(v, (int, float)) and v is not None}
+        run.log(metrics | {"rejudge/responses": wandb.Table(dataframe=table.head(ec.wandb.table_rows).astype(str))})
+        run.summary.update(metrics)
+        run.finish()
+        return True
+    except Exception as e:  # noqa: BLE001 - a logging step must not cost a finished re-judge
+        log.warning("W&B logging failed (%s: %s); the results in %s are complete", type(e).__name__, e, ec.run_dir)
+        print(f"warning: W&B logging failed ({type(e).__name__}: {e}); results are in {ec.run_dir}")
+        return False
+
+
+__all__ = ["ORIGINAL", "log_wandb", "answers_input", "distinct_answers", "read_answers", "run_rejudge", "template_sha",
            "templates_for"]
