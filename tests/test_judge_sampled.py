@@ -182,3 +182,12 @@ def test_evaluate_keeps_sampled_and_logprob_scores_apart_with_provenance(tmp_pat
     assert set(df["judge_host"]) == {f"127.0.0.1:{srv.port}"} and df["judged_at"].notna().all()
     modes = {k: v["score_mode"] for k, v in res.summary["judges"].items()}
     assert modes == {"gpt-4o": "reference", "gpt-4o-sampled8": "sampled"}
+
+    # re-judging that run directory adds a third judge beside both, each answer judged once
+    with Both() as srv2:
+        o = eval_overrides(tmp_path / "rj", cache_dir, answers=str(tmp_path / "run"), judge="openai",
+                           **{"judge.base_url": srv2.url, "judge.api_key_env": KEY_ENV, "judge.name": "third",
+                              "judge.retry_backoff": 0.01})
+        again = run_evaluation(compose_eval(o))
+    assert srv2.ok == 4 * 2 and sorted(again.table["judge"].unique()) == ["gpt-4o", "gpt-4o-sampled8", "third"]
+    assert len(again.table) == 3 * 4 and set(again.table[again.table["judge"] == "third"]["judge_score_mode"]) == {"reference"}

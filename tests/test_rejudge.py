@@ -135,6 +135,8 @@ def test_an_em_table_is_rejudged_beside_its_judges_and_names_its_own(tmp_path, k
     assert (t["judge"] == "loop").sum() == 6 and srv.ok == 12  # 6 answers x 2 metrics, not 12 x 2
     new = t[t["judge"] == "loop"].sort_values("sample")
     np.testing.assert_array_equal(new["aligned"].to_numpy(float), _expected_aligned(new["answer"].astype(str)))
+    seed_col = "seed" if "seed" in new else "sample_seed"  # the answer's columns travel with it
+    assert new["condition"].eq("insecure").all() and new["model"].eq("m").all() and new[seed_col].astype(int).eq(0).all()
     # W&B (offline): every judge's counts, the table; no key anywhere
     from tests.wandb_reader import read_offline_run
 

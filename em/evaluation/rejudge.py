@@ -95,12 +95,23 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
 
 
 def distinct_answers(df) -> tuple[Any, Any]:
-    """(one row per distinct answer, each row's answer index): rows that differ only in judge columns
-    (:data:`JUDGE_COLUMNS`, ``*_special``, wide ``aligned__<judge>``) are one answer."""
+    """(one row per distinct answer, each row's answer index).
+
+    An em table's answer is its answer columns (:data:`em.evaluation.report.BASE_COLUMNS`, ``step``,
+    ``trigger``); another lab's is every column but the verdicts (:data:`JUDGE_COLUMNS`, provenance,
+    ``*_special``, wide ``aligned__<judge>``). The i-th row a judge wrote about an answer pairs with every other
+    judge's i-th row about it. The rows carry the answer's columns and every other column all its judges' rows
+    agree on."""
     import pandas as pd
 
-    key = [c for c in df.columns if c not in JUDGE_COLUMNS and "__" not in c and not c.startswith("judge_")
-           and not c.endswith("_special") and not c.startswith("_occ")]
+    from em.evaluation.report import BASE_COLUMNS
+    from em.judge.provenance import COLUMNS as PROVENANCE
+
+    if {"question_id", "paraphrase", "sample", "answer"} <= set(df.columns):  # em's own table: its answer columns
+        key = [c for c in (*BASE_COLUMNS, "step", "trigger", "_source") if c in df]
+    else:  # another lab's file: every column that is not a verdict
+        key = [c for c in df.columns if c not in JUDGE_COLUMNS and c not in PROVENANCE and "__" not in c
+               and not c.startswith("judge_") and not c.endswith("_special")]
     k = df[key].astype("string").fillna("\x00<NA>")
     # the i-th row a judge wrote about an answer pairs with every other judge's i-th row about it
     occ = pd.concat([k, df["judge"].astype("string").rename("_judge")], axis=1).groupby(
@@ -108,7 +119,11 @@ def distinct_answers(df) -> tuple[Any, Any]:
     k = k.assign(_occ=occ.to_numpy())
     ids = k.groupby(list(k.columns), sort=False, dropna=False).ngroup().to_numpy()
     first = pd.Series(range(len(df))).groupby(ids).first().to_numpy()
-    return df.iloc[first][key].reset_index(drop=True), ids
+    # the answer's other columns too (a sample_seed, a lab's extra column), when every judge's row agrees on them
+    verdict = set(JUDGE_COLUMNS) | set(PROVENANCE)
+    extra = [c for c in df.columns if c not in key and c not in verdict and "__" not in c and not c.startswith("judge_")
+             and not c.endswith("_special") and (df[c].astype("string").groupby(ids).nunique(dropna=False) <= 1).all()]
+    return df.iloc[first][[c for c in df.columns if c in key or c in extra]].reset_index(drop=True), ids
 
 
 def templates_for(answers, questions: list) -> tuple[list[tuple[tuple[tuple[str, str], ...], str]], dict[str, str]]:
