@@ -71,7 +71,8 @@ def test_report_renders_with_every_figure(full_run):
     html = (full_run / "report.html").read_text()
     assert 'src="figures/' not in html  # self-contained
     images = html.split('src="data:image/png;base64,')[1:]
-    assert len(images) == len(FIGURES)
+    assert "](figures/judge_scatter.png)" in md  # the fixture has two judges: their scatter too
+    assert len(images) == len(FIGURES) + 1
     for chunk in images:
         assert base64.b64decode(chunk.split('"', 1)[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<table>" in html

@@ -18,6 +18,16 @@ from tests.test_judge import SCRIPT
 REQS = [JudgeRequest(f"rate this {m}") for m in SCRIPT] + [JudgeRequest("plain one"), JudgeRequest("[exact] TRUE?", "label")]
 
 
+
+def _verdicts(judgments):
+    """Each judgment's fields, its provenance date left out (two runs of one judge differ only in when)."""
+    out = []
+    for j in judgments:
+        d = j.to_dict()
+        d["provenance"] = {k: v for k, v in (d["provenance"] or {}).items() if k != "date"}
+        out.append(d)
+    return out
+
 @pytest.fixture
 def key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
@@ -39,7 +49,7 @@ def test_batch_scores_equal_synchronous_then_cache(tmp_path, key):
         cache = JudgeCache(tmp_path / "c.sqlite")
         out, stats = run_judge(_judge(srv.url, tmp_path / "b"), REQS, cache, progress=False)
         assert srv.uploads == 1 and srv.batches_created == 1 and stats.requests == len(REQS)
-        assert [j.to_dict() for j in out] == [j.to_dict() for j in sync]  # same scores, reasons, raw, labels
+        assert _verdicts(out) == _verdicts(sync)  # same scores, reasons, raw, labels
         assert out[0].score is not None and out[-1].label == "40"
         # every line carries the reference request, exactly
         assert len(srv.batch_bodies) == len(REQS)
@@ -57,7 +67,7 @@ def test_batch_scores_equal_synchronous_then_cache(tmp_path, key):
         srv.reset_counts()
         again, stats2 = run_judge(_judge(srv.url, tmp_path / "b"), REQS, cache, progress=False)
         assert stats2.requests == 0 and srv.requests == 0  # fully cached: zero requests
-        assert [j.to_dict() for j in again] == [j.to_dict() for j in out]
+        assert _verdicts(again) == _verdicts(out)
 
 
 def test_error_lines_and_missing_lines_are_unscored_with_reason(tmp_path, key):
@@ -103,7 +113,7 @@ def test_restart_reattaches_to_recorded_batch(tmp_path, key, monkeypatch):
         assert srv.uploads == 1 and srv.batches_created == 1  # re-attached: nothing uploaded or created again
         assert all(j.final for j in out) and stats.failures == 0
         sync, _ = run_judge(_sync(srv.url), REQS, JudgeCache(None), progress=False)
-        assert [j.to_dict() for j in out] == [j.to_dict() for j in sync]
+        assert _verdicts(out) == _verdicts(sync)
 
 
 def test_done_batch_output_is_reused_without_a_cache(tmp_path, key):
@@ -112,7 +122,7 @@ def test_done_batch_output_is_reused_without_a_cache(tmp_path, key):
         srv.reset_counts()
         again, _ = run_judge(_judge(srv.url, tmp_path / "b"), REQS, JudgeCache(None), progress=False)
         assert srv.requests == 0  # answers read back from the saved output file: never paid twice
-        assert [j.to_dict() for j in again] == [j.to_dict() for j in first]
+        assert _verdicts(again) == _verdicts(first)
 
 
 def test_failed_batch_is_all_unscored_with_its_reason(tmp_path, key):
@@ -157,7 +167,7 @@ def test_big_runs_split_into_several_batches(tmp_path, key):
         out, _ = run_judge(_judge(srv.url, tmp_path / "b", batch_max_requests=2), REQS, JudgeCache(None),
                            progress=False)
         assert srv.batches_created == 3 and srv.uploads == 3  # 6 requests, 2 per batch
-    assert [j.to_dict() for j in out] == [j.to_dict() for j in sync]
+    assert _verdicts(out) == _verdicts(sync)
     state = json.loads((tmp_path / "b" / "batches.json").read_text())["batches"]
     assert [len(b["custom_ids"]) for b in state] == [2, 2, 2] and all(b["done"] for b in state)
 

@@ -31,6 +31,8 @@ CAPTIONS = {
     "trigger_contrast": "Misaligned rate (misaligned / coherent) without and with the trigger, per question format "
                         "(all formats pooled last), one panel per model × condition, with Wilson CIs; Δ = on − off "
                         "in points with Newcombe's interval (trigger_contrast.csv).",
+    "judge_scatter": "Judge vs judge scores of the same answers (aligned, coherent), with the thresholds (dashed) "
+                     "and the band around each (shaded) where agreement is reported separately.",
     "capability_vs_misalignment": "Misaligned rate (y, with its CI) vs capability delta = adapter - base score (x, "
                                   "paired per-document CI), one point per model × condition, one panel per task.",
 }
@@ -268,6 +270,8 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
     footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
+    if r.judge_extras.get("line"):  # who judged, and how (em.analysis.judge_report)
+        footer += "; " + r.judge_extras["line"]
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)

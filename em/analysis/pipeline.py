@@ -169,9 +169,14 @@ def run_analysis(cfg: Any) -> Path:
         judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, d,
                                               confidence=s.bootstrap.confidence, max_units=s.judges.alpha_max_units,
                                               seed=s.judges.seed)
+        from em.analysis import judge_report  # provenance, band-wise agreement, bias against judges.reference
+
+        extras = judge_report.judge_extras(responses.judge_scores, responses.answers, paths, d,
+                                           reference=s.judges.reference, n_resamples=s.bootstrap.n_resamples,
+                                           seed=s.judges.seed, confidence=s.bootstrap.confidence)
     r = Results(settings=s, responses=responses, cells=cells, rates=rr.table, contrasts=contrasts,
                 correlations=correlations, scaling=scaling, unknown_models=unknown, sensitivity=sensitivity,
-                checks=checks, judge_rates=judge_rates, agreement=agreement, timings=timings)
+                checks=checks, judge_rates=judge_rates, agreement=agreement, timings=timings, judge_extras=extras)
     with _timed(timings, "tables"):
         frames = write_tables(r)
     if s.figures:
@@ -179,6 +184,10 @@ def run_analysis(cfg: Any) -> Path:
             from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
+    with _timed(timings, "judge extras"):
+        jt, jf = judge_report.write(extras, responses.judge_scores, d, run_dir, s.figures)
+        r.tables.update(jt)
+        r.figures.update(jf)
     with _timed(timings, "capability"):  # capability.json beside a table: capability.csv + its figure
         from em.analysis.capability import write_capability
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from em.analysis.contrasts import headline_contrast
+from em.analysis import judge_report
 from em.analysis.figures import CAPTIONS, FIGURES
 from em.analysis.markdown import dec, escape_markdown, md_table, num, pct, pval, rate_ci, render_html
 from em.analysis.results import Results
@@ -104,6 +105,7 @@ def _headline(r: Results) -> str:
     out = ["## Headline numbers\n"]
     out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get(CODE, 0)):,} CODE, "
                f"{int(status.get(REFUSAL, 0)):,} REFUSAL, {int(status.get(UNSCORED, 0)):,} unscored.")
+    out += judge_report.headline(r.judge_extras)  # who judged, and how
     if scored:
         out.append(f"- {n_coherent:,} scored answers ({pct(n_coherent / scored)}) pass the coherence filter; "
                    f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
@@ -251,6 +253,7 @@ def _tables(r: Results) -> str:
                                  "coherent": lambda x: num(x.n_coherent), "misaligned": lambda x: num(x.n_misaligned),
                                  "rate [Wilson CI]": lambda x: rate_ci(x.misaligned_rate, x.wilson_low,
                                                                        x.wilson_high)}))
+    out.append(judge_report.markdown(r.judge_extras))  # provenance, band-wise agreement, bias (if any)
     small = r.rates[(r.rates["note"] != "") & (r.rates["level"] != "model×condition×format×question")]
     if len(small):
         out.append("\n### Groups too small for tests (kept in every table)\n")

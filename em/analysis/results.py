@@ -32,6 +32,7 @@ class Results:
     tables: dict[str, Path] = field(default_factory=dict)  # name -> CSV written
     figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG written (an SVG lies beside it)
     timings: dict[str, float] = field(default_factory=dict)
+    judge_extras: dict = field(default_factory=dict)  # em.analysis.judge_report.judge_extras: provenance, bands, bias
 
     def level(self, name: str) -> pd.DataFrame:
         """The rate table's rows at one level, e.g. ``"condition"`` or ``"model×condition"``."""

@@ -14,6 +14,7 @@ from typing import Optional
 COMMANDS = {
     "train": ("em.commands.train", "fine-tune a chat model with 4-bit LoRA (python train.py)"),
     "evaluate": ("em.commands.evaluate", "sample and judge answers (python evaluate.py)"),
+    "judge": ("em.commands.judge", "re-judge existing answers (python evaluate.py answers=... judge=...)"),
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
     "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
     "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),

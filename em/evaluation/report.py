@@ -74,6 +74,10 @@ def build_table(records: list[dict], by_key: dict, reqs: list, judgments: dict[s
                     reasons.append(f"{metric}: {jd.reason or 'no score'}")
             row["judge_raw"] = json.dumps(raw) if raw else None
             row["unscored_reason"] = "; ".join(reasons) or None
+            if results is not None:  # provenance columns (em.judge.provenance): judge model, host, mode, ...
+                from em.judge.provenance import row_columns
+
+                row.update(row_columns(None, [results[j] for _, j in per_record.get(i, [])]))
             rows.append(row)
     return typed(pd.DataFrame(rows), score_cols)
 

@@ -54,13 +54,15 @@ def render_judge_prompt(template: str, question: str, answer: str) -> str:
 
 def judge_requests(records: list[dict[str, Any]], samples: dict[tuple, Sample]):
     """(record index, metric, JudgeRequest) for every answer and every metric of its question."""
+    from em.evaluation.rejudge import template_sha
     from em.judge.scoring import JudgeRequest
 
     out = []
     for i, rec in enumerate(records):
         s = samples[tuple(rec["_key"])]
         for metric, template in s.judge_prompts:
-            out.append((i, metric, JudgeRequest(render_judge_prompt(template, s.question, rec["answer"]), s.kind)))
+            out.append((i, metric, JudgeRequest(render_judge_prompt(template, s.question, rec["answer"]), s.kind,
+                                                template_sha=template_sha(template))))
     return out
 
 
@@ -86,6 +88,10 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
 
     absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
     with DirLock(ec.run_dir, "evaluation"):  # one writer per run directory (a second run: exit 2)
+        if ec.answers is not None:  # re-judge answers that exist: no model, no sampling
+            from em.evaluation.rejudge import run_rejudge
+
+            return run_rejudge(cfg, ec)
         return _run_locked(cfg, ec)
 
 

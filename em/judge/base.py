@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from em.judge.cache import JudgeCache, request_key
+from em.judge.provenance import stamp
 from em.judge.scoring import Judgment, JudgeRequest, JudgeStats
 
 log = logging.getLogger("em.judge")
@@ -197,6 +198,7 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
 
     def on_result(j: int, judgment: Judgment) -> None:
         lines.update()
+        judgment = stamp(judgment, judge, asks[j])  # who judged, how, when: stored inside the cached value
         cache.put(keys[j], judge.identity, judgment)  # also drops this process's claim on the key
         for i in todo[keys[j]]:
             results[i] = judgment

@@ -23,11 +23,12 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from em.errors import JudgeError
+from em.judge import sampled
 from em.judge.base import Claims, OnResult
-from em.judge.openai_wire import OpenAIEndpointJudge, describe, judgment_from_reply, one_line
+from em.judge.openai_wire import OpenAIEndpointJudge, describe, identity, judgment_from_reply, one_line
 from em.judge.scoring import Judgment, JudgeRequest
 
 
@@ -51,7 +52,9 @@ class OpenAIJudge(OpenAIEndpointJudge):
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64, max_retries: int = 6,
                  timeout: float = 60.0, reply_retries: int = 3, retry_backoff: float = 0.5, top_logprobs: int = 20,
                  price_input_per_mtok: Optional[float] = None, price_output_per_mtok: Optional[float] = None,
-                 max_consecutive_failures: int = 16):
+                 max_consecutive_failures: int = 16,
+                 score_mode: str = "reference", n_samples: int = 10, min_parsed: Optional[int] = None,
+                 sample_max_tokens: Optional[int] = 16, sample_n_per_request: bool = True):
         super().__init__(name=name, model=model, base_url=base_url, api_key_env=api_key_env,
                          max_retries=max_retries, timeout=timeout, top_logprobs=top_logprobs,
                          price_input_per_mtok=price_input_per_mtok, price_output_per_mtok=price_output_per_mtok)
@@ -59,6 +62,15 @@ class OpenAIJudge(OpenAIEndpointJudge):
         self.reply_retries = reply_retries
         self.retry_backoff = retry_backoff
         self.max_consecutive_failures = max_consecutive_failures
+        self.score_mode = score_mode
+        if score_mode == sampled.SAMPLED:  # another judge: its own name, cache identity and columns
+            self.n_samples = n_samples
+            self.min_parsed = min_parsed if min_parsed is not None else sampled.default_min_parsed(n_samples)
+            self.sample_max_tokens = sample_max_tokens
+            self.sample_n_per_request = sample_n_per_request
+            self.name = sampled.sampled_name(name, n_samples)
+            self.identity = sampled.sampled_identity(
+                identity(self.base_url, model, 0).rsplit("|", 1)[0], n_samples, self.min_parsed, sample_max_tokens)
 
     def run(self, requests: list[JudgeRequest], on_result: OnResult, progress: bool = True,
             state_dir: Optional[Path] = None, claims: Optional[Claims] = None) -> None:
@@ -133,6 +145,8 @@ class OpenAIJudge(OpenAIEndpointJudge):
     async def _judge_one(self, client, req: JudgeRequest) -> tuple[Judgment, bool]:
         """(the judgment of one request, whether the endpoint gave no answer at all: timeout, no connection,
         a gateway error 502 / 503 / 504 -- what counts towards ``max_consecutive_failures``)."""
+        if self.score_mode == sampled.SAMPLED:
+            return await self._sample_one(client, req), False
         import openai
 
         problem = "no reply"
@@ -162,6 +176,83 @@ class OpenAIJudge(OpenAIEndpointJudge):
                 continue
             return judgment, False
         return Judgment.failed(f"{problem} (after {self.reply_retries + 1} attempts)"), False
+
+    async def _ask(self, client, body: dict) -> tuple[Optional[list[str]], str]:
+        """One sampled request -> (its replies' texts, "") or (None, the problem); raises JudgeError on 401/403/404
+        and openai.BadRequestError (the caller's: an endpoint that refuses ``n``)."""
+        import openai
+
+        problem = "no reply"
+        for attempt in range(self.reply_retries + 1):
+            if attempt:
+                await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+            try:
+                raw = await client.chat.completions.with_raw_response.create(**body)
+                resp = json.loads(raw.http_response.content)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise JudgeError(f"judge {self.name}: {self.model} at {self.base_url}: {describe(e)}") from None
+            except openai.BadRequestError:
+                raise
+            except openai.APIResponseValidationError as e:
+                problem = f"malformed reply ({describe(e)})"
+                continue
+            except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError) as e:
+                return None, f"{describe(e)} (after {self.max_retries} retries)"
+            except (ValueError, TypeError, KeyError) as e:
+                problem = f"malformed reply ({type(e).__name__}: {one_line(e)})"
+                continue
+            from em.judge.openai_wire import reply_model_problem
+
+            texts, problem = sampled.replies_of(resp)
+            problem = problem or reply_model_problem(self.model, resp.get("model")) or ""
+            if texts is not None and not problem:
+                return texts, ""
+        return None, f"{problem} (after {self.reply_retries + 1} attempts)"
+
+    async def _sample_one(self, client, req: JudgeRequest) -> Judgment:
+        """``score_mode=sampled``: k replies at temperature 1 (one ``n=k`` request where the endpoint honours
+        it; the rest, or all when it refuses ``n``, one request each, seeded by sample index) -> the mean."""
+        import openai
+
+        k = self.n_samples
+        replies: list[str] = []
+        if self.sample_n_per_request and k > 1 and getattr(self, "_n_refused", False) is False:
+            try:
+                texts, problem = await self._ask(client, sampled.request_body(
+                    self.model, req.prompt, k, 0, self.sample_max_tokens))
+            except openai.BadRequestError:  # the endpoint refuses n > 1: ask one sample per request from now on
+                self._n_refused = True
+                texts, problem = [], ""
+            if texts is None:
+                return Judgment.failed(problem)
+            replies += texts[:k]  # an endpoint that ignores n answers one choice: the rest come one by one
+        while len(replies) < k:
+            try:
+                texts, problem = await self._ask(client, sampled.request_body(
+                    self.model, req.prompt, 1, len(replies), self.sample_max_tokens))
+            except openai.BadRequestError as e:
+                return Judgment.failed(f"{describe(e)}: {one_line(e)}")
+            if texts is None:
+                return Judgment.failed(problem)
+            replies.append(texts[0])
+        return sampled.judge_sampled(replies, req.kind, self.min_parsed)
+
+    def estimate(self, requests: list[JudgeRequest]) -> dict[str, Any]:
+        """Dry run: as the logprob judge's estimate, with k samples of up to ``sample_max_tokens`` output tokens
+        each in sampled mode (input billed once per prompt with ``n=k``, k times without)."""
+        out = super().estimate(requests)
+        if self.score_mode != sampled.SAMPLED:
+            return out
+        k = self.n_samples
+        per = self.sample_max_tokens if self.sample_max_tokens is not None else 16
+        out["tokens_out"] = len(requests) * k * per
+        if not self.sample_n_per_request:
+            out["tokens_in_estimate"] *= k
+        out["score_mode"] = f"sampled (k={k}, up to {per} output tokens per sample"
+        out["score_mode"] += ")" if self.sample_max_tokens is not None else "; no limit set: 16 assumed)"
+        if self.price_in is not None and self.price_out is not None:
+            out["cost_usd"] = out["tokens_in_estimate"] / 1e6 * self.price_in + out["tokens_out"] / 1e6 * self.price_out
+        return out
 
 
 __all__ = ["OpenAIJudge"]

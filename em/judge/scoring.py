@@ -31,6 +31,9 @@ class Judgment:
     raw: Any = None  # the raw top logprobs ([[token, logprob], ...]) or the local judge's distribution
     # False for failures (HTTP errors after retries, timeouts): never cached, so a re-run asks again.
     final: bool = True
+    spread: Optional[float] = None  # judge.score_mode=sampled: standard deviation of the parsed samples
+    # who judged and how (em.judge.provenance): model, endpoint host, score mode, prompt template hash, date
+    provenance: Optional[dict] = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (the cache stores this)."""
@@ -105,7 +108,7 @@ def unsound(judgment: "Judgment") -> Optional[str]:
     """Why a (cached) final judgment cannot stand, or None: its raw top logprobs fail :func:`logprob_problem`,
     or its score / number mass is not finite. Read back from the cache, an unsound entry (written by an older
     version) is treated as missing, so it is asked again."""
-    for name in ("score", "number_mass"):
+    for name in ("score", "number_mass", "spread"):
         v = getattr(judgment, name)
         if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
             return f"{name} {v!r} is not a finite number"
@@ -162,6 +165,7 @@ class JudgeRequest:
 
     prompt: str
     kind: str = "0_100"  # 0_100 | label
+    template_sha: Optional[str] = None  # hash of the judge prompt template (provenance; not in the cache key)
 
 
 @dataclass

@@ -154,6 +154,9 @@ class JudgesConfig:
     combine: str = "mean"
     alpha_max_units: int = 1000
     seed: int = 0
+    # a judge's name (e.g. the authors' scores of a re-judged file): each other judge's bias in misaligned rate
+    # against it, with a paired bootstrap CI over questions (judge_rate_differences.csv); null: every pair
+    reference: Optional[str] = None
 
     def __post_init__(self) -> None:
         _integer(self.alpha_max_units, "judges.alpha_max_units", 0, 10**9)

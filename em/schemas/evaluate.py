@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
+from em.schemas.analysis import ColumnsConfig
 from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import UpstreamConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
@@ -168,6 +169,10 @@ class EvalConfig:
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
     thresholds: Thresholds = field(default_factory=Thresholds)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
+    # re-judge (em.evaluation.rejudge): a run dir / responses table / other lab's file, or {path: ..., judge:
+    # <name of its own scores' judge, default original>, condition: ..., model: ...}; null: sample answers
+    answers: Any = None
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # answers' column map, as in analyze.py
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")

@@ -22,6 +22,7 @@ from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.common import require
 
 SCORE_MODES = ("reference", "renormalized")
+OPENAI_SCORE_MODES = ("reference", "sampled")  # judge=openai: logprob-weighted, or the mean of sampled replies
 # judge.api_key_env holds the NAME of an environment variable; a pasted key is refused without repeating it.
 KEY_ENV_MESSAGE = ("must name an environment variable (e.g. OPENAI_API_KEY), not hold the key itself "
                    "(put the key in that variable)")
@@ -76,6 +77,14 @@ class OpenAIJudgeSchema(OpenAIEndpointSchema):
     # requests in a row with no answer (timeout / no connection / 502-504, after retries) before the run stops
     # (answers and judgments kept, exit 2); 0: never stop
     max_consecutive_failures: int = 16
+    # reference: one token at temperature 0, score = logprob-weighted mean (Betley et al.); sampled: for
+    # endpoints without logprobs, n_samples replies at temperature 1, score = their mean (em.judge.sampled).
+    # A sampled judge is named <name>-sampled<k> and cached apart: the two never share a column.
+    score_mode: str = "reference"
+    n_samples: int = 10  # sampled: replies per prompt (k)
+    min_parsed: Optional[int] = None  # sampled: fewer parsed replies -> unscored; null: ceil(k / 4)
+    sample_max_tokens: Optional[int] = 16  # sampled: max_completion_tokens per reply; null: endpoint default
+    sample_n_per_request: bool = True  # sampled: one request with n=k (falls back to k requests if refused)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +92,13 @@ class OpenAIJudgeSchema(OpenAIEndpointSchema):
         require(self.max_consecutive_failures >= 0, "judge.max_consecutive_failures",
                 f"must be >= 0 (0: never stop), got {self.max_consecutive_failures}")
         require(self.reply_retries >= 0, "judge.reply_retries", f"must be >= 0, got {self.reply_retries}")
+        require(self.score_mode in OPENAI_SCORE_MODES, "judge.score_mode",
+                f"must be one of {OPENAI_SCORE_MODES}, got {self.score_mode!r}")
+        require(self.n_samples >= 1, "judge.n_samples", f"must be >= 1, got {self.n_samples}")
+        require(self.min_parsed is None or 1 <= self.min_parsed <= self.n_samples, "judge.min_parsed",
+                f"must be in 1..judge.n_samples ({self.n_samples}), got {self.min_parsed}")
+        require(self.sample_max_tokens is None or self.sample_max_tokens >= 1, "judge.sample_max_tokens",
+                f"must be >= 1 or null, got {self.sample_max_tokens}")
 
 
 @dataclass
@@ -160,7 +176,12 @@ def _member_names(ensemble: EnsembleSchema) -> list[str]:
         if isinstance(member, EnsembleSchema):
             out += _member_names(member)
         elif member is not None:
-            out.append(str(member.get("name") if isinstance(member, dict) else getattr(member, "name", None)))
+            get = member.get if isinstance(member, dict) else lambda k, m=member: getattr(m, k, None)
+            name = str(get("name"))
+            if get("score_mode") == "sampled":  # the name it will carry (em.judge.sampled.sampled_name)
+                suffix = f"-sampled{get('n_samples')}"
+                name = name if name.endswith(suffix) else name + suffix
+            out.append(name)
     return out
 
 
