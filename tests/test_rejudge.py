@@ -89,7 +89,7 @@ def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(zroe_rejudged)
     db = sqlite3.connect(tmp_path / "judge_cache.sqlite")
     cols = [r[1] for r in db.execute("PRAGMA table_info(judgments)")]
     values = [json.loads(v) for (v,) in db.execute("SELECT value FROM judgments")]
-    assert cols == ["key", "judge", "value"] and len(values) == asked
+    assert cols == ["key", "judge", "value", "checksum"] and len(values) == asked  # schema v2 (em.judge.cache_db): no provenance column, it sits inside the value
     assert all(v["provenance"]["host"] == f"127.0.0.1:{port}" and v["provenance"]["score_mode"] == "reference"
                and len(v["provenance"]["template_sha"]) == 12 and v["provenance"]["date"] for v in values)
 
