@@ -31,6 +31,11 @@ CAPTIONS = {
     "trigger_contrast": "Misaligned rate (misaligned / coherent) without and with the trigger, per question format "
                         "(all formats pooled last), one panel per model × condition, with Wilson CIs; Δ = on − off "
                         "in points with Newcombe's interval (trigger_contrast.csv).",
+    "runs": "Misaligned rate of each fine-tuning run (dots, with the run's question-clustered 95% CI) and the rate "
+            "pooled over the runs (bar, with the interval that carries the between-run variance), per model × "
+            "condition (all formats pooled).",
+    "rate_vs_step": "Misaligned rate per training checkpoint (optimizer step), one line per model × condition, with "
+                    "95% CIs (all formats pooled).",
     "capability_vs_misalignment": "Misaligned rate (y, with its CI) vs capability delta = adapter - base score (x, "
                                   "paired per-document CI), one point per model × condition, one panel per task.",
 }
@@ -268,8 +273,15 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
     footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
+    from em.analysis.judge_name import judge_info  # every figure names its judge (issue 21)
+
+    footer += " · " + judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine).label()
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)
+        made[name] = _save(fig, out, name, footer)
+    from em.analysis.extra_figures import extra_figures
+
+    for name, fig in extra_figures(r, plt, sns, conditions).items():
         made[name] = _save(fig, out, name, footer)
     return made
