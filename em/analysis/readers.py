@@ -95,6 +95,22 @@ def read_table(path: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def read_records(path: Path, records: str) -> pd.DataFrame:
+    """A nested JSON file's records along ``records`` (``inputs=[{path: f.json, records: ...}]``,
+    :func:`em.analysis.nested.read_nested`), column names stripped.
+
+    Raises:
+        DataError: not a .json file, or what :func:`em.analysis.nested.read_nested` raises.
+    """
+    from em.analysis.nested import read_nested
+
+    if path.suffix.lower() != ".json":
+        raise DataError(f"{path}: inputs[].records applies to .json files only")
+    df = read_nested(path, records)
+    df.columns = [str(c).strip() for c in df.columns]
+    return df.reset_index(drop=True)
+
+
 def where(path: Path, row: int) -> str:
     """A row's place for an error: ``file:line`` for CSV (the physical line where the row's record starts,
     quoted fields spanning lines counted; :func:`csv_line`) and JSONL, else ``file (row i)``."""

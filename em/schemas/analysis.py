@@ -122,7 +122,7 @@ class ColumnsConfig:
         return {k: str(v) for k, v in vars(self).items() if k != "seed_kind" and v is not None}
 
 
-INPUT_KEYS = ("path", "condition", "model", "format", "seed", "label")
+INPUT_KEYS = ("path", "condition", "model", "format", "seed", "label", "records")
 
 
 @dataclass
@@ -198,7 +198,9 @@ class AnalysisConfig:
             responses.csv; a directory without them: every .csv / .parquet / .jsonl / .json table under it)
             and such files; a single string is one input. An entry may be a mapping ``{path: ..., condition:
             ..., model: ..., format: ..., seed: ..., label: ...}`` giving that input's metadata (a constant
-            column; an input whose table already has that column is refused as ambiguous). Empty: the
+            column; an input whose table already has that column is refused as ambiguous). ``records``: a
+            nested .json file's records lie along that path (``{question_id}.scores``: every key kept as
+            column question_id, then its ``scores`` list; :mod:`em.analysis.nested`). Empty: the
             newest run under ``outputs_root/evaluate``.
         columns: the column map (:class:`ColumnsConfig`).
         denominator: the headline rate's denominator: ``coherent`` (Betley et al.), ``scored`` or ``all``.
