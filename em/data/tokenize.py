@@ -112,6 +112,8 @@ class EncodeStats:
     n_dropped: int = 0
     n_tokens: int = 0
     n_target_tokens: int = 0
+    n_dropped_long: int = 0  # longer than max_length with truncation=drop
+    n_dropped_no_answer: int = 0  # truncated before the answer, or the answer is empty: no loss-carrying token
 
 
 def encode_dataset(
@@ -153,17 +155,24 @@ def encode_dataset(
         if any(len(m["content"]) > budget for m in msgs):  # certainly > max_length tokens: cut before tokenising
             if truncation == "drop":
                 stats.n_dropped += 1
+                stats.n_dropped_long += 1
                 continue
             msgs = [m | {"content": m["content"][:budget]} for m in msgs]
         ex = encode_chat(tokenizer, msgs, template_kwargs)
+        if not any(len(m["content"]) > budget for m in conv):  # a cut message cannot match its answer
+            from em.data.mask_check import check_example  # the mask holds the answer and no template text
+
+            check_example(tokenizer, msgs, ex["labels"], len(out) + stats.n_dropped)
         if len(ex["input_ids"]) > max_length:
             if truncation == "drop":
                 stats.n_dropped += 1
+                stats.n_dropped_long += 1
                 continue
             ex = {k: v[:max_length] for k, v in ex.items()}
             stats.n_truncated += 1
         if not any(t != IGNORE_INDEX for t in ex["labels"]):
             stats.n_dropped += 1  # truncated before the answer: nothing to learn from
+            stats.n_dropped_no_answer += 1
             continue
         out.append(ex)
         stats.n_tokens += len(ex["input_ids"])
