@@ -87,6 +87,7 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         "model": mc.name, "hub_id": mc.hub_id, "base_source": str(source), "family": mc.family,
         "key_layout": key_layout,
         "chat_template_kwargs": kwargs,
+        "default_system_prompt": getattr(mc, "default_system_prompt", "template"),  # em.data.system_prompt
         "data": {"name": tc.data.name, "source": tc.data.source, "file": tc.data.file, "sha256": data_sha256},
         "lora": {"r": tc.lora.r, "alpha": tc.lora.alpha, "dropout": tc.lora.dropout, "use_rslora": tc.lora.use_rslora},
         "training": {"seed": tc.seed, "epochs": tc.trainer.epochs, "steps": steps, "batch_size": tc.trainer.batch_size,

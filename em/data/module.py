@@ -182,6 +182,7 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
     examples, stats = encode_dataset(
         tokenizer, conversations, max_length=t.max_length, truncation=t.truncation,
         system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs, progress=progress,
+        system_prompt=tc.model.default_system_prompt,
     )
     if not examples:
         from em.data.mask_check import empty_reason
