@@ -11,6 +11,7 @@ from em.analysis.contrasts import headline_contrast
 from em.analysis.figures import CAPTIONS, FIGURES
 from em.analysis.markdown import dec, escape_markdown, md_table, num, pct, pval, rate_ci, render_html
 from em.analysis.judge_name import PIPELINE_CHECK
+from em.analysis.report_parts import condition_bullets, contrast_test_text, judge as _judge, runs_caveat
 from em.analysis.results import Results
 from em.analysis.sensitivity import check_summary
 from em.analysis.rates import DENOMINATOR_COLUMN as DEN_COLUMN
@@ -110,23 +111,11 @@ def _headline(r: Results) -> str:
     if scored:
         out.append(f"- {n_coherent:,} scored answers ({pct(n_coherent / scored)}) pass the coherence filter; "
                    f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
-    from em.analysis.pooling import POOLED, breakdown_text, per_format
-
-    for row in by_cond.itertuples():
-        pooled = len(per_format(r.rates, row.condition)) > 1
-        out.append(f"- **{row.condition}**: misaligned rate"
-                   f"{', ' + POOLED if pooled else ''} {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
-                   f" ({row.n_misaligned:,} of {row.n_denominator:,} {DENOMINATORS[r.settings.denominator]['noun']}"
-                   f"; design effect {dec(row.design_effect)})"
-                   + (f"; per format: {breakdown_text(r.rates, row.condition)}." if pooled else "."))
+    out.extend(condition_bullets(r, by_cond))
     for a_, b_ in r.settings.contrasts.condition:
         c = headline_contrast(r.contrasts, a_, b_)
         if c is not None:
-            name = "Fisher p" if str(c.test).startswith("Fisher") else f"{c.test}: p"
-            test = (f"{name} = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}" if c.status == "tested"
-                    else c.status)
-            if not pd.isna(c.get("permutation_p", float("nan"))):
-                test += f", exact permutation p over runs = {pval(c.permutation_p)}"
+            test = contrast_test_text(c)
             out.append(f"- {a_} vs {b_} ({c.scope}): difference {pct(c.difference)} "
                        f"[{pct(c.diff_ci_low)}, {pct(c.diff_ci_high)}], ratio {dec(c.ratio)}; {test}; "
                        f"power {dec(c.power)}.")
@@ -299,17 +288,7 @@ def _caveats(r: Results) -> str:
                    "that refuses or answers with code more often has a smaller denominator.")
     out.append("- The scores come from an LLM judge; the thresholds are conventions (Betley et al. 2025), not "
                "properties of the answers.")
-    from em.analysis.runs import runs_per_cell
-
-    if (runs_per_cell(a)["n_runs"] >= 2).any():
-        out.append("- Groups that pool several fine-tuning runs carry the between-run variance (two-way run × "
-                   "question design effect; t on min(runs, questions) - 1 degrees of freedom): with few runs these "
-                   "intervals are wide, which is what few runs tell about the training procedure. Groups with one "
-                   "run describe that run only.")
-    else:
-        out.append("- One fine-tuning run per model and condition: run-to-run variance is not estimated. The "
-                   "intervals treat answers as the sample (widened for clustering by question); they understate the "
-                   "uncertainty of a claim about the training recipe.")
+    out.append(runs_caveat(a))
     out.append("- Power is observed (post hoc) power at the observed rates, a function of the p-value; read it as "
                "a statement about sample size, not as evidence for a null result. It uses the normal "
                "approximation, while the test is Fisher's exact test.")
@@ -342,13 +321,6 @@ def _files(r: Results) -> str:
                "[the misaligned answers](http://127.0.0.1:8001/responses/responses?misaligned=1) (filter by model, "
                "condition, format, question, score; each row shows the full answer and the judge's top tokens)")
     return "\n".join(out) + "\n"
-
-
-def _judge(r: Results):
-    """The judges behind the answers (:mod:`em.analysis.judge_name`)."""
-    from em.analysis.judge_name import judge_info
-
-    return judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine)
 
 
 def render_markdown(r: Results) -> str:
