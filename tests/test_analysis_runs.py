@@ -254,3 +254,13 @@ def test_model_card_names_the_judge_and_labels_the_pooled_rate():
         in card
     assert "judge: `smollm2_135m_instruct` (local|smollm2) — renormalised scores: pipeline check, not a measurement" \
         in card
+
+
+def test_a_score_mode_column_names_a_renormalised_judge(tmp_path):
+    df = judged({("base", 0): 0.02, ("synthetic", 0): 0.3}, n_questions=3, n_samples=10, judge="tiny_judge")
+    df["judge_score_mode"] = "renormalized"  # the judge's provenance column, no summary.json beside the table
+    df.to_csv(tmp_path / "r.csv", index=False)
+    run = analyse(tmp_path, f"inputs=[{tmp_path / 'r.csv'}]")
+    text = (run / "report.md").read_text()
+    assert text.splitlines()[0].endswith("pipeline check, not a measurement")
+    assert "judge: tiny\\_judge (renormalised scores" in text or "judge: tiny_judge (renormalised scores" in text

@@ -103,6 +103,14 @@ def test_evaluation_keeps_the_rendered_prompt_of_every_answer(tmp_path, cache_di
     summary = json.loads((on.run_dir / "summary.json").read_text())
     assert summary["default_system_prompt"] == "template" and summary["template_default_system_prompt"] == QWEN
     assert json.loads((off.run_dir / "summary.json").read_text())["default_system_prompt"] == "none"
+    import sqlite3
+
+    from em.viewer import build_database
+
+    build_database(on.run_dir, tmp_path / "view.db")  # em view shows the prompt beside each answer
+    with sqlite3.connect(tmp_path / "view.db") as db:
+        shown = db.execute("select prompt, answer from responses").fetchall()
+    assert len(shown) == len(df) and all(p.startswith("<|im_start|>system") for p, _ in shown)
 
 
 def test_the_setting_is_part_of_the_job_identity():
