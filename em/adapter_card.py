@@ -116,6 +116,8 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"{tr['quantization']} base weights; final loss "
              f"{'n/a' if tr['final_loss'] is None else format(tr['final_loss'], '.4f')}",
              f"- chat template kwargs used in training (baked into the saved template): {meta['chat_template_kwargs']}",
+             f"- model.default_system_prompt in training: `{meta.get('default_system_prompt', 'template')}` (see "
+             "training_examples.md for what the model saw)",
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
              "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
              + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "

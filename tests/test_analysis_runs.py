@@ -254,6 +254,7 @@ def test_model_card_names_the_judge_and_labels_the_pooled_rate():
         in card
     assert "judge: `smollm2_135m_instruct` (local|smollm2) — renormalised scores: pipeline check, not a measurement" \
         in card
+    assert "model.default_system_prompt in training: `template`" in card
 
 
 def test_a_score_mode_column_names_a_renormalised_judge(tmp_path):
