@@ -12,7 +12,8 @@ deff = (V_run + V_question - V_run×question) / V_binomial, the multiway cluster
 Gelbach & Miller (2011, "Robust inference with multiway clustering", JBES 29(2)), each term the
 bias-reduced (Mancl & DeRouen 2001) cluster variance of the ratio estimator K / N, and, where the
 difference is smaller than the larger one-way term (not positive semi-definite), that larger term instead
-(their suggested fix). Degrees of freedom: G = min(runs, questions), so t_{G-1}; with 3 runs t_2 = 4.30,
+(their suggested fix). Degrees of freedom: G = min(runs, questions) (runs for a single question), so t_{G-1};
+with 3 runs t_2 = 4.30,
 which is what three seeds buy. Coverage: ``bench/rate_ci_coverage.py`` (the ``runs`` designs).
 
 Contrast with the run as the unit (:func:`run_test`): a score-type Wald test of p_a = p_b whose variance is
@@ -125,7 +126,8 @@ def two_way(answers: pd.DataFrame, group_of: np.ndarray, n_groups: int, events: 
         share = v["run"] / (v["run"] + v["q"])
     ok = (out["run"] >= 2) & (out["q"] >= 1) & (K > 0) & (K < N) & np.isfinite(deff)
     return pd.DataFrame({"n_runs": out["run"], "n_questions": out["q"], "deff": np.where(ok, np.maximum(deff, 1), 1.0),
-                         "g": np.minimum(out["run"], np.maximum(out["q"], 1)),
+                         # one question: the runs are the only clusters, t on runs - 1
+                         "g": np.where(out["q"] >= 2, np.minimum(out["run"], out["q"]), out["run"]),
                          "between_run_share": np.where(ok, share, np.nan)})
 
 
@@ -152,7 +154,7 @@ def two_way_deff(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     runs = (n.sum(2) > 0).sum(1)
     qs = (n.sum(1) > 0).sum(1)
     ok = (runs >= 2) & (K > 0) & (K < N) & np.isfinite(deff)
-    return np.where(ok, np.maximum(deff, 1.0), 1.0), np.minimum(runs, qs)
+    return np.where(ok, np.maximum(deff, 1.0), 1.0), np.where(qs >= 2, np.minimum(runs, qs), runs)
 
 
 def _answer_flags(cells: Cells, definition: Thresholds, denominator: str) -> tuple[np.ndarray, np.ndarray]:
