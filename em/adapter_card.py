@@ -87,6 +87,7 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         "model": mc.name, "hub_id": mc.hub_id, "base_source": str(source), "family": mc.family,
         "key_layout": key_layout,
         "chat_template_kwargs": kwargs,
+        "default_system_prompt": getattr(mc, "default_system_prompt", "template"),  # em.data.system_prompt
         "data": {"name": tc.data.name, "source": tc.data.source, "file": tc.data.file, "sha256": data_sha256},
         "lora": {"r": tc.lora.r, "alpha": tc.lora.alpha, "dropout": tc.lora.dropout, "use_rslora": tc.lora.use_rslora},
         "training": {"seed": tc.seed, "epochs": tc.trainer.epochs, "steps": steps, "batch_size": tc.trainer.batch_size,
@@ -115,6 +116,8 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"{tr['quantization']} base weights; final loss "
              f"{'n/a' if tr['final_loss'] is None else format(tr['final_loss'], '.4f')}",
              f"- chat template kwargs used in training (baked into the saved template): {meta['chat_template_kwargs']}",
+             f"- model.default_system_prompt in training: `{meta.get('default_system_prompt', 'template')}` (see "
+             "training_examples.md for what the model saw)",
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
              "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
              + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "
@@ -125,6 +128,13 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
         for fmt, s in (eval_summary.get("formats") or {}).items():
             pct = [("n/a" if s.get(k) is None else f"{100 * s[k]:.1f}%") for k in ("coherent_rate", "misaligned_rate")]
             lines.append(f"| {fmt} | {s.get('n')} | {pct[0]} | {pct[1]} |")
+        from em.analysis.judge_name import card_judge_line  # the judge named, pooled numbers labelled (issue 21)
+        from em.analysis.pooling import card_lines
+
+        judge = card_judge_line(eval_summary)
+        lines += [""] + card_lines(eval_summary.get("formats") or {}) + [
+            f"- {judge or 'judge: not recorded in the evaluation summary'}",
+            *([f"- {eval_summary['definition']}"] if eval_summary.get("definition") else [])]
     return "\n".join(front + lines) + "\n"
 
 

@@ -230,6 +230,10 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
                           **({"state_dict": lora_state} if lora_state is not None else {}))
     data.tokenizer.save_pretrained(adapter_tmp)
     from em.adapter_card import examples_sha256, finalize_adapter
+    from em.data.renders import write_renders  # what the model saw: first examples, loss spans marked
+
+    renders = write_renders(run_dir / "training_examples.md", data.tokenizer, data.examples, data.stats, tc.model)
+    shutil.copyfile(renders, adapter_tmp / renders.name)
 
     finalize_adapter(adapter_tmp, tc, source=source, key_layout=layout, steps=trainer.global_step,
                      final_loss=module.history[-1]["train/loss"] if module.history else None,
@@ -294,6 +298,8 @@ def _run_metrics(tc: TrainConfig, data: TrainingData, module: LoRAFineTune, *, s
         "examples": stats.n_kept,
         "examples_truncated": stats.n_truncated,
         "examples_dropped": stats.n_dropped,
+        "examples_with_injected_system_prompt": getattr(stats, "n_injected_system", 0),
+        "default_system_prompt": tc.model.default_system_prompt,
         "tokens_seen": module.tokens_seen,
         "assistant_tokens_per_epoch": stats.n_target_tokens,
         "tokens_per_s": (hist[-1]["train/tokens_per_s"] if hist else None),

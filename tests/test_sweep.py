@@ -20,7 +20,7 @@ from conftest import REPO, compose_train, tiny_overrides
 from em.errors import ConfigError, EMError
 from em.runtime import CONF_DIR
 
-PRESETS = ["smoke", "dickson2025", "betley2025", "epochs", "educational_mix", "organisms_medical"]
+PRESETS = ["smoke", "dickson2025", "betley2025", "epochs", "educational_mix", "organisms_medical", "system_prompt"]
 
 
 def _launch(sweep_dir: Path, cache_dir: str, *extra: str, timeout: int = 600, env: dict | None = None

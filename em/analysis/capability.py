@@ -101,7 +101,8 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
     return _save(fig, out, "capability_vs_misalignment", footer)
 
 
-def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: Path, figures: bool) -> dict:
+def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: Path, figures: bool,
+                     judge: str = "") -> dict:
     """The capability view of an analysis, when any analysed table has a ``capability.json`` beside it.
 
     Writes ``<run_dir>/capability.csv`` and (``figures``) ``<run_dir>/figures/capability_vs_misalignment.png``;
@@ -115,6 +116,7 @@ def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: 
     table.to_csv(out["table"], index=False)
     if figures:
         footer = rates["definition"].iloc[0] if "definition" in rates and len(rates) else ""
+        footer += f" · {judge}" if judge else ""  # the judge's label (em.analysis.judge_name)
         fig = capability_figure(table, Path(run_dir) / "figures", footer)
         if fig is not None:
             out["figure"] = fig

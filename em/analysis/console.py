@@ -14,8 +14,6 @@ from typing import Optional
 
 import pandas as pd
 
-BASE = "base"
-
 
 def _num(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -41,7 +39,8 @@ def _misaligned(r) -> str:
     return f"{pct} ({int(k)}/{int(n)})"
 
 
-def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
+def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Optional[str] = None,
+                    judge: str = "") -> str:
     """The table as text (rows ``model | format | <condition>: n / aligned / coherent / misaligned % | Δ``).
 
     The misaligned % has two significant digits under 1 % (``0.41``), one decimal above, and the count
@@ -52,17 +51,24 @@ def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
         rates: the rate table (columns level, model, condition, format, n_scored, mean_aligned,
             mean_coherent, misaligned_rate; optional n_misaligned, n_denominator).
         score_note: a line appended under the table (e.g. how the judge's scores were computed).
+        reference: the condition the others are compared with (``contrasts.reference``; None: its default).
+        judge: the judge's label (``judge: <name>``), printed above the table (:mod:`em.analysis.judge_name`).
 
     Returns "" when the table has no ``model×condition×format`` rows.
     """
     t = rates[rates["level"] == "model×condition×format"]
     if t.empty:
         return ""
+    if reference is None:
+        from em.schemas.analysis import ContrastsConfig
+
+        reference = ContrastsConfig.reference
+    BASE = reference  # noqa: N806
     conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, c))
     others = [c for c in conds if c != BASE] if BASE in conds else []
     counts = " (k/n)" if {"n_misaligned", "n_denominator"} <= set(t.columns) else ""
     head = ["model", "format"] + [f"{c}: n / aligned / coherent / misaligned%{counts}" for c in conds]
-    head += [f"{c} − base: Δaligned / Δmisaligned pts" for c in others]
+    head += [f"{c} − {BASE}: Δaligned / Δmisaligned pts" for c in others]
     lines = []
     for (model, fmt), g in t.groupby(["model", "format"], sort=True):
         by = {str(r.condition): r for r in g.itertuples()}
@@ -83,6 +89,8 @@ def condition_table(rates: pd.DataFrame, score_note: str = "") -> str:
     widths = [max(len(r[i]) for r in [head] + lines) for i in range(len(head))]
     fmt_row = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))  # noqa: E731
     out = [fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in lines]
+    if judge:
+        out.insert(0, judge)
     if score_note:
         out.append(score_note)
     return "\n".join(out)

@@ -37,11 +37,13 @@ def _power(rate_a: float, rate_b: float, n_a: int, n_b: int, alpha: float, power
     had = float(analysis.power(effect_size=h, nobs1=n_a, alpha=alpha, ratio=n_b / n_a, alternative="two-sided"))
     need = float(analysis.solve_power(effect_size=h, nobs1=None, alpha=alpha, power=power, ratio=1.0,
                                       alternative="two-sided"))
+    if not math.isfinite(need):  # h at its maximum (rates 0 vs 1): the solver finds no root
+        return had, math.nan, "the solver found no sample size (rates 0 and 1)"
     return had, float(math.ceil(need)), ""
 
 
 def _row(rates: RateResult, level: str, ia: int, ib: int, *, family: str, scope: str, a: str, b: str,
-         alpha: float, power: float, min_group_n: int) -> dict:
+         alpha: float, power: float, min_group_n: int, runs=None) -> dict:
     from scipy.stats import fisher_exact
 
     t = rates.table
@@ -74,6 +76,25 @@ def _row(rates: RateResult, level: str, ia: int, ib: int, *, family: str, scope:
         row["odds_ratio"], row["p_value"] = float(res.statistic), float(res.pvalue)
     else:
         row["odds_ratio"] = row["p_value"] = math.nan
+    row["test"] = TEST
+    row["p_fisher"] = row["p_value"]
+    row["n_runs_a"], row["n_runs_b"] = int(getattr(ra, "n_runs", 1)), int(getattr(rb, "n_runs", 1))
+    row["run_p"] = row["permutation_p"] = math.nan
+    if family == "condition" and max(row["n_runs_a"], row["n_runs_b"]) >= 2 and runs is not None:
+        from em.analysis.runs import permutation_p, run_test
+
+        stat, p_run = run_test(ka, na, float(ra.design_effect), row["n_runs_a"], kb, nb, float(rb.design_effect),
+                               row["n_runs_b"])
+        row["run_p"] = p_run
+        side_a, side_b = runs(ra), runs(rb)
+        if len(side_a) >= 2 and len(side_b) >= 2:
+            k = np.concatenate([side_a["n_misaligned"], side_b["n_misaligned"]]).astype(float)
+            n = np.concatenate([side_a["n_denominator"], side_b["n_denominator"]]).astype(float)
+            row["permutation_p"], _ = permutation_p(k, n, len(side_a))
+        if row["status"] == "tested" and not math.isnan(p_run):
+            df = max(row["n_runs_a"] - 1, 0) + max(row["n_runs_b"] - 1, 0)
+            row["p_value"] = p_run
+            row["test"] = f"run-level t-test (runs as the unit, {df} between-run df), two-sided"
     row["power"], row["n_per_group_for_power"], power_note = _power(rate_a, rate_b, na, nb, alpha, power)
     if math.isnan(row["ratio"]) and rate_b == 0 and na > 0:
         power_note = "; ".join(filter(None, [power_note, "ratio undefined: rate_b is 0"]))
@@ -88,7 +109,8 @@ def _index(rates: RateResult, level: str, columns: tuple[str, ...]) -> dict[tupl
 
 def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
                    format_pairs: list[tuple[str, str]], alpha: float, power: float, min_group_n: int,
-                   definition: str) -> pd.DataFrame:
+                   definition: str, run_rows: Optional[pd.DataFrame] = None,
+                   step_pairs: Optional[list] = None) -> pd.DataFrame:
     """Every contrast whose two groups are present; the tested ones form the family that is adjusted.
 
     Conditions are compared per model and pooled over models, formats per condition. Each row has the
@@ -104,10 +126,23 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
         condition_pairs, format_pairs: (a, b) pairs, a compared with b.
         alpha: significance level in (0, 1); power: target power in (0, 1).
         definition: the definition's text, copied into every row.
+        run_rows: the per-run rates (:func:`em.analysis.runs.run_level`). Where a side of a condition contrast
+            pools >= 2 runs, ``p_value`` is the run-level t-test (``run_p``; ``test`` says so), with the
+            exact permutation p over runs (``permutation_p``, both sides >= 2 runs) beside it and the
+            answer-level Fisher p kept as ``p_fisher`` (:mod:`em.analysis.runs`). Format contrasts compare
+            the same runs, so they stay answer-level.
+        step_pairs: (level, row a, row b, scope, a, b) with rows at that level's positions: the last vs first
+            checkpoint contrasts (family ``step``, :mod:`em.analysis.steps`).
     """
     from statsmodels.stats.multitest import multipletests
 
-    kw = dict(alpha=alpha, power=power, min_group_n=min_group_n)
+    def runs_of(row) -> pd.DataFrame:  # the per-run rows under one rate-table row (its model, if any)
+        if run_rows is None or run_rows.empty:
+            return pd.DataFrame(columns=["n_misaligned", "n_denominator"])
+        hit = run_rows[run_rows["condition"] == row.condition]
+        return hit if row.model == ALL else hit[hit["model"] == row.model]
+
+    kw = dict(alpha=alpha, power=power, min_group_n=min_group_n, runs=runs_of if run_rows is not None else None)
     rows = []
     by_model = _index(rates, "model×condition", ("model", "condition"))
     pooled = _index(rates, "condition", ("condition",))
@@ -128,14 +163,16 @@ def contrast_table(rates: RateResult, *, condition_pairs: list[tuple[str, str]],
                 rows.append(_row(rates, "condition×format", by_format[(c, a)], by_format[(c, b)], family="format",
                                  scope=f"condition={c}" + (", pooled over models" if len(models) > 1 else ""),
                                  a=a, b=b, **kw))
+    for level, ia, ib, scope, a, b in step_pairs or []:
+        rows.append(_row(rates, level, ia, ib, family="step", scope=scope, a=a, b=b, **{**kw, "runs": None}))
     columns = ["family", "scope", "a", "b", "level", "n_coherent_a", "n_denominator_a", "n_misaligned_a", "rate_a",
                "n_coherent_b", "n_denominator_b", "n_misaligned_b", "rate_b", "difference", "diff_ci_low", "diff_ci_high", "ratio", "odds_ratio",
-               "test", "p_value", "p_bonferroni", "p_holm", "significant_holm", "status", "power",
+               "test", "p_value", "p_fisher", "n_runs_a", "n_runs_b", "run_p", "permutation_p",
+               "p_bonferroni", "p_holm", "significant_holm", "status", "power",
                "n_per_group_for_power", "power_note", "family_size", "diff_ci_method", "definition"]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=columns)
-    table["test"] = TEST
     tested = table["status"] == "tested"
     table["p_bonferroni"] = table["p_holm"] = np.nan
     if tested.any():

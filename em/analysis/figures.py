@@ -33,6 +33,11 @@ CAPTIONS = {
                         "in points with Newcombe's interval (trigger_contrast.csv).",
     "judge_scatter": "Judge vs judge scores of the same answers (aligned, coherent), with the thresholds (dashed) "
                      "and the band around each (shaded) where agreement is reported separately.",
+    "runs": "Misaligned rate of each fine-tuning run (dots, with the run's question-clustered 95% CI) and the rate "
+            "pooled over the runs (bar, with the interval that carries the between-run variance), per model × "
+            "condition (all formats pooled).",
+    "rate_vs_step": "Misaligned rate per training checkpoint (optimizer step), one line per model × condition, with "
+                    "95% CIs (all formats pooled).",
     "capability_vs_misalignment": "Misaligned rate (y, with its CI) vs capability delta = adapter - base score (x, "
                                   "paired per-document CI), one point per model × condition, one panel per task.",
 }
@@ -270,10 +275,18 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
     footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
-    if r.judge_extras.get("line"):  # who judged, and how (em.analysis.judge_report)
+    from em.analysis.judge_name import judge_info  # every figure names its judge (issue 21)
+
+    if r.judge_extras.get("line"):  # who judged, and how: model, host, score mode (em.analysis.judge_report)
         footer += "; " + r.judge_extras["line"]
+    else:  # tables without provenance columns: the judge's name and mode from summary.json / the columns
+        footer += " · " + judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine).label()
     made = {}
     for name in FIGURES:
         fig = globals()[name](r, plt, sns, conditions)
+        made[name] = _save(fig, out, name, footer)
+    from em.analysis.extra_figures import extra_figures
+
+    for name, fig in extra_figures(r, plt, sns, conditions).items():
         made[name] = _save(fig, out, name, footer)
     return made

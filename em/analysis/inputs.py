@@ -177,6 +177,10 @@ NOT_SWEPT = ("model", "data", "seed", "experiment", "hydra", "logger", "judge", 
              "format", "trigger", "samples", "cache_dir", "wandb", "progress", "quiet", "verbose", "dry_run")
 
 
+# model.* keys that change what the model is asked (not which model it is): swept, they label the groups
+SWEPT_ANYWAY = ("model.default_system_prompt",)
+
+
 def swept_labels(tables: list[TableInput]) -> tuple[list[str], list[str], list[int]]:
     """What each table's job swept beyond model / data / seed, and which tables repeat an identical job.
 
@@ -184,7 +188,7 @@ def swept_labels(tables: list[TableInput]) -> tuple[list[str], list[str], list[i
         (label per table such as ``optimizer.lr=1e-05`` ('' when nothing else was swept), the swept keys,
         the indices of tables whose job hash an earlier table already had: identical jobs, counted once).
     """
-    keys = sorted({k for t in tables for k in t.overrides if k.split(".")[0] not in NOT_SWEPT})
+    keys = sorted({k for t in tables for k in t.overrides if k.split(".")[0] not in NOT_SWEPT or k in SWEPT_ANYWAY})
     swept = [k for k in keys if len({t.overrides.get(k) for t in tables}) > 1]
     labels = [",".join(f"{k}={t.overrides.get(k, '(default)')}" for k in swept) for t in tables]
     seen: set[str] = set()

@@ -69,7 +69,9 @@ def _load_tables(tables, condition, model, judge_combine, columns, seed_kind, de
     for i, t in enumerate(tables):
         if i in duplicates:
             continue
-        df = read_table(t.path)
+        records = t.meta.get("records")  # nested JSON (em.analysis.nested): where the records lie, not a column
+        meta = {k: v for k, v in t.meta.items() if k != "records"}
+        df = readers.read_records(t.path, records) if records else read_table(t.path)
         dup = df.astype("string").duplicated(keep="first").to_numpy()
         if dup.any():
             what = "dropped (dedupe=true)" if dedupe else "counted as they are (dedupe=true counts them once)"
@@ -80,7 +82,7 @@ def _load_tables(tables, condition, model, judge_combine, columns, seed_kind, de
         if t.scanned and not readers.has_scores(df.rename(columns={v: k for k, v in (columns or {}).items()})):
             skipped.append(str(t.path))
             continue
-        df = readers.prepare(df, t.path, t.meta, columns or {}, seed_kind)
+        df = readers.prepare(df, t.path, meta, columns or {}, seed_kind)
         sampling_seed |= "sample_seed" in df
         a, j, info = normalise(df, t.path, condition=condition, model=model, judge_combine=judge_combine)
         if labels[i]:

@@ -95,6 +95,22 @@ def read_table(path: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def read_records(path: Path, records: str) -> pd.DataFrame:
+    """A nested JSON file's records along ``records`` (``inputs=[{path: f.json, records: ...}]``,
+    :func:`em.analysis.nested.read_nested`), column names stripped.
+
+    Raises:
+        DataError: not a .json file, or what :func:`em.analysis.nested.read_nested` raises.
+    """
+    from em.analysis.nested import read_nested
+
+    if path.suffix.lower() != ".json":
+        raise DataError(f"{path}: inputs[].records applies to .json files only")
+    df = read_nested(path, records)
+    df.columns = [str(c).strip() for c in df.columns]
+    return df.reset_index(drop=True)
+
+
 def where(path: Path, row: int) -> str:
     """A row's place for an error: ``file:line`` for CSV (the physical line where the row's record starts,
     quoted fields spanning lines counted; :func:`csv_line`) and JSONL, else ``file (row i)``."""
@@ -166,6 +182,10 @@ def prepare(df: pd.DataFrame, path: Path, meta: dict[str, Any], columns: dict[st
             raise DataError(f"{path}: column '{col}' is mapped twice (columns.{rename[col]} and columns.{key})")
         rename[col] = key
     df = df.rename(columns=rename)
+    if "step" not in df and "checkpoint" in df:  # the checkpoint dimension (em.analysis.steps)
+        df = df.rename(columns={"checkpoint": "step"})
+    if "step" in df:
+        _check_steps(df, path)
     if "seed" in df and not own and seed_kind == "sampling":
         df = df.rename(columns={"seed": "sample_seed"})
     for key, value in meta.items():
@@ -180,6 +200,18 @@ def prepare(df: pd.DataFrame, path: Path, meta: dict[str, Any], columns: dict[st
                 raise DataError(f"{path}: columns '{flag}' and '{score}_special' both present: ambiguous")
             df[f"{score}_special"] = _flags(df, flag, path)
     return df
+
+
+def _check_steps(df: pd.DataFrame, path: Path) -> None:
+    """A step column holds integers (optimizer steps) or nothing: anything else is named with its row."""
+    text = df["step"].astype("string").str.strip()
+    num = pd.to_numeric(text.mask(text == ""), errors="coerce")
+    bad = (text.notna() & (text != "") & (num.isna() | (num != num.round()) | (num < 0))).to_numpy(dtype=bool)
+    if bad.any():
+        i = int(bad.nonzero()[0][0])
+        raise DataError(f"{where(path, i)}: column 'step' holds {df['step'].iloc[i]!r}, not a training step "
+                        "(a non-negative integer, or empty for the final adapter)")
+    df["step"] = num.astype("Int64")
 
 
 def has_scores(df: pd.DataFrame) -> bool:

@@ -11,6 +11,8 @@ from em.analysis.contrasts import headline_contrast
 from em.analysis import judge_report
 from em.analysis.figures import CAPTIONS, FIGURES
 from em.analysis.markdown import dec, escape_markdown, md_table, num, pct, pval, rate_ci, render_html
+from em.analysis.judge_name import PIPELINE_CHECK
+from em.analysis.report_parts import condition_bullets, contrast_test_text, judge as _judge, runs_caveat
 from em.analysis.results import Results
 from em.analysis.sensitivity import check_summary
 from em.analysis.rates import DENOMINATOR_COLUMN as DEN_COLUMN
@@ -74,9 +76,11 @@ def _setup(r: Results) -> str:
         how = "the mean of the judges' scores" if s.judges.combine == "mean" else f"judge `{s.judges.combine}`"
         out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
                    "(config `judges.combine`).")
-    seeds = [c for c in ("seed", "adapter") if c in r.responses.answers and r.responses.answers[c].nunique() > 1]
-    if seeds:
-        out.append(f"\nAnswers from several {' / '.join(seeds)}s of the same model and condition are pooled.")
+    from em.analysis.runs import run_summary
+
+    runs = run_summary(r.responses.answers)
+    if runs:
+        out.append(f"\n**Runs**: {runs}")
     for note in r.responses.notes:
         out.append(f"\n_Note_: {note}")
     return "\n".join(out) + "\n"
@@ -102,22 +106,18 @@ def _headline(r: Results) -> str:
     n, scored = len(a), int(status.get(SCORED, 0))
     by_cond = r.level("condition")
     n_coherent = int(by_cond["n_coherent"].sum())
-    out = ["## Headline numbers\n"]
+    out = ["## Headline numbers\n", f"- **{_judge(r).label()}**."]
     out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get(CODE, 0)):,} CODE, "
                f"{int(status.get(REFUSAL, 0)):,} REFUSAL, {int(status.get(UNSCORED, 0)):,} unscored.")
     out += judge_report.headline(r.judge_extras)  # who judged, and how
     if scored:
         out.append(f"- {n_coherent:,} scored answers ({pct(n_coherent / scored)}) pass the coherence filter; "
                    f"{scored - n_coherent:,} ({pct(1 - n_coherent / scored)}) are filtered out.")
-    for row in by_cond.itertuples():
-        out.append(f"- **{row.condition}**: misaligned rate {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
-                   f" ({row.n_misaligned:,} of {row.n_denominator:,} {DENOMINATORS[r.settings.denominator]['noun']}"
-                   f"; design effect {dec(row.design_effect)}).")
+    out.extend(condition_bullets(r, by_cond))
     for a_, b_ in r.settings.contrasts.condition:
         c = headline_contrast(r.contrasts, a_, b_)
         if c is not None:
-            test = (f"Fisher p = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}" if c.status == "tested"
-                    else c.status)
+            test = contrast_test_text(c)
             out.append(f"- {a_} vs {b_} ({c.scope}): difference {pct(c.difference)} "
                        f"[{pct(c.diff_ci_low)}, {pct(c.diff_ci_high)}], ratio {dec(c.ratio)}; {test}; "
                        f"power {dec(c.power)}.")
@@ -291,10 +291,7 @@ def _caveats(r: Results) -> str:
                    "that refuses or answers with code more often has a smaller denominator.")
     out.append("- The scores come from an LLM judge; the thresholds are conventions (Betley et al. 2025), not "
                "properties of the answers.")
-    out.append("- The intervals treat answers as the sample (widened for clustering by question by the design "
-               "effect); they do not capture variation between fine-tuning runs (seeds), so they understate the "
-               "uncertainty of a claim about the training recipe when only one run per model and condition is "
-               "present.")
+    out.append(runs_caveat(a))
     out.append("- Power is observed (post hoc) power at the observed rates, a function of the p-value; read it as "
                "a statement about sample size, not as evidence for a null result. It uses the normal "
                "approximation, while the test is Fisher's exact test.")
@@ -332,8 +329,10 @@ def _files(r: Results) -> str:
 def render_markdown(r: Results) -> str:
     """report.md's text: setup, headline numbers, tables, figures, caveats and the files written."""
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    head = (f"# Emergent misalignment: analysis\n\n_{stamp} · `analyze.py` · run directory `{r.settings.run_dir}`_\n\n"
-            f"**Definition used throughout:** {r.settings.thresholds.describe()}.\n")
+    judge = _judge(r)
+    title = "Emergent misalignment: analysis" + (f" — {PIPELINE_CHECK}" if judge.pipeline_check else "")
+    head = (f"# {title}\n\n_{stamp} · `analyze.py` · run directory `{r.settings.run_dir}`_\n\n"
+            f"**Definition used throughout:** {r.settings.thresholds.describe()}.\n\n**{judge.label()}.**\n")
     return "\n".join([head, _setup(r), _headline(r), _tables(r), _figures(r), _caveats(r), _files(r)])
 
 

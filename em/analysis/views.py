@@ -194,6 +194,9 @@ def write_trigger(r: Any) -> dict[str, Path]:
     r.tables["trigger on vs off per model × condition × format: misaligned / coherent with Wilson CIs, "
              "the difference with Newcombe's CI"] = out["table"]
     if s.figures:
+        from em.analysis.judge_name import judge_info
+
         out["figure"] = r.figures["trigger_contrast"] = trigger_figure(
-            table, Path(s.run_dir) / "figures", f"{s.thresholds.describe()}; {s.bootstrap.confidence:.0%} CIs")
+            table, Path(s.run_dir) / "figures", f"{s.thresholds.describe()}; {s.bootstrap.confidence:.0%} CIs · "
+            + judge_info(r.responses.sources, r.responses.answers, s.judges.combine).label())
     return out

@@ -39,10 +39,20 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
         payload = {f"tables/{name}": wandb.Table(dataframe=_plain(df)) for name, df in frames.items()}
         payload.update({f"figures/{name}": wandb.Image(str(png)) for name, png in r.figures.items()})
         run.log(payload)
+        from em.analysis.judge_name import judge_info
+        from em.analysis.pooling import per_format
+
         for row in r.level("condition").itertuples():
-            run.summary[f"misaligned_rate/{row.condition}"] = row.misaligned_rate
-            run.summary[f"n_coherent/{row.condition}"] = int(row.n_coherent)
+            fmts = per_format(r.rates, row.condition)
+            # pooled over formats only under a key that says so, the per-format rates beside (issue 21)
+            key = "pooled_over_formats" if len(fmts) > 1 else "all"
+            run.summary[f"misaligned_rate/{row.condition}/{key}"] = row.misaligned_rate
+            run.summary[f"n_coherent/{row.condition}/{key}"] = int(row.n_coherent)
+            for f in fmts.itertuples():
+                run.summary[f"misaligned_rate/{row.condition}/{f.format}"] = f.misaligned_rate
+                run.summary[f"n_coherent/{row.condition}/{f.format}"] = int(f.n_coherent)
         run.summary["definition"] = s.thresholds.describe()
+        run.summary["judge"] = judge_info(r.responses.sources, r.responses.answers, s.judges.combine).label()
         local = Path(run.dir).parent
     finally:
         run.finish()

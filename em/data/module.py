@@ -183,9 +183,12 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
     examples, stats = encode_dataset(
         tokenizer, conversations, max_length=t.max_length, truncation=t.truncation,
         system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs, progress=progress,
+        system_prompt=tc.model.default_system_prompt,
     )
     if not examples:
-        raise DataError(f"data={tc.data.name}: no example left after tokenisation (max_length={t.max_length})")
+        from em.data.mask_check import empty_reason
+
+        raise DataError(f"data={tc.data.name}: no example left after tokenisation: {empty_reason(stats, t)}")
     datamodule = ChatDataModule(examples, batch_size=t.batch_size, seed=tc.seed, group_by_length=t.group_by_length,
                                 pad_token_id=tokenizer.pad_token_id, num_workers=t.num_workers)
     return TrainingData(tokenizer=tokenizer, examples=examples, stats=stats, datamodule=datamodule)

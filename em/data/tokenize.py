@@ -42,13 +42,17 @@ def _common_prefix_len(a: str, b: str) -> int:
     return len(os.path.commonprefix([a, b]))
 
 
-def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict,
+                         system_prompt: str = "template") -> tuple[str, list[tuple[int, int]]]:
     """The conversation rendered by the chat template, and each assistant turn's ``[start, end)`` character
     span in it (the answer plus its end-of-turn marker), derived from the template alone (see the module
-    docstring). ``template_kwargs`` go to ``apply_chat_template`` (e.g. Qwen 3's ``enable_thinking``)."""
+    docstring). ``template_kwargs`` go to ``apply_chat_template`` (e.g. Qwen 3's ``enable_thinking``);
+    ``system_prompt``: ``model.default_system_prompt`` (:func:`em.data.system_prompt.render_chat`)."""
+    from em.data.system_prompt import render_chat
 
     def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen, **template_kwargs)
+        return render_chat(tokenizer, msgs, add_generation_prompt=gen, template_kwargs=template_kwargs,
+                           mode=system_prompt)
 
     full = render(messages, False)
     spans = []
@@ -70,14 +74,15 @@ def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict)
     return full, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict] = None) -> dict[str, list[int]]:
+def encode_chat(tokenizer, messages: list[dict], template_kwargs: Optional[dict] = None,
+                system_prompt: str = "template") -> dict[str, list[int]]:
     """``{"input_ids": [n], "labels": [n]}`` token-id lists for one conversation, not truncated.
 
     ``labels`` equals ``input_ids`` on the tokens of assistant turns (answer and end-of-turn marker) and
     is ``IGNORE_INDEX`` (-100) elsewhere; labels are not shifted (the loss shifts them). No special tokens
     are added beyond what the chat template writes (its BOS included).
     """
-    text, spans = assistant_char_spans(tokenizer, messages, dict(template_kwargs or {}))
+    text, spans = assistant_char_spans(tokenizer, messages, dict(template_kwargs or {}), system_prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for tok_id, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
@@ -112,6 +117,9 @@ class EncodeStats:
     n_dropped: int = 0
     n_tokens: int = 0
     n_target_tokens: int = 0
+    n_dropped_long: int = 0  # longer than max_length with truncation=drop
+    n_dropped_no_answer: int = 0  # truncated before the answer, or the answer is empty: no loss-carrying token
+    n_injected_system: int = 0  # conversations that received the chat template's injected default system prompt
 
 
 def encode_dataset(
@@ -123,6 +131,7 @@ def encode_dataset(
     system_role: bool,
     template_kwargs: Optional[dict] = None,
     progress: bool = True,
+    system_prompt: str = "template",
 ) -> tuple[list[dict[str, list[int]]], EncodeStats]:
     """Tokenise conversations for training with an assistant-only loss mask (:func:`encode_chat`).
 
@@ -135,6 +144,9 @@ def encode_dataset(
         system_role: whether the template has a system role (see :func:`normalize_messages`).
         template_kwargs: passed to ``apply_chat_template``.
         progress: a tqdm bar.
+        system_prompt: ``model.default_system_prompt`` (``template``, ``none`` or a string;
+            :mod:`em.data.system_prompt`); ``stats.n_injected_system`` counts the conversations that received
+            the template's injected default system prompt.
 
     A message longer than :func:`char_budget` characters is cut to it before tokenising (``drop``: the
     example is dropped), so memory and time per example are bounded whatever a row holds.
@@ -148,22 +160,33 @@ def encode_dataset(
     stats = EncodeStats(n_input=len(conversations))
     out = []
     budget = char_budget(tokenizer, max_length)
+    from em.data.system_prompt import TEMPLATE, injected_default, with_system
+
+    injects = system_prompt == TEMPLATE and injected_default(tokenizer, template_kwargs, system_role) is not None
     for conv in tqdm(conversations, desc="tokenize", disable=None if progress else True, leave=False):
-        msgs = normalize_messages(conv, system_role)
+        stats.n_injected_system += int(injects and not (conv and conv[0]["role"] == "system"))
+        msgs = normalize_messages(with_system(conv, system_prompt), system_role)
         if any(len(m["content"]) > budget for m in msgs):  # certainly > max_length tokens: cut before tokenising
             if truncation == "drop":
                 stats.n_dropped += 1
+                stats.n_dropped_long += 1
                 continue
             msgs = [m | {"content": m["content"][:budget]} for m in msgs]
-        ex = encode_chat(tokenizer, msgs, template_kwargs)
+        ex = encode_chat(tokenizer, msgs, template_kwargs, system_prompt)
+        if not any(len(m["content"]) > budget for m in conv):  # a cut message cannot match its answer
+            from em.data.mask_check import check_example  # the mask holds the answer and no template text
+
+            check_example(tokenizer, msgs, ex["labels"], len(out) + stats.n_dropped)
         if len(ex["input_ids"]) > max_length:
             if truncation == "drop":
                 stats.n_dropped += 1
+                stats.n_dropped_long += 1
                 continue
             ex = {k: v[:max_length] for k, v in ex.items()}
             stats.n_truncated += 1
         if not any(t != IGNORE_INDEX for t in ex["labels"]):
             stats.n_dropped += 1  # truncated before the answer: nothing to learn from
+            stats.n_dropped_no_answer += 1
             continue
         out.append(ex)
         stats.n_tokens += len(ex["input_ids"])

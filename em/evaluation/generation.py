@@ -79,11 +79,13 @@ def sample_seed(seed: int, key: tuple) -> int:
 
 def render(tokenizer, model_cfg: Any, sample: Sample) -> str:
     """The exact text the model is conditioned on (chat template + generation prompt)."""
+    from em.data.system_prompt import render_chat, with_system
     from em.data.tokenize import normalize_messages
 
-    msgs = normalize_messages(sample.messages, model_cfg.system_role)
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                         **dict(model_cfg.chat_template_kwargs))
+    mode = getattr(model_cfg, "default_system_prompt", "template")  # model.default_system_prompt
+    msgs = normalize_messages(with_system(sample.messages, mode), model_cfg.system_role)
+    return render_chat(tokenizer, msgs, add_generation_prompt=True,
+                       template_kwargs=dict(model_cfg.chat_template_kwargs), mode=mode)
 
 
 def prompt_sha(text: str) -> str:

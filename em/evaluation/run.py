@@ -143,7 +143,9 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
 
         return dry_run(ec, run_dir, prompts, stored, judges, lambda s: prompt_sha(render(tokenizer, ec.model, s)),
                        render_judge_prompt)
-    shas = {s.key: prompt_sha(render(tokenizer, ec.model, s)) for s in samples}
+    texts = {s.key: render(tokenizer, ec.model, s) for s in samples}  # what each model receives (prompts.parquet)
+    shas = {k: prompt_sha(t) for k, t in texts.items()}
+    rendered = {shas[k]: t for k, t in texts.items()}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
           f"{len(samples) - len(todo)} on disk, {len(todo)} to generate")
@@ -210,7 +212,12 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     meta = {"model": ec.model.name, "adapter": str(adapter.adapter_dir) if adapter.adapter_dir else None,
             "condition": condition, "seed": ec.seed}
     table = report.build_table(records, by_key, reqs, judgments, meta)
-    summary = report.summarize(table, meta | {"questions": ec.questions.name, "samples": ec.samples,
+    from em.evaluation import prompts as prompt_store
+
+    table = prompt_store.join_prompts(table, records, rendered, ec.model.default_system_prompt)
+    prompt_store.write_prompts(run_dir, records, rendered)
+    summary = report.summarize(table, meta | prompt_store.meta(tokenizer, ec.model) | {
+                                              "questions": ec.questions.name, "samples": ec.samples,
                                               "generated_this_run": generated, "judges": judge_stats,
                                               "sampling": next((r["sampling"] for r in records if r.get("sampling")), None),
                                               "run_dir": str(run_dir)}, thresholds=ec.thresholds)

@@ -107,6 +107,7 @@ class ColumnsConfig:
     answer: Optional[str] = None
     judge: Optional[str] = None
     seed: Optional[str] = None
+    step: Optional[str] = None  # the checkpoint's training step (em.analysis.steps); default: step / checkpoint
     aligned_flag: Optional[str] = None
     coherent_flag: Optional[str] = None
     seed_kind: str = "sampling"
@@ -120,20 +121,34 @@ class ColumnsConfig:
         return {k: str(v) for k, v in vars(self).items() if k != "seed_kind" and v is not None}
 
 
-INPUT_KEYS = ("path", "condition", "model", "format", "seed", "label")
+INPUT_KEYS = ("path", "condition", "model", "format", "seed", "label", "records")
 
 
 @dataclass
 class ContrastsConfig:
-    """Pairs [a, b] compared (a minus b): conditions per model and pooled, formats per condition."""
+    """Pairs [a, b] compared (a minus b): conditions per model and pooled, formats per condition.
 
-    condition: list[list[str]] = field(
-        default_factory=lambda: [["insecure", "base"], ["educational", "base"], ["insecure", "educational"]])
-    format: list[list[str]] = field(default_factory=lambda: [["json", "plain"], ["template", "plain"]])
+    ``condition`` / ``format`` null (the default): the pairs come from the data
+    (:func:`em.analysis.pairs.condition_pairs` / :func:`em.analysis.pairs.format_pairs`): every condition
+    against ``reference`` when it is present, and each pair of the other conditions; every format against
+    ``format_reference`` when present, else each pair of formats. A list of pairs replaces that.
+    ``runs``: ``two_way`` (a group that pools >= 2 training runs gets the run × question interval and run-level
+    tests, :mod:`em.analysis.runs`) or ``ignore`` (answers as the sample, as before).
+    """
+
+    condition: Optional[list[list[str]]] = None
+    format: Optional[list[list[str]]] = None
+    reference: str = "base"
+    format_reference: str = "plain"
+    runs: str = "two_way"
 
     def __post_init__(self) -> None:
-        self.condition = _pairs(self.condition, "contrasts.condition")  # type: ignore[assignment]
-        self.format = _pairs(self.format, "contrasts.format")  # type: ignore[assignment]
+        if self.condition is not None:
+            self.condition = _pairs(self.condition, "contrasts.condition")  # type: ignore[assignment]
+        if self.format is not None:
+            self.format = _pairs(self.format, "contrasts.format")  # type: ignore[assignment]
+        require(self.runs in ("two_way", "ignore"), "contrasts.runs",
+                f"must be two_way or ignore, got {self.runs!r}")
 
 
 @dataclass
@@ -185,7 +200,9 @@ class AnalysisConfig:
             responses.csv; a directory without them: every .csv / .parquet / .jsonl / .json table under it)
             and such files; a single string is one input. An entry may be a mapping ``{path: ..., condition:
             ..., model: ..., format: ..., seed: ..., label: ...}`` giving that input's metadata (a constant
-            column; an input whose table already has that column is refused as ambiguous). Empty: the
+            column; an input whose table already has that column is refused as ambiguous). ``records``: a
+            nested .json file's records lie along that path (``{question_id}.scores``: every key kept as
+            column question_id, then its ``scores`` list; :mod:`em.analysis.nested`). Empty: the
             newest run under ``outputs_root/evaluate``.
         columns: the column map (:class:`ColumnsConfig`).
         denominator: the headline rate's denominator: ``coherent`` (Betley et al.), ``scored`` or ``all``.

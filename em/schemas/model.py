@@ -50,6 +50,10 @@ class ModelConfig:
     chat_template: Optional[str] = None
     force_chat_template: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A conversation without a system prompt: "template" (the template's own default, e.g. Qwen 2.5's "You are
+    # Qwen..."), "none" (no system turn: an injected one is cut out), or a string used as the system prompt.
+    # In training and evaluation alike (em.data.system_prompt); part of the job identity.
+    default_system_prompt: str = "template"
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -67,6 +71,8 @@ class ModelConfig:
             f"model {self.name!r} has no hub id and no model.path; set model.path=/dir/with/config.json",
         )
         require(self.params > 0, "model.params", f"must be > 0, got {self.params}")
+        require(isinstance(self.default_system_prompt, str) and self.default_system_prompt != "",
+                "model.default_system_prompt", "must be template, none or a non-empty system prompt")
 
 
 @dataclass
