@@ -143,7 +143,8 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
 
     write_config_records(run_dir, cfg)
     ic = rc.interp
-    steps = set(ic.steps)
+    # a step runs when listed in interp.steps and (project / steer / ablate) its own `enabled` is on
+    steps = {s for s in ic.steps if getattr(getattr(ic, s, None), "enabled", True)}
     t_start = time.perf_counter()
     source = models.model_dir(rc.model, rc.cache_dir)
     tokenizer = models.load_tokenizer(rc.model, rc.cache_dir, source)
@@ -261,7 +262,7 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
         for c in conds:
             d = run_dir / "steer" / intervene.slug(c.name)
             print(f"steer: {c.name} (positions {c.positions}, scale {c.scale:.3g})", flush=True)
-            run_evaluation(eval_node(cfg, d, adapter=None, condition=None), intervention=c)
+            run_evaluation(eval_node(cfg, d, adapter=None, condition=None, samples=ic.steer.samples), intervention=c)
             cond_dirs.append(d)
         summary["steer"] = [c.name for c in conds]
     if "ablate" in steps:

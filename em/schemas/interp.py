@@ -74,6 +74,7 @@ class SteerConfig:
     alphas: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0])  # x the mean residual norm at the layer
     positions: str = "all"  # all | prompt | answer
     random_control: bool = False  # steer_random[...] beside each alpha != 0
+    samples: Optional[int] = None  # answers per question per format per condition; null: the root's samples
 
 
 @dataclass
@@ -130,6 +131,8 @@ class InterpConfig:
         for key, pos in (("interp.steer.positions", self.steer.positions), ("interp.ablate.positions", self.ablate.positions)):
             require(pos in POSITIONS, key, f"must be one of {POSITIONS}, got {pos!r}")
         require(len(self.steer.alphas) > 0, "interp.steer.alphas", "is empty")
+        require(self.steer.samples is None or self.steer.samples > 0, "interp.steer.samples",
+                f"must be > 0 or null, got {self.steer.samples}")
 
 
 @dataclass
