@@ -30,7 +30,8 @@ import em.errors
 import em.runtime
 from em.interp import collect as collect_mod
 from em.interp import direction as direction_mod
-from em.interp import intervene, project
+from em.interp import inputs, intervene, project
+from em.interp.inputs import answers_table
 from em.schemas.common import validate
 from em.schemas.evaluate import EvalConfig
 from em.schemas.interp import InterpRunConfig
@@ -181,12 +182,12 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
             res = run_evaluation(eval_node(cfg, run_dir / "answers" / "persona", adapter=None, judge=False,
                                            formats=formats, samples=ic.direction.persona.samples,
                                            condition="persona", wandb=False))
-            answers = _answers(res.table)
+            answers = answers_table(res.table)
             answers["persona"] = answers["format"].astype(str).str.extract(r"^persona_([ab])")[0]
             gather("persona", answers, None, "persona answers of the base model")
             labels = ["persona"]
         else:
-            answers = read_judged(ic.direction.answers)
+            answers = inputs.read_judged(ic.direction.answers)
             label = "judged"
             gather(label, answers, adapter_dir if ic.direction.adapter_collects else None,
                    f"judged answers: {', '.join(ic.direction.answers)}")
@@ -217,9 +218,9 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
         if adapter_dir is None:
             print("project: no fine-tuned adapter (adapter=none or none found): projection shift skipped")
         else:
-            base_ans = _answers(run_evaluation(eval_node(cfg, run_dir / "answers" / "base", adapter=None, judge=False,
+            base_ans = answers_table(run_evaluation(eval_node(cfg, run_dir / "answers" / "base", adapter=None, judge=False,
                                                          condition="base", wandb=False)).table)
-            ft_ans = _answers(run_evaluation(eval_node(cfg, run_dir / "answers" / "finetuned", adapter=adapter_dir,
+            ft_ans = answers_table(run_evaluation(eval_node(cfg, run_dir / "answers" / "finetuned", adapter=adapter_dir,
                                                        judge=False, condition="finetuned", wandb=False)).table)
             gather("base", base_ans, None, "base model's answers")
             gather("finetuned", ft_ans, adapter_dir, "fine-tuned model's answers")
@@ -294,54 +295,6 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
     return summary
 
 
-def _answers(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per answer of an em responses table (several judges: several rows), with an ``answer_id``."""
-    key = [c for c in ("condition", "format", "question_id", "paraphrase", "sample") if c in table]
-    out = table.drop_duplicates(subset=key).reset_index(drop=True) if key else table.reset_index(drop=True)
-    if "answer_id" not in out:
-        out.insert(0, "answer_id", out[key].astype(str).agg("/".join, axis=1) if key else range(len(out)))
-    return out
-
-
-def read_judged(paths: list[str]) -> pd.DataFrame:
-    """Judged answers from responses tables or run / sweep directories (every ``responses.parquet`` under them;
-    csv / jsonl / json tables as analyze.py reads them), one row per answer, scores averaged over judges.
-
-    Raises:
-        DataError: a path that does not exist, no table, or tables without question / answer / scores.
-    """
-    from em.analysis.readers import read_table
-
-    tables = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.rglob("responses.parquet"))
-            if not found:
-                raise em.errors.DataError(f"interp.direction.answers: {p} holds no responses.parquet")
-            tables += [(f, read_table(f)) for f in found]
-        elif p.exists():
-            tables.append((p, read_table(p)))
-        else:
-            raise em.errors.DataError(f"interp.direction.answers: {p} does not exist")
-    frames = []
-    for f, df in tables:
-        missing = [c for c in ("question", "answer", "aligned", "coherent") if c not in df]
-        if missing:
-            raise em.errors.DataError(f"{f}: no {' / '.join(missing)} column (the judge rule needs the question, the "
-                                      "answer text and both scores)")
-        df = df.copy()
-        df["answers_file"] = str(f)
-        for c in ("aligned", "coherent"):
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-        frames.append(df)
-    all_rows = pd.concat(frames, ignore_index=True)
-    key = [c for c in ("answers_file", "model", "adapter", "condition", "seed", "format", "question_id", "paraphrase",
-                       "sample", "system", "question", "answer") if c in all_rows]
-    scores = all_rows.groupby(key, dropna=False, sort=False)[["aligned", "coherent"]].mean().reset_index()
-    scores.insert(0, "answer_id", [f"{i}" for i in range(len(scores))])
-    return scores
-
-
 def best_layer(stats_path: Path, tensors: dict[str, Any]) -> int:
     """The layer with the highest held-out AUC in ``direction_stats.csv`` (ties: the earlier); without stats,
     the middle layer of the file."""
@@ -372,4 +325,4 @@ def shift_line(s: dict[str, float], confidence: float) -> str:
             f"[{s['random_ci_low']:+.3f}, {s['random_ci_high']:+.3f}]")
 
 
-__all__ = ["run_interp", "eval_node", "read_judged", "best_layer"]
+__all__ = ["run_interp", "eval_node", "best_layer"]
