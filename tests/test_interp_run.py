@@ -117,6 +117,19 @@ def test_judge_recipe_from_judged_tables(tmp_path, cache_dir, adapter):
     assert summary["rule"] == "judge"
 
 
+def test_demo_preset_composes_as_documented():
+    """experiment=interp_demo: the persona recipe on SmolLM2, trains the demo adapter when none exists, a steering
+    grid of 2 layers x 3 alphas with alpha 0, judged by the demo's local judge."""
+    from em.schemas.common import validate
+
+    rc = validate(compose_interp(["experiment=interp_demo", "run_dir=/x", "cache_dir=/y"]))
+    assert rc.model.name == "smollm2_135m_instruct" and rc.interp.direction.rule == "persona"
+    assert rc.train_if_missing and "experiment=demo" in rc.train_args and rc.adapter == "latest"
+    assert len(rc.interp.steer.layers) == 2 and 0 in rc.interp.steer.alphas and len(rc.interp.steer.alphas) == 3
+    assert rc.judge._target_ == "em.judge.local.LocalJudge" and set(rc.format) == {"plain", "json", "template"}
+    assert {"direction", "project", "steer", "report"} <= set(rc.interp.steps)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["interp.direction.rule=vibes"], "interp.direction.rule"),
     (["interp=judge"], "interp.direction.answers"),

@@ -182,9 +182,8 @@ def write_report(run_dir: Path, rc: Any, summary: dict[str, Any], stats_path: Pa
     analysis_dir, note = run_analysis_over(run_dir, cond_dirs, rc)
     steer = steering_rates(analysis_dir)
     figs = figures(run_dir, summary, stats_path, steer)
-    judge_name = ""
-    if rc.judge is not None:
-        judge_name = str(rc.judge.get("model", {}).get("name", "")) if hasattr(rc.judge, "get") else ""
+    jm = getattr(rc.judge, "model", None) if rc.judge is not None else None
+    judge_name = str(getattr(jm, "name", None) or (jm.get("name") if isinstance(jm, dict) else jm) or "")
     small = "135m" in (judge_name or "").lower() or "135m" in rc.model.name.lower()
     judge_note = ("Judged by a 135M model: a pipeline check, not a measurement." if small else "")
     text = markdown(run_dir, summary, stats_path, figs, note, judge_note)
