@@ -171,3 +171,28 @@ def test_directions_file_garbage_is_refused(tmp_path):
     p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}")
     with pytest.raises(ValueError, match="not a readable directions file"):
         direction.load_directions(p)
+
+
+def test_a_collection_killed_midway_leaves_no_index_and_is_redone(cache_dir, tmp_path, monkeypatch):
+    """A crash after the first shard: no index (readers refuse the half collection); the rerun replaces every shard."""
+    model, tok, ec = load("tiny", cache_dir, tmp_path)
+    real = collect.pooled_forward
+    calls = []
+
+    def dying(m, batch, pad):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill between two batches
+        return real(m, batch, pad)
+
+    monkeypatch.setattr(collect, "pooled_forward", dying)
+    with pytest.raises(KeyboardInterrupt):
+        collect.collect(model, tok, ec.model, answers_table(6), tmp_path / "act", "base", batch_size=2, progress=False)
+    assert (tmp_path / "act" / "base" / "shard_00000.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="no finished collection"):
+        collect.read_index(tmp_path / "act", "base")
+    monkeypatch.setattr(collect, "pooled_forward", real)
+    index = collect.collect(model, tok, ec.model, answers_table(4), tmp_path / "act", "base", batch_size=4,
+                            progress=False)
+    assert sorted(p.name for p in (tmp_path / "act" / "base").glob("shard_*")) == ["shard_00000.safetensors"]
+    assert len(index) == 4 and collect.read_layer(tmp_path / "act", "base", 0).shape[0] == 4
