@@ -291,7 +291,9 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
         summary["files"].update(report.write_report(run_dir, rc, summary, stats_path, cond_dirs))
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     em.runtime.atomic_write_json(run_dir / "interp_summary.json", summary)
-    print(f"interp run dir: {run_dir}")
+    print(f"interp run dir: {run_dir}  (report: interp_report.md)")
+    if summary.get("projection_shift"):  # the headline last: judge-free
+        print(shift_line(summary["projection_shift"], ic.project.confidence))
     return summary
 
 
