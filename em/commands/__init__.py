@@ -1,4 +1,4 @@
-"""The ``em`` console command: ``em train|evaluate|analyze|capability|view|push ...`` (installed by ``pip install .``).
+"""The ``em`` console command: ``em train|evaluate|analyze|capability|interp|view|push ...`` (installed by ``pip install .``).
 
 ``em train ARGS`` is ``python train.py ARGS`` (the same Hydra app, config from the package: ``pkg://em.conf``),
 so an installed em runs from any directory. ``em view DIR`` serves the responses browser
@@ -17,6 +17,7 @@ COMMANDS = {
     "judge": ("em.commands.judge", "re-judge existing answers (python evaluate.py answers=... judge=...)"),
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
     "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
+    "interp": ("em.commands.interp", "directions, projections, steering and ablation (python interp.py)"),
     "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),
     "push": ("em.hub", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
 }

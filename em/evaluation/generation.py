@@ -17,6 +17,7 @@ starts: a killed run keeps every finished batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -125,8 +126,12 @@ class HFGenerator:
     """
 
     def __init__(self, model_cfg, quantization, cache_dir: str, gen_cfg, seed: int,
-                 adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None):
+                 adapter_dir: Optional[str] = None, source: Optional[str] = None, tokenizer=None,
+                 intervention: Optional[Callable[..., Any]] = None):
         self.model_cfg, self.quantization, self.cache_dir = model_cfg, quantization, cache_dir
+        # em.interp's steering / ablation: intervention(model, prompt_lens) is a context manager around
+        # each batch's prefill and generate() (residual hooks; prompt_lens: [batch] real prompt tokens)
+        self.intervention = intervention
         self.gen, self.seed, self.adapter_dir = gen_cfg, seed, adapter_dir
         from em import models
 
@@ -164,6 +169,13 @@ class HFGenerator:
         b = self.gen.batch_size
         return [enc[i : i + b] for i in range(0, len(enc), b)]
 
+    def hooked(self, prompt_lens):
+        """The intervention's context for one forward / generate call over rows with ``prompt_lens`` prompt
+        tokens (``[batch]``), or a no-op without one."""
+        if self.intervention is None:
+            return contextlib.nullcontext()
+        return self.intervention(self.model, prompt_lens)
+
     share_prompts = True  # one prefill per distinct prompt of a batch (False: transformers' own prefill)
 
     def shared_prefill(self, input_ids, mask) -> dict[str, Any]:
@@ -185,7 +197,7 @@ class HFGenerator:
             return {}
         ids, m = rows[:, : n - 1], rows[:, n : 2 * n - 1]  # each distinct (prompt, mask) but its last token
         pos = (m.cumsum(-1) - 1).masked_fill_(m == 0, 1)  # as generate() derives positions from the mask
-        with torch.no_grad():
+        with torch.no_grad(), self.hooked(m.sum(1) + 1):  # (each row's last prompt token is real: left padding)
             out = self.model(input_ids=ids, attention_mask=m, position_ids=pos, use_cache=True,
                              logits_to_keep=1)
         out.cache.reorder_cache(inverse)
@@ -231,7 +243,7 @@ class HFGenerator:
                 shared = self.shared_prefill(input_ids.to(device), mask.to(device)) if self.share_prompts else {}
                 procs = [sampling.per_sample_sampler([sample_seed(self.seed, s.key) for s, _ in batch],
                                                      gc.temperature, gc.top_p)] if gc.do_sample else None
-                with torch.no_grad():
+                with torch.no_grad(), self.hooked(mask.sum(1).to(device)):
                     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                          generation_config=run_gc, logits_processor=procs, **shared)
                 results = []
@@ -259,6 +271,12 @@ def make_generator(backend: str, *args, **kwargs):
     :class:`HFGenerator` (same arguments)."""
     if backend == "vllm":
         from em.evaluation.vllm_backend import VLLMGenerator
+
+        if kwargs.get("intervention") is not None:
+            from em.errors import ConfigError
+
+            raise ConfigError("generation.backend=vllm: steering / ablation hooks run on the hf backend only; "
+                              "use generation=hf")
 
         return VLLMGenerator(*args, **kwargs)
     return HFGenerator(*args, **kwargs)

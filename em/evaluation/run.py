@@ -66,7 +66,7 @@ def judge_requests(records: list[dict[str, Any]], samples: dict[tuple, Sample]):
     return out
 
 
-def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
+def run_evaluation(cfg: DictConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
     """The evaluation stage for one composed :class:`~em.schemas.evaluate.EvalConfig` node (evaluate.py's
     root config, or one target of a train.py job built by :func:`em.pipeline.eval_config`).
 
@@ -87,15 +87,20 @@ def run_evaluation(cfg: DictConfig) -> Optional[EvalResult]:
     from em.paths import absolutize_eval
 
     absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
+    if intervention is not None and ec.generation.backend != "hf":
+        from em.errors import ConfigError
+
+        raise ConfigError(f"generation.backend={ec.generation.backend}: steering / ablation ({intervention.name}) "
+                          "runs on the hf backend only; use generation=hf")
     with DirLock(ec.run_dir, "evaluation"):  # one writer per run directory (a second run: exit 2)
         if ec.answers is not None:  # re-judge answers that exist: no model, no sampling
             from em.evaluation.rejudge import run_rejudge
 
             return run_rejudge(cfg, ec)
-        return _run_locked(cfg, ec)
+        return _run_locked(cfg, ec, intervention)
 
 
-def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
+def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
     """:func:`run_evaluation` once the run directory's lock is held."""
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
         log.info("questions=%s caps answers at %d new tokens", ec.questions.name, ec.questions.max_new_tokens)
@@ -127,7 +132,7 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
 
     source = models.model_dir(ec.model, ec.cache_dir)
     adapter = resolve_adapter(ec.adapter, ec.train_dir, ec.model, source)
-    condition = ec.condition or adapter.condition
+    condition = intervention.name if intervention is not None else ec.condition or adapter.condition
     tokenizer = models.load_tokenizer(ec.model, ec.cache_dir, source)
     identity = {
         "model": ec.model.name, "model_source": ec.model.path or ec.model.hub_id or Path(str(source)).name, "quantization": ec.quantization.name,
@@ -135,6 +140,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
         "temperature": ec.generation.temperature, "top_p": ec.generation.top_p,
         "max_new_tokens": ec.generation.max_new_tokens,
     }
+    if intervention is not None:  # answers of another steering / ablation are never reused
+        identity["intervention"] = intervention.spec
     store = AnswerStore(run_dir / "answers.jsonl", identity)
     stored = store.load()  # refuses answers of another identity: the run is accepted after this
     write_config_records(run_dir, cfg)
@@ -159,7 +166,7 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
     if todo:
         gen = make_generator(ec.generation.backend, ec.model, ec.quantization, ec.cache_dir, ec.generation, ec.seed,
                              adapter_dir=str(adapter.adapter_dir) if adapter.adapter_dir else None, source=source,
-                             tokenizer=tokenizer)
+                             tokenizer=tokenizer, **({"intervention": intervention} if intervention is not None else {}))
         t0 = time.perf_counter()
         gen.load()  # before the progress clock starts: the rate and ETA are the sampling's own
         from em.progress import ProgressLog
