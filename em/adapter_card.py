@@ -94,6 +94,10 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
                      "quantization": tc.quantization.name, "final_loss": final_loss},
         "em": em_version(),
     }
+    from em.dynamics.mitigations import active
+
+    if active(tc):  # issue 23's mitigations that shaped this adapter
+        meta["mitigations"] = active(tc)
     atomic_write_json(adapter_dir / EM_ADAPTER, meta)
     atomic_write_text(adapter_dir / "README.md", model_card(meta))
     return meta
@@ -115,6 +119,7 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"{tr['quantization']} base weights; final loss "
              f"{'n/a' if tr['final_loss'] is None else format(tr['final_loss'], '.4f')}",
              f"- chat template kwargs used in training (baked into the saved template): {meta['chat_template_kwargs']}",
+             *([f"- mitigations in training: {json.dumps(meta['mitigations'])}"] if meta.get("mitigations") else []),
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
              "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
              + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "

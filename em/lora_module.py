@@ -93,8 +93,11 @@ class LoRAFineTune(L.LightningModule):
     the frozen base is reloaded from its source.
     """
 
-    def __init__(self, model, optimizer_factory, *, warmup_steps: int, lr_scheduler: str, grad_accum: int):
+    def __init__(self, model, optimizer_factory, *, warmup_steps: int, lr_scheduler: str, grad_accum: int,
+                 kl_term=None):
         super().__init__()
+        self.kl_term = kl_term  # em.dynamics.kl.KLTerm (trainer.kl): weight * KL(base || adapted) on a side batch
+        self._window_kl = 0.0
         self.model = model
         self.optimizer_factory = optimizer_factory
         self.warmup_steps = warmup_steps
@@ -130,6 +133,11 @@ class LoRAFineTune(L.LightningModule):
         # divides by accumulate_grad_batches, which we undo so the window's gradient is the token mean.
         loss = assistant_loss_sum(self.model, batch) / max(n_window, 1)
         self._window_loss = self._window_loss + loss.detach()  # no .item(): no GPU sync per micro-batch
+        if self.kl_term is not None:  # the window's mean KL: each micro-batch adds its share
+            kl = self.kl_term(self.model, self.trainer.global_step, batch_idx % self.grad_accum, self.device) / self.grad_accum
+            self._window_kl = self._window_kl + kl.detach()
+            if self.kl_term.weight > 0:
+                loss = loss + self.kl_term.weight * kl
         if dm.world_size > 1:
             # n_window counts every rank's tokens and DDP / FSDP average the ranks' gradients: undo the mean.
             # tokens_seen counts the whole job's tokens (host-side, identical on every rank).
@@ -186,6 +194,9 @@ class LoRAFineTune(L.LightningModule):
             "train/epoch": self.trainer.current_epoch
             + self.trainer.fit_loop.epoch_loop.batch_progress.current.ready / max(len(self.trainer.datamodule.sampler), 1),
         }
+        if self.kl_term is not None:
+            metrics["train/kl"] = float(self._window_kl)
+            self._window_kl = 0.0
         step = self.trainer.global_step + 1
         self.history.append({"step": step, **metrics})
         # self.log: Lightning's loggers (every trainer.log_every_n_steps steps), callback_metrics (so

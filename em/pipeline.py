@@ -90,6 +90,8 @@ def eval_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
         node.pop(k, None)
     node |= {"run_dir": str(target.run_dir), "adapter": target.adapter, "train_dir": str(target.run_dir.parent),
              "condition": target.condition}
+    if cfg.data.get("inoculation_eval") and cfg.data.get("inoculation_prompt"):  # inoculation, evaluated with it
+        node["system_prefix"] = cfg.data.inoculation_prompt
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), node)
     validate(ec)
     return ec
@@ -171,6 +173,13 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
             stage = f"evaluate:{t.label}"
             record.write("running", stage=stage)
             summary.update(_evaluate(ec, prefix="" if t.label == "final" else f"{t.label}/"))
+        if tc.evaluate.enabled and tc.trainer.snapshot_every_n_steps:  # the step snapshots' cheap evaluation
+            from em.dynamics.step_eval import step_targets
+
+            for t, ec in step_targets(cfg, job_dir):
+                stage = f"evaluate:{t.label}"
+                record.write("running", stage=stage)
+                summary.update(_evaluate(ec, prefix=f"{t.label}/"))
         for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
             stage = f"capability:{t.label}"
             record.write("running", stage=stage)

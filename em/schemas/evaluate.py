@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from em.measurement import Thresholds
 from em.schemas.common import check_name, require
 from em.schemas.data import UpstreamConfig
+from em.schemas.dynamics import StepEvalConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.trigger import TriggerConfig
 
@@ -167,6 +168,10 @@ class EvalConfig:
     # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
     thresholds: Thresholds = field(default_factory=Thresholds)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
+    # the optimizer step of the adapter (a step snapshot): every row's integer ``step`` column; null: none
+    step: Optional[int] = None
+    # a system prompt put before every prompt's own (data.inoculation_eval sets it to data.inoculation_prompt)
+    system_prefix: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.condition is not None:
@@ -178,7 +183,7 @@ class EvalConfig:
 
 
 # The keys PipelineEvalConfig adds to EvalConfig: the pipeline drops them before calling run_evaluation.
-PIPELINE_KEYS = ("enabled", "snapshots")
+PIPELINE_KEYS = ("enabled", "snapshots", "steps")
 
 
 @dataclass
@@ -191,6 +196,7 @@ class PipelineEvalConfig(EvalConfig):
 
     enabled: bool = False  # train -> evaluate -> judge in one job (sweeps switch it on)
     snapshots: bool = True  # also evaluate the trainer.adapter_snapshots adapters
+    steps: StepEvalConfig = field(default_factory=StepEvalConfig)  # trainer.snapshot_every_n_steps' cheap evaluation
     # (no default node: train.yaml interpolates them from the job's own groups, e.g. ${generation})
     generation: GenerationConfig = MISSING
     thresholds: Thresholds = MISSING
