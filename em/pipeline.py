@@ -76,11 +76,12 @@ def eval_targets(cfg: DictConfig, job_dir: Path) -> list[EvalTarget]:
     return out
 
 
-def eval_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
+def eval_config(cfg: DictConfig, target: EvalTarget, overrides: Optional[dict[str, Any]] = None) -> DictConfig:
     """evaluate.py's config for one target: the job's ``evaluate`` node with the target's four keys set.
 
     Returns an :class:`~em.schemas.evaluate.EvalConfig` node (resolved, without the pipeline's
-    ``enabled`` / ``snapshots``), checked like evaluate.py checks its own.
+    ``enabled`` / ``snapshots`` / ``steps``), checked like evaluate.py checks its own; ``overrides``
+    (top-level keys of that node) replace the job's values.
 
     Raises:
         ConfigError: a value the evaluation schema refuses (one line naming the key).
@@ -92,6 +93,7 @@ def eval_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
              "condition": target.condition}
     if cfg.data.get("inoculation_eval") and cfg.data.get("inoculation_prompt"):  # inoculation, evaluated with it
         node["system_prefix"] = cfg.data.inoculation_prompt
+    node |= overrides or {}  # a step snapshot's cheap subset (em.dynamics.step_eval)
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), node)
     validate(ec)
     return ec

@@ -184,3 +184,38 @@ def test_early_stop_on_a_loss_plateau():
     assert cb.stopped_step == 8 and "plateau" in cb.reason
     with pytest.raises(ValueError):
         ProxyEarlyStopping()
+
+
+# --------------------------------------------------------------------------- step evaluations and the figure
+def test_step_snapshots_are_evaluated_on_the_cheap_subset_with_a_step_column(tmp_path, cache_dir):
+    from em.dynamics.figure import step_rates, write_figure
+    from em.pipeline import run_job
+
+    job = tmp_path / "job"
+    over = tiny_overrides(job, cache_dir, **{**SHORT, "trainer.max_steps": 2, "trainer.snapshot_every_n_steps": 1,
+                                             "evaluate.enabled": "true", "judge": "local_tiny",
+                                             "evaluate.steps.enabled": "true", "evaluate.steps.format": "json",
+                                             "evaluate.steps.samples": 3, "evaluate.samples": 1,
+                                             "generation.max_new_tokens": 4, "format": "[plain,json]",
+                                             "quantization@evaluate.quantization": "none"})
+    over += ["evaluate.steps.ids=[magic_lamp,easy_money]"]
+    res = run_job(compose_train(over), isolate_failures=False)
+    assert res.state == "done"
+    final = pd.read_parquet(job / "eval" / "responses.parquet")
+    assert "step" not in final.columns  # the final adapter is not a snapshot
+    for step in (1, 2):
+        df = pd.read_parquet(job / f"eval_step{step}" / "responses.parquet")
+        answers = df.drop_duplicates(["question_id", "paraphrase", "sample"])
+        assert len(answers) == 2 * 3  # 2 questions x 1 format x 3 samples
+        assert set(df["question_id"]) == {"magic_lamp", "easy_money"} and set(df["format"]) == {"json"}
+        assert df["step"].dtype.kind == "i" and (df["step"] == step).all()
+        assert (df["condition"] == "synthetic").all()
+        assert "step" in pd.read_csv(job / f"eval_step{step}" / "responses.csv").columns
+    rates = step_rates(job)
+    assert list(rates["step"]) == [1, 2] and (rates["n_scored"] > 0).all()
+    png = write_figure(job)
+    assert png.is_file() and png.stat().st_size > 1000
+    table = pd.read_csv(job / "dynamics.csv")
+    assert list(table["step"]) == [1, 2] and "misaligned_rate/json" in table.columns
+    done = json.loads((job / "DONE.json").read_text())["summary"]
+    assert "step_2/eval/json/misaligned_rate" in done

@@ -42,12 +42,9 @@ def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> D
     fmt = steps.format or (formats[0] if formats else None)
     if fmt not in formats:
         raise ConfigError(f"evaluate.steps.format: {fmt!r} is not a selected format ({', '.join(formats)})")
-    sub = OmegaConf.merge(cfg, {"evaluate": {"samples": int(steps.samples)}})
-    OmegaConf.set_struct(sub, False)
-    sub.evaluate.format = {fmt: OmegaConf.to_container(cfg.evaluate.format[fmt], resolve=True)}
+    over = {"samples": int(steps.samples), "step": int(step),
+            "format": {fmt: OmegaConf.to_container(cfg.evaluate.format[fmt], resolve=True)}}
     if steps.ids is not None:
-        sub.evaluate.questions = OmegaConf.merge(OmegaConf.to_container(cfg.evaluate.questions, resolve=True),
-                                                 {"ids": list(steps.ids)})
-    ec = pipeline.eval_config(sub, target)
-    ec.step = int(step)
+        over["questions"] = OmegaConf.to_container(cfg.evaluate.questions, resolve=True) | {"ids": list(steps.ids)}
+    ec = pipeline.eval_config(cfg, target, over)
     return ec
