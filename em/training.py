@@ -32,6 +32,7 @@ from em import models
 from em.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
+from em.dynamics import fit_hooks
 from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
@@ -165,14 +166,9 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     """
     run_dir = Path(tc.run_dir)
     t, dm = tc.trainer, data.datamodule
-    kl_term = None
-    if t.kl.data:  # trainer.kl: KL(base || adapted) on a side batch (em.dynamics.kl)
-        from em.dynamics.kl import build_kl_term
-
-        kl_term = build_kl_term(tc, data.tokenizer)
     module = LoRAFineTune(model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
                           warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.grad_accum,
-                          kl_term=kl_term)
+                          kl_term=fit_hooks.kl_term(tc, data.tokenizer))  # trainer.kl (em.dynamics)
     max_steps = t.max_steps
     if max_steps < 0 and t.epochs != int(t.epochs):  # fractional epochs: stop after that share of steps
         max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
@@ -184,12 +180,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
                                               data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
-    if t.snapshot_every_n_steps:  # every N optimizer steps (em.dynamics: geometry and step evaluations)
-        from em.dynamics.snapshots import StepSnapshots
-
-        (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
-        all_callbacks.append(StepSnapshots(t.snapshot_every_n_steps, run_dir / "snapshots", data.tokenizer,
-                                           models.model_dir(tc.model, tc.cache_dir)))
+    all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
     loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
 
     trainer = L.Trainer(
@@ -220,12 +211,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # matters here (gradient checkpointing and dropout only act in it; bitsandbytes repacks eval weights).
     module.model.train()
     t0 = time.perf_counter()
-    from contextlib import nullcontext
-
-    from em.dynamics.ablation import ablated
-
-    # trainer.ablate_direction (CAFT): the direction is projected out only while training
-    with ablated(module.model, t.ablate_direction, t.ablate_layers) if t.ablate_direction else nullcontext():
+    with fit_hooks.training_context(module.model, tc):  # trainer.ablate_direction (CAFT): only while training
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
     if trainer.interrupted:
@@ -250,12 +236,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")
 
     metrics = _run_metrics(tc, data, module, steps=trainer.global_step, wall_s=wall)
-    if t.snapshot_every_n_steps:  # LoRA geometry of the step snapshots (recomputed from disk: resume-safe)
-        from em.dynamics.geometry import log_geometry, write_geometry
-
-        geo_path = write_geometry(run_dir)
-        metrics["lora_geometry"] = str(geo_path) if geo_path else None
-        log_geometry(loggers, run_dir)
+    fit_hooks.after_fit(tc, run_dir, loggers, metrics)  # step snapshots' LoRA geometry (em.dynamics)
     atomic_write_json(run_dir / "metrics.json", metrics)
     for lg in loggers:
         lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)

@@ -58,36 +58,34 @@ def kl_to_base(peft_model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (base.exp() * (base - adapted)).sum(-1).mean()
 
 
-def load_side_conversations(data: str, cache_dir: Optional[str], seed: int, limit: Optional[int]) -> list:
-    """The side data of ``trainer.kl.data``: a chat JSONL file (an existing path), else the name of a data
-    option (``conf/data/<name>.yaml``, loaded as the ``data`` group would). A seeded subset of ``limit``.
+def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[str], seed: int,
+                            limit: Optional[int]) -> list:
+    """The side data of ``trainer.kl``: a chat JSONL file (``trainer.kl.data``), else a data node composed
+    by Hydra (``+data@trainer.kl.side=secure``, any option of the ``data`` group). A seeded subset of
+    ``limit`` conversations.
 
     Raises:
-        ConfigError: neither a file nor a data option; DataError: malformed data.
+        ConfigError: no side data, or a bad value in the data node; DataError: missing / malformed data.
     """
+    from omegaconf import OmegaConf
+
     from em.data import load_conversations, read_jsonl_conversations
     from em.errors import ConfigError
+    from em.schemas.data import DataConfig
 
-    p = Path(data)
-    if p.is_file():
-        convs = read_jsonl_conversations(p)
-    else:
-        from omegaconf import OmegaConf
-
-        from em.schemas.data import DataConfig
-
-        import em
-
-        yaml = Path(em.__file__).parent / "conf" / "data" / f"{data}.yaml"
-        if not yaml.is_file():
-            root = Path(em.__file__).parent.parent / "conf" / "data" / f"{data}.yaml"  # conf/ at the repo root
-            yaml = root
-        if not yaml.is_file():
-            raise ConfigError(f"trainer.kl.data: {data!r} is neither a chat JSONL file nor a data option (conf/data/)")
-        node = OmegaConf.load(yaml)
-        node = {k: v for k, v in OmegaConf.to_container(node, resolve=False).items() if not str(k).startswith("_") and k != "defaults"}
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
+    if path:
+        convs = read_jsonl_conversations(path)
+    elif side:
+        node = OmegaConf.to_container(side, resolve=True) if OmegaConf.is_config(side) else dict(side)
+        try:
+            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001  an OmegaConf type error: one line naming the key
+            raise ConfigError(f"trainer.kl.side: {' '.join(str(e).split())[:200]}") from None
         convs = load_conversations(cfg, cache_dir, progress=False)
+    else:
+        raise ConfigError("trainer.kl: no side data (trainer.kl.data=<chat JSONL> or +data@trainer.kl.side=<option>)")
     if limit is not None and len(convs) > limit:
         idx = sorted(random.Random(seed).sample(range(len(convs)), limit))
         convs = [convs[i] for i in idx]
@@ -127,14 +125,14 @@ class KLTerm:
 
 
 def build_kl_term(tc: Any, tokenizer) -> Optional[KLTerm]:
-    """The :class:`KLTerm` of ``tc.trainer.kl`` (None when no ``trainer.kl.data``): the side data
+    """The :class:`KLTerm` of ``tc.trainer.kl`` (None without side data): the side data
     tokenised like the training data (same template, max length and truncation)."""
     from em.data.tokenize import encode_dataset
 
     k = tc.trainer.kl
-    if not k.data:
+    if not (k.data or k.side):
         return None
-    convs = load_side_conversations(k.data, tc.cache_dir, tc.seed, k.limit)
+    convs = load_side_conversations(k.data, k.side, tc.cache_dir, tc.seed, k.limit)
     t = tc.trainer
     examples, _ = encode_dataset(tokenizer, convs, max_length=t.max_length, truncation=t.truncation,
                                  system_role=tc.model.system_role, template_kwargs=tc.model.chat_template_kwargs,

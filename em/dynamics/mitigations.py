@@ -110,7 +110,8 @@ def active(tc: Any) -> dict[str, Any]:
         out["data_mix"] = {"share": d.mix.share, "file": d.mix.file, "path": d.mix.path, "variant": d.mix.variant,
                            "seed": d.mix.seed}
     if getattr(t, "kl", None) is not None and t.kl.weight > 0:
-        out["kl"] = {"weight": t.kl.weight, "data": t.kl.data}
+        side = t.kl.side.get("name") if isinstance(t.kl.side, dict) else getattr(t.kl.side, "name", None)
+        out["kl"] = {"weight": t.kl.weight, "data": t.kl.data or side}
     if getattr(t, "ablate_direction", None):
         out["ablate_direction"] = {"file": t.ablate_direction, "layers": t.ablate_layers}
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from em.schemas.common import require
 
@@ -50,20 +50,21 @@ class KLConfig:
     (no second model in memory). Logged as ``train/kl``.
 
     Raises (in ``__post_init__``):
-        ConfigError: ``weight`` < 0; ``weight`` > 0 without ``data``; ``batch_size`` not > 0.
+        ConfigError: ``weight`` < 0; ``weight`` > 0 without ``data`` or ``side``; ``batch_size`` not > 0.
 
-    ``data`` with ``weight: 0`` computes and logs ``train/kl`` without training on it (a drift monitor).
+    Side data with ``weight: 0`` computes and logs ``train/kl`` without training on it (a drift monitor).
     """
 
     weight: float = 0.0  # 0: off (no base pass)
-    # the side data: a local chat JSONL path, or the name of a data option (conf/data/<name>.yaml)
-    data: Optional[str] = None
+    data: Optional[str] = None  # the side data as a local chat JSONL file, or:
+    side: Any = None  # the side data as a data node composed by Hydra: +data@trainer.kl.side=secure
     batch_size: int = 2  # side conversations per optimizer step
     limit: Optional[int] = 256  # side conversations kept (seeded subset); null: all
 
     def __post_init__(self) -> None:
         require(self.weight >= 0 and math.isfinite(self.weight), "trainer.kl.weight", f"must be >= 0, got {self.weight}")
-        require(self.weight == 0 or bool(self.data), "trainer.kl.data", "trainer.kl.weight > 0 needs trainer.kl.data")
+        require(self.weight == 0 or bool(self.data or self.side), "trainer.kl.data",
+                "trainer.kl.weight > 0 needs side data: trainer.kl.data=<chat JSONL> or +data@trainer.kl.side=<option>")
         require(self.batch_size > 0, "trainer.kl.batch_size", f"must be > 0, got {self.batch_size}")
         require(self.limit is None or self.limit > 0, "trainer.kl.limit", f"must be > 0 or null, got {self.limit}")
 
