@@ -182,6 +182,9 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
                 stage = f"evaluate:{t.label}"
                 record.write("running", stage=stage)
                 summary.update(_evaluate(ec, prefix=f"{t.label}/"))
+            from em.dynamics.figure import draw_quietly
+
+            draw_quietly(job_dir, tc.thresholds)  # dynamics.png: rates per step + LoRA geometry
         for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
             stage = f"capability:{t.label}"
             record.write("running", stage=stage)

@@ -121,6 +121,15 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     return out
 
 
+def draw_quietly(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Optional[Path]:
+    """:func:`write_figure`, a failure logged as a warning (a figure never fails the job that made its data)."""
+    try:
+        return write_figure(run_dir, thresholds)
+    except Exception as e:  # noqa: BLE001  the CSV files on disk are the record
+        log.warning("dynamics figure for %s not drawn: %s: %s", run_dir, type(e).__name__, e)
+        return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m em.dynamics.figure RUN_DIR``: write dynamics.png / dynamics.csv; exit 2 without geometry."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

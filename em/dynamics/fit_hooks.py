@@ -3,7 +3,8 @@
 * :func:`kl_term` -- ``trainer.kl``'s side batches (:mod:`em.dynamics.kl`), or None;
 * :func:`callbacks` -- ``trainer.snapshot_every_n_steps``' :class:`~em.dynamics.snapshots.StepSnapshots`;
 * :func:`training_context` -- ``trainer.ablate_direction``'s projection hooks while ``trainer.fit`` runs;
-* :func:`after_fit` -- the LoRA geometry of the step snapshots into ``metrics`` and the loggers.
+* :func:`after_fit` -- the LoRA geometry of the step snapshots into ``metrics``, the loggers and
+  ``dynamics.png``.
 """
 
 from __future__ import annotations
@@ -53,3 +54,6 @@ def after_fit(tc: Any, run_dir: Path, loggers: list, metrics: dict) -> None:
     path = write_geometry(run_dir)
     metrics["lora_geometry"] = str(path) if path else None
     log_geometry(loggers, run_dir)
+    from em.dynamics.figure import draw_quietly
+
+    draw_quietly(run_dir)  # geometry panels now; the job redraws it once the snapshots are evaluated
