@@ -226,3 +226,32 @@ def test_caft_bad_directions_file_is_one_line(tmp_path):
         load_directions(tmp_path / "bad.safetensors")
     with pytest.raises(ConfigError, match="does not exist"):
         load_directions(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("override,key", [
+    (["trainer.kl.weight=1"], "trainer.kl.data"),
+    (["trainer.kl.weight=-1", "trainer.kl.data=x.jsonl"], "trainer.kl.weight"),
+    (["data.mix.share=1.0", "data.mix.variant=secure"], "data.mix.share"),
+    (["trainer=fsdp", "quantization.quant_storage=bfloat16", "trainer.snapshot_every_n_steps=5"], "trainer.snapshot_every_n_steps"),
+])
+def test_bad_mitigation_values_are_one_line(tmp_path, override, key):
+    from em.distributed import check_strategy
+    from em.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        check_strategy(validate(compose_train([f"run_dir={tmp_path}"] + override)))
+    assert "\n" not in str(e.value)
+
+
+def test_kl_side_data_from_a_data_option(tmp_path, cache_dir):
+    """+data@trainer.kl.side=synthetic composes a data node; its conversations are the side data."""
+    from em.dynamics.kl import build_kl_term
+    from em.data.module import prepare_data
+
+    tc = validate(compose_train(tiny_overrides(tmp_path, cache_dir, **SHORT) + [
+        "+data@trainer.kl.side=synthetic", "trainer.kl.side.variant=secure", "trainer.kl.side.n_examples=5",
+        "trainer.kl.weight=0.5"]))
+    term = build_kl_term(tc, prepare_data(tc, progress=False).tokenizer)
+    assert len(term.examples) == 5 and term.weight == 0.5
+    b1, b2 = term.batch(3, 1, "cpu"), term.batch(3, 1, "cpu")
+    assert all(torch.equal(b1[k], b2[k]) for k in b1)  # the side batch of a step is reproducible (resume)
