@@ -58,7 +58,7 @@ class KLConfig:
     weight: float = 0.0  # 0: off (no base pass)
     data: Optional[str] = None  # the side data as a local chat JSONL file, or:
     side: Any = None  # the side data as a data node composed by Hydra: +data@trainer.kl.side=secure
-    batch_size: int = 2  # side conversations per optimizer step
+    batch_size: int = 2  # side conversations per micro-batch (one side pass per training micro-batch)
     limit: Optional[int] = 256  # side conversations kept (seeded subset); null: all
 
     def __post_init__(self) -> None:
