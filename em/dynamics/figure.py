@@ -107,13 +107,15 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     ax[2].set_ylabel("adapter PCA")
     ax[2].set_xlabel("optimizer step")
     ax[2].legend(fontsize=8)
-    for i, name in enumerate(geometry.SERIES):
-        step = cps.get(name)
-        if step is not None:
-            for a in ax:
-                a.axvline(step, ls=":", color=f"C{4 + i}", alpha=0.8)
-            ax[0].annotate(f"change point ({name}): {step}", xy=(step, 1), xycoords=("data", "axes fraction"),
-                           fontsize=7, rotation=90, va="top", ha="right")
+    at: dict[int, list[str]] = {}  # one line and one label per step, naming every series that breaks there
+    for name in geometry.SERIES:
+        if cps.get(name) is not None:
+            at.setdefault(int(cps[name]), []).append(name)
+    for i, (step, names) in enumerate(sorted(at.items())):
+        for a in ax:
+            a.axvline(step, ls=":", color=f"C{4 + i}", alpha=0.8)
+        ax[0].annotate(f"change point {step}: {', '.join(names)}", xy=(step, 0.98), xycoords=("data", "axes fraction"),
+                       fontsize=7, rotation=90, va="top", ha="right")
     fig.suptitle(f"training dynamics: {run_dir.name}", fontsize=10)
     fig.tight_layout()
     out = atomic_write(run_dir / FIGURE_FILE, lambda p: fig.savefig(p, dpi=120, format="png"))
