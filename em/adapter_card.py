@@ -95,6 +95,10 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
                      "quantization": tc.quantization.name, "final_loss": final_loss},
         "em": em_version(),
     }
+    from em.dynamics.mitigations import active
+
+    if active(tc):  # issue 23's mitigations that shaped this adapter
+        meta["mitigations"] = active(tc)
     atomic_write_json(adapter_dir / EM_ADAPTER, meta)
     atomic_write_text(adapter_dir / "README.md", model_card(meta))
     return meta
@@ -118,6 +122,7 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
              f"- chat template kwargs used in training (baked into the saved template): {meta['chat_template_kwargs']}",
              f"- model.default_system_prompt in training: `{meta.get('default_system_prompt', 'template')}` (see "
              "training_examples.md for what the model saw)",
+             *([f"- mitigations in training: {json.dumps(meta['mitigations'])}"] if meta.get("mitigations") else []),
              f"- em {e['version'] or '(not installed)'}, commit {e['commit'] or 'unknown'}", "",
              "Load with plain peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`"
              + (f" (the weight keys fit `{meta['key_layout']}`, the class the base checkpoint declares and "

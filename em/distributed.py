@@ -74,6 +74,9 @@ def check_strategy(tc) -> None:
     if is_fsdp(tc.trainer.strategy) and tc.trainer.adapter_snapshots:
         raise ConfigError("trainer.adapter_snapshots: not supported with trainer=fsdp (sharded LoRA weights); "
                           "use trainer=ddp or one GPU")
+    if is_fsdp(tc.trainer.strategy) and tc.trainer.snapshot_every_n_steps:  # em.dynamics' step snapshots
+        raise ConfigError("trainer.snapshot_every_n_steps: not supported with trainer=fsdp (sharded LoRA weights); "
+                          "use trainer=ddp or one GPU")
 
 
 def adapter_state_dict(trainer, module):

@@ -93,8 +93,11 @@ class LoRAFineTune(L.LightningModule):
     the frozen base is reloaded from its source.
     """
 
-    def __init__(self, model, optimizer_factory, *, warmup_steps: int, lr_scheduler: str, grad_accum: int):
+    def __init__(self, model, optimizer_factory, *, warmup_steps: int, lr_scheduler: str, grad_accum: int,
+                 kl_term=None):
         super().__init__()
+        self.kl_term = kl_term  # em.dynamics.kl.KLTerm (trainer.kl): weight * KL(base || adapted) on a side batch
+        self._window_kl = 0.0
         self.model = model
         self.optimizer_factory = optimizer_factory
         self.warmup_steps = warmup_steps
@@ -131,13 +134,19 @@ class LoRAFineTune(L.LightningModule):
         # divides by accumulate_grad_batches, which we undo so the window's gradient is the token mean.
         loss = assistant_loss_sum(self.model, batch) / max(n_window, 1)
         self._window_loss = self._window_loss + loss.detach()  # no .item(): no GPU sync per micro-batch
+        penalty = 0.0  # trainer.kl: weight x the window's mean KL (each micro-batch adds its share)
+        if self.kl_term is not None:
+            kl = self.kl_term(self.model, self.trainer.global_step, batch_idx % self.grad_accum, self.device) / self.grad_accum
+            self._window_kl = self._window_kl + kl.detach()
+            if self.kl_term.weight > 0:  # a per-rank mean: not scaled by world_size below (DDP averages it)
+                penalty = self.kl_term.weight * kl * self.grad_accum
         if dm.world_size > 1:
             # n_window counts every rank's tokens and DDP / FSDP average the ranks' gradients: undo the mean.
             # tokens_seen counts the whole job's tokens (host-side, identical on every rank).
             self._tokens_seen += dm.batch_tokens(self.current_epoch, batch_idx, all_ranks=True)
-            return loss * (self.grad_accum * dm.world_size)
+            return loss * (self.grad_accum * dm.world_size) + penalty
         self._tokens_seen += dm.batch_tokens(self.current_epoch, batch_idx)
-        return loss * self.grad_accum
+        return loss * self.grad_accum + penalty
 
     def on_train_start(self) -> None:
         """Start the tokens/s clock (model loading and setup excluded); after a resume, give a CSV logger
@@ -187,6 +196,9 @@ class LoRAFineTune(L.LightningModule):
             "train/epoch": self.trainer.current_epoch
             + self.trainer.fit_loop.epoch_loop.batch_progress.current.ready / max(len(self.trainer.datamodule.sampler), 1),
         }
+        if self.kl_term is not None:
+            metrics["train/kl"] = float(self._window_kl)
+            self._window_kl = 0.0
         step = self.trainer.global_step + 1
         self.history.append({"step": step, **metrics})
         # self.log: Lightning's loggers (every trainer.log_every_n_steps steps), callback_metrics (so

@@ -76,11 +76,12 @@ def eval_targets(cfg: DictConfig, job_dir: Path) -> list[EvalTarget]:
     return out
 
 
-def eval_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
+def eval_config(cfg: DictConfig, target: EvalTarget, overrides: Optional[dict[str, Any]] = None) -> DictConfig:
     """evaluate.py's config for one target: the job's ``evaluate`` node with the target's four keys set.
 
     Returns an :class:`~em.schemas.evaluate.EvalConfig` node (resolved, without the pipeline's
-    ``enabled`` / ``snapshots``), checked like evaluate.py checks its own.
+    ``enabled`` / ``snapshots`` / ``steps``), checked like evaluate.py checks its own; ``overrides``
+    (top-level keys of that node) replace the job's values.
 
     Raises:
         ConfigError: a value the evaluation schema refuses (one line naming the key).
@@ -90,6 +91,9 @@ def eval_config(cfg: DictConfig, target: EvalTarget) -> DictConfig:
         node.pop(k, None)
     node |= {"run_dir": str(target.run_dir), "adapter": target.adapter, "train_dir": str(target.run_dir.parent),
              "condition": target.condition}
+    if cfg.data.get("inoculation_eval") and cfg.data.get("inoculation_prompt"):  # inoculation, evaluated with it
+        node["system_prefix"] = cfg.data.inoculation_prompt
+    node |= overrides or {}  # a step snapshot's cheap subset (em.dynamics.step_eval)
     ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), node)
     validate(ec)
     return ec
@@ -177,6 +181,16 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
             stage = f"evaluate:{t.label}"
             record.write("running", stage=stage)
             summary.update(_evaluate(ec, prefix="" if t.label == "final" else f"{t.label}/"))
+        if tc.evaluate.enabled and tc.trainer.snapshot_every_n_steps:  # the step snapshots' cheap evaluation
+            from em.dynamics.step_eval import step_targets
+
+            for t, ec in step_targets(cfg, job_dir):
+                stage = f"evaluate:{t.label}"
+                record.write("running", stage=stage)
+                summary.update(_evaluate(ec, prefix=f"{t.label}/"))
+            from em.dynamics.figure import draw_quietly
+
+            draw_quietly(job_dir, tc.thresholds)  # dynamics.png: rates per step + LoRA geometry
         for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
             stage = f"capability:{t.label}"
             record.write("running", stage=stage)

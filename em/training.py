@@ -32,6 +32,7 @@ from em import models, stopping
 from em.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from em.data.module import TrainingData, prepare_data
 from em.distributed import adapter_state_dict, check_strategy, make_strategy
+from em.dynamics import fit_hooks
 from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
@@ -168,7 +169,8 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     run_dir = Path(tc.run_dir)
     t, dm = tc.trainer, data.datamodule
     module = LoRAFineTune(model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
-                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.grad_accum)
+                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.grad_accum,
+                          kl_term=fit_hooks.kl_term(tc, data.tokenizer))  # trainer.kl (em.dynamics)
     max_steps = t.max_steps
     if max_steps < 0 and t.epochs != int(t.epochs):  # fractional epochs: stop after that share of steps
         max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
@@ -180,6 +182,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
                                               data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
+    all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
     loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
 
     trainer = L.Trainer(
@@ -212,7 +215,8 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # matters here (gradient checkpointing and dropout only act in it; bitsandbytes repacks eval weights).
     module.model.train()
     t0 = time.perf_counter()
-    with stopping.training(trainer):  # SIGTERM / SIGINT: stop after the batch, raise stopping.Interrupted
+    # SIGTERM / SIGINT: stop after the batch, raise stopping.Interrupted; trainer.ablate_direction (CAFT): only while training
+    with stopping.training(trainer), fit_hooks.training_context(module.model, tc):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     wall = time.perf_counter() - t0
     if trainer.interrupted:
@@ -241,6 +245,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")
 
     metrics = _run_metrics(tc, data, module, steps=trainer.global_step, wall_s=wall)
+    fit_hooks.after_fit(tc, run_dir, loggers, metrics)  # step snapshots' LoRA geometry (em.dynamics)
     atomic_write_json(run_dir / "metrics.json", metrics)
     for lg in loggers:
         lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)

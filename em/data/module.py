@@ -177,6 +177,10 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
     from em.data import load_conversations
 
     conversations = load_conversations(tc.data, tc.cache_dir, progress=progress)
+    if tc.data.inoculation_prompt or tc.data.mix.share > 0:  # issue 23's data mitigations
+        from em.dynamics.mitigations import apply_data_mitigations
+
+        conversations = apply_data_mitigations(tc.data, conversations, tc.cache_dir, progress=progress)
     if tokenizer is None:
         tokenizer = models.load_tokenizer(tc.model, tc.cache_dir, models.model_dir(tc.model, tc.cache_dir))
     t = tc.trainer

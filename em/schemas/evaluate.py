@@ -20,6 +20,7 @@ from em.measurement import Thresholds
 from em.schemas.analysis import ColumnsConfig
 from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import UpstreamConfig
+from em.schemas.dynamics import StepEvalConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
 from em.schemas.trigger import TriggerConfig
 
@@ -173,6 +174,10 @@ class EvalConfig:
     # <name of its own scores' judge, default original>, condition: ..., model: ...}; null: sample answers
     answers: Any = None
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # answers' column map, as in analyze.py
+    # the optimizer step of the adapter (a step snapshot): every row's integer ``step`` column; null: none
+    step: Optional[int] = None
+    # a system prompt put before every prompt's own (data.inoculation_eval sets it to data.inoculation_prompt)
+    system_prefix: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
@@ -185,7 +190,7 @@ class EvalConfig:
 
 
 # The keys PipelineEvalConfig adds to EvalConfig: the pipeline drops them before calling run_evaluation.
-PIPELINE_KEYS = ("enabled", "snapshots")
+PIPELINE_KEYS = ("enabled", "snapshots", "steps")
 
 
 @dataclass
@@ -198,6 +203,7 @@ class PipelineEvalConfig(EvalConfig):
 
     enabled: bool = False  # train -> evaluate -> judge in one job (sweeps switch it on)
     snapshots: bool = True  # also evaluate the trainer.adapter_snapshots adapters
+    steps: StepEvalConfig = field(default_factory=StepEvalConfig)  # trainer.snapshot_every_n_steps' cheap evaluation
     # (no default node: train.yaml interpolates them from the job's own groups, e.g. ${generation})
     generation: GenerationConfig = MISSING
     thresholds: Thresholds = MISSING

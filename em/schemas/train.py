@@ -18,6 +18,7 @@ from em.measurement import Thresholds
 from em.schemas.capability import CapabilityConfig
 from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import DataConfig, UpstreamConfig
+from em.schemas.dynamics import KLConfig
 from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
 from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 
@@ -89,6 +90,14 @@ class TrainerConfig:
     # Epochs (before trainer.epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
     # (the epochs experiment evaluates each); [] for none.
     adapter_snapshots: list[float] = field(default_factory=list)
+    # The adapter every N optimizer steps, to snapshots/step_<n>/ (steps N, 2N, ...), with its LoRA geometry
+    # in lora_geometry.csv (em.dynamics); null: none.
+    snapshot_every_n_steps: Optional[int] = None
+    kl: KLConfig = field(default_factory=KLConfig)  # KL(base || adapted) penalty on a side batch (em.dynamics.kl)
+    # CAFT: a directions.safetensors file (CONTRACTS.md 1) and the layers whose residual stream the unit
+    # direction is projected out of during training (null: every layer in the file); evaluation runs without it
+    ablate_direction: Optional[str] = None
+    ablate_layers: Optional[list[int]] = None
     # Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the
     # optimizer starts fresh. The identity holds its content hash (em.lineage).
     init_adapter: Optional[str] = None
@@ -109,6 +118,8 @@ class TrainerConfig:
             require(0 < e < self.epochs, "trainer.adapter_snapshots",
                     f"epoch {e:g} is not between 0 and trainer.epochs={self.epochs:g} (the final adapter is "
                     f"always written)")
+        require(self.snapshot_every_n_steps is None or self.snapshot_every_n_steps > 0,
+                "trainer.snapshot_every_n_steps", f"must be > 0 or null, got {self.snapshot_every_n_steps}")
         for k in self.extra:
             require(k not in TRAINER_OWN, f"trainer.extra.{k}", f"set by em; use {TRAINER_OWN.get(k)}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")

@@ -1,0 +1,120 @@
+"""``trainer.ablate_direction``: CAFT -- project a saved direction out of the residual stream while training.
+
+Concept-ablation fine-tuning (Casademunt et al. 2025, ``cadentj/caft``): during fine-tuning, the residual
+stream after decoder layer L is replaced by ``h - (h . u) u`` for the unit direction ``u`` of that layer,
+so the adapter cannot learn to use that direction; evaluation runs without the hook (a later process
+loads the adapter alone). Directions come from a ``directions.safetensors`` file (CONTRACTS.md 1: tensors
+``unit.L`` [hidden] float32 per layer L, the residual stream after decoder layer L, 0-based), read with
+safetensors' safe loader (no code runs on load).
+
+A small training-time hook of its own (em.interp.hooks has the general ones; the lead dedupes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from em.errors import ConfigError
+
+log = logging.getLogger("em.dynamics")
+
+UNIT = re.compile(r"^unit\.(\d+)$")
+
+
+def decoder_layers(model) -> Sequence[torch.nn.Module]:
+    """The decoder-layer list of a (peft-wrapped) transformers causal LM: ``.model.layers``, or a multimodal
+    Gemma 3's ``.model.language_model.layers``. Raises ValueError when none is found."""
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h"):
+        obj = m
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ValueError(f"no decoder-layer list found in {type(m).__name__}")
+
+
+def load_directions(path: str | Path, layers: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
+    """``{layer: unit direction [hidden] float32}`` from a directions file, re-normalised to unit length.
+
+    Raises:
+        ConfigError: missing or unreadable file, no ``unit.L`` tensor, a requested layer absent, a zero or
+            non-finite direction (one line naming ``trainer.ablate_direction``).
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"trainer.ablate_direction: {p} does not exist")
+    try:
+        tensors = load_file(str(p))
+    except Exception as e:  # noqa: BLE001  a torn or foreign file: one line
+        raise ConfigError(f"trainer.ablate_direction: {p} is not a safetensors directions file ({e})") from None
+    units = {int(m.group(1)): t for k, t in tensors.items() if (m := UNIT.match(k))}
+    if not units:
+        raise ConfigError(f"trainer.ablate_direction: {p} holds no unit.<layer> tensor")
+    if layers is not None:
+        missing = [l for l in layers if l not in units]
+        if missing:
+            raise ConfigError(f"trainer.ablate_layers: layer(s) {missing} not in {p} (it has {sorted(units)})")
+        units = {l: units[l] for l in layers}
+    out = {}
+    for l, u in sorted(units.items()):
+        u = u.detach().float().flatten()
+        n = float(torch.linalg.vector_norm(u))
+        if not (n > 0 and torch.isfinite(u).all()):
+            raise ConfigError(f"trainer.ablate_direction: unit.{l} in {p} is zero or not finite")
+        out[l] = u / n
+    return out
+
+
+def project_out(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``h - (h . u) u`` over the last dimension (``h`` [..., hidden], ``u`` [hidden] unit norm)."""
+    u = u.to(device=h.device, dtype=h.dtype)
+    return h - (h @ u).unsqueeze(-1) * u
+
+
+def _hook(u: torch.Tensor):
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (project_out(output[0], u),) + tuple(output[1:])
+        return project_out(output, u)
+
+    return hook
+
+
+@contextlib.contextmanager
+def ablated(model, path: str | Path, layers: Optional[Sequence[int]] = None) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the block, the residual stream after each listed decoder layer has the file's direction
+    projected out (forward hooks; gradients flow through the projection). Yields the directions used;
+    the hooks are removed on exit, also on an exception.
+
+    Raises:
+        ConfigError: see :func:`load_directions`; a layer index beyond the model's layers; a direction whose
+            size is not the model's hidden size.
+    """
+    dirs = load_directions(path, layers)
+    blocks = decoder_layers(model)
+    handles = []
+    try:
+        for l, u in dirs.items():
+            if not 0 <= l < len(blocks):
+                raise ConfigError(f"trainer.ablate_direction: layer {l} is not among the model's {len(blocks)} layers")
+            hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+            if hidden is not None and u.numel() != hidden:
+                raise ConfigError(f"trainer.ablate_direction: unit.{l} has {u.numel()} entries, the model's hidden "
+                                  f"size is {hidden}")
+            handles.append(blocks[l].register_forward_hook(_hook(u)))
+        log.info("CAFT: projecting %s out of the residual stream after layer(s) %s", path, sorted(dirs))
+        yield dirs
+    finally:
+        for h in handles:
+            h.remove()
