@@ -27,7 +27,7 @@ from em.evaluation.adapters import resolve_adapter
 from em.evaluation.generation import Sample, make_generator, plan, prompt_sha, render
 from em.evaluation.questions import build_prompts, load_question_set
 from em.evaluation.store import AnswerStore
-from em.evaluation import report, triggers
+from em.evaluation import record, report, triggers
 
 log = logging.getLogger("em.evaluation")
 
@@ -145,6 +145,9 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
                        render_judge_prompt)
     shas = {s.key: prompt_sha(render(tokenizer, ec.model, s)) for s in samples}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
+    # standalone evaluate.py: <run_dir>/em_job.json (em.evaluation.record) says the stage and what is done
+    record.stage("sampling", run_dir, answers_planned=len(samples), answers=lambda: sum(
+        stored.get(s.key, {}).get("prompt_sha") == shas[s.key] for s in samples))
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
           f"{len(samples) - len(todo)} on disk, {len(todo)} to generate")
 
@@ -187,6 +190,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
         from em.judge.cache import JudgeCache
 
         reqs = judge_requests(records, by_key)
+        done = record.judged(ec.judge_cache, judges, [r for _, _, r in reqs])
+        record.stage("judging", answers=len(records), judgments_planned=len(reqs) * len(judges), judgments=done)
         cache = JudgeCache(ec.judge_cache)
         try:
             for j in judges:
@@ -207,6 +212,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig) -> Optional[EvalResult]:
         reqs = []
 
     # 6. the table, the summary, W&B (also after a fatal judge error: every finished row is kept)
+    record.stage("report", answers=len(records), judgments_planned=len(reqs) * len(judges),
+                 judgments=record.judged(ec.judge_cache, judges, [r for _, _, r in reqs]))
     meta = {"model": ec.model.name, "adapter": str(adapter.adapter_dir) if adapter.adapter_dir else None,
             "condition": condition, "seed": ec.seed}
     table = report.build_table(records, by_key, reqs, judgments, meta)
