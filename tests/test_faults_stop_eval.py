@@ -178,3 +178,20 @@ def test_analyze_stopped_exits_128_plus_signal_with_whole_files_only(tmp_path):
             pd.read_csv(f)
         elif f.suffix == ".json":
             json.loads(f.read_text())
+
+
+def test_resume_line_is_the_command_as_typed(monkeypatch):
+    """``em evaluate`` / ``em train`` run with ``sys.argv[0] == "em <command>"``: the resume line is that command
+    (before: ``python 'em train' ...``, not a command); a run directory already pinned is not pinned twice."""
+    from em.evaluation.record import resume_command
+    from em.stopping import resume_line
+
+    monkeypatch.setattr(sys, "argv", ["em evaluate", "samples=3", "format=[plain,json]"])
+    assert resume_command(Path("/r/run"), False) == "resume: em evaluate samples=3 'format=[plain,json]' hydra.run.dir=/r/run"
+    monkeypatch.setattr(sys, "argv", ["em train", "seed=1"])
+    assert resume_line(Path("/j"), False) == "resume: em train seed=1 hydra.run.dir=/j"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "evaluate.py"), "run_dir=/x", "seed=2"])
+    assert resume_command(Path("/x"), False) == "resume: python evaluate.py run_dir=/x seed=2"
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "-m", "seed=0,1"])
+    assert resume_command(Path("/s/0"), True) == ("resume: python evaluate.py -m seed=0,1 (finished runs are read "
+                                                  "back from disk, the stopped one resumes)")
