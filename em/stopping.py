@@ -111,14 +111,19 @@ def training(trainer: Any) -> Iterator[None]:
         _trainer = None
 
 
-def resume_line(job_dir: Any, multirun: bool) -> str:
-    """How to resume: the same command (a single run: with ``hydra.run.dir`` pinned to this job's directory)."""
-    argv = list(sys.argv)
-    script = os.path.basename(argv[0]) if argv else "train.py"
-    cmd = ["python", script if script.endswith(".py") else argv[0], *argv[1:]]
+def resume_line(job_dir: Any, multirun: bool, pins: tuple[str, ...] = ("hydra.run.dir",),
+                note: str = "finished jobs are skipped, this one resumes") -> str:
+    """How to resume: the same command (a single run: with ``hydra.run.dir`` pinned to this job's directory,
+    unless one of the keys ``pins`` is on the command line already; a multirun: with ``note``)."""
+    argv = list(sys.argv) or ["train.py"]
+    script = os.path.basename(argv[0])
+    # `em train ...` runs with sys.argv[0] == "em train" (em.commands): two words, not one quoted program
+    head = [argv[0]] if os.path.isfile(argv[0]) else argv[0].split()
+    cmd = ["python", script] if script.endswith(".py") else head
+    cmd += argv[1:]
     if multirun:
-        return f"resume: {shlex.join(cmd)} (finished jobs are skipped, this one resumes)"
-    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        return f"resume: {shlex.join(cmd)} ({note})"
+    if job_dir is not None and not any(a.split("=", 1)[0].lstrip("+") in pins for a in argv[1:]):
         cmd.append(f"hydra.run.dir={job_dir}")
     return f"resume: {shlex.join(cmd)}"
 

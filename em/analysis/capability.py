@@ -113,7 +113,9 @@ def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: 
         return {}
     table = capability_table(read_capability(files), rates)
     out = {"table": Path(run_dir) / "capability.csv"}
-    table.to_csv(out["table"], index=False)
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
     if figures:
         footer = rates["definition"].iloc[0] if "definition" in rates and len(rates) else ""
         footer += f" · {judge}" if judge else ""  # the judge's label (em.analysis.judge_name)

@@ -99,8 +99,10 @@ def _save(fig, out: Path, name: str, footer: str) -> Path:
     fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     png = out / f"{name}.png"
-    fig.savefig(png, dpi=110)
-    fig.savefig(out / f"{name}.svg")
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(out / f"{name}.svg", lambda p: fig.savefig(p, format="svg"))
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -208,8 +208,10 @@ def scatter_figure(judge_scores: pd.DataFrame, definition: Thresholds, path: Pat
         fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.035 if footer else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    fig.savefig(path.with_suffix(".svg"))
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    atomic_write(path.with_suffix(".svg"), lambda p: fig.savefig(p, format="svg"))
     plt.close(fig)
     return path
 

@@ -339,11 +339,10 @@ def render_markdown(r: Results) -> str:
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and a self-contained ``run_dir/report.html``; return both paths."""
     text = escape_markdown(render_markdown(r))  # every value from data or config: no HTML tag opens
-    md = run_dir / "report.md"
-    md.write_text(text, encoding="utf-8")
-    html = run_dir / "report.html"
-    html.write_text(render_html(text, run_dir), encoding="utf-8")
-    return md, html
+    from em.runtime import atomic_write_text  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    md = atomic_write_text(run_dir / "report.md", text)
+    return md, atomic_write_text(run_dir / "report.html", render_html(text, run_dir))
 
 
 __all__ = ["write_report", "render_markdown"]

@@ -64,7 +64,9 @@ def chain_view(stages: pd.DataFrame, answers: pd.DataFrame, out: Path, threshold
     r = rates_by(answers, ["condition", "format"], thresholds, confidence)
     table = stages[["stage", "name", "condition"]].astype({"condition": str}).merge(r, on="condition", how="left")
     table = table.sort_values(["stage", "format"]).reset_index(drop=True)
-    table.to_csv(out / "chain_rates.csv", index=False)
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    atomic_write(out / "chain_rates.csv", lambda p: table.to_csv(p, index=False))
     plt, _ = _plt()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(stages)), 3.6))
     for fmt, sub in table.groupby("format", sort=True):
@@ -84,7 +86,7 @@ def chain_view(stages: pd.DataFrame, answers: pd.DataFrame, out: Path, threshold
     fig.text(0.005, 0.005, f"{thresholds.describe()}; {confidence:.0%} Wilson CI", fontsize=7, color="0.35")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     png = out / "chain_rates.png"
-    fig.savefig(png, dpi=110)
+    atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return table, png
 
@@ -190,7 +192,9 @@ def write_trigger(r: Any) -> dict[str, Path]:
     s = r.settings
     table = trigger_contrast(a, s.thresholds, s.bootstrap.confidence)
     out = {"table": Path(s.run_dir) / "trigger_contrast.csv"}
-    table.to_csv(out["table"], index=False)
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
+
+    atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
     r.tables["trigger on vs off per model × condition × format: misaligned / coherent with Wilson CIs, "
              "the difference with Newcombe's CI"] = out["table"]
     if s.figures:

@@ -20,7 +20,20 @@ def main(cfg: DictConfig) -> None:
     from em.quiet import configure
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
-    run_main(run_analysis, cfg)
+    from em.stopping import handle_signals, resume_line
+
+    try:
+        with handle_signals():  # SIGTERM / SIGINT: one line, exit 128 + signal; every file written is whole
+            run_main(run_analysis, cfg)
+    except KeyboardInterrupt as e:
+        from em.runtime import in_multirun
+
+        name = getattr(e, "signal_name", "SIGINT")
+        print(f"interrupted ({name}) in analyze: {cfg.get('run_dir')} holds only whole files (each output is "
+              f"written atomically; the rest is not written); rerun: "
+              f"{resume_line(None, in_multirun(), note='every analysis runs again').removeprefix('resume: ')}",
+              file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "exit_code", 130))
 
 
 def cli() -> None:

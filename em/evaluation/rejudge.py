@@ -224,6 +224,11 @@ def run_rejudge(cfg: Any, ec: Any):
     judgments: dict[str, list] = {}
     stats_all: dict[str, Any] = {}
     error: Optional[JudgeError] = None
+    from em.evaluation import record  # standalone em judge: <run_dir>/em_job.json says the stage and what is done
+
+    counts = {"answers": len(answers), "judgments_planned": len(reqs) * len(judges),
+              "judgments": record.judged(ec.judge_cache, judges, [r for _, _, r in reqs])}
+    record.stage("judging", run_dir, **counts)
     try:
         for j in judges:
             try:
@@ -237,6 +242,7 @@ def run_rejudge(cfg: Any, ec: Any):
             stats_all[j.name] = stats.__dict__ | {"identity": j.identity, "score_mode": provenance.mode_of(j)}
     finally:
         cache.close()
+    record.stage("report", **counts)
     new_rows = []
     by_answer: dict[int, list[tuple[str, int]]] = {}
     for n, (i, metric, _) in enumerate(reqs):

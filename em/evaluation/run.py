@@ -27,7 +27,7 @@ from em.evaluation.adapters import resolve_adapter
 from em.evaluation.generation import Sample, make_generator, plan, prompt_sha, render
 from em.evaluation.questions import build_prompts, load_question_set
 from em.evaluation.store import AnswerStore
-from em.evaluation import report, triggers
+from em.evaluation import record, report, triggers
 
 log = logging.getLogger("em.evaluation")
 
@@ -158,6 +158,9 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     shas = {k: prompt_sha(t) for k, t in texts.items()}
     rendered = {shas[k]: t for k, t in texts.items()}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
+    # standalone evaluate.py: <run_dir>/em_job.json (em.evaluation.record) says the stage and what is done
+    record.stage("sampling", run_dir, answers_planned=len(samples), answers=lambda: sum(
+        stored.get(s.key, {}).get("prompt_sha") == shas[s.key] for s in samples))
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
           f"{len(samples) - len(todo)} on disk, {len(todo)} to generate")
 
@@ -200,6 +203,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
         from em.judge.cache import JudgeCache
 
         reqs = judge_requests(records, by_key)
+        done = record.judged(ec.judge_cache, judges, [r for _, _, r in reqs])
+        record.stage("judging", answers=len(records), judgments_planned=len(reqs) * len(judges), judgments=done)
         cache = JudgeCache(ec.judge_cache)
         try:
             for j in judges:
@@ -220,6 +225,8 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
         reqs = []
 
     # 6. the table, the summary, W&B (also after a fatal judge error: every finished row is kept)
+    record.stage("report", answers=len(records), judgments_planned=len(reqs) * len(judges),
+                 judgments=record.judged(ec.judge_cache, judges, [r for _, _, r in reqs]))
     meta = {"model": ec.model.name, "adapter": str(adapter.adapter_dir) if adapter.adapter_dir else None,
             "condition": condition, "seed": ec.seed}
     if getattr(ec, "step", None) is not None:  # a step snapshot (CONTRACTS.md 2): an integer step column
