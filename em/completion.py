@@ -20,7 +20,9 @@ from typing import Callable, Mapping
 
 SHELL_COMPLETION_FLAGS = ("-sc", "--shell-completion")
 SCHEMA_SUFFIX = "_schema"  # (em.cli.SCHEMA_SUFFIX; em.cli is not imported on this light path)
-HYDRA_COMMANDS = ("train", "evaluate", "analyze", "capability")  # the subcommands that are Hydra apps
+# the subcommands that are Hydra apps -> the app whose options they complete (em judge is evaluate.py answers=...)
+HYDRA_COMMANDS = {"train": "train", "evaluate": "evaluate", "judge": "evaluate", "analyze": "analyze",
+                  "capability": "capability", "interp": "interp"}
 
 
 def is_completion(argv: list[str]) -> bool:
@@ -50,7 +52,7 @@ def complete(argv: list[str], commands: Mapping[str, object], run: Callable[[str
     rewrites it (and ``COMP_POINT``) for the subcommand's Hydra app. Prints the candidates, space-separated.
     """
     if not any(a.startswith("query=") for a in argv[1:]):  # em -sc install=bash: one hook for every subcommand
-        run(HYDRA_COMMANDS[0], list(argv))
+        run("train", list(argv))
         return
     line = os.environ.get("COMP_LINE", "")
     point = os.environ.get("COMP_POINT", "")
@@ -72,7 +74,11 @@ def complete(argv: list[str], commands: Mapping[str, object], run: Callable[[str
     os.environ["COMP_POINT"] = str(len(sub_line))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        run(name, list(argv))
+        try:
+            run(HYDRA_COMMANDS[name], list(argv))
+        except SystemExit as e:  # train.py's entry exits with its sweep status: the candidates are printed first
+            if e.code not in (0, None):
+                raise
     # the schemas' ConfigStore entries (judge=openai_schema) are not options to choose (em.cli.SCHEMA_SUFFIX)
     print(" ".join(w for w in out.getvalue().split() if not w.endswith(SCHEMA_SUFFIX)))
     sys.stdout.flush()

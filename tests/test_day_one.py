@@ -60,13 +60,18 @@ def query(em_bin: Path, line: str) -> list[str]:
 
 
 def test_completion_query_covers_the_subcommands_and_their_hydra_options(em_bin):
-    assert query(em_bin, "em ") == ["train", "evaluate", "analyze", "capability", "view", "push"]
+    from em.commands import COMMANDS
+
+    assert query(em_bin, "em ") == list(COMMANDS)  # every subcommand, in the usage order
+    assert {"train", "evaluate", "judge", "analyze", "interp", "view", "push"} <= set(COMMANDS)
     assert query(em_bin, "em ev") == ["evaluate"]
     assert "model=" in query(em_bin, "em train mod")
     judges = query(em_bin, "em evaluate judge=")
     assert {"judge=openai", "judge=local", "judge=none"} <= set(judges)
     assert not [j for j in judges if j.endswith("_schema")]  # schema entries are not options
     assert "thresholds." in query(em_bin, "em analyze thr")
+    assert "judge=" in query(em_bin, "em judge jud")  # em judge completes evaluate.py's options
+    assert "interp=" in query(em_bin, "em interp inter")
 
 
 def test_the_installed_bash_hook_completes_em_subcommands_and_overrides(em_bin):
