@@ -213,3 +213,25 @@ def drop_empty_run_dir(log_sizes: Optional[Mapping[str, int]] = None) -> None:
     if all(ours(p) for p in files):
         logging.shutdown()  # the log handlers hold the files open
         shutil.rmtree(d, ignore_errors=True)
+        _drop_empty_parents(d)
+
+
+def _drop_empty_parents(d: Path) -> None:
+    """Remove the parents Hydra made for a refused run (``outputs/evaluate/`` of ``outputs/evaluate/<time>``) when
+    they are empty now and were changed by this process, up to (never including) the directory it was started in;
+    ``os.rmdir`` refuses a non-empty one, so a parent holding anything else (an earlier run) stays."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        top = Path(HydraConfig.get().runtime.cwd).resolve()
+    except Exception:  # noqa: BLE001 - no Hydra context: nothing of ours above the run directory
+        return
+    p = d.resolve().parent
+    while p != top and top in p.parents:
+        try:
+            if p.stat().st_mtime < PROCESS_STARTED - 1:
+                return  # not touched by this run
+            os.rmdir(p)
+        except OSError:  # not empty, gone, or not ours to remove
+            return
+        p = p.parent

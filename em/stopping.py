@@ -117,6 +117,8 @@ def resume_line(job_dir: Any, multirun: bool, pins: tuple[str, ...] = ("hydra.ru
     unless one of the keys ``pins`` is on the command line already; a multirun: with ``note``)."""
     argv = list(sys.argv) or ["train.py"]
     script = os.path.basename(argv[0])
+    if script.endswith(".py") and os.path.dirname(os.path.abspath(argv[0])) != os.getcwd():
+        script = argv[0]  # started from another directory (python ../em/train.py): the path as typed
     # `em train ...` runs with sys.argv[0] == "em train" (em.commands): two words, not one quoted program
     head = [argv[0]] if os.path.isfile(argv[0]) else argv[0].split()
     cmd = ["python", script] if script.endswith(".py") else head

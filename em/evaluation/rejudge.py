@@ -77,6 +77,9 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
     from em.analysis.inputs import find_tables
 
     meta, own = answers_input(answers)
+    if not Path(meta["path"]).expanduser().exists():  # (find_tables would name analyze.py's inputs=[...] key)
+        raise DataError(f"{meta['path']}: answers not found (answers=... takes a run directory or a "
+                        f".parquet / .csv / .jsonl / .json file)")
     tables = find_tables([meta], Path("."))
     parts = []
     for t in tables:
