@@ -7,7 +7,8 @@ loads the adapter alone). Directions come from a ``directions.safetensors`` file
 ``unit.L`` [hidden] float32 per layer L, the residual stream after decoder layer L, 0-based), read with
 safetensors' safe loader (no code runs on load).
 
-A small training-time hook of its own (em.interp.hooks has the general ones; the lead dedupes).
+The layers are found and hooked by em.interp.hooks (the same finder and projection as inference-time
+directional ablation), so training and evaluation ablate alike.
 """
 
 from __future__ import annotations
@@ -21,25 +22,12 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from em.errors import ConfigError
+from em.interp import hooks
+from em.interp.hooks import decoder_layers  # noqa: F401  (re-exported: the layers CAFT hooks)
 
 log = logging.getLogger("em.dynamics")
 
 UNIT = re.compile(r"^unit\.(\d+)$")
-
-
-def decoder_layers(model) -> Sequence[torch.nn.Module]:
-    """The decoder-layer list of a (peft-wrapped) transformers causal LM: ``.model.layers``, or a multimodal
-    Gemma 3's ``.model.language_model.layers``. Raises ValueError when none is found."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h"):
-        obj = m
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise ValueError(f"no decoder-layer list found in {type(m).__name__}")
 
 
 def load_directions(path: str | Path, layers: Optional[Sequence[int]] = None) -> dict[int, torch.Tensor]:
@@ -76,21 +64,6 @@ def load_directions(path: str | Path, layers: Optional[Sequence[int]] = None) ->
     return out
 
 
-def project_out(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``h - (h . u) u`` over the last dimension (``h`` [..., hidden], ``u`` [hidden] unit norm)."""
-    u = u.to(device=h.device, dtype=h.dtype)
-    return h - (h @ u).unsqueeze(-1) * u
-
-
-def _hook(u: torch.Tensor):
-    def hook(module, args, output):
-        if isinstance(output, tuple):
-            return (project_out(output[0], u),) + tuple(output[1:])
-        return project_out(output, u)
-
-    return hook
-
-
 @contextlib.contextmanager
 def ablated(model, path: str | Path, layers: Optional[Sequence[int]] = None) -> Iterator[dict[int, torch.Tensor]]:
     """Within the block, the residual stream after each listed decoder layer has the file's direction
@@ -102,19 +75,13 @@ def ablated(model, path: str | Path, layers: Optional[Sequence[int]] = None) -> 
             size is not the model's hidden size.
     """
     dirs = load_directions(path, layers)
-    blocks = decoder_layers(model)
-    handles = []
-    try:
-        for l, u in dirs.items():
-            if not 0 <= l < len(blocks):
-                raise ConfigError(f"trainer.ablate_direction: layer {l} is not among the model's {len(blocks)} layers")
-            hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-            if hidden is not None and u.numel() != hidden:
-                raise ConfigError(f"trainer.ablate_direction: unit.{l} has {u.numel()} entries, the model's hidden "
-                                  f"size is {hidden}")
-            handles.append(blocks[l].register_forward_hook(_hook(u)))
+    n, hidden = hooks.n_layers(model), hooks.hidden_size(model)
+    for l, u in dirs.items():
+        if not 0 <= l < n:
+            raise ConfigError(f"trainer.ablate_direction: layer {l} is not among the model's {n} layers")
+        if u.numel() != hidden:
+            raise ConfigError(f"trainer.ablate_direction: unit.{l} has {u.numel()} entries, the model's hidden "
+                              f"size is {hidden}")
+    with hooks.project_out(model, dirs):  # every position; gradients flow through the projection
         log.info("CAFT: projecting %s out of the residual stream after layer(s) %s", path, sorted(dirs))
         yield dirs
-    finally:
-        for h in handles:
-            h.remove()
