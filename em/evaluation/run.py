@@ -100,6 +100,30 @@ def run_evaluation(cfg: DictConfig, intervention: Optional[Any] = None) -> Optio
         return _run_locked(cfg, ec, intervention)
 
 
+def _answers_on_disk(path: Path, shas: dict) -> int:
+    """How many of this run's answers ``answers.jsonl`` holds now, read from the file (complete lines whose key
+    and prompt hash are this run's): a signal can land between a batch's append and the in-memory index, and the
+    interrupted record must count what a resume will find."""
+    import json
+
+    keys = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # a torn last line: the resume trims it
+                try:
+                    r = json.loads(line)
+                    key = tuple(r["_key"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # the identity header line
+                if shas.get(key) == r.get("prompt_sha"):
+                    keys.add(key)
+    except FileNotFoundError:
+        return 0
+    return len(keys)
+
+
 def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
     """:func:`run_evaluation` once the run directory's lock is held."""
     if ec.questions.max_new_tokens and ec.questions.max_new_tokens < ec.generation.max_new_tokens:
@@ -159,8 +183,7 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     rendered = {shas[k]: t for k, t in texts.items()}
     todo = [s for s in samples if s.key not in stored or stored[s.key].get("prompt_sha") != shas[s.key]]
     # standalone evaluate.py: <run_dir>/em_job.json (em.evaluation.record) says the stage and what is done
-    record.stage("sampling", run_dir, answers_planned=len(samples), answers=lambda: sum(
-        stored.get(s.key, {}).get("prompt_sha") == shas[s.key] for s in samples))
+    record.stage("sampling", run_dir, answers_planned=len(samples), answers=lambda: _answers_on_disk(store.path, shas))
     print(f"{len(samples)} answers planned ({len(prompts)} question-formats x {ec.samples} samples): "
           f"{len(samples) - len(todo)} on disk, {len(todo)} to generate")
 
