@@ -76,7 +76,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
                         ) -> dict[str, Any]:
-        """Load ``path`` with ``torch.load(weights_only=True)`` (``weights_only=False`` is not honoured).
+        """Load ``path`` with ``torch.load(weights_only=True)``; a caller's ``weights_only`` flag is ignored.
 
         Raises:
             UnsafeCheckpoint: the file holds anything beyond tensors and plain types (one line).
