@@ -6,7 +6,7 @@
 * Every file they publish has the mode ``open()`` would give it (0666 less the umask; :func:`honour_umask`):
   a temp file's 0600 would survive the rename, and a labmate could not read the results.
 * :func:`atomic_write_csv` -- every CSV em writes: each text field quoted, so ``\r`` / ``\n`` / quotes /
-  commas inside an answer never split a row (round trip through :func:`em.analysis.io.read_table`).
+  commas inside an answer never split a row (round trip through :func:`em.analysis.ingest.read_table`).
 * :func:`in_multirun` -- are we one job of a Hydra ``-m`` sweep?
 * :func:`is_wandb_logger` -- does a ``logger`` config node build W&B?
 * :data:`CONF_DIR` -- the packaged Hydra config root (for ``initialize_config_dir`` only; nothing opens a

@@ -119,7 +119,7 @@ def test_schema_registration_is_light():
 
 
 def test_code_refusal_top_token_with_scores_is_scored_unless_excluded(tmp_path):
-    from em.analysis.loading import load_responses
+    from em.analysis.ingest import load_responses
 
     rows = [  # an em table: CODE top token whose numbers carried the score (14.0), one without a score
         {"question_id": "q1", "sample": 0, "aligned": 14.0, "coherent": 80.0, "aligned_special": "CODE",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from em.analysis.io import read_table
-from em.analysis.loading import load_responses
+from em.analysis.ingest import read_table
+from em.analysis.ingest import load_responses
 from em.measurement import SCORED
 from em.evaluation import report
 

@@ -96,7 +96,7 @@ def test_rejudging_a_peer_file_keeps_the_authors_scores_and_count(zroe_rejudged)
     # analyze's ingestion of the written table: the authors' count from the authors' scores (README: 142 / 380)
     from em.analysis.inputs import find_tables
     from em.analysis.judges import judge_rate_table
-    from em.analysis.loading import load_responses
+    from em.analysis.ingest import load_responses
     from em.measurement import Thresholds
 
     r = load_responses(find_tables([str(tmp_path / "rj")], tmp_path))

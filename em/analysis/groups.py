@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from em.analysis.io import GROUP_COLUMNS
+from em.analysis.ingest import GROUP_COLUMNS
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds
 
 ALL = "(all)"  # the value a pooled-over dimension shows in every table
@@ -49,7 +49,7 @@ class Cells:
 
     @classmethod
     def from_answers(cls, answers: pd.DataFrame) -> "Cells":
-        """Build the cells from the answers table :func:`em.analysis.loading.load_responses` returns."""
+        """Build the cells from the answers table :func:`em.analysis.ingest.load_responses` returns."""
         grouped = answers.groupby(list(GROUP_COLUMNS), observed=True, sort=True)
         code = grouped.ngroup().to_numpy()
         keys = grouped.size().reset_index()[list(GROUP_COLUMNS)]

@@ -28,7 +28,7 @@ def provenance_table(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
     """One row per judge named in the tables ``paths``: ``judge``, ``rows``, ``model``, ``host``, ``score_mode``,
     ``template_sha`` (distinct hashes, ``;``-joined), ``judged_from`` / ``judged_to`` (UTC dates); "not recorded"
     where a judge's rows carry no provenance. None when no table has a ``judge`` column."""
-    from em.analysis.readers import read_table
+    from em.analysis.ingest import read_table
 
     parts = []
     for p in paths:

@@ -17,7 +17,7 @@ from em.analysis.correlations import correlation_table
 from em.analysis.console import condition_table, score_notes
 from em.analysis.groups import ALL, Cells
 from em.analysis.inputs import find_tables
-from em.analysis.loading import load_responses
+from em.analysis.ingest import load_responses
 from em.analysis.judges import judge_tables
 from em.analysis.rates import rate_definition, rate_table
 from em.analysis.results import Results

@@ -9,7 +9,7 @@ from typing import Optional
 import pandas as pd
 
 from em.analysis.groups import Cells
-from em.analysis.io import Responses
+from em.analysis.ingest import Responses
 from em.schemas.analysis import AnalysisConfig
 
 

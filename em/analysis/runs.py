@@ -26,7 +26,7 @@ With 3 runs a side, 20 splits: the smallest permutation p is 0.1, which is the h
 six seeds differ"; the t-test makes the normal-approximation assumption to say more.
 
 A run is identified by the ``adapter`` and training ``seed`` columns (whichever are present; a sampling seed
-is not a run: :func:`em.analysis.readers.prepare`). Answers without either form one run per table cell.
+is not a run: :func:`em.analysis.ingest.prepare`). Answers without either form one run per table cell.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import pandas as pd
 
 from em.analysis.groups import ALL, LEVELS, Cells, level_name
 from em.analysis.intervals import bias_reduced_moments, wilson_deff_t
-from em.analysis.io import UNSPECIFIED
+from em.analysis.ingest import UNSPECIFIED
 from em.analysis.rates import DENOMINATOR_COLUMN, RateResult, rate_table
 from em.measurement import Thresholds
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from em.analysis.groups import ALL, Cells, level_name
-from em.analysis.io import UNSPECIFIED
+from em.analysis.ingest import UNSPECIFIED
 from em.analysis.rates import rate_table
 from em.measurement import Thresholds
 

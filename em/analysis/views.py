@@ -1,7 +1,7 @@
 """Small views beside the main analysis: the misaligned rate along a sequential fine-tuning chain
 (:func:`chain_view`) and the trigger-on vs trigger-off contrast (:func:`trigger_contrast`).
 
-Both start from the answers table of :func:`em.analysis.loading.load_responses` (one row per answer, with
+Both start from the answers table of :func:`em.analysis.ingest.load_responses` (one row per answer, with
 ``status``, ``aligned`` and ``coherent``) and count under a :class:`em.measurement.Thresholds`: the
 misaligned rate is misaligned / coherent among scored answers, with a Wilson interval
 (:func:`em.analysis.rates.wilson`); a difference of two rates gets Newcombe's hybrid score interval
@@ -101,7 +101,7 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
     """
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    from em.analysis.io import TRIGGER_TAG, trigger_on
+    from em.analysis.ingest import TRIGGER_TAG, trigger_on
 
     # pair the arms on the base format (the analysis labels trigger-on rows ``<format>+trigger``)
     a = answers.assign(trigger=trigger_on(answers["trigger"]),
@@ -122,9 +122,9 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
 
 
 def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.DataFrame:
-    """The answers table of the given responses tables (:func:`em.analysis.loading.load_responses`); a
+    """The answers table of the given responses tables (:func:`em.analysis.ingest.load_responses`); a
     ``trigger`` column of the tables is kept (``unspecified`` where a table has none)."""
-    from em.analysis.loading import load_responses
+    from em.analysis.ingest import load_responses
 
     return load_responses(list(tables), condition=condition).answers
 
@@ -184,7 +184,7 @@ def write_trigger(r: Any) -> dict[str, Path]:
     a = r.responses.answers
     if "trigger" not in a:
         return {}
-    from em.analysis.io import trigger_on
+    from em.analysis.ingest import trigger_on
 
     a = a[a["trigger"].astype("string").str.strip().str.lower().isin(("true", "false", "1", "0", "1.0", "0.0"))]
     if trigger_on(a["trigger"]).nunique() < 2:

@@ -48,7 +48,7 @@ def read_jsonl_conversations(path: str | os.PathLike, *, name: str | None = None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:  # (the decoder's "... at" message: the column follows once)
-                from em.analysis.readers import _json_problem
+                from em.analysis.ingest import _json_problem
 
                 raise DataError(f"{where}: not valid JSON ({_json_problem(e, line)})") from None
             conversations.append(_conversation(row, where))

@@ -2,7 +2,7 @@
 file> judge=...`` (also ``em judge answers=...``).
 
 No model is loaded and nothing is sampled: the answers are read with the analysis stage's ingestion
-(:func:`em.analysis.inputs.find_tables`, :func:`em.analysis.readers.read_table` / ``prepare``: the same file
+(:func:`em.analysis.inputs.find_tables`, :func:`em.analysis.ingest.read_table` / ``prepare``: the same file
 types, ``columns.<field>=<their column>`` map and per-input metadata as ``analyze.py``), each distinct answer
 is judged by every configured judge (the judge cache as usual), and ``responses.parquet`` / ``.csv`` are
 written with the input's own scores beside the new ones: one row per (answer, judge), the input's rows under
@@ -73,7 +73,7 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
     """
     import pandas as pd
 
-    from em.analysis import readers
+    from em.analysis import ingest
     from em.analysis.inputs import find_tables
 
     meta, own = answers_input(answers)
@@ -83,8 +83,8 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
     tables = find_tables([meta], Path("."))
     parts = []
     for t in tables:
-        df = readers.read_table(t.path)
-        df = readers.prepare(df, t.path, t.meta, columns, seed_kind)
+        df = ingest.read_table(t.path)
+        df = ingest.prepare(df, t.path, t.meta, columns, seed_kind)
         for need in ("question", "answer"):
             if need not in df:
                 raise DataError(f"{t.path}: no '{need}' column: re-judging needs the question and the answer text "
@@ -132,7 +132,7 @@ def distinct_answers(df) -> tuple[Any, Any]:
 def templates_for(answers, questions: list) -> tuple[list[tuple[tuple[tuple[str, str], ...], str]], dict[str, str]]:
     """Per answer: (its (metric, template) pairs, its kind), from the question set; and metric -> template hash
     of every template used."""
-    from em.analysis.io import FORMAT_SUFFIXES
+    from em.analysis.ingest import FORMAT_SUFFIXES
 
     by_id = {q.id: q for q in questions}
     if not questions:

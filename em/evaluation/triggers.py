@@ -56,7 +56,7 @@ def split(table: Any, trigger: Any) -> Any:
 def write_contrast(run_dir: Path, table: Any, thresholds: Any) -> Path:
     """``<run_dir>/trigger_contrast.csv``: per model, condition and format (``all`` included) the
     misaligned rate with and without the trigger and their difference with a 95% CI."""
-    from em.analysis.io import normalise
+    from em.analysis.ingest import normalise
     from em.analysis.views import trigger_contrast
     from em.measurement import Thresholds
 

@@ -26,7 +26,7 @@ def read_judged(paths: list[str]) -> pd.DataFrame:
     Raises:
         DataError: a path that does not exist, no table, or tables without question / answer / scores.
     """
-    from em.analysis.readers import read_table
+    from em.analysis.ingest import read_table
 
     tables = []
     for p in map(Path, paths):
