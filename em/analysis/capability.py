@@ -99,28 +99,3 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
         ax.legend(uniq.values(), uniq.keys(), fontsize=7, title="condition", title_fontsize=7)
     out.mkdir(parents=True, exist_ok=True)
     return _save(fig, out, "capability_vs_misalignment", footer)
-
-
-def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: Path, figures: bool,
-                     judge: str = "") -> dict:
-    """The capability view of an analysis, when any analysed table has a ``capability.json`` beside it.
-
-    Writes ``<run_dir>/capability.csv`` and (``figures``) ``<run_dir>/figures/capability_vs_misalignment.png``;
-    returns ``{"table": path, "figure": path}`` (empty when there is no capability file).
-    """
-    files = find_capability(table_paths)
-    if not files:
-        return {}
-    table = capability_table(read_capability(files), rates)
-    out = {"table": Path(run_dir) / "capability.csv"}
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
-
-    atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
-    if figures:
-        footer = rates["definition"].iloc[0] if "definition" in rates and len(rates) else ""
-        footer += f" · {judge}" if judge else ""  # the judge's label (em.analysis.judge_name)
-        fig = capability_figure(table, Path(run_dir) / "figures", footer)
-        if fig is not None:
-            out["figure"] = fig
-    log.info("capability: %d rows from %d file(s) -> %s", len(table), len(files), out["table"])
-    return out

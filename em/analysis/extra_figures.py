@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from em.analysis.figures import _model_order, _rate_label
-from em.analysis.results import Results
+from em.analysis.registry import Results
 
 
 def runs_figure(r: Results, plt, sns, conditions: list[str]):

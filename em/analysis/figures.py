@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from em.analysis.groups import ALL
-from em.analysis.results import Results
+from em.analysis.registry import Results
 from em.analysis.sensitivity import check_summary
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def format_comparison(r: Results, plt, sns, conditions: list[str]):
     """Bar chart: misaligned rate (%) with CI per question format (x) and condition (hue), pooled over models."""
     d = r.level("condition×format")
     d = d[d["n_coherent"] > 0]
-    formats = _order(d["format"], ["plain", "json", "template"])
+    formats = _order(d["format"], r.formats)
     fig, ax = plt.subplots(figsize=(max(5, 1.5 + 1.4 * len(formats)), 4.2))
     if d.empty:
         _empty(ax, "no coherent answers in any group")
@@ -275,7 +275,7 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     """
     plt, sns = _plt()
     out.mkdir(parents=True, exist_ok=True)
-    conditions = _order(r.level("condition")["condition"], r.settings.ordering.condition)
+    conditions = _order(r.level("condition")["condition"], r.conditions)
     footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
     from em.analysis.judge_name import judge_info  # every figure names its judge (issue 21)
 

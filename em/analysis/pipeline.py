@@ -1,7 +1,11 @@
-"""run_analysis: ingestion -> statistics -> CSVs, figures, report (and W&B), all in one run directory."""
+"""run_analysis: ingestion -> the registered statistics -> CSVs, figures, report, summary.json (and W&B), all in
+one run directory. Every output iterates the registry (:mod:`em.analysis.registry`); nothing here names a
+statistic, a condition or a format.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -9,35 +13,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import numpy as np
 import pandas as pd
 
-from em.analysis.contrasts import contrast_table
-from em.analysis.correlations import correlation_table
-from em.analysis.console import condition_table, score_notes
-from em.analysis.groups import ALL, Cells
-from em.analysis.inputs import find_tables
+from em.analysis import registry
+from em.analysis.console import score_notes
+from em.analysis.groups import Cells
 from em.analysis.ingest import load_responses
-from em.analysis.judges import judge_tables
-from em.analysis.rates import rate_definition, rate_table
-from em.analysis.results import Results
-from em.analysis.scaling import attach_params, model_meta, scaling_table
-from em.analysis.sensitivity import sensitivity_tables
+from em.analysis.inputs import find_tables
+from em.analysis.rates import rate_definition
+from em.analysis.registry import Results, Statistic
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
-from em.runtime import atomic_write_csv, atomic_write_text
+from em.runtime import atomic_write_text
 from em.schemas.analysis import load_analysis_config
 
 log = logging.getLogger(__name__)
-
-RATE_COLUMNS = ["level", "model", "condition", "format", "question_id", "step", "run", "n_runs", "between_run_share", "family", "params", "n", "n_scored",
-                "n_code", "n_refusal", "n_unscored", "n_coherent", "n_misaligned", "coherent_share",
-                "denominator", "n_denominator", "misaligned_rate", "ci_low", "ci_high", "ci_method", "design_effect",
-                "wilson_low", "wilson_high", "cp_low", "cp_high",
-                "misaligned_of_coherent", "misaligned_of_coherent_low", "misaligned_of_coherent_high",
-                "deff_coherent", "misaligned_of_scored", "misaligned_of_scored_low", "misaligned_of_scored_high",
-                "deff_scored", "misaligned_of_all", "misaligned_of_all_low", "misaligned_of_all_high", "deff_all",
-                "mean_aligned", "mean_coherent", "note", "definition"]
 
 
 @contextmanager
@@ -57,40 +47,6 @@ def _check_scored(answers: pd.DataFrame, paths: list) -> None:
             f"(CODE: {int(status.get(CODE, 0))}, REFUSAL: {int(status.get(REFUSAL, 0))}, "
             f"unscored: {int(status.get(UNSCORED, 0))})"
         )
-
-
-def write_tables(r: Results) -> dict[str, pd.DataFrame]:
-    """Write every table as ``<run_dir>/<name>.csv``, record it in ``r.tables``; return name -> DataFrame."""
-    frames = {
-        "rates": r.rates[RATE_COLUMNS],
-        "contrasts": r.contrasts,
-        "correlations": r.correlations,
-        "sensitivity": r.sensitivity,
-        "sensitivity_checks": r.checks,
-        "scaling": r.scaling,
-        "inputs": r.responses.sources,
-    }
-    if r.judge_rates is not None:
-        frames["judge_rates"] = r.judge_rates
-        frames["judge_agreement"] = r.agreement
-    descriptions = {
-        "rates": "misaligned rate with CIs for every group (levels: model×condition×format×question up to condition); "
-                 "misaligned among coherent, scored and all answers side by side",
-        "contrasts": "condition and format contrasts: difference (Newcombe CI), ratio, Fisher p, Bonferroni/Holm "
-                     "over the tested family, power",
-        "correlations": "coherence–alignment correlations at answer and group level",
-        "sensitivity": "the rate table at every point of the threshold grid",
-        "sensitivity_checks": "ordering checks (e.g. base < educational < insecure) at every grid point",
-        "scaling": "rank correlation of rate with parameter count, per family and condition",
-        "inputs": "the responses tables read, with answer and exclusion counts",
-        "judge_rates": "per-judge rates",
-        "judge_agreement": "Krippendorff's α on scores and Cohen's κ on the misaligned flag",
-    }
-    for name, df in frames.items():
-        path = Path(r.settings.run_dir) / f"{name}.csv"
-        atomic_write_csv(path, df)
-        r.tables[descriptions[name]] = path
-    return frames
 
 
 def write_summary(r: Results) -> Path:
@@ -129,27 +85,6 @@ def _f(x: float):
     return None if pd.isna(x) else float(x)
 
 
-def add_runs(rr, cells: Cells, answers: pd.DataFrame, s) -> Optional[pd.DataFrame]:
-    """Runs as clusters (:mod:`em.analysis.runs`, ``contrasts.runs=two_way``): intervals of groups pooling >= 2
-    runs widened for the between-run variance, and the per-run rows (level ``model×condition×run``) appended
-    to the rate table; returns those rows (None with one run per model × condition, or ``runs=ignore``)."""
-    from em.analysis import runs as run_stats
-
-    rr.table["run"] = ALL
-    if s.contrasts.runs == "ignore":
-        rr.table["n_runs"], rr.table["between_run_share"] = run_stats.runs_per_cell(answers)["n_runs"].max(), pd.NA
-        return None
-    run_stats.apply_runs(rr, cells, answers, s.thresholds, s.bootstrap.confidence)
-    if not (run_stats.runs_per_cell(answers)["n_runs"] >= 2).any():
-        return None
-    rows = run_stats.run_level(answers, s.thresholds, confidence=s.bootstrap.confidence, min_group_n=s.min_group_n,
-                               denominator=s.denominator)
-    start = len(rr.table)
-    rr.table = pd.concat([rr.table, rows[[c for c in rr.table.columns if c in rows]]], ignore_index=True)
-    rr.row_of[run_stats.RUN_LEVEL] = np.arange(start, len(rr.table))
-    return rows
-
-
 def split_steps(responses) -> Optional[pd.DataFrame]:
     """Answers from several checkpoints (:mod:`em.analysis.steps`): ``responses`` keeps the final answers (the
     main tables); returns every answer (for the per-step rates), or None without a step dimension."""
@@ -164,41 +99,48 @@ def split_steps(responses) -> Optional[pd.DataFrame]:
     return every
 
 
-def add_steps(rr, every: Optional[pd.DataFrame], s, notes: list) -> list:
-    """The per-step rows (level ``model×condition×step``) appended to the rate table; returns the (last, first)
-    checkpoint pairs to contrast: (level, row a, row b, scope, label a, label b)."""
-    rr.table["step"] = ALL
-    if every is None:
-        return []
-    from em.analysis import steps
-
-    rows = steps.step_level(every, s.thresholds, confidence=s.bootstrap.confidence, min_group_n=s.min_group_n,
-                            denominator=s.denominator)
-    start = len(rr.table)
-    rr.table = pd.concat([rr.table, rows[[c for c in rows.columns if c in rr.table.columns or c == "step"]]],
-                         ignore_index=True)
-    rr.table["run"] = rr.table["run"].fillna(ALL)
-    rr.row_of[steps.STEP_LEVEL] = np.arange(start, len(rr.table))
-    for i, n in enumerate(notes):
-        if n.startswith("__steps__"):
-            notes[i] = steps.step_note(int(n[len("__steps__"):]), rows)
-    return [(steps.STEP_LEVEL, last, first, scope, f"step {rows['step'].iloc[last]}",
-             f"step {rows['step'].iloc[first]}") for last, first, scope in steps.first_last(rows)]
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    # wandb.Table cannot serialise pandas' NA or nullable dtypes; None can.
+    return df.astype(object).where(df.notna(), None)
 
 
-def resolve_pairs(s, rates: pd.DataFrame) -> None:
-    """``contrasts.condition`` / ``contrasts.format`` null: the pairs from the data (:mod:`em.analysis.pairs`),
-    written back into the settings so the report, summary.json and W&B quote the pairs compared."""
-    from em.analysis.pairs import condition_pairs, format_pairs
+def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
+    """Log every table (``tables/<name>``) and figure (``figures/<name>``) to one W&B run of job type
+    "analysis", the statistics' ``wandb`` keys (and the definition and judge) in its summary; return its local
+    directory (None when W&B is off)."""
+    import wandb
 
-    conds = rates.loc[rates["level"] == "condition", "condition"].astype(str).tolist()
-    fmts = rates.loc[rates["level"] == "condition×format", "format"].astype(str).unique().tolist()
-    s.contrasts.condition = condition_pairs(conds, s.contrasts.condition, s.contrasts.reference, s.ordering.condition)
-    s.contrasts.format = format_pairs(fmts, s.contrasts.format, s.contrasts.format_reference, s.ordering.format)
+    from em.analysis.judge_name import judge_info
+    from em.tracking import init_wandb
+
+    s = r.settings
+    run = init_wandb(project=s.wandb.project, run_dir=str(s.run_dir), job_type="analysis",
+                     config=dataclasses.asdict(s), group=s.wandb.group, mode=s.wandb.mode, entity=s.wandb.entity)
+    if run is None:
+        return None
+    try:
+        payload = {f"tables/{name}": wandb.Table(dataframe=_plain(df)) for name, df in frames.items()}
+        payload.update({f"figures/{name}": wandb.Image(str(png)) for name, png in r.figures.items()})
+        run.log(payload)
+        for keys in registry.hooks(r.state["statistics"], "wandb"):
+            for key, value in keys(r).items():
+                run.summary[key] = value
+        run.summary["definition"] = s.thresholds.describe()
+        run.summary["judge"] = judge_info(r.responses.sources, r.responses.answers, s.judges.combine).label()
+        local = Path(run.dir).parent
+    finally:
+        run.finish()
+    log.info("logged the analysis to W&B (%s)", local)
+    return local
 
 
 def run_analysis(cfg: Any) -> Path:
     """Analyse the responses tables ``cfg`` names; return the run directory holding every output.
+
+    Every registered statistic (:func:`em.analysis.registry.load_statistics`, in order) computes its tables;
+    then each table is written as ``<table>.csv``, the figures drawn (``figures=true``), ``report.md`` /
+    ``report.html`` and ``summary.json`` written, W&B logged (``logger=wandb``) and the statistics' console text
+    printed.
 
     Args:
         cfg: a composed ``analyze`` config (:class:`em.schemas.analysis.AnalysisConfig`'s keys).
@@ -210,7 +152,6 @@ def run_analysis(cfg: Any) -> Path:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     s = load_analysis_config(cfg)
-    d = s.thresholds
     run_dir = Path(s.run_dir)
     with _timed(timings, "load"):
         tables = find_tables(s.inputs, Path(s.outputs_root))
@@ -220,68 +161,23 @@ def run_analysis(cfg: Any) -> Path:
                                    exclude_special=s.thresholds.exclude_special, dedupe=s.dedupe)
         _check_scored(responses.answers, paths)
         responses.notes += score_notes(paths)
-        all_answers = split_steps(responses)
+        every_answer = split_steps(responses)
         cells = Cells.from_answers(responses.answers)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("%d answers from %d table(s) in %d cells", len(responses.answers), len(paths), cells.n_cells)
-    definition = rate_definition(d, s.denominator)
-    with _timed(timings, "rates"):
-        rr = rate_table(cells, d, confidence=s.bootstrap.confidence, min_group_n=s.min_group_n,
-                        denominator=s.denominator, method=s.ci.method, n_resamples=s.bootstrap.n_resamples,
-                        seed=s.bootstrap.seed)
-        run_rows = add_runs(rr, cells, responses.answers, s)
-        step_pairs = add_steps(rr, all_answers, s, responses.notes)
-        rr.table = attach_params(rr.table, model_meta(s.model_configs))
-    with _timed(timings, "contrasts + power"):
-        resolve_pairs(s, rr.table)
-        contrasts = contrast_table(rr, condition_pairs=s.contrasts.condition, format_pairs=s.contrasts.format,
-                                   alpha=s.alpha, power=s.power, min_group_n=s.min_group_n, definition=definition,
-                                   run_rows=run_rows, step_pairs=step_pairs)
-    with _timed(timings, "correlations + scaling"):
-        correlations = correlation_table(responses.answers, rr.table, s.bootstrap.confidence)
-        scaling, unknown = scaling_table(rr.table, definition)
-    with _timed(timings, "sensitivity"):
-        sensitivity, checks = sensitivity_tables(cells, d, coherent_grid=s.sensitivity.coherent,
-                                                 aligned_grid=s.sensitivity.aligned,
-                                                 confidence=s.bootstrap.confidence,
-                                                 condition_order=s.ordering.condition,
-                                                 format_order=s.ordering.format, denominator=s.denominator)
-    with _timed(timings, "judges"):
-        judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, d,
-                                              confidence=s.bootstrap.confidence, max_units=s.judges.alpha_max_units,
-                                              seed=s.judges.seed)
-        from em.analysis import judge_report  # provenance, band-wise agreement, bias against judges.reference
-
-        extras = judge_report.judge_extras(responses.judge_scores, responses.answers, paths, d,
-                                           reference=s.judges.reference, n_resamples=s.bootstrap.n_resamples,
-                                           seed=s.judges.seed, confidence=s.bootstrap.confidence)
-    r = Results(settings=s, responses=responses, cells=cells, rates=rr.table, contrasts=contrasts,
-                correlations=correlations, scaling=scaling, unknown_models=unknown, sensitivity=sensitivity,
-                checks=checks, judge_rates=judge_rates, agreement=agreement, timings=timings, judge_extras=extras)
+    stats: list[Statistic] = registry.load_statistics()
+    r = Results(settings=s, responses=responses, cells=cells, timings=timings,
+                state={"paths": paths, "every_answer": every_answer, "statistics": stats})
+    registry.compute(r, stats, lambda name: _timed(timings, name))
     with _timed(timings, "tables"):
-        frames = write_tables(r)
+        frames = registry.write_tables(r, stats)
     if s.figures:
         with _timed(timings, "figures"):
             from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
-    with _timed(timings, "judge extras"):
-        jt, jf = judge_report.write(extras, responses.judge_scores, d, run_dir, s.figures)
-        r.tables.update(jt)
-        r.figures.update(jf)
-    with _timed(timings, "capability"):  # capability.json beside a table: capability.csv + its figure
-        from em.analysis.capability import write_capability
-
-        from em.analysis.judge_name import judge_info
-
-        judge = judge_info(responses.sources, responses.answers, s.judges.combine)
-        cap = write_capability(paths, rr.table, run_dir, s.figures, judge.label())
-        if "figure" in cap:
-            r.figures["capability_vs_misalignment"] = cap["figure"]
-    with _timed(timings, "trigger"):  # answers with the trigger on and off: trigger_contrast.csv + figure
-        from em.analysis.views import write_trigger
-
-        write_trigger(r)
+            for draw in registry.hooks(stats, "figures"):
+                r.figures.update(draw(r, run_dir / "figures"))
     with _timed(timings, "report"):
         from em.analysis.report import write_report
 
@@ -289,13 +185,11 @@ def run_analysis(cfg: Any) -> Path:
     timings["total"] = time.perf_counter() - start
     write_summary(r)
     if s.use_wandb:
-        from em.analysis.wandb_log import log_to_wandb
-
         log_to_wandb(r, frames)
-    table = condition_table(r.rates, "\n".join(f"note: {n}" for n in responses.notes), s.contrasts.reference,
-                            judge.label())
-    if table:
-        print(table)
+    for console in registry.hooks(stats, "console"):
+        text = console(r)
+        if text:
+            print(text)
     print(f"report: {run_dir / 'report.html'}", flush=True)
     log.info("analysis written to %s (%.1f s)", run_dir, timings["total"])
     return run_dir

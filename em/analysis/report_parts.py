@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from em.analysis.markdown import dec, pval, rate_ci
-from em.analysis.results import Results
+from em.analysis.registry import Results
 from em.measurement import DENOMINATORS
 
 

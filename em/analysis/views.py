@@ -129,8 +129,9 @@ def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.Da
     return load_responses(list(tables), condition=condition).answers
 
 
-def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
-    """Bars of the misaligned rate (%) without and with the trigger per format (``all`` last), one panel
+def trigger_figure(table: pd.DataFrame, out: Path, footer: str, formats: Sequence[str] = ()) -> Path:
+    """Bars of the misaligned rate (%) without and with the trigger per format (in the order ``formats``, the
+    analysis's :attr:`~em.analysis.registry.Results.formats`, others after in sorted order; ``all`` last), one panel
     per model × condition, with the Wilson CIs of ``table`` (:func:`trigger_contrast`'s columns) and the
     on - off difference with its Newcombe CI written above each pair.
 
@@ -146,7 +147,7 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
     off_c, on_c = sns.color_palette("deep", 2)
     for ax, (model, cond) in zip(axes.flat, panels):
         d = table[(table["model"] == model) & (table["condition"] == cond)]
-        fmts = _order([f for f in d["format"] if f != ALL], ["plain", "json", "template"]) + ([ALL] if (d["format"] == ALL).any() else [])
+        fmts = _order([f for f in d["format"] if f != ALL], formats) + ([ALL] if (d["format"] == ALL).any() else [])
         d = d.set_index("format").loc[fmts]
         xs = np.arange(len(fmts))
         for side, color, dx in (("off", off_c, -0.2), ("on", on_c, 0.2)):
@@ -171,36 +172,3 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
     fig.suptitle("Misaligned rate with vs without the trigger", fontsize=11)
     out.mkdir(parents=True, exist_ok=True)
     return _save(fig, out, "trigger_contrast", footer)
-
-
-def write_trigger(r: Any) -> dict[str, Path]:
-    """The trigger view of an analysis (:class:`em.analysis.results.Results` ``r``) when its answers were
-    evaluated with the trigger on and off (a ``trigger`` column holding both; rows of tables without one
-    are left out): ``<run_dir>/trigger_contrast.csv`` (:func:`trigger_contrast` per model × condition ×
-    format) and, with ``figures``, ``figures/trigger_contrast.png``, both recorded in ``r``.
-
-    Returns ``{"table": path, "figure": path}`` (``figure`` only with figures on; empty without a trigger).
-    """
-    a = r.responses.answers
-    if "trigger" not in a:
-        return {}
-    from em.analysis.ingest import trigger_on
-
-    a = a[a["trigger"].astype("string").str.strip().str.lower().isin(("true", "false", "1", "0", "1.0", "0.0"))]
-    if trigger_on(a["trigger"]).nunique() < 2:
-        return {}  # only one side present: nothing to contrast
-    s = r.settings
-    table = trigger_contrast(a, s.thresholds, s.bootstrap.confidence)
-    out = {"table": Path(s.run_dir) / "trigger_contrast.csv"}
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
-
-    atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
-    r.tables["trigger on vs off per model × condition × format: misaligned / coherent with Wilson CIs, "
-             "the difference with Newcombe's CI"] = out["table"]
-    if s.figures:
-        from em.analysis.judge_name import judge_info
-
-        out["figure"] = r.figures["trigger_contrast"] = trigger_figure(
-            table, Path(s.run_dir) / "figures", f"{s.thresholds.describe()}; {s.bootstrap.confidence:.0%} CIs · "
-            + judge_info(r.responses.sources, r.responses.answers, s.judges.combine).label())
-    return out
