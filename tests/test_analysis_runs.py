@@ -182,7 +182,7 @@ def test_one_run_per_cell_says_run_variance_is_not_estimated(tmp_path):
     (["x", "y"], [("y", "x")]),
 ])
 def test_contrast_pairs_come_from_the_data(conditions, expected):
-    from em.analysis.pairs import condition_pairs
+    from em.analysis.groups import condition_pairs
 
     order = ["base", "educational", "insecure"]
     got = condition_pairs(conditions, None, "base", order)

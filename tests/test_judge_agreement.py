@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from em.analysis.judge_bands import band_agreement, rate_differences
+from em.analysis.judges import band_agreement, rate_differences
 from em.errors import ConfigError
 from em.measurement import SCORED, Thresholds
 

@@ -10,7 +10,7 @@ Built from the rate table's ``model×condition×format`` rows (:mod:`em.analysis
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -40,7 +40,7 @@ def _misaligned(r) -> str:
 
 
 def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Optional[str] = None,
-                    judge: str = "") -> str:
+                    judge: str = "", conditions: Sequence[str] = (), formats: Sequence[str] = ()) -> str:
     """The table as text (rows ``model | format | <condition>: n / aligned / coherent / misaligned % | Δ``).
 
     The misaligned % has two significant digits under 1 % (``0.41``), one decimal above, and the count
@@ -52,7 +52,9 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
             mean_coherent, misaligned_rate; optional n_misaligned, n_denominator).
         score_note: a line appended under the table (e.g. how the judge's scores were computed).
         reference: the condition the others are compared with (``contrasts.reference``; None: its default).
-        judge: the judge's label (``judge: <name>``), printed above the table (:mod:`em.analysis.judge_name`).
+        judge: the judge's label (``judge: <name>``), printed above the table (:mod:`em.analysis.judge_report`).
+        conditions / formats: the display order (the analysis's :attr:`~em.analysis.registry.Results.conditions`
+            / ``formats``); the reference condition first, others not named after, alphabetically.
 
     Returns "" when the table has no ``model×condition×format`` rows.
     """
@@ -64,13 +66,16 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
 
         reference = ContrastsConfig.reference
     BASE = reference  # noqa: N806
-    conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, c))
+    cpos, fpos = {c: i for i, c in enumerate(conditions)}, {f: i for i, f in enumerate(formats)}
+    conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, cpos.get(c, len(cpos)), c))
     others = [c for c in conds if c != BASE] if BASE in conds else []
     counts = " (k/n)" if {"n_misaligned", "n_denominator"} <= set(t.columns) else ""
     head = ["model", "format"] + [f"{c}: n / aligned / coherent / misaligned%{counts}" for c in conds]
     head += [f"{c} − {BASE}: Δaligned / Δmisaligned pts" for c in others]
     lines = []
-    for (model, fmt), g in t.groupby(["model", "format"], sort=True):
+    groups = t.groupby(["model", "format"], sort=True)
+    for (model, fmt), g in sorted(groups, key=lambda kv: (str(kv[0][0]), fpos.get(str(kv[0][1]), len(fpos)),
+                                                          str(kv[0][1]))):
         by = {str(r.condition): r for r in g.itertuples()}
         row = [str(model), str(fmt)]
         for c in conds:

@@ -2,17 +2,26 @@
 
 Every statistic is built from per-cell counts: a coarser group is a sum of cells, so counting, the
 bootstrap and the threshold sweep all touch the answers once per pass and the groups only as arrays.
+
+Also here: a rate pooled over formats is labelled so, with each format's numbers beside it (the report, W&B,
+summary.json, the model card); and which contrasts are made, from the data (:func:`condition_pairs`,
+:func:`format_pairs`): every condition against ``contrasts.reference``, every format against
+``contrasts.format_reference``, a pair oriented by ``ordering.*`` then alphabetically ("a vs b" reads a minus b).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from em.analysis.ingest import GROUP_COLUMNS
-from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds
+from em.measurement import CODE, REFUSAL, SCORED, Thresholds, UNSCORED
+
 
 ALL = "(all)"  # the value a pooled-over dimension shows in every table
 LEVELS: tuple[tuple[str, ...], ...] = (
@@ -114,3 +123,85 @@ def sum_by(values: pd.DataFrame, index: np.ndarray, n_groups: int) -> pd.DataFra
     """Column-wise sums of per-cell values into groups."""
     return pd.DataFrame({c: np.bincount(index, weights=values[c].to_numpy(dtype=float), minlength=n_groups)
                          for c in values.columns})
+
+
+# --------------------------------------------------------- pooled over formats (issue 21): per-format numbers beside
+POOLED = "pooled over formats"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f} %"
+
+
+def per_format(rates: pd.DataFrame, condition: str) -> pd.DataFrame:
+    """The ``condition×format`` rows of one condition (pooled over models), in the table's order."""
+    t = rates[(rates["level"] == "condition×format") & (rates["condition"].astype(str) == str(condition))]
+    return t
+
+
+def breakdown_text(rates: pd.DataFrame, condition: str) -> str:
+    """``plain 1.2 % (3/250), json 4.0 % (10/250)``: each format's misaligned rate with its counts."""
+    return ", ".join(f"{r.format} {_pct(r.misaligned_rate)} ({int(r.n_misaligned)}/{int(r.n_denominator)})"
+                     for r in per_format(rates, condition).itertuples())
+
+
+def summary_entry(rates: pd.DataFrame, condition: str, row: Any, f) -> dict:
+    """``summary.json``'s per-condition entry additions: ``pooled_over`` and ``by_format`` (rate, CI, counts)."""
+    fmts = per_format(rates, condition)
+    return {"pooled_over": "formats" if len(fmts) > 1 else None,
+            "by_format": {str(r.format): {"misaligned_rate": f(r.misaligned_rate), "ci_low": f(r.ci_low),
+                                          "ci_high": f(r.ci_high), "n_denominator": int(r.n_denominator),
+                                          "n_misaligned": int(r.n_misaligned)} for r in fmts.itertuples()}}
+
+
+def card_lines(formats: dict[str, dict]) -> list[str]:
+    """The model card's pooled line: all formats' answers together, labelled, with the per-format rates beside
+    (from an evaluation summary's ``formats``: n_coherent / misaligned counts when present, else the rates)."""
+    if len(formats) < 2:
+        return []
+    k = n = 0
+    for e in formats.values():
+        c, m = e.get("n_coherent"), e.get("n_misaligned")
+        if c is None or m is None:
+            return [f"- {POOLED}: not computed (counts missing); per format: " + ", ".join(
+                f"{fmt} {_pct(e.get('misaligned_rate'))}" for fmt, e in formats.items())]
+        k, n = k + m, n + c
+    per = ", ".join(f"{fmt} {_pct(e.get('misaligned_rate'))}" for fmt, e in formats.items())
+    return [f"- misaligned, {POOLED}: {_pct(k / n if n else float('nan'))} ({k}/{n} coherent answers); "
+            f"per format: {per}"]
+
+
+# ------------------------------------------------- contrast pairs from the data: no condition or format name in code
+def _rank(order: Sequence[str]):
+    pos = {v: i for i, v in enumerate(order)}
+    return lambda v: (pos.get(v, len(pos)), v)
+
+
+def _pairs(values: Sequence[str], reference: str, order: Sequence[str],
+           among_others: bool = True) -> list[tuple[str, str]]:
+    present = sorted(set(values), key=_rank(order))
+    others = [v for v in present if v != reference]
+    out = [(v, reference) for v in others] if reference in present else []
+    if out and not among_others:
+        return out
+    for x, y in itertools.combinations(others, 2):  # x ranks before y: y is expected higher, so y - x
+        out.append((y, x))
+    return out
+
+
+def condition_pairs(conditions: Sequence[str], configured: Optional[list], reference: str,
+                    order: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The condition pairs (a, b) compared: ``configured`` when given, else every condition vs ``reference``
+    (when present) and each pair of the others, ``a`` the later one in ``order`` (then alphabetical)."""
+    if configured is not None:
+        return [(str(a), str(b)) for a, b in configured]
+    return _pairs(conditions, reference, [reference, *order])
+
+
+def format_pairs(formats: Sequence[str], configured: Optional[list], reference: str,
+                 order: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The format pairs: ``configured`` when given, else every format vs ``reference`` when present, else each
+    pair of formats (the same orientation rule as :func:`condition_pairs`)."""
+    if configured is not None:
+        return [(str(a), str(b)) for a, b in configured]
+    return _pairs(formats, reference, [reference, *order], among_others=False)

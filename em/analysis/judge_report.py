@@ -3,19 +3,22 @@ each judge's rate difference against another (or against ``judges.reference``), 
 
 Provenance comes from the responses tables' columns (:data:`em.judge.provenance.COLUMNS`, written by evaluate.py
 and the re-judge path); a judge whose rows carry none (another lab's scores) is listed as "not recorded".
-The numbers are :mod:`em.analysis.judge_bands`'s. Everything here is drawn only when the inputs hold two or more
+The numbers are :mod:`em.analysis.judges`'s. Everything here is drawn only when the inputs hold two or more
 judges, except the provenance line, which every report with judge columns carries.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from em.analysis import judge_bands
+from em.analysis import judges
+
 
 log = logging.getLogger("em.analysis")
 
@@ -78,8 +81,8 @@ def judges_line(prov: Optional[pd.DataFrame]) -> Optional[str]:
 def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, paths: Sequence[Path], definition,
                  *, reference: Optional[str], n_resamples: int, seed: int, confidence: float) -> dict[str, Any]:
     """Everything the report says about the judges: ``provenance`` (table or None), ``line`` (str or None), and
-    with two or more judges ``bands`` (:func:`em.analysis.judge_bands.band_agreement`) and ``differences``
-    (:func:`em.analysis.judge_bands.rate_differences`, against ``reference`` when set).
+    with two or more judges ``bands`` (:func:`em.analysis.judges.band_agreement`) and ``differences``
+    (:func:`em.analysis.judges.rate_differences`, against ``reference`` when set).
 
     Raises:
         ConfigError: ``reference`` set but not a judge of the inputs (or the inputs hold one judge only).
@@ -94,39 +97,10 @@ def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, pa
             raise ConfigError(f"judges.reference={reference}: the inputs hold {n_judges} judge(s); a reference "
                               f"needs another judge's scores of the same answers")
         return out
-    out["bands"] = judge_bands.band_agreement(judge_scores, definition)
-    out["differences"] = judge_bands.rate_differences(judge_scores, answers, definition, reference=reference,
+    out["bands"] = judges.band_agreement(judge_scores, definition)
+    out["differences"] = judges.rate_differences(judge_scores, answers, definition, reference=reference,
                                                       n_resamples=n_resamples, seed=seed, confidence=confidence)
     return out
-
-
-def write(extras: dict[str, Any], judge_scores: Optional[pd.DataFrame], definition, run_dir: Path,
-          figures: bool) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Write ``judge_provenance.csv``, ``judge_agreement_bands.csv``, ``judge_rate_differences.csv`` (those that
-    exist) and, with ``figures``, ``figures/judge_scatter.png``; return (description -> CSV, name -> PNG)."""
-    from em.runtime import atomic_write_csv
-
-    tables: dict[str, Path] = {}
-    what = {"provenance": ("judge_provenance", "who judged: model, endpoint host, score mode, template hash, dates"),
-            "bands": ("judge_agreement_bands", "Krippendorff's α and Cohen's κ per threshold band and overall"),
-            "differences": ("judge_rate_differences", "difference in misaligned rate between judges on the same "
-                                                      "answers, paired bootstrap CI over questions, McNemar p")}
-    for key, (name, text) in what.items():
-        df = extras.get(key)
-        if df is not None and len(df):
-            path = run_dir / f"{name}.csv"
-            atomic_write_csv(path, df)
-            tables[text] = path
-    figs: dict[str, Path] = {}
-    if figures and "bands" in extras and judge_scores is not None:
-        ref = extras.get("reference")
-        judges = sorted(judge_scores["judge"].astype(str).unique())
-        pairs = [(j, ref) for j in judges if j != ref] if ref else None
-        p = judge_bands.scatter_figure(judge_scores, definition, run_dir / "figures" / "judge_scatter.png", pairs,
-                                       footer=extras.get("line"))
-        if p is not None:
-            figs["judge_scatter"] = p
-    return tables, figs
 
 
 def headline(extras: dict[str, Any]) -> list[str]:
@@ -136,7 +110,7 @@ def headline(extras: dict[str, Any]) -> list[str]:
 
 def markdown(extras: dict[str, Any]) -> str:
     """The report's judge section: provenance, band-wise agreement, rate differences (empty when none)."""
-    from em.analysis.markdown import dec, md_table, num, pct, pval
+    from em.analysis.report import dec, md_table, num, pct, pval
 
     out = []
     prov = extras.get("provenance")
@@ -164,4 +138,88 @@ def markdown(extras: dict[str, Any]) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-__all__ = ["MODE_TEXT", "PROVENANCE", "headline", "judge_extras", "judges_line", "markdown", "provenance_table", "write"]
+# ------------------------------------------------------- the judge's name and label (renormalised: a pipeline check)
+RENORMALIZED = "renormalized"
+PIPELINE_CHECK = "pipeline check, not a measurement"
+MODE_COLUMNS = ("judge_score_mode", "score_mode")
+
+
+@dataclass
+class JudgeInfo:
+    """The judges behind an analysis.
+
+    Attributes:
+        names: judge names in the inputs (sorted); empty when no input records its judge.
+        renormalized: the names scored with ``score_mode: renormalized``.
+        combine: how several judges were combined (``mean`` or a judge's name).
+    """
+
+    names: list[str] = field(default_factory=list)
+    renormalized: list[str] = field(default_factory=list)
+    combine: str = "mean"
+
+    @property
+    def pipeline_check(self) -> bool:
+        """Is any judge used a renormalised one (then the numbers check the pipeline, they measure nothing)?"""
+        used = self.names if self.combine == "mean" else [self.combine]
+        return any(n in self.renormalized for n in used)
+
+    def label(self) -> str:
+        """``judge: gpt-4o-2024-08-06``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
+        pipeline check, not a measurement)`` where it applies; ``judge: not recorded in the inputs`` else."""
+        if not self.names:
+            return "judge: not recorded in the inputs"
+        if len(self.names) == 1:
+            text = f"judge: {self.names[0]}"
+        else:
+            how = "mean of their scores" if self.combine == "mean" else f"judge {self.combine} used"
+            text = f"judges: {', '.join(self.names)} ({how})"
+        if self.pipeline_check:
+            text += f" (renormalised scores: {PIPELINE_CHECK})"
+        return text
+
+
+def _modes_beside(paths: Iterable) -> dict[str, str]:
+    modes: dict[str, str] = {}
+    for p in paths:
+        f = Path(p).parent / "summary.json"
+        try:
+            judges = json.loads(f.read_text()).get("judges") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name, j in judges.items():
+            if isinstance(j, dict) and j.get("score_mode"):
+                modes[str(name)] = str(j["score_mode"])
+    return modes
+
+
+def judge_info(sources: pd.DataFrame, answers: Optional[pd.DataFrame] = None, combine: str = "mean") -> JudgeInfo:
+    """The judges of an analysis from its inputs table (``path``, ``judges``) and, when given, the answers'
+    score-mode column (:data:`MODE_COLUMNS`)."""
+    names: set[str] = set()
+    if "judges" in sources:
+        for v in sources["judges"].fillna("").astype(str):
+            names |= {n.strip() for n in v.split(",") if n.strip()}
+    modes = _modes_beside(sources["path"]) if "path" in sources else {}
+    renorm = {n for n, m in modes.items() if m == RENORMALIZED}
+    if answers is not None:
+        for col in MODE_COLUMNS:
+            if col in answers and (answers[col].astype(str) == RENORMALIZED).any():
+                renorm |= set(names) if "judge" not in answers else set(
+                    answers.loc[answers[col].astype(str) == RENORMALIZED, "judge"].astype(str))
+    return JudgeInfo(names=sorted(names), renormalized=sorted(renorm & names if names else renorm), combine=combine)
+
+
+def card_judge_line(summary: dict) -> Optional[str]:
+    """The model card's judge line from an evaluation ``summary.json`` (``judges``: name -> identity, score_mode)."""
+    judges = summary.get("judges") or {}
+    if not isinstance(judges, dict) or not judges:
+        return None
+    parts = []
+    for name, j in sorted(judges.items()):
+        j = j if isinstance(j, dict) else {}
+        text = f"`{name}`" + (f" ({j['identity']})" if j.get("identity") and j["identity"] != name else "")
+        if j.get("score_mode") == RENORMALIZED:
+            text += f" — renormalised scores: {PIPELINE_CHECK}"
+        parts.append(text)
+    return "judge: " + "; ".join(parts)

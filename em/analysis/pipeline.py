@@ -51,8 +51,8 @@ def _check_scored(answers: pd.DataFrame, paths: list) -> None:
 
 def write_summary(r: Results) -> Path:
     """``<run_dir>/summary.json``: the definition, inputs, status counts, per-condition rates, timings (s)."""
-    from em.analysis.judge_name import judge_info
-    from em.analysis.pooling import summary_entry
+    from em.analysis.judge_report import judge_info
+    from em.analysis.groups import summary_entry
 
     s = r.settings
     d = s.thresholds
@@ -110,7 +110,7 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
     directory (None when W&B is off)."""
     import wandb
 
-    from em.analysis.judge_name import judge_info
+    from em.analysis.judge_report import judge_info
     from em.tracking import init_wandb
 
     s = r.settings

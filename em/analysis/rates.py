@@ -61,7 +61,7 @@ def group_rates(counts: pd.DataFrame) -> pd.DataFrame:
 def _bootstrap_ci(cells: Cells, counts: pd.DataFrame, per_level, denominator: str, n_resamples: int, seed: int,
                   confidence: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Percentile intervals of the stratified bootstrap (answers resampled within each cell), per level."""
-    from em.analysis.bootstrap import chunked_draws, percentile_ci, rate_draws
+    from em.analysis.intervals import chunked_draws, percentile_ci, rate_draws
 
     sums = {level_name(l): [np.zeros((len(k), n_resamples)), np.zeros((len(k), n_resamples))]
             for l, k, _, _ in per_level}

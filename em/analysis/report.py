@@ -6,14 +6,18 @@ sections and the files listed come from the registered statistics (:mod:`em.anal
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
+import math
+import re
 from pathlib import Path
+from typing import Callable
+
+import pandas as pd
 
 from em.analysis.figures import CAPTIONS, FIGURES
-from em.analysis.markdown import escape_markdown, md_table, num, render_html
-from em.analysis.judge_name import PIPELINE_CHECK
-from em.analysis.registry import Results, hooks
-from em.analysis.report_parts import judge as _judge, runs_caveat
+from em.analysis.judge_report import PIPELINE_CHECK
+from em.analysis.registry import hooks, Results
 from em.measurement import CODE, DENOMINATORS, REFUSAL, SCORED, UNSCORED
 
 
@@ -82,7 +86,7 @@ def _headline(r: Results) -> str:
     """Who judged and how many answers, then each registered statistic's headline bullets, in order."""
     status = r.responses.answers["status"].astype(str).value_counts()
     n, scored = len(r.responses.answers), int(status.get(SCORED, 0))
-    out = ["## Headline numbers\n", f"- **{_judge(r).label()}**."]
+    out = ["## Headline numbers\n", f"- **{judge(r).label()}**."]
     out.append(f"- **{n:,} answers**, {scored:,} scored; excluded: {int(status.get(CODE, 0)):,} CODE, "
                f"{int(status.get(REFUSAL, 0)):,} REFUSAL, {int(status.get(UNSCORED, 0)):,} unscored.")
     for headline in hooks(r.state["statistics"], "headline"):
@@ -170,10 +174,10 @@ def _files(r: Results) -> str:
 def render_markdown(r: Results) -> str:
     """report.md's text: setup, headline numbers, tables, figures, caveats and the files written."""
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    judge = _judge(r)
-    title = "Emergent misalignment: analysis" + (f" — {PIPELINE_CHECK}" if judge.pipeline_check else "")
+    who = judge(r)
+    title = "Emergent misalignment: analysis" + (f" — {PIPELINE_CHECK}" if who.pipeline_check else "")
     head = (f"# {title}\n\n_{stamp} · `analyze.py` · run directory `{r.settings.run_dir}`_\n\n"
-            f"**Definition used throughout:** {r.settings.thresholds.describe()}.\n\n**{judge.label()}.**\n")
+            f"**Definition used throughout:** {r.settings.thresholds.describe()}.\n\n**{who.label()}.**\n")
     return "\n".join([head, _setup(r), _headline(r), _tables(r), _figures(r), _caveats(r), _files(r)])
 
 
@@ -186,4 +190,164 @@ def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     return md, atomic_write_text(run_dir / "report.html", render_html(text, run_dir))
 
 
-__all__ = ["write_report", "render_markdown"]
+# ---------------------------------------------------------------- markdown: numbers, tables, escaping, the HTML page
+def pct(x: float, digits: int = 1) -> str:
+    """A share in [0, 1] as a percentage with ``digits`` decimals (``12.3%``); ``–`` for None / NaN."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def rate_ci(rate: float, low: float, high: float) -> str:
+    """A rate with its CI as ``12.3% [10.1%, 14.6%]``; ``undefined`` for a None / NaN rate."""
+    if rate is None or math.isnan(rate):
+        return "undefined"
+    return f"{pct(rate)} [{pct(low)}, {pct(high)}]"
+
+
+def pval(p: float) -> str:
+    """A p-value: 3 decimals, scientific below 1e-3, ``< 1e-300`` when it underflowed to 0, ``–`` when missing."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    if p == 0:
+        return "< 1e-300"  # below double precision: Fisher's p underflows
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def num(x, digits: int = 2) -> str:
+    """A count with thousands separators, or a non-integer float with ``digits`` decimals; ``–`` when missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:.{digits}f}"
+    return f"{int(x):,}"
+
+
+def dec(x, digits: int = 2) -> str:
+    """A number with ``digits`` decimals; ``–`` when missing."""
+    return "–" if x is None or pd.isna(x) else f"{float(x):.{digits}f}"
+
+
+def md_table(df: pd.DataFrame, columns: dict[str, Callable[[pd.Series], str]], max_rows: int = 60) -> str:
+    """A GitHub-style table; `columns` maps a header to a function of the row."""
+    if df.empty:
+        return "_(none)_\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in df.head(max_rows).iterrows():
+        cells = [str(f(row)).replace("|", "\\|").replace("\n", " ") for f in columns.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(df) > max_rows:
+        lines.append(f"\n_{len(df) - max_rows} more rows in the CSV._")
+    return "\n".join(lines) + "\n"
+
+
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # what starts raw HTML (a tag, a comment, a declaration)
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with every ``<`` that could open HTML (before a letter, ``/``, ``!`` or ``?``) outside code
+    spans written ``&lt;`` (``aligned < 30`` stays as it is): no value from data or config (a model
+    named ``<img src=x onerror=...>``, a ``<script>`` condition) opens an HTML tag in a Markdown viewer.
+
+    The report itself writes no HTML, so this escapes only what came from the tables and the config;
+    inside a code span a renderer shows ``<`` literally already.
+    """
+    out, pos = [], 0
+    for m in CODE_SPAN.finditer(text):
+        out.append(TAG_OPEN.sub("&lt;", text[pos:m.start()]))
+        out.append(m.group(0))
+        pos = m.end()
+    out.append(TAG_OPEN.sub("&lt;", text[pos:]))
+    return "".join(out)
+
+
+def _no_raw_html():
+    """A Python-Markdown extension that treats raw HTML as text (escaped), blocks and inline alike."""
+    from markdown.extensions import Extension
+
+    class NoRawHtml(Extension):
+        def extendMarkdown(self, md):  # noqa: N802  Python-Markdown's hook name
+            md.preprocessors.deregister("html_block")
+            md.inlinePatterns.deregister("html")
+
+    return NoRawHtml()
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #eee}
+code{background:#f5f5f5;padding:0 3px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+"""
+
+
+def render_html(markdown_text: str, base: Path) -> str:
+    """A self-contained HTML page from the report's Markdown: the figures under ``base`` are inlined as
+    base64 PNG data URIs, so the file can be moved or mailed alone. Raw HTML in the text is rendered as
+    text (escaped), never as markup: no value from the data can run a script in the reader's browser.
+    """
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "sane_lists", _no_raw_html()])
+
+    def inline(match: re.Match) -> str:
+        path = base / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[^"]+\.png)"', inline, body)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Emergent misalignment: analysis</title><style>{CSS}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+# ------------------------------------------------------------------ pieces the statistics' sections share (issue 21)
+def judge(r: Results):
+    """The judges behind the answers (:func:`em.analysis.judge_report.judge_info`)."""
+    from em.analysis.judge_report import judge_info
+
+    return judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine)
+
+
+def condition_bullets(r: Results, by_cond: pd.DataFrame) -> list[str]:
+    """One headline bullet per condition: its rate [CI], labelled "pooled over formats" with each format's rate
+    and counts beside it when the condition was asked in several formats (:mod:`em.analysis.groups`)."""
+    from em.analysis.groups import POOLED, breakdown_text, per_format
+
+    out = []
+    for row in by_cond.itertuples():
+        pooled = len(per_format(r.rates, row.condition)) > 1
+        out.append(f"- **{row.condition}**: misaligned rate"
+                   f"{', ' + POOLED if pooled else ''} {rate_ci(row.misaligned_rate, row.ci_low, row.ci_high)}"
+                   f" ({row.n_misaligned:,} of {row.n_denominator:,} {DENOMINATORS[r.settings.denominator]['noun']}"
+                   f"; design effect {dec(row.design_effect)})"
+                   + (f"; per format: {breakdown_text(r.rates, row.condition)}." if pooled else "."))
+    return out
+
+
+def contrast_test_text(c: pd.Series) -> str:
+    """``Fisher p = ..., Holm-adjusted p = ...`` or the run-level test's name and p (with the permutation p over
+    runs when computed); the status when the contrast was not tested."""
+    if c.status != "tested":
+        return str(c.status)
+    name = "Fisher p" if str(c.test).startswith("Fisher") else f"{c.test}: p"
+    text = f"{name} = {pval(c.p_value)}, Holm-adjusted p = {pval(c.p_holm)}"
+    if not pd.isna(c.get("permutation_p", float("nan"))):
+        text += f", exact permutation p over runs = {pval(c.permutation_p)}"
+    return text
+
+
+def runs_caveat(answers: pd.DataFrame) -> str:
+    """The caveat on run-to-run variance: carried (>= 2 runs in some model × condition) or not estimated."""
+    from em.analysis.runs import runs_per_cell
+
+    if (runs_per_cell(answers)["n_runs"] >= 2).any():
+        return ("- Groups that pool several fine-tuning runs carry the between-run variance (two-way run × "
+                "question design effect; t on min(runs, questions) - 1 degrees of freedom): with few runs these "
+                "intervals are wide, which is what few runs tell about the training procedure. Groups with one "
+                "run describe that run only.")
+    return ("- One fine-tuning run per model and condition: run-to-run variance is not estimated. The intervals "
+            "treat answers as the sample (widened for clustering by question); they understate the uncertainty of "
+            "a claim about the training recipe.")

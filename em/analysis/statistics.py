@@ -16,20 +16,19 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from em.analysis import judge_bands, judge_report, runs as run_stats, steps
+from em.analysis import judge_report, runs as run_stats, steps
 from em.analysis.capability import capability_figure, capability_table, find_capability, read_capability
 from em.analysis.contrasts import contrast_table, headline_contrast
 from em.analysis.correlations import correlation_table
-from em.analysis.groups import ALL, Cells
-from em.analysis.judges import judge_tables
-from em.analysis.markdown import dec, md_table, num, pct, pval, rate_ci
-from em.analysis.pairs import condition_pairs, format_pairs
+from em.analysis.groups import ALL, Cells, condition_pairs, format_pairs
+from em.analysis.judges import judge_tables, scatter_figure
 from em.analysis.rates import DENOMINATOR_COLUMN, rate_definition, rate_table
-from em.analysis.registry import Results, rank, statistic
-from em.analysis.report_parts import condition_bullets, contrast_test_text, judge
+from em.analysis.registry import rank, Results, statistic
+from em.analysis.report import condition_bullets, contrast_test_text, dec, judge, md_table, num, pct, pval, rate_ci
 from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import check_summary, sensitivity_tables
 from em.measurement import DENOMINATORS
+
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +151,11 @@ def _rates_console(r: Results) -> str:
     from em.analysis.console import condition_table
 
     return condition_table(r.rates, "\n".join(f"note: {n}" for n in r.responses.notes),
-                           r.settings.contrasts.reference, judge(r).label())
+                           r.settings.contrasts.reference, judge(r).label(), r.conditions, r.formats)
 
 
 def _rates_wandb(r: Results) -> dict:
-    from em.analysis.pooling import per_format
+    from em.analysis.groups import per_format
 
     out = {}
     for row in r.level("condition").itertuples():
@@ -190,7 +189,7 @@ def rates(r: Results) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- contrasts
 def resolve_pairs(s, rates: pd.DataFrame) -> None:
-    """``contrasts.condition`` / ``contrasts.format`` null: the pairs from the data (:mod:`em.analysis.pairs`),
+    """``contrasts.condition`` / ``contrasts.format`` null: the pairs from the data (:mod:`em.analysis.groups`),
     written back into the settings so the report, summary.json and W&B quote the pairs compared."""
     conds = rates.loc[rates["level"] == "condition", "condition"].astype(str).tolist()
     fmts = rates.loc[rates["level"] == "condition×format", "format"].astype(str).unique().tolist()
@@ -401,7 +400,7 @@ def _judge_figures(r: Results, out: Path) -> dict[str, Path]:
     ref = extras.get("reference")
     names = sorted(scores["judge"].astype(str).unique())
     pairs = [(j, ref) for j in names if j != ref] if ref else None
-    p = judge_bands.scatter_figure(scores, r.settings.thresholds, out / "judge_scatter.png", pairs,
+    p = scatter_figure(scores, r.settings.thresholds, out / "judge_scatter.png", pairs,
                                    footer=extras.get("line"))
     return {"judge_scatter": p} if p is not None else {}
 

@@ -129,7 +129,7 @@ class ContrastsConfig:
     """Pairs [a, b] compared (a minus b): conditions per model and pooled, formats per condition.
 
     ``condition`` / ``format`` null (the default): the pairs come from the data
-    (:func:`em.analysis.pairs.condition_pairs` / :func:`em.analysis.pairs.format_pairs`): every condition
+    (:func:`em.analysis.groups.condition_pairs` / :func:`em.analysis.groups.format_pairs`): every condition
     against ``reference`` when it is present, and each pair of the other conditions; every format against
     ``format_reference`` when present, else each pair of formats. A list of pairs replaces that.
     ``runs``: ``two_way`` (a group that pools >= 2 training runs gets the run × question interval and run-level
