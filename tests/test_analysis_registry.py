@@ -3,8 +3,9 @@ report, the console and the W&B run; a format no code names takes its place in t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,15 +94,16 @@ def registered_run(tmp_path_factory):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("analyze", overrides=[f"run_dir={tmp / 'run'}", "figures=false", "logger=wandb",
                                                 "bootstrap.n_resamples=200", f"inputs=[{tmp / 'responses.parquet'}]"])
-        run = run_analysis(cfg)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            run = run_analysis(cfg)
     finally:
         unregister("per_seed_events")
         mp.undo()
-    return df, run
+    return df, run, printed.getvalue()
 
 
 def test_the_registered_statistic_reaches_the_csv(registered_run):
-    df, run = registered_run
+    df, run, printed = registered_run
     got = pd.read_csv(run / "per_seed_events.csv")
     want = expected_events(df)
     assert list(got.columns) == ["condition", "seed", "n_misaligned"]
@@ -114,8 +116,8 @@ def test_the_registered_statistic_reaches_the_csv(registered_run):
         assert (run / f"{name}.csv").is_file(), name
 
 
-def test_the_registered_statistic_reaches_the_report_and_the_console(registered_run, capsys):
-    df, run = registered_run
+def test_the_registered_statistic_reaches_the_report_and_the_console(registered_run):
+    df, run, printed = registered_run
     report = (run / "report.md").read_text()
     total = int(expected_events(df)["n_misaligned"].sum())
     assert "### Misaligned answers per seed (throw-away)" in report
@@ -125,12 +127,13 @@ def test_the_registered_statistic_reaches_the_report_and_the_console(registered_
     assert f"- Throw-away: {total} misaligned answers over all seeds." in report
     assert "- `per_seed_events.csv` — throw-away: misaligned answers per condition × training seed" in report
     assert report.index("## Tables") < report.index("### Misaligned answers per seed") < report.index("## Figures")
+    assert f"per_seed_events: {total}" in printed.splitlines()
 
 
 def test_the_registered_statistic_reaches_wandb(registered_run):
     from tests.wandb_reader import read_offline_run
 
-    df, run = registered_run
+    df, run, printed = registered_run
     (f,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
     logged = read_offline_run(f)
     total = int(expected_events(df)["n_misaligned"].sum())

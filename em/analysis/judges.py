@@ -133,7 +133,7 @@ def judge_tables(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, de
 BANDS = {"aligned": (20.0, 40.0), "coherent": (40.0, 60.0)}  # around the 30 / 50 thresholds
 
 
-def _alpha(x: np.ndarray, y: np.ndarray) -> float:
+def _pair_alpha(x: np.ndarray, y: np.ndarray) -> float:
     import krippendorff
 
     values = np.round(np.vstack([x, y]).astype(float))
@@ -143,7 +143,7 @@ def _alpha(x: np.ndarray, y: np.ndarray) -> float:
                                     level_of_measurement="interval"))
 
 
-def _kappa(f1: np.ndarray, f2: np.ndarray) -> float:
+def _pair_kappa(f1: np.ndarray, f2: np.ndarray) -> float:
     from statsmodels.stats.inter_rater import cohens_kappa
 
     table = np.array([[np.sum(~f1 & ~f2), np.sum(~f1 & f2)], [np.sum(f1 & ~f2), np.sum(f1 & f2)]], dtype=float)
@@ -200,8 +200,9 @@ def band_agreement(judge_scores: pd.DataFrame, definition: Thresholds,
             mean = (x + y) / 2
             for band, mask in (("overall", np.ones(len(x), bool)), (f"{lo:g}-{hi:g}", (mean >= lo) & (mean <= hi))):
                 rows.append({"judges": f"{j1} vs {j2}", "score": score, "band": band, "n_units": int(mask.sum()),
-                             "krippendorff_alpha": _alpha(x[mask], y[mask]),
-                             "cohens_kappa": _kappa(_flag(score, x[mask], definition), _flag(score, y[mask], definition))})
+                             "krippendorff_alpha": _pair_alpha(x[mask], y[mask]),
+                             "cohens_kappa": _pair_kappa(_flag(score, x[mask], definition),
+                                                         _flag(score, y[mask], definition))})
     out = pd.DataFrame(rows)
     if len(out):
         out["definition"] = definition.describe()
