@@ -40,7 +40,7 @@ def _misaligned(r) -> str:
 
 
 def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Optional[str] = None,
-                    judge: str = "", conditions: Sequence[str] = (), formats: Sequence[str] = ()) -> str:
+                    judge: str = "", formats: Sequence[str] = ()) -> str:
     """The table as text (rows ``model | format | <condition>: n / aligned / coherent / misaligned % | Δ``).
 
     The misaligned % has two significant digits under 1 % (``0.41``), one decimal above, and the count
@@ -53,8 +53,8 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
         score_note: a line appended under the table (e.g. how the judge's scores were computed).
         reference: the condition the others are compared with (``contrasts.reference``; None: its default).
         judge: the judge's label (``judge: <name>``), printed above the table (:mod:`em.analysis.judge_report`).
-        conditions / formats: the display order (the analysis's :attr:`~em.analysis.registry.Results.conditions`
-            / ``formats``); the reference condition first, others not named after, alphabetically.
+        formats: the rows' format order (the analysis's :attr:`~em.analysis.registry.Results.formats`; others
+            after, alphabetically). Conditions: the reference first, then alphabetically.
 
     Returns "" when the table has no ``model×condition×format`` rows.
     """
@@ -66,8 +66,8 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
 
         reference = ContrastsConfig.reference
     BASE = reference  # noqa: N806
-    cpos, fpos = {c: i for i, c in enumerate(conditions)}, {f: i for i, f in enumerate(formats)}
-    conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, cpos.get(c, len(cpos)), c))
+    fpos = {f: i for i, f in enumerate(formats)}
+    conds = sorted(t["condition"].astype(str).unique(), key=lambda c: (c != BASE, c))
     others = [c for c in conds if c != BASE] if BASE in conds else []
     counts = " (k/n)" if {"n_misaligned", "n_denominator"} <= set(t.columns) else ""
     head = ["model", "format"] + [f"{c}: n / aligned / coherent / misaligned%{counts}" for c in conds]

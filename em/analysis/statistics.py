@@ -151,7 +151,7 @@ def _rates_console(r: Results) -> str:
     from em.analysis.console import condition_table
 
     return condition_table(r.rates, "\n".join(f"note: {n}" for n in r.responses.notes),
-                           r.settings.contrasts.reference, judge(r).label(), r.conditions, r.formats)
+                           r.settings.contrasts.reference, judge(r).label(), r.formats)
 
 
 def _rates_wandb(r: Results) -> dict:
