@@ -141,3 +141,27 @@ def test_bad_probe_config_is_one_line(tmp_path, cache_dir):
     (tmp_path / "noq.jsonl").write_text(json.dumps({"answer": "x"}) + "\n")
     with pytest.raises(ConfigError, match="trainer.probe.answers: .*noq.jsonl has no question column"):
         probe_mod.read_answers(str(tmp_path / "noq.jsonl"), None, 0)
+
+
+def test_probe_leaves_training_unchanged_and_drives_early_stopping(tmp_path, cache_dir):
+    """The probe reads the model in eval mode under a forked RNG: the adapter equals a run without it. As
+    ProxyEarlyStopping's proxy (``em.dynamics.probe:proxy``) it stops the run at the first step it crosses."""
+    from safetensors.torch import load_file
+
+    dirs, answers, _ = plant(tmp_path)
+    common = {"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2, "lora": "r8"}
+    probe_kw = {"trainer.probe.answers": str(answers), "trainer.probe.direction": str(dirs), "trainer.probe.n_boot": 50}
+    with_probe = _train(tmp_path, cache_dir, "with", **common, **probe_kw)
+    without = _train(tmp_path, cache_dir, "without", **common)
+    a = load_file(str(with_probe.run_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(without.run_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (without.run_dir / probe_mod.TABLE_FILE).exists() and "probe_projection" not in without.metrics
+
+    stop = ["+trainer.callbacks=[{_target_: em.dynamics.early_stop.ProxyEarlyStopping, "
+            "proxy: 'em.dynamics.probe:proxy', threshold: -1.0e9, every_n_steps: 2}]"]
+    stopped = _train(tmp_path, cache_dir, "stopped", extra=stop, **common, **probe_kw)
+    assert stopped.metrics["steps"] == 2  # of 6: the proxy (any value >= -1e9) fires at its first reading
+    s, w = (pd.read_csv(r.run_dir / probe_mod.TABLE_FILE) for r in (stopped, with_probe))
+    assert list(s.step.unique()) == [2]
+    np.testing.assert_allclose(s["mean"], w[w.step == 2]["mean"], rtol=1e-6)
