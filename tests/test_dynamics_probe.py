@@ -149,7 +149,9 @@ def test_probe_leaves_training_unchanged_and_drives_early_stopping(tmp_path, cac
     from safetensors.torch import load_file
 
     dirs, answers, _ = plant(tmp_path)
-    common = {"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2, "lora": "r8"}
+    # LoRA dropout on: a probe that ran in training mode or drew from the RNG would change the adapter
+    common = {"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2, "lora": "r8",
+              "lora.dropout": 0.1}
     probe_kw = {"trainer.probe.answers": str(answers), "trainer.probe.direction": str(dirs), "trainer.probe.n_boot": 50}
     with_probe = _train(tmp_path, cache_dir, "with", **common, **probe_kw)
     without = _train(tmp_path, cache_dir, "without", **common)
