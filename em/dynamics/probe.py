@@ -213,11 +213,14 @@ def build_probe(tc: Any, tokenizer) -> Optional[ProbeSet]:
     """The :class:`ProbeSet` of ``tc.trainer.probe`` (None when ``trainer.probe.answers`` is unset).
 
     Raises:
-        ConfigError: see :func:`read_answers` and :func:`em.dynamics.ablation.load_directions`.
+        ConfigError: see :func:`read_answers` and :func:`em.dynamics.ablation.load_directions`; an FSDP
+            ``trainer.strategy``.
     """
     p = tc.trainer.probe
     if not p.answers:
         return None
+    if "fsdp" in str(tc.trainer.strategy).lower():  # the forward runs on rank 0 alone: sharded weights would hang it
+        raise ConfigError("trainer.probe: not supported with an FSDP strategy (trainer.strategy); use ddp or one device")
     from em.dynamics.ablation import load_directions
     from em.paths import original_path
 
