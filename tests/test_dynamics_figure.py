@@ -78,6 +78,12 @@ def test_dynamics_contrast_equals_the_analysis_and_a_paired_bootstrap(tmp_path):
         assert row.difference == pytest.approx(d.mean()) and row.value_a - row.value_b == pytest.approx(d.mean())
         assert (row.diff_ci_low, row.diff_ci_high) == (pytest.approx(lo), pytest.approx(hi))
     assert got.iloc[1].diff_ci_low > 1.0  # the planted rise (0.5 per snapshot) is found
+    # the figure's probe panel: the paired change from the first snapshot at every later one
+    ch = contrast.probe_changes(run, n_boot=500, confidence=0.9, seed=4)
+    assert sorted(set(zip(ch.layer, ch.step))) == [(L, s) for L in (3, 5) for s in STEPS[1:]]
+    for r in ch.itertuples(index=False):
+        w = vals[vals["layer"] == r.layer].pivot(index="answer_id", columns="step", values="projection")
+        assert r.change == pytest.approx((w[r.step] - w[100]).mean()) and r.ci_low < r.change < r.ci_high
     assert got.iloc[2].diff_ci_low < 0 < got.iloc[2].diff_ci_high  # the flat layer is not
 
     # the figure's table has the headline layer's probe series beside the geometry and the rates

@@ -79,34 +79,54 @@ def rate_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None) -> pd.
                          "method": c["diff_ci_method"] + "; " + c["test"].astype(str)}, columns=COLUMNS)
 
 
-def probe_contrast(run_dir: Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """The ``probe_projection/L<layer>`` rows (see the module docstring); empty without >= 2 snapshot steps
-    with probe projections. Only answers projected at both steps count (all of them, for one probe set)."""
+def probe_changes(run_dir: Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per layer and snapshot step: the mean over probe answers of (projection at the step - at the first
+    step), with a paired percentile bootstrap interval over answers (:func:`em.interp.project.boot_mean`,
+    generator seeded by ``(seed, first, step, layer)``). Columns ``layer``, ``step``, ``first``, ``change``,
+    ``ci_low``, ``ci_high``, ``n``, ``value``, ``value_first`` (the two means). Only answers projected at both
+    steps count (all of them, for one probe set); empty with fewer than 2 steps."""
     import json
 
     from em.dynamics import probe
     from em.interp.project import boot_mean
 
+    cols = ["layer", "step", "first", "change", "ci_low", "ci_high", "n", "value", "value_first"]
     meta_path = Path(run_dir) / probe.META_FILE
     key = json.loads(meta_path.read_text()).get("probe_key") if meta_path.is_file() else None
     values = probe.step_values(run_dir, key)
-    stepset = sorted(values["step"].unique()) if len(values) else []
+    stepset = sorted(int(s) for s in values["step"].unique()) if len(values) else []
     if len(stepset) < 2:
-        return pd.DataFrame(columns=COLUMNS)
-    first, last = int(stepset[0]), int(stepset[-1])
-    wide = values[values["step"].isin([first, last])].pivot_table(index=["layer", "answer_id"], columns="step",
-                                                                   values="projection").dropna()
+        return pd.DataFrame(columns=cols)
+    first = stepset[0]
+    wide = values.pivot_table(index=["layer", "answer_id"], columns="step", values="projection")
     rows, tail = [], 50 * (1 - confidence)
     for layer, g in wide.groupby(level="layer", sort=True):
-        diff = (g[last] - g[first]).to_numpy(float)
-        draws = boot_mean(diff, np.random.default_rng([seed, first, last, int(layer)]), n_boot)
-        lo, hi = np.percentile(draws, [tail, 100 - tail])
-        rows.append({"quantity": f"probe_projection/L{int(layer)}", "scope": "probe answers", "a": f"step {last}",
-                     "b": f"step {first}", "value_a": float(g[last].mean()), "value_b": float(g[first].mean()),
-                     "difference": float(diff.mean()), "diff_ci_low": float(lo), "diff_ci_high": float(hi),
-                     "confidence": confidence, "n_a": len(diff), "n_b": len(diff), "p_value": np.nan, "status": "tested",
-                     "method": f"paired percentile bootstrap over probe answers ({n_boot} resamples)"})
-    return pd.DataFrame(rows, columns=COLUMNS)
+        for step in stepset[1:]:
+            pair = g[[first, step]].dropna()
+            diff = (pair[step] - pair[first]).to_numpy(float)
+            draws = boot_mean(diff, np.random.default_rng([seed, first, step, int(layer)]), n_boot)
+            lo, hi = np.percentile(draws, [tail, 100 - tail])
+            rows.append({"layer": int(layer), "step": step, "first": first, "change": float(diff.mean()),
+                         "ci_low": float(lo), "ci_high": float(hi), "n": len(diff),
+                         "value": float(pair[step].mean()), "value_first": float(pair[first].mean())})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def probe_contrast(run_dir: Path, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The ``probe_projection/L<layer>`` rows (see the module docstring): :func:`probe_changes` at the last
+    step; empty without >= 2 snapshot steps with probe projections."""
+    ch = probe_changes(run_dir, n_boot=n_boot, confidence=confidence, seed=seed)
+    if ch.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    last = ch[ch["step"] == ch["step"].max()]
+    return pd.DataFrame({
+        "quantity": [f"probe_projection/L{L}" for L in last["layer"]], "scope": "probe answers",
+        "a": [f"step {s}" for s in last["step"]], "b": [f"step {f}" for f in last["first"]],
+        "value_a": last["value"].to_numpy(), "value_b": last["value_first"].to_numpy(),
+        "difference": last["change"].to_numpy(), "diff_ci_low": last["ci_low"].to_numpy(),
+        "diff_ci_high": last["ci_high"].to_numpy(), "confidence": confidence, "n_a": last["n"].to_numpy(),
+        "n_b": last["n"].to_numpy(), "p_value": np.nan, "status": "tested",
+        "method": f"paired percentile bootstrap over probe answers ({n_boot} resamples)"}, columns=COLUMNS)
 
 
 def write_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None, **probe_kw) -> Optional[Path]:
@@ -127,4 +147,4 @@ def write_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None, **pro
     return atomic_write_csv(Path(run_dir) / CONTRAST_FILE, pd.concat(parts, ignore_index=True)[COLUMNS])
 
 
-__all__ = ["COLUMNS", "CONTRAST_FILE", "probe_contrast", "rate_contrast", "write_contrast"]
+__all__ = ["COLUMNS", "CONTRAST_FILE", "probe_changes", "probe_contrast", "rate_contrast", "write_contrast"]

@@ -10,8 +10,9 @@ snapshots were evaluated (``evaluate.steps``), the ``eval_step<n>/responses.parq
    Wilson intervals, per format; empty when no snapshot was evaluated or judged;
 2. ``norm_B_total`` (root of summed squared ||B||) and the mean over modules of ``cos_B_prev``;
 3. the PCA trajectory (PC1, PC2 of the flattened adapter) against the step;
-4. (with ``trainer.probe``) the probe answers' mean projection at the headline layer with its bootstrap
-   interval.
+4. (with ``trainer.probe``) the probe answers' mean projection at the headline layer as its change from the
+   first snapshot (paired over the same answers, percentile bootstrap interval; the absolute means are in
+   ``dynamics.csv`` / ``probe_projection.csv``).
 
 Each change point is a vertical dotted line. The first-vs-last contrast (:mod:`em.dynamics.contrast`,
 written to ``dynamics_contrast.csv``) is printed in the rate and probe panels as "last - first: difference
@@ -125,11 +126,22 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     ax[2].set_ylabel("adapter PCA")
     ax[2].legend(fontsize=8)
     if len(pline):
-        ax[3].fill_between(pline["step"], pline["ci_low"], pline["ci_high"], alpha=0.25, color="C2",
-                           label=f"{int(pline['confidence'].iloc[0] * 100)}% bootstrap interval")
-        ax[3].plot(pline["step"], pline["mean"], "o-", color="C2", label=f"mean over {int(pline['n'].iloc[0])} probe answers")
-        ax[3].set_ylabel(f"probe projection\n(layer {head})")
-        ax[3].legend(fontsize=8)
+        # the change from the first snapshot, paired over the same answers: the between-answer spread of the
+        # absolute projection (dynamics.csv) is far wider than what training moves
+        conf = float(pline["confidence"].iloc[0])
+        ch = contrast.probe_changes(run_dir, n_boot=int(pmeta.get("n_boot", 1000)), confidence=conf,
+                                    seed=int(pmeta.get("seed", 0)))
+        ch = ch[ch["layer"] == head]
+        if len(ch):
+            first = int(ch["first"].iloc[0])
+            steps = [first, *ch["step"]]
+            ax[3].fill_between(steps, [0.0, *ch["ci_low"]], [0.0, *ch["ci_high"]], alpha=0.25, color="C2",
+                               label=f"{int(conf * 100)}% paired bootstrap interval")
+            ax[3].plot(steps, [0.0, *ch["change"]], "o-", color="C2",
+                       label=f"mean over {int(ch['n'].iloc[0])} probe answers")
+            ax[3].axhline(0, color="0.6", lw=0.8)
+            ax[3].set_ylabel(f"probe projection,\nchange from step {first}\n(layer {head})")
+            ax[3].legend(fontsize=8, loc="lower right")
         _contrast_note(ax[3], contrasts, f"probe_projection/L{head}")
     if len(rates):
         _contrast_note(ax[0], contrasts, "misaligned_rate")
@@ -145,7 +157,7 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
             a.axvline(step, ls=":", color=f"C{4 + i}", alpha=0.8)
         ax[0].annotate(f"change point {step}: {', '.join(names)}", xy=(step, 0.98), xycoords=("data", "axes fraction"),
                        fontsize=7, rotation=90, va="top", ha="right")
-    fig.suptitle(f"training dynamics: {run_dir.name}", fontsize=10)
+    fig.suptitle(f"training dynamics: {run_dir.resolve().name}", fontsize=10)
     fig.tight_layout()
     out = atomic_write(run_dir / FIGURE_FILE, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
