@@ -245,7 +245,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     atomic_replace_dir(adapter_tmp, run_dir / "adapter")
 
     metrics = _run_metrics(tc, data, module, steps=trainer.global_step, wall_s=wall)
-    fit_hooks.after_fit(tc, run_dir, loggers, metrics)  # step snapshots' LoRA geometry (em.dynamics)
+    fit_hooks.after_fit(tc, run_dir, loggers, metrics, trainer.callbacks)  # step snapshots' geometry, probe (em.dynamics)
     atomic_write_json(run_dir / "metrics.json", metrics)
     for lg in loggers:
         lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)

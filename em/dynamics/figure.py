@@ -1,16 +1,23 @@
-"""The dynamics figure of one training run: misaligned rate per step, LoRA geometry, change points.
+"""The dynamics figure of one training run: misaligned rate per step, LoRA geometry, probe projection,
+change points, and the first-vs-last step contrast.
 
-Reads what the run wrote: ``lora_geometry.csv`` / ``lora_changepoints.json`` (:mod:`em.dynamics.geometry`)
-and, when the step snapshots were evaluated (``evaluate.steps``), the ``eval_step<n>/responses.parquet``
-tables (their integer ``step`` column). Three panels sharing the step axis:
+Reads what the run wrote: ``lora_geometry.csv`` / ``lora_changepoints.json`` (:mod:`em.dynamics.geometry`),
+``probe_projection.csv`` / ``.json`` with ``trainer.probe`` (:mod:`em.dynamics.probe`) and, when the step
+snapshots were evaluated (``evaluate.steps``), the ``eval_step<n>/responses.parquet`` tables (their integer
+``step`` column). Panels sharing the step axis:
 
 1. misaligned rate (misaligned / coherent, Betley et al.'s number, by ``thresholds``) per step with 95 %
    Wilson intervals, per format; empty when no snapshot was evaluated or judged;
 2. ``norm_B_total`` (root of summed squared ||B||) and the mean over modules of ``cos_B_prev``;
-3. the PCA trajectory (PC1, PC2 of the flattened adapter) against the step.
+3. the PCA trajectory (PC1, PC2 of the flattened adapter) against the step;
+4. (with ``trainer.probe``) the probe answers' mean projection at the headline layer as its change from the
+   first snapshot (paired over the same answers, percentile bootstrap interval; the absolute means are in
+   ``dynamics.csv`` / ``probe_projection.csv``).
 
-Each change point is a vertical dashed line. Also ``dynamics.csv``: one row per step with the rates and
-the series (what the figure draws). ``python -m em.dynamics.figure <run dir>`` writes both.
+Each change point is a vertical dotted line. The first-vs-last contrast (:mod:`em.dynamics.contrast`,
+written to ``dynamics_contrast.csv``) is printed in the rate and probe panels as "last - first: difference
+[interval]". Also ``dynamics.csv``: one row per step with the rates and the series (what the figure draws).
+``python -m em.dynamics.figure <run dir>`` writes all three.
 """
 
 from __future__ import annotations
@@ -74,18 +81,30 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     gpath = run_dir / geometry.GEOMETRY_FILE
     if not gpath.is_file():
         return None
+    import pandas as pd
+
+    from em.dynamics import contrast, probe
+
     series = geometry.step_series(geometry.read_geometry(gpath))
     cps_file = run_dir / geometry.CHANGEPOINTS_FILE
     cps = json.loads(cps_file.read_text()) if cps_file.is_file() else {}
     rates = step_rates(run_dir, thresholds)
+    proj, pmeta = probe.read_projection(run_dir)
+    head = pmeta.get("headline_layer")
+    pline = proj[proj["layer"] == head].sort_values("step") if len(proj) and head is not None else proj.iloc[:0]
+    cpath = contrast.write_contrast(run_dir, thresholds)
+    contrasts = pd.read_csv(cpath) if cpath else pd.DataFrame(columns=contrast.COLUMNS)
 
     table = series.reset_index()
     if len(rates):
         wide = rates.pivot(index="step", columns="format", values="misaligned_rate").add_prefix("misaligned_rate/")
         table = table.merge(wide.reset_index(), on="step", how="left")
+    if len(pline):
+        cols = {"mean": f"probe_L{head}", "ci_low": f"probe_L{head}_ci_low", "ci_high": f"probe_L{head}_ci_high"}
+        table = table.merge(pline[["step", *cols]].rename(columns=cols), on="step", how="outer")
     atomic_write_csv(run_dir / TABLE_FILE, table)
 
-    fig, ax = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    fig, ax = plt.subplots(4 if len(pline) else 3, 1, figsize=(7, 10.5 if len(pline) else 8), sharex=True)
     if len(rates):
         for fmt, g in rates.groupby("format"):
             g = g.dropna(subset=["misaligned_rate"])
@@ -105,22 +124,54 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     pc2 = geometry.read_geometry(gpath).groupby("step")["pc2"].first()
     ax[2].plot(pc2.index, pc2.values, "o-", label="PC2")
     ax[2].set_ylabel("adapter PCA")
-    ax[2].set_xlabel("optimizer step")
     ax[2].legend(fontsize=8)
+    if len(pline):
+        # the change from the first snapshot, paired over the same answers: the between-answer spread of the
+        # absolute projection (dynamics.csv) is far wider than what training moves
+        conf = float(pline["confidence"].iloc[0])
+        ch = contrast.probe_changes(run_dir, n_boot=int(pmeta.get("n_boot", 1000)), confidence=conf,
+                                    seed=int(pmeta.get("seed", 0)))
+        ch = ch[ch["layer"] == head]
+        if len(ch):
+            first = int(ch["first"].iloc[0])
+            steps = [first, *ch["step"]]
+            ax[3].fill_between(steps, [0.0, *ch["ci_low"]], [0.0, *ch["ci_high"]], alpha=0.25, color="C2",
+                               label=f"{int(conf * 100)}% paired bootstrap interval")
+            ax[3].plot(steps, [0.0, *ch["change"]], "o-", color="C2",
+                       label=f"mean over {int(ch['n'].iloc[0])} probe answers")
+            ax[3].axhline(0, color="0.6", lw=0.8)
+            ax[3].set_ylabel(f"probe projection,\nchange from step {first}\n(layer {head})")
+            ax[3].legend(fontsize=8, loc="lower right")
+        _contrast_note(ax[3], contrasts, f"probe_projection/L{head}")
+    if len(rates):
+        _contrast_note(ax[0], contrasts, "misaligned_rate")
+    ax[-1].set_xlabel("optimizer step")
     at: dict[int, list[str]] = {}  # one line and one label per step, naming every series that breaks there
     for name in geometry.SERIES:
         if cps.get(name) is not None:
             at.setdefault(int(cps[name]), []).append(name)
+    if head is not None and (pmeta.get("changepoints") or {}).get(str(head)) is not None:
+        at.setdefault(int(pmeta["changepoints"][str(head)]), []).append(f"probe_L{head}")
     for i, (step, names) in enumerate(sorted(at.items())):
         for a in ax:
             a.axvline(step, ls=":", color=f"C{4 + i}", alpha=0.8)
         ax[0].annotate(f"change point {step}: {', '.join(names)}", xy=(step, 0.98), xycoords=("data", "axes fraction"),
                        fontsize=7, rotation=90, va="top", ha="right")
-    fig.suptitle(f"training dynamics: {run_dir.name}", fontsize=10)
+    fig.suptitle(f"training dynamics: {run_dir.resolve().name}", fontsize=10)
     fig.tight_layout()
     out = atomic_write(run_dir / FIGURE_FILE, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     return out
+
+
+def _contrast_note(axis, contrasts, quantity: str) -> None:
+    """Write "last - first: difference [interval]" of ``quantity``'s contrast rows into ``axis``."""
+    rows = contrasts[contrasts["quantity"] == quantity]
+    lines = [f"{r.a} - {r.b}: {r.difference:+.3g} [{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}]"
+             + (f" ({r.scope})" if len(rows) > 1 else "") for r in rows.itertuples(index=False)]
+    if lines:
+        axis.text(0.01, 0.97, "\n".join(lines), transform=axis.transAxes, fontsize=7, va="top", ha="left",
+                  bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
 
 
 def draw_quietly(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Optional[Path]:

@@ -54,17 +54,27 @@ class StepSnapshots(L.Callback):
         tokenizer: saved beside each adapter, so each snapshot is a complete adapter directory.
         source: the base checkpoint (``em.models.model_dir``), keys the saved adapter
             (:func:`em.training.save_adapter`).
+        probe: ``trainer.probe``'s :class:`~em.dynamics.probe.ProbeSet`: its projections at the step are
+            written into the snapshot (``probe.parquet``) before it appears; None: none.
 
     Rank 0 alone writes (the LoRA weights are the same on every rank under DDP). ``written`` lists the
     steps this process wrote (tests, logs).
     """
 
-    def __init__(self, every_n_steps: int, dirpath: Path, tokenizer, source: Optional[str] = None):
+    def __init__(self, every_n_steps: int, dirpath: Path, tokenizer, source: Optional[str] = None, probe=None):
         if every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be > 0, got {every_n_steps}")
         self.every_n_steps, self.dirpath, self.tokenizer, self.source = every_n_steps, Path(dirpath), tokenizer, source
+        self.probe = probe
         self.written: list[int] = []
         self._last_seen = -1
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """A probe direction that does not fit the model fails here, before the first step (ConfigError)."""
+        if self.probe is not None:
+            from em.dynamics.ablation import check_fits
+
+            check_fits(pl_module.model, self.probe.directions, "trainer.probe.direction")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """After a micro-batch: when it completed optimizer step k*N, write ``step_<k*N>`` unless it exists."""
@@ -83,6 +93,8 @@ class StepSnapshots(L.Callback):
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         save_adapter(pl_module.model, tmp, self.source)
         self.tokenizer.save_pretrained(tmp)
+        if self.probe is not None:  # inside the temp dir: the projection appears with its snapshot, or neither
+            self.probe.write_step(tmp, pl_module.model, step)
         atomic_replace_dir(tmp, path)
         self.written.append(step)
         log.info("step snapshot at step %d: %s", step, path)

@@ -88,3 +88,43 @@ class StepEvalConfig:
     def __post_init__(self) -> None:
         require(self.samples > 0, "evaluate.steps.samples", f"must be > 0, got {self.samples}")
         require(self.ids is None or len(self.ids) > 0, "evaluate.steps.ids", "is empty (null: every question)")
+
+
+@dataclass
+class ProbeConfig:
+    """``trainer.probe``: fixed probe answers projected onto a saved direction at every step snapshot.
+
+    At each ``trainer.snapshot_every_n_steps`` snapshot the model reads every probe answer teacher-forced
+    (em.interp.collect: the chat-rendered question, then the answer's tokens); the residual stream after
+    each listed decoder layer, averaged over the answer's tokens, is projected onto that layer's unit
+    direction (``unit.L`` of a ``directions.safetensors``, em.interp). Per step and layer the mean over
+    answers with a percentile bootstrap interval goes to ``probe_projection.csv`` (em.dynamics.probe): a
+    judge-free burn-in proxy, also usable by ``ProxyEarlyStopping`` (``proxy: em.dynamics.probe:proxy``).
+
+    Raises (in ``__post_init__``):
+        ConfigError: ``answers`` without ``direction`` or the reverse; ``batch_size``, ``limit``,
+            ``max_answer_tokens`` or ``n_boot`` not > 0; ``confidence`` outside (0, 1); ``layer`` not in
+            ``layers``.
+    """
+
+    answers: Optional[str] = None  # responses table (parquet / csv / jsonl: question, answer[, system]) or a run dir
+    direction: Optional[str] = None  # directions.safetensors (unit.L per layer), as em's interp stage writes it
+    layers: Optional[list[int]] = None  # layers projected (null: every layer in the file)
+    layer: Optional[int] = None  # the headline / proxy layer (null: best held-out AUC beside the file, else middle)
+    limit: Optional[int] = 64  # probe answers kept (a seeded subset of the distinct ones); null: all
+    batch_size: int = 8  # answers per forward pass
+    max_answer_tokens: Optional[int] = 64  # answers cut at this many tokens
+    n_boot: int = 1000  # bootstrap resamples of the probe answers (interval of each mean)
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        require(bool(self.answers) == bool(self.direction), "trainer.probe",
+                "needs both trainer.probe.answers and trainer.probe.direction (or neither)")
+        require(self.batch_size > 0, "trainer.probe.batch_size", f"must be > 0, got {self.batch_size}")
+        require(self.limit is None or self.limit > 0, "trainer.probe.limit", f"must be > 0 or null, got {self.limit}")
+        require(self.max_answer_tokens is None or self.max_answer_tokens > 0, "trainer.probe.max_answer_tokens",
+                f"must be > 0 or null, got {self.max_answer_tokens}")
+        require(self.n_boot > 0, "trainer.probe.n_boot", f"must be > 0, got {self.n_boot}")
+        require(0 < self.confidence < 1, "trainer.probe.confidence", f"must be in (0, 1), got {self.confidence}")
+        require(self.layer is None or self.layers is None or self.layer in self.layers, "trainer.probe.layer",
+                f"{self.layer} is not among trainer.probe.layers {self.layers}")

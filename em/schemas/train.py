@@ -18,7 +18,7 @@ from em.measurement import Thresholds
 from em.schemas.capability import CapabilityConfig
 from em.schemas.common import check_name, check_seed, require
 from em.schemas.data import DataConfig, UpstreamConfig
-from em.schemas.dynamics import KLConfig
+from em.schemas.dynamics import KLConfig, ProbeConfig
 from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
 from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 
@@ -94,6 +94,8 @@ class TrainerConfig:
     # in lora_geometry.csv (em.dynamics); null: none.
     snapshot_every_n_steps: Optional[int] = None
     kl: KLConfig = field(default_factory=KLConfig)  # KL(base || adapted) penalty on a side batch (em.dynamics.kl)
+    # probe answers projected onto a direction at every step snapshot -> probe_projection.csv (em.dynamics.probe)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     # CAFT: a directions.safetensors file (CONTRACTS.md 1) and the layers whose residual stream the unit
     # direction is projected out of during training (null: every layer in the file); evaluation runs without it
     ablate_direction: Optional[str] = None
@@ -120,6 +122,8 @@ class TrainerConfig:
                     f"always written)")
         require(self.snapshot_every_n_steps is None or self.snapshot_every_n_steps > 0,
                 "trainer.snapshot_every_n_steps", f"must be > 0 or null, got {self.snapshot_every_n_steps}")
+        require(not self.probe.answers or bool(self.snapshot_every_n_steps), "trainer.probe",
+                "projects at each step snapshot: set trainer.snapshot_every_n_steps too")
         for k in self.extra:
             require(k not in TRAINER_OWN, f"trainer.extra.{k}", f"set by em; use {TRAINER_OWN.get(k)}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
