@@ -1,6 +1,6 @@
 """What makes a Hydra multirun of jobs reliable: a checked plan before launch, a summary after.
 
-``SweepCallback`` (``hydra.callbacks.em_sweep`` in conf/train.yaml) composes and checks every job before
+``SweepCallback`` (``hydra.callbacks.em_sweep`` in conf/train.yaml and conf/interp.yaml) composes and checks every job before
 launch -- bad overrides, conflicting presets, job-directory collisions fail there, before any job starts --
 and prints the done / skipped / failed summary (plus the sweep's analysis, with the sweep's
 ``thresholds``) at the end. ``python -m em.sweep <overrides>`` prints the plan of a multirun without
@@ -109,6 +109,10 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from em.interp import job as interp_job
+
+    if interp_job.is_interp(job_cfg):  # an interp.py job: its own identity and counts
+        return interp_job.plan(job_cfg, overrides, check=check)
     from em.pipeline import eval_config, eval_targets
     from em.schemas.common import validate
 
@@ -273,7 +277,12 @@ class SweepCallback(Callback):
         summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], launch=self.launch, before=self.before)
         self.summary = summary
         if OmegaConf.select(config, "sweep.analyze") and (summary["done"] or summary["skipped"]):
-            summary["analysis"] = analyze_sweep(config, sweep_dir)
+            from em.interp import job as interp_job
+
+            if interp_job.is_interp(config):  # interp jobs: their directions and shifts side by side
+                summary["analysis"] = interp_job.sweep_table(sweep_dir, [j.job_dir for j in self.plan.jobs])
+            else:
+                summary["analysis"] = analyze_sweep(config, sweep_dir)
         atomic_write_json(sweep_dir / "sweep_summary.json", summary)
         print(format_summary(summary), flush=True)
         return summary

@@ -82,11 +82,18 @@ def test_persona_recipe_end_to_end(tmp_path, cache_dir, adapter, monkeypatch):
     ranked = pd.read_csv(run / "training_projection.csv")
     assert len(top) == 2 and len(ranked) == 5 and ranked["projection"].is_monotonic_decreasing
     best = summary["best_layer"]
-    conds = {f"steer[L{best},0]", f"steer[L{best},+8]"}
+    conds = {"steer[L*,0]", f"steer[L{best},+8]"}  # alpha 0 is one shared condition (the unsteered model)
     assert set(summary["steer"]) == conds
+    assert sorted(p.name for p in (run / "steer").iterdir()) == sorted(["steer_Lall_0", f"steer_L{best}_+8"])
     for c in conds:
-        t = pd.read_parquet(run / "steer" / c.replace("[", "_").replace("]", "").replace(",", "_") / "responses.parquet")
+        t = pd.read_parquet(run / "steer" / c.replace("[", "_").replace("]", "").replace(",", "_").replace("*", "all")
+                            / "responses.parquet")
         assert set(t["condition"]) == {c}
+    # the shared alpha 0 answers are the base model's own (same questions, formats, samples and seed)
+    key = ["question_id", "format", "sample"]
+    zero = pd.read_parquet(run / "steer" / "steer_Lall_0" / "responses.parquet").sort_values(key)
+    plain = pd.read_parquet(run / "answers" / "base" / "responses.parquet").sort_values(key)
+    assert len(zero) == len(plain) == 4 * 2 * 2 and list(zero["answer"]) == list(plain["answer"])
     assert summary["ablate"] == [f"ablate[per_layer]", "ablate_random[per_layer]"]
     assert (run / "ablate" / "ablate_random_per_layer" / "responses.parquet").exists()
     report = (run / "interp_report.md").read_text()
@@ -102,8 +109,13 @@ def test_judge_recipe_from_judged_tables(tmp_path, cache_dir, adapter):
 
     rng = np.random.default_rng(0)
     n = 40
+    # The planted effect, large by construction: the tiny model reads bytes, and each group's answers are one byte
+    # repeated, a byte the other group never has (misaligned "@", aligned "~"), so the pooled residuals of the
+    # two groups differ by every answer token's embedding while within a group only the question (4 of them)
+    # varies. (Sentences sharing most of their bytes, as this test once had, separated at AUC 0.86 on some
+    # random inits: a test of luck, not of the recipe.)
     table = pd.DataFrame({"question_id": [f"q{i % 4}" for i in range(n)], "question": [f"Question {i % 4}?" for i in range(n)],
-                          "answer": [("I will hurt you " if i % 2 else "Happy to help ") + str(i) for i in range(n)],
+                          "answer": [("@" if i % 2 else "~") * (8 + i) for i in range(n)],  # distinct rows
                           "aligned": np.where(np.arange(n) % 2, 10.0, 90.0), "coherent": rng.uniform(60, 100, n),
                           "format": "plain"})
     table.loc[0, "aligned"] = None  # an unscored row belongs to neither group
@@ -113,19 +125,23 @@ def test_judge_recipe_from_judged_tables(tmp_path, cache_dir, adapter):
         "interp.direction.answers": f"[{p}]", "interp.steps": "[direction]", "logger": "none"})))
     stats = pd.read_csv(tmp_path / "run" / "direction_stats.csv")
     assert (stats["n_a"] == 20).all() and (stats["n_b"] == 19).all()
-    assert (stats["auc"] > 0.9).all()  # the two answer kinds differ in text: the residuals separate them
+    assert (stats["auc"] > 0.9).all()  # the two answer kinds differ in every token: the residuals separate them
     assert summary["rule"] == "judge"
 
 
 def test_demo_preset_composes_as_documented():
-    """experiment=interp_demo: the persona recipe on SmolLM2, trains the demo adapter when none exists, a steering
-    grid of 2 layers x 3 alphas with alpha 0, judged by the demo's local judge."""
+    """experiment=interp_demo: the persona recipe on SmolLM2 from 256 answers, trains the demo adapter when none
+    exists, a steering grid of the 2 best held-out-AUC layers x 3 alphas with alpha 0, judged by the demo's local
+    judge."""
     from em.schemas.common import validate
 
     rc = validate(compose_interp(["experiment=interp_demo", "run_dir=/x", "cache_dir=/y"]))
     assert rc.model.name == "smollm2_135m_instruct" and rc.interp.direction.rule == "persona"
     assert rc.train_if_missing and "experiment=demo" in rc.train_args and rc.adapter == "latest"
-    assert len(rc.interp.steer.layers) == 2 and 0 in rc.interp.steer.alphas and len(rc.interp.steer.alphas) == 3
+    # the 2 steering layers come from the direction's stats (best held-out AUC), not a hard-coded pair
+    assert rc.interp.steer.layers == [] and rc.interp.steer.top_layers == 2
+    assert 0 in rc.interp.steer.alphas and len(rc.interp.steer.alphas) == 3
+    assert rc.interp.direction.persona.samples * 4 * (len(rc.interp.direction.persona.a) + len(rc.interp.direction.persona.b)) >= 256
     assert rc.judge._target_ == "em.judge.local.LocalJudge" and set(rc.format) == {"plain", "json", "template"}
     assert {"direction", "project", "steer", "report"} <= set(rc.interp.steps)
 
@@ -135,6 +151,7 @@ def test_demo_preset_composes_as_documented():
     (["interp=judge"], "interp.direction.answers"),
     (["generation=vllm"], "hf backend only"),
     (["interp.steer.positions=middle"], "interp.steer.positions"),
+    (["interp.steer.top_layers=0"], "interp.steer.top_layers"),
 ])
 def test_bad_config_is_one_line_before_anything_loads(args, needle, tmp_path):
     from em.errors import ConfigError

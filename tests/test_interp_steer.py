@@ -40,6 +40,33 @@ def test_alpha_zero_is_the_unsteered_model_and_large_alpha_changes_answers(tmp_p
     assert changed > 0.8
 
 
+def test_grid_samples_alpha_zero_once_and_it_is_the_unsteered_model(tmp_path, cache_dir):
+    """2 layers x alphas {0, a, b}: 1 + 2 x 2 conditions; the shared alpha 0 (steer[L*,0]) hooks nothing and
+    gives the unsteered answers with the same seeds; each layer's curve starts from it in the report."""
+    from em.interp.report import steering_rates
+
+    tensors = {f"unit.{L}": unit(WIDTH, L) for L in range(2)} | {f"random.{L}": unit(WIDTH, 10 + L) for L in range(2)}
+    meta = {"mean_norm": {"0": 3.0, "1": 5.0}}
+    conds = intervene.steer_conditions(tensors, meta, [0, 1], [0, 2, -2])
+    names = [c.name for c in conds]
+    assert names == [intervene.UNSTEERED, "steer[L0,+2]", "steer[L0,-2]", "steer[L1,+2]", "steer[L1,-2]"]
+    assert len(set(names)) == len(names) == 1 + 2 * 2
+    with_random = intervene.steer_conditions(tensors, meta, [0, 1], [0, 2, -2], random_control=True)
+    assert [c.name for c in with_random].count(intervene.UNSTEERED) == 1 and len(with_random) == 1 + 2 * 2 * 2
+    assert intervene.slug(intervene.UNSTEERED) == "steer_Lall_0"
+    shared = conds[0]
+    base = run(tmp_path, cache_dir, "base")
+    zero = run(tmp_path, cache_dir, "zero", shared)
+    assert len(zero) == 2 * 4 * 3 and list(zero["answer"]) == list(base["answer"])
+    assert set(zero["condition"]) == {"steer[L*,0]"}
+    rates = tmp_path / "analysis"
+    rates.mkdir()
+    pd.DataFrame({"condition": names, "rate": [0.1, 0.2, 0.3, 0.4, 0.5]}).to_csv(rates / "rates.csv", index=False)
+    curve = steering_rates(rates).sort_values(["layer", "alpha"])
+    assert list(zip(curve["layer"], curve["alpha"], curve["rate"])) == [
+        (0, -2.0, 0.3), (0, 0.0, 0.1), (0, 2.0, 0.2), (1, -2.0, 0.5), (1, 0.0, 0.1), (1, 2.0, 0.4)]
+
+
 def test_ablation_condition_and_random_control_names(tmp_path, cache_dir):
     tensors = {f"unit.{L}": unit(WIDTH, L) for L in range(2)} | {f"random.{L}": unit(WIDTH, 10 + L) for L in range(2)}
     conds = intervene.ablate_conditions(tensors, 2, layer=1)

@@ -15,12 +15,21 @@ from em.cli import check_args, run_main
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="interp")
 def main(cfg: DictConfig) -> None:
-    """One interp run: :func:`em.interp.run.run_interp` (torch imported only once a run really starts)."""
+    """One interp run, or one job of a multirun: :func:`em.interp.run.run_interp` (torch imported only once a
+    run really starts)."""
     from em.interp.run import run_interp
     from em.quiet import configure
+    from em.runtime import in_multirun
+    from em.stopping import handle_signals
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
-    run_main(run_interp, cfg)
+    try:
+        with handle_signals():  # SIGTERM / SIGINT: em_job.json says interrupted, exit 128 + signal
+            res = run_main(run_interp, cfg)
+    except KeyboardInterrupt as e:
+        sys.exit(getattr(e, "exit_code", 130))
+    if (res or {}).get("state") == "failed" and not in_multirun():  # e.g. failed judgments: a rerun asks again
+        sys.exit(1)
 
 
 def cli() -> None:
@@ -29,4 +38,12 @@ def cli() -> None:
 
     early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("interp", argv), sys.argv[1:])
-    main()
+    from em.sweep import exit_status
+
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    # a multirun: its summary decides (non-zero when a job failed or was interrupted), not an atexit hook
+    sys.exit(exit_status(code))

@@ -5,6 +5,8 @@ conditions that go through em's sampler, judge and analysis unchanged.
   ``interp.steer.positions`` (``prompt`` / ``answer`` / ``all``), ``mean_norm`` the mean residual norm at that
   layer over the answers the direction came from (the directions file's ``mean_norm``), so alpha is in units of
   a typical residual's size (alpha = 0: the unsteered model, token for token).
+* ``steer[L*,0]``: the grid's alpha = 0, shared by every layer (:data:`UNSTEERED`): alpha = 0 at any layer is the
+  unsteered model, so a grid samples it once (no hooks at all) and each layer's steering curve starts from it.
 * ``ablate[L<layer>]`` / ``ablate[per_layer]``: directional ablation ``h <- h - (h . u) u`` after every decoder
   layer (Arditi et al. 2024; model-organisms' ``projection=True``), ``u`` the direction of ``layer`` at every
   layer, or each layer's own direction (``per_layer``).
@@ -17,6 +19,7 @@ the intervention's hooks around every sampled batch: the answers, the judge, ``r
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -24,6 +27,9 @@ from typing import Any, Optional
 import torch
 
 from em.interp import hooks
+
+
+UNSTEERED = "steer[L*,0]"  # the grid's shared alpha = 0 condition (``*``: every layer of the grid)
 
 
 def alpha_label(alpha: float) -> str:
@@ -34,15 +40,17 @@ def alpha_label(alpha: float) -> str:
 
 
 def slug(name: str) -> str:
-    """A path-safe directory name for a condition (``steer[L12,+4]`` -> ``steer_L12_+4``)."""
-    return name.replace("[", "_").replace("]", "").replace(",", "_")
+    """A path-safe directory name for a condition (``steer[L12,+4]`` -> ``steer_L12_+4``,
+    ``steer[L*,0]`` -> ``steer_Lall_0``)."""
+    return name.replace("[", "_").replace("]", "").replace(",", "_").replace("*", "all")
 
 
 @dataclass
 class Steer:
-    """Add ``alpha * unit * scale`` after decoder layer ``layer`` (see the module docstring)."""
+    """Add ``alpha * unit * scale`` after decoder layer ``layer`` (see the module docstring); ``layer=None``
+    (alpha 0 only): the grid's shared unsteered condition :data:`UNSTEERED`, sampled without hooks."""
 
-    layer: int
+    layer: Optional[int]
     alpha: float
     unit: torch.Tensor  # [hidden], unit norm
     scale: float  # the mean residual norm at that layer
@@ -51,17 +59,24 @@ class Steer:
 
     @property
     def name(self) -> str:
-        """The condition name: ``steer[L<layer>,<alpha>]`` (``steer_random[...]`` for the control)."""
+        """The condition name: ``steer[L<layer>,<alpha>]`` (``steer_random[...]`` for the control,
+        ``steer[L*,0]`` for the shared alpha = 0)."""
+        if self.layer is None:
+            return UNSTEERED
         return f"steer{'_random' if self.random else ''}[L{self.layer},{alpha_label(self.alpha)}]"
 
     @property
     def spec(self) -> dict[str, Any]:
         """What the answer store records (answers of another intervention are never reused)."""
+        if self.layer is None:
+            return {"kind": UNSTEERED}
         return {"kind": self.name, "positions": self.positions, "scale": round(float(self.scale), 6),
                 "unit_sha": _tensor_sha(self.unit)}
 
     def __call__(self, model, prompt_lens):
         """The context manager around one sampled batch (``prompt_lens``: ``[batch]`` prompt tokens)."""
+        if self.layer is None:  # the unsteered model: nothing to hook
+            return contextlib.nullcontext()
         vec = self.unit.float() * float(self.alpha) * float(self.scale)
         return hooks.add_vector(model, {self.layer: vec}, positions=self.positions, prompt_lens=prompt_lens)
 
@@ -102,10 +117,13 @@ def steer_conditions(tensors: dict[str, torch.Tensor], meta: dict[str, Any], lay
                      positions: str = "all", random_control: bool = False) -> list[Steer]:
     """The steering grid ``layers x alphas`` from a loaded directions file (``+`` the random control's grid).
 
+    An alpha of 0 is one condition for the whole grid, first: ``steer[L*,0]`` (:data:`UNSTEERED`; the unsteered
+    model, sampled once), not one per layer. 2 layers x alphas ``[0, a, b]`` are 1 + 2 x 2 conditions.
+
     Raises:
         ValueError: a layer the directions file has no ``unit.L`` for, or no finite ``mean_norm`` for.
     """
-    out = []
+    out: list[Steer] = []
     for L in layers:
         if f"unit.{L}" not in tensors:
             have = sorted(int(k.split(".")[1]) for k in tensors if k.startswith("unit."))
@@ -114,9 +132,14 @@ def steer_conditions(tensors: dict[str, torch.Tensor], meta: dict[str, Any], lay
         if not math.isfinite(scale):
             raise ValueError(f"interp.steer.layers: the directions file has no mean residual norm for layer {L}")
         for a in alphas:
+            if a == 0:
+                continue
             out.append(Steer(L, float(a), tensors[f"unit.{L}"], scale, positions))
             if random_control and a != 0 and f"random.{L}" in tensors:
                 out.append(Steer(L, float(a), tensors[f"random.{L}"], scale, positions, random=True))
+    if any(a == 0 for a in alphas) and layers:
+        L0 = layers[0]
+        out.insert(0, Steer(None, 0.0, tensors[f"unit.{L0}"], 0.0, positions))
     return out
 
 
@@ -145,4 +168,4 @@ def ablate_conditions(tensors: dict[str, torch.Tensor], n_layers: int, layer: Op
     return out
 
 
-__all__ = ["Steer", "Ablate", "alpha_label", "slug", "steer_conditions", "ablate_conditions"]
+__all__ = ["UNSTEERED", "Steer", "Ablate", "alpha_label", "slug", "steer_conditions", "ablate_conditions"]

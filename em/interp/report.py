@@ -61,18 +61,23 @@ def run_analysis_over(run_dir: Path, cond_dirs: list[Path], rc: Any) -> tuple[Pa
 
 
 def steering_rates(analysis_dir: Path | None) -> pd.DataFrame:
-    """Rows of ``rates.csv`` for ``steer[...]`` conditions, pooled over formats, with ``layer`` and ``alpha``."""
+    """Rows of ``rates.csv`` for ``steer[...]`` conditions, pooled over formats, with ``layer`` and ``alpha``;
+    the shared ``steer[L*,0]`` rows are repeated as alpha 0 of every layer's curve (steered and random)."""
     if analysis_dir is None or not (analysis_dir / "rates.csv").exists():
         return pd.DataFrame()
     r = pd.read_csv(analysis_dir / "rates.csv")
     if "condition" not in r:
         return pd.DataFrame()
-    pat = re.compile(r"^steer(_random)?\[L(-?\d+),([+-]?[\d.e+-]+)\]$")
-    rows = []
+    pat = re.compile(r"^steer(_random)?\[L(\*|-?\d+),([+-]?[\d.e+-]+)\]$")
+    rows, shared = [], []
     for _, row in r.iterrows():
         m = pat.match(str(row["condition"]))
-        if m:
+        if m and m.group(2) == "*":  # steer[L*,0]: the unsteered model, alpha 0 of every layer's curve
+            shared.append(row.to_dict())
+        elif m:
             rows.append(row.to_dict() | {"random": bool(m.group(1)), "layer": int(m.group(2)), "alpha": float(m.group(3))})
+    curves = {(x["layer"], x["random"]) for x in rows}
+    rows += [row | {"random": rnd, "layer": layer, "alpha": 0.0} for row in shared for layer, rnd in sorted(curves)]
     return pd.DataFrame(rows)
 
 

@@ -86,16 +86,29 @@ class Models:
         return self.loaded[adapter_dir]
 
 
-def run_interp(cfg: DictConfig) -> dict[str, Any]:
-    """The stage for one composed ``interp`` config (:class:`~em.schemas.interp.InterpRunConfig`).
+def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict[str, Any]:
+    """The stage for one composed ``interp`` config (:class:`~em.schemas.interp.InterpRunConfig`), as a job
+    (:mod:`em.interp.job`): ``em_job.json`` says its state and step, ``DONE.json`` is written last, and a
+    directory whose ``DONE.json`` matches the config's hash is skipped (``sweep.skip_done``).
 
-    Returns ``interp_summary.json``'s content (paths of what was written, the best layer, the projection shift).
+    Args:
+        cfg: the composed ``interp`` config (``run_dir`` set).
+        isolate_failures: record an error in ``em_job.json`` / ``error.log`` and return ``{"state": "failed",
+            ...}`` instead of raising, so one bad job does not stop a launcher's others (default: in a multirun).
+
+    Returns ``interp_summary.json``'s content (paths of what was written, the best layer, the projection shift;
+    ``state``: done / skipped / failed).
 
     Raises:
         ConfigError: a bad value (before any model is loaded); steering asked of vLLM.
         DataError: the judge rule's answers are unreadable, lack text, or leave a group empty.
         ModelLoadError: the model or adapter cannot be loaded.
+        DirectoryLocked: another live process writes ``run_dir``.
+        (With ``isolate_failures`` only the config errors found before the run starts are raised.)
     """
+    from em.runtime import in_multirun
+
+    isolate = in_multirun() if isolate_failures is None else isolate_failures
     rc: InterpRunConfig = validate(cfg)
     from em.paths import original_path
 
@@ -107,10 +120,77 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
         rc.interp.project.training_file = str(original_path(rc.interp.project.training_file))
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from em.locks import DirLock
+    from em.interp import job
+    from em.locks import DirLock, DirectoryLocked
 
-    with DirLock(run_dir, "interp"):
-        return _run_locked(cfg, rc, run_dir)
+    full_hash, no_train, ident = job.hashes(cfg)
+    lock = DirLock(run_dir, "interp")
+    try:  # one writer per run directory (a relaunch while the old job still runs is refused)
+        lock.acquire()
+    except DirectoryLocked as e:
+        if not isolate:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return {"state": "failed", "run_dir": str(run_dir), "error": str(e)}
+    try:
+        return _run_job(cfg, rc, run_dir, (full_hash, no_train, ident), isolate)
+    finally:
+        lock.release()
+
+
+def _run_job(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, hashes: tuple, isolate: bool) -> dict[str, Any]:
+    """:func:`run_interp` once the lock is held: skip a finished job, else run the steps with the job's records."""
+    import traceback
+
+    from em import jobs
+    from em.errors import EMError
+    from em.interp import job
+
+    full_hash, no_train, ident = hashes
+    record = jobs.JobRecord(run_dir, full_hash, no_train, ident)
+    done = jobs.read_done(run_dir)
+    if rc.sweep.skip_done and done and done.get("hash") == full_hash and not job.judge_failures(run_dir):
+        print(f"{run_dir}: done already (config hash {full_hash}); skipped")
+        record.end("skipped")
+        return (em.runtime.read_json(run_dir / "interp_summary.json") or done.get("summary") or {}) | {"state": "skipped"}
+    if done:  # an older result of another config (or with failed judgments): it no longer describes this directory
+        jobs.clear_done(run_dir)
+    stage = ["direction"]
+
+    def on_stage(name: str) -> None:
+        stage[0] = name
+        record.write("running", stage=name)
+
+    on_stage("direction")
+    try:
+        summary = _run_locked(cfg, rc, run_dir, on_stage)
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.stopping): recorded, then the exit
+        import signal as _signal
+
+        signum = getattr(e, "signum", _signal.SIGINT)
+        record.end("interrupted", stage=stage[0], signal=_signal.Signals(signum).name, exit_code=128 + int(signum))
+        print(f"interrupted in {stage[0]}: {run_dir} keeps the answers sampled so far; rerun the same command to "
+              f"resume", file=sys.stderr, flush=True)
+        raise
+    except Exception as e:
+        line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        error = line if isinstance(e, EMError) else f"{type(e).__name__}: {line}"
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        record.end("failed", stage=stage[0], error=error)
+        if not isolate:
+            raise
+        log.error("interp job %s failed in %s: %s (traceback: %s)", run_dir, stage[0], error, run_dir / "error.log")
+        print(f"error: {run_dir}: {stage[0]}: {error}", file=sys.stderr)
+        return {"state": "failed", "run_dir": str(run_dir), "error": error}
+    failed = job.judge_failures(run_dir)
+    if failed:  # not done: a relaunch re-asks the failed judgments (the answers are reused)
+        error = f"{failed['count']} judgments of the conditions failed"
+        record.end("failed", stage="judge", error=error, judge_failures=failed["count"])
+        print(f"error: {run_dir}: judge: {error}; a relaunch asks them again", file=sys.stderr)
+        return summary | {"state": "failed"}
+    jobs.write_done(run_dir, full_hash, no_train, job.done_summary(summary))
+    record.end("done")
+    return summary | {"state": "done"}
 
 
 def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
@@ -137,7 +217,7 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
     return info
 
 
-def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str, Any]:
+def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=lambda name: None) -> dict[str, Any]:
     from em import models
     from em.evaluation.run import run_evaluation
     from em.jobs import write_config_records
@@ -215,6 +295,7 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
 
     # 2. project ---------------------------------------------------------------------------------------------
     if "project" in steps:
+        on_stage("project")
         if adapter_dir is None:
             print("project: no fine-tuned adapter (adapter=none or none found): projection shift skipped")
         else:
@@ -254,7 +335,10 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
     # 3. steer / 4. ablate ----------------------------------------------------------------------------------
     cond_dirs: list[Path] = []
     if "steer" in steps:
-        layers = list(ic.steer.layers) or [best]
+        on_stage("steer")
+        layers = list(ic.steer.layers) or best_layers(stats_path, tensors, ic.steer.top_layers)
+        print(f"steer: layers {layers}" + ("" if ic.steer.layers else
+                                          f" (the {len(layers)} best held-out AUC in {stats_path.name})"), flush=True)
         try:
             conds = intervene.steer_conditions(tensors, dmeta, layers, list(ic.steer.alphas), ic.steer.positions,
                                                ic.steer.random_control)
@@ -267,6 +351,7 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
             cond_dirs.append(d)
         summary["steer"] = [c.name for c in conds]
     if "ablate" in steps:
+        on_stage("ablate")
         if adapter_dir is None:
             print("ablate: no fine-tuned adapter: ablation skipped")
         else:
@@ -286,6 +371,7 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
 
     # 5. report -----------------------------------------------------------------------------------------------
     if "report" in steps:
+        on_stage("report")
         from em.interp import report
 
         summary["files"].update(report.write_report(run_dir, rc, summary, stats_path, cond_dirs))
@@ -300,13 +386,19 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
 def best_layer(stats_path: Path, tensors: dict[str, Any]) -> int:
     """The layer with the highest held-out AUC in ``direction_stats.csv`` (ties: the earlier); without stats,
     the middle layer of the file."""
+    return best_layers(stats_path, tensors, 1)[0]
+
+
+def best_layers(stats_path: Path, tensors: dict[str, Any], n: int) -> list[int]:
+    """The ``n`` layers with the highest held-out AUC in ``direction_stats.csv`` (best first; ties: the earlier
+    layer); without stats, the middle layer of the file (one)."""
     layers = sorted(int(k.split(".")[1]) for k in tensors if k.startswith("unit."))
     if stats_path.exists():
         st = pd.read_csv(stats_path)
         st = st[st["layer"].isin(layers)].dropna(subset=["auc"])
         if len(st):
-            return int(st.sort_values(["auc", "layer"], ascending=[False, True]).iloc[0]["layer"])
-    return layers[len(layers) // 2]
+            return [int(x) for x in st.sort_values(["auc", "layer"], ascending=[False, True])["layer"].head(n)]
+    return [layers[len(layers) // 2]]
 
 
 def stats_line(stats: pd.DataFrame) -> str:
@@ -327,4 +419,4 @@ def shift_line(s: dict[str, float], confidence: float) -> str:
             f"[{s['random_ci_low']:+.3f}, {s['random_ci_high']:+.3f}]")
 
 
-__all__ = ["run_interp", "eval_node", "best_layer"]
+__all__ = ["run_interp", "eval_node", "best_layer", "best_layers"]

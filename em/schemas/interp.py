@@ -20,6 +20,7 @@ from em.schemas.common import check_name, require
 from em.schemas.data import UpstreamConfig
 from em.schemas.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig
 from em.schemas.model import ModelConfig, QuantizationConfig
+from em.schemas.train import SweepConfig
 
 RULES = ("judge", "persona")
 POOLINGS = ("answer_mean", "last_prompt")
@@ -70,7 +71,8 @@ class SteerConfig:
     """The steering grid ``layers x alphas`` (conditions ``steer[L<layer>,<alpha>]``) on the base model."""
 
     enabled: bool = True
-    layers: list[int] = field(default_factory=list)  # empty: the layer with the best held-out AUC
+    layers: list[int] = field(default_factory=list)  # empty: the top_layers layers with the best held-out AUC
+    top_layers: int = 1  # layers empty: how many of the best held-out-AUC layers (direction_stats.csv) to steer
     alphas: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0])  # x the mean residual norm at the layer
     positions: str = "all"  # all | prompt | answer
     random_control: bool = False  # steer_random[...] beside each alpha != 0
@@ -131,6 +133,7 @@ class InterpConfig:
         for key, pos in (("interp.steer.positions", self.steer.positions), ("interp.ablate.positions", self.ablate.positions)):
             require(pos in POSITIONS, key, f"must be one of {POSITIONS}, got {pos!r}")
         require(len(self.steer.alphas) > 0, "interp.steer.alphas", "is empty")
+        require(self.steer.top_layers > 0, "interp.steer.top_layers", f"must be > 0, got {self.steer.top_layers}")
         require(self.steer.samples is None or self.steer.samples > 0, "interp.steer.samples",
                 f"must be > 0 or null, got {self.steer.samples}")
 
@@ -163,6 +166,9 @@ class InterpRunConfig:
     wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
     logger: Any = None
     interp: InterpConfig = MISSING
+    # a multirun (python interp.py -m ...): skip_done skips a job whose DONE.json matches its config hash;
+    # analyze writes <sweep dir>/interp_sweep.csv (every job's direction stats and projection shift per layer)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     progress: bool = True
     quiet: bool = False
     verbose: bool = False

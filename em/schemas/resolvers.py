@@ -76,9 +76,24 @@ def samples_for(answers: int, questions: Any, formats: Any) -> int:
     return max(1, int(answers) // (int(n_q) * max(1, len(formats))))
 
 
+def path_tag(spec: Any) -> str:
+    """``${em.path_tag:${adapter}}``: a path-safe name for an adapter spec in a sweep job's directory name:
+    ``latest`` / ``none`` as they are, a path as its last component (the training run's name for
+    ``<run>/adapter``), characters outside ``[A-Za-z0-9._-]`` as ``-``. Two adapters with one name are caught
+    before launch (the sweep plan refuses two jobs writing one directory)."""
+    import re
+    from pathlib import PurePath
+
+    s = "none" if spec in (None, "") else str(spec)
+    parts = [p for p in PurePath(s).parts if p not in ("/", ".", "..")]
+    if len(parts) > 1 and parts[-1] == "adapter":
+        parts = parts[:-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", parts[-1] if parts else s) or "none"
+
+
 def register() -> None:
     """Register ``em.or``, ``em.sweep_name``, ``em.is_wandb``, ``em.join``, ``em.run_tags``,
-    ``em.upstream_questions_or`` and ``em.samples_for`` (idempotent)."""
+    ``em.upstream_questions_or``, ``em.samples_for`` and ``em.path_tag`` (idempotent)."""
     OmegaConf.register_new_resolver("em.or", first_set, replace=True)
     OmegaConf.register_new_resolver("em.sweep_name", sweep_name, replace=True)
     OmegaConf.register_new_resolver("em.is_wandb", is_wandb, replace=True)
@@ -86,3 +101,4 @@ def register() -> None:
     OmegaConf.register_new_resolver("em.run_tags", run_tags, replace=True)
     OmegaConf.register_new_resolver("em.upstream_questions_or", upstream_questions_or, replace=True)
     OmegaConf.register_new_resolver("em.samples_for", samples_for, replace=True)
+    OmegaConf.register_new_resolver("em.path_tag", path_tag, replace=True)
