@@ -99,6 +99,21 @@ def check_composed(cfg: Any) -> None:
             check_name(value, key)
 
 
+def check_renamed(argv: list[str]) -> None:
+    """A key renamed to lightning.Trainer's name (``trainer.epochs=3``, :data:`em.schemas.train.RENAMED_KEYS`)
+    is refused with its new name, before Hydra composes anything.
+
+    Raises:
+        ConfigError: ``trainer.epochs: renamed trainer.max_epochs (lightning.Trainer's name)``.
+    """
+    from em.schemas.train import RENAMED_KEYS
+
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key}: renamed {RENAMED_KEYS[key]} (lightning.Trainer's name)")
+
+
 def check_launcher(argv: list[str]) -> None:
     """``hydra/launcher=X``: a missing plugin or an unknown launcher is one line, before Hydra composes anything.
 
@@ -210,6 +225,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
     import em.schemas  # noqa: F401  registers the schemas and resolvers
 
     check_secrets(argv)
+    check_renamed(argv)
     check_launcher(argv)
     for arg in argv:  # the W&B option carries the logger node's schema: csv merged first would be dropped
         opts = arg.partition("=")[2].strip("[]").split(",") if arg.startswith("logger=[") else []
@@ -295,9 +311,11 @@ def check_known_keys(cfg: Any, path: str = "") -> None:
         if fields is not None and key not in fields:
             hint = ""
             if path == "trainer":
-                from em.schemas.train import TRAINER_OWN
+                from em.schemas.train import RENAMED_KEYS, TRAINER_DERIVED
 
-                hint = (f"; em sets it from {TRAINER_OWN[key]}" if key in TRAINER_OWN else
+                renamed = RENAMED_KEYS.get(f"trainer.{key}")
+                hint = (f"; renamed {renamed} (lightning.Trainer's name)" if renamed else
+                        f"; em sets it from {TRAINER_DERIVED[key]}" if key in TRAINER_DERIVED else
                         f"; a lightning.Trainer argument goes in trainer.extra (+trainer.extra.{key}=...)")
             raise ConfigError(f"{full}: not a key of {schema.__name__}{hint}")
         child = cfg._get_node(key)

@@ -72,7 +72,7 @@ def eval_targets(cfg: DictConfig, job_dir: Path) -> list[EvalTarget]:
         return [EvalTarget("final", job_dir / "eval", str(job_dir), data_name)]
     out = [EvalTarget(f"epoch_{e:g}", job_dir / f"eval_epoch{e:g}", str(job_dir / "snapshots" / f"epoch_{e:g}"),
                       f"{data_name}_ep{e:g}") for e in sorted(snaps)]
-    out.append(EvalTarget("final", job_dir / "eval", str(job_dir), f"{data_name}_ep{cfg.trainer.epochs:g}"))
+    out.append(EvalTarget("final", job_dir / "eval", str(job_dir), f"{data_name}_ep{cfg.trainer.max_epochs:g}"))
     return out
 
 

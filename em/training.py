@@ -37,6 +37,7 @@ from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
 from em.schemas.common import validate
+from em.schemas.train import LIGHTNING_ARGS
 
 if TYPE_CHECKING:
     from em.schemas.train import TrainConfig
@@ -169,28 +170,30 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     run_dir = Path(tc.run_dir)
     t, dm = tc.trainer, data.datamodule
     module = LoRAFineTune(model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
-                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.grad_accum,
+                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.accumulate_grad_batches,
                           kl_term=fit_hooks.kl_term(tc, data.tokenizer))  # trainer.kl (em.dynamics)
     max_steps = t.max_steps
-    if max_steps < 0 and t.epochs != int(t.epochs):  # fractional epochs: stop after that share of steps
-        max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
+    if max_steps < 0 and t.max_epochs != int(t.max_epochs):  # fractional epochs: stop after that share of steps
+        max_steps = math.ceil(math.ceil(len(dm.sampler) / t.accumulate_grad_batches) * t.max_epochs)
     ckpt_dir = run_dir / "checkpoints"
     all_callbacks = [L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps,
     )] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks] + list(callbacks)
     if t.adapter_snapshots:
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
-        all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
+        all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.accumulate_grad_batches, run_dir / "snapshots",
                                               data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
     all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
     loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
 
+    # the node's Lightning arguments under their own names (em.schemas.train.LIGHTNING_ARGS), four converted:
+    # fractional max_epochs run as whole epochs cut by max_steps, "auto" precision, a strategy node, callbacks
+    own = {k: getattr(t, k) for k in LIGHTNING_ARGS} | {
+        "max_epochs": math.ceil(t.max_epochs), "max_steps": max_steps, "precision": precision_for(t.precision),
+        "strategy": make_strategy(t.strategy), "callbacks": all_callbacks}
     trainer = L.Trainer(
-        max_epochs=math.ceil(t.epochs), max_steps=max_steps, accumulate_grad_batches=t.grad_accum,
-        gradient_clip_val=t.gradient_clip_val, precision=precision_for(t.precision),
-        accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t.strategy),
-        callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
-        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
+        **own, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
+        num_sanity_val_steps=0, enable_model_summary=False,
         enable_progress_bar=bars_on(tc.progress),  # a log file gets the per-step log lines instead
         use_distributed_sampler=False,
         # temp file + rename, previous kept, weights_only reads; on SLURM Lightning requeues a preempted job
@@ -200,7 +203,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
     dm.shard(trainer.world_size, trainer.global_rank)
     if trainer.world_size > 1 and max_steps != t.max_steps:  # fractional epochs of the per-rank epoch
-        trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
+        trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / t.accumulate_grad_batches) * t.max_epochs)
     for lg in loggers:
         from em.tracking import flatten, scrub
 

@@ -24,13 +24,15 @@ from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 
 TRUNCATION = ("truncate", "drop")
 LR_SCHEDULERS = ("linear", "constant", "cosine")
-# lightning.Trainer arguments em derives from its own keys (trainer.extra may not set them)
-TRAINER_OWN = {"max_epochs": "trainer.epochs", "max_steps": "trainer.max_steps",
-               "accumulate_grad_batches": "trainer.grad_accum", "gradient_clip_val": "trainer.gradient_clip_val",
-               "precision": "trainer.precision", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
-               "strategy": "trainer.strategy", "callbacks": "trainer.callbacks", "logger": "logger=wandb|csv|none",
-               "log_every_n_steps": "trainer.log_every_n_steps", "default_root_dir": "run_dir",
-               "use_distributed_sampler": "(em shards the data itself)"}
+# TrainerConfig's fields that are lightning.Trainer arguments under Lightning's own names: the Trainer is built
+# from them (em.training.fit); max_epochs, precision, strategy and callbacks are converted on the way.
+LIGHTNING_ARGS = ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision",
+                  "accelerator", "devices", "strategy", "callbacks", "log_every_n_steps")
+# lightning.Trainer arguments em derives from other keys (trainer.extra may not set them)
+TRAINER_DERIVED = {"logger": "logger=wandb|csv|none", "default_root_dir": "run_dir",
+                   "use_distributed_sampler": "(em shards the data itself)"}
+# Keys renamed to lightning.Trainer's names: given on the command line, one line naming the new key (exit 2)
+RENAMED_KEYS = {"trainer.epochs": "trainer.max_epochs", "trainer.grad_accum": "trainer.accumulate_grad_batches"}
 
 
 @dataclass
@@ -58,20 +60,20 @@ class TrainerConfig:
     """The Lightning trainer and the batch / length settings (``conf/trainer/<name>.yaml``).
 
     Lengths are in tokens; ``batch_size`` is examples per device per micro-batch; one optimizer step is
-    ``batch_size x grad_accum x devices`` examples.
+    ``batch_size x accumulate_grad_batches x devices`` examples.
 
     Raises (in ``__post_init__``):
-        ConfigError: ``epochs``, ``batch_size``, ``grad_accum``, ``checkpoint_every_n_steps`` or
+        ConfigError: ``max_epochs``, ``batch_size``, ``accumulate_grad_batches``, ``checkpoint_every_n_steps`` or
             ``log_every_n_steps`` not > 0; ``max_steps`` neither -1 nor > 0; ``num_workers`` or
             ``gradient_clip_val`` < 0;
             ``max_length`` <= 8; unknown ``truncation`` / ``lr_scheduler``; ``warmup_steps`` < 0; an
-            ``adapter_snapshots`` epoch outside (0, epochs).
+            ``adapter_snapshots`` epoch outside (0, max_epochs).
     """
 
-    epochs: float = 1  # fractional epochs (0.5) stop after that share of the optimizer steps
-    max_steps: int = -1  # -1: derived from epochs
+    max_epochs: float = 1  # lightning.Trainer's max_epochs; fractional (0.5) stops after that share of the optimizer steps
+    max_steps: int = -1  # -1: derived from max_epochs
     batch_size: int = 2  # per device
-    grad_accum: int = 8
+    accumulate_grad_batches: int = 8
     max_length: int = 2048
     truncation: str = "truncate"  # truncate | drop: what to do with examples longer than max_length
     group_by_length: bool = True
@@ -81,13 +83,13 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: bf16-mixed where the GPU has bf16, else 32-true
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = 1
     strategy: Any = "auto"
     log_every_n_steps: int = 1
     checkpoint_every_n_steps: int = 50
     num_workers: int = 0
     callbacks: list[Any] = field(default_factory=list)  # extra Lightning callbacks (_target_ nodes)
-    # Epochs (before trainer.epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
+    # Epochs (before trainer.max_epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
     # (the epochs experiment evaluates each); [] for none.
     adapter_snapshots: list[float] = field(default_factory=list)
     # The adapter every N optimizer steps, to snapshots/step_<n>/ (steps N, 2N, ...), with its LoRA geometry
@@ -102,32 +104,33 @@ class TrainerConfig:
     # optimizer starts fresh. The identity holds its content hash (em.lineage).
     init_adapter: Optional[str] = None
     # Any other lightning.Trainer argument, passed through as is (trainer.extra.limit_train_batches=10);
-    # a key em sets itself (max_epochs, max_steps, callbacks, logger, ...) is refused: use em's key.
+    # a key of TrainerConfig (max_epochs, devices, ...) or one em derives (logger, default_root_dir) is refused.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        require(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
+        require(self.max_epochs > 0, "trainer.max_epochs", f"must be > 0, got {self.max_epochs}")
         require(self.batch_size > 0, "trainer.batch_size", f"must be > 0, got {self.batch_size}")
-        require(self.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {self.grad_accum}")
+        require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", f"must be > 0, got {self.accumulate_grad_batches}")
         require(self.max_length > 8, "trainer.max_length", f"must be > 8, got {self.max_length}")
         require(self.truncation in TRUNCATION, "trainer.truncation", f"one of {TRUNCATION}, got {self.truncation!r}")
         require(self.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.lr_scheduler in LR_SCHEDULERS, "trainer.lr_scheduler",
                 f"linear, constant or cosine; got {self.lr_scheduler!r}")
         for e in self.adapter_snapshots:
-            require(0 < e < self.epochs, "trainer.adapter_snapshots",
-                    f"epoch {e:g} is not between 0 and trainer.epochs={self.epochs:g} (the final adapter is "
+            require(0 < e < self.max_epochs, "trainer.adapter_snapshots",
+                    f"epoch {e:g} is not between 0 and trainer.max_epochs={self.max_epochs:g} (the final adapter is "
                     f"always written)")
         require(self.snapshot_every_n_steps is None or self.snapshot_every_n_steps > 0,
                 "trainer.snapshot_every_n_steps", f"must be > 0 or null, got {self.snapshot_every_n_steps}")
         for k in self.extra:
-            require(k not in TRAINER_OWN, f"trainer.extra.{k}", f"set by em; use {TRAINER_OWN.get(k)}")
+            require(k not in LIGHTNING_ARGS, f"trainer.extra.{k}", f"a key of its own; use trainer.{k}")
+            require(k not in TRAINER_DERIVED, f"trainer.extra.{k}", f"set by em; use {TRAINER_DERIVED.get(k)}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
         require(self.checkpoint_every_n_steps > 0, "trainer.checkpoint_every_n_steps",
                 f"must be > 0, got {self.checkpoint_every_n_steps}")
         require(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps",
-                f"must be > 0, or -1 (derived from trainer.epochs); got {self.max_steps}")
-        require(math.isfinite(self.epochs), "trainer.epochs", f"must be finite, got {self.epochs}")
+                f"must be > 0, or -1 (derived from trainer.max_epochs); got {self.max_steps}")
+        require(math.isfinite(self.max_epochs), "trainer.max_epochs", f"must be finite, got {self.max_epochs}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
         require(self.num_workers >= 0, "trainer.num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.gradient_clip_val is None or self.gradient_clip_val >= 0, "trainer.gradient_clip_val",
