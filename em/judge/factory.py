@@ -52,4 +52,17 @@ def build_judges(node: Any) -> list[Judge]:
     return judges
 
 
-__all__ = ["build_judges"]
+def build_judge(schema: Any) -> Judge:
+    """The one judge a schema object describes (``OpenAIJudgeSchema(base_url=..., concurrency=8)``), built as
+    :func:`build_judges` builds it from config: the judges' constructors have no defaults of their own, the
+    schema holds them (em.schemas.judge).
+
+    Raises:
+        ConfigError, JudgeError: as :func:`build_judges`.
+    """
+    from omegaconf import OmegaConf
+
+    return build_judges(OmegaConf.structured(schema))[0]
+
+
+__all__ = ["build_judge", "build_judges"]

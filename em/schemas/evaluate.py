@@ -172,7 +172,7 @@ class EvalConfig:
     adapter: Optional[str] = field(default="latest", metadata={"help": (
         "latest: the newest training run under train_dir for this model (else the base model); null / none / "
         "base: the base model; else a training run dir (with adapter/) or an adapter dir.")})
-    train_dir: str = field(default="outputs/train", metadata={"help": (
+    train_dir: str = field(default="outputs", metadata={"help": (
         "where adapter=latest looks (<train_dir>/*/ and <train_dir>/*/*/)")})
     condition: Optional[str] = field(default=None, metadata={"help": "null: the training run's data name, or \"base\""})
     questions: QuestionSetConfig = field(default=MISSING, metadata={"help": "the question set (questions group)"})
@@ -181,7 +181,8 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": (
         "the sampling backend and its settings (generation group)")})
     judge: Any = field(default=None, metadata={"help": "a _target_ node (conf/judge/*) or null: generate answers only"})
-    judge_cache: Optional[str] = field(default=None, metadata={"help": "sqlite file; null: no cache"})
+    judge_cache: Optional[str] = field(default="${cache_dir}/judge_cache.sqlite", metadata={"help": (
+        "(judge endpoint + model, prompt) -> judgment, an SQLite file; null: no cache")})
     dry_run: bool = field(default=False, metadata={"help": (
         "print the judge request count and estimated cost, then stop")})
     progress: bool = field(default=True, metadata={"help": "progress bars (on a terminal)"})

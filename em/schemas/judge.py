@@ -41,6 +41,8 @@ def looks_like_secret(value: str) -> bool:
     return value.lower().startswith(SECRET_PREFIXES) or (len(value) >= 20 and not ENV_NAME.fullmatch(value))
 
 
+# The reference judge (Betley et al. 2025): the model id written once; configs and docs refer to this name
+REFERENCE_JUDGE_MODEL = "gpt-4o-2024-08-06"
 BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batch
 
 
@@ -50,7 +52,7 @@ class OpenAIEndpointSchema:
 
     name: str = field(default="gpt-4o", metadata={"help": (
         "the judge's name in the responses table (``judge`` column) and summary.json")})
-    model: str = field(default="gpt-4o-2024-08-06", metadata={"help": "the API model id"})
+    model: str = field(default=REFERENCE_JUDGE_MODEL, metadata={"help": "the API model id (default: the reference judge)"})
     base_url: Optional[str] = field(default=None, metadata={"help": (
         "null: $OPENAI_BASE_URL, else https://api.openai.com/v1")})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": (

@@ -244,5 +244,11 @@ class TrainConfig:
 
 
 def store(cs: ConfigStore) -> None:
-    """Register train.py's root schema (``train_schema``) in ``cs``."""
+    """Register train.py's root schema (``train_schema``) and ``<group>/<group>_schema`` of its groups model,
+    data, lora, quantization, trainer and optimizer in ``cs`` (each option of ``conf/<group>/`` names its
+    schema first, so the file holds only the values that differ from the dataclass defaults)."""
     cs.store(name="train_schema", node=TrainConfig)
+    for group, node in (("model", ModelConfig), ("data", DataConfig), ("lora", LoraConfig),
+                        ("quantization", QuantizationConfig), ("trainer", TrainerConfig),
+                        ("optimizer", OptimizerConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)
