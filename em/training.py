@@ -19,6 +19,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import is_dataclass
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -36,7 +37,7 @@ from em.dynamics import fit_hooks
 from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.schemas.common import validate
+from em.schemas.common import plain, validate
 from em.schemas.train import LIGHTNING_ARGS
 
 if TYPE_CHECKING:
@@ -144,14 +145,12 @@ class TrainResult:
     is_global_zero: bool = True
 
 
-def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
-        callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+def fit(tc: TrainConfig, data: TrainingData, model, *, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Train ``model`` on ``data`` with a Lightning Trainer, then write the adapter and ``metrics.json``.
 
     Args:
-        cfg: the composed config (``optimizer``, ``trainer.callbacks`` and ``logger`` are instantiated
-            from it; it is logged, secrets scrubbed, as the loggers' hyperparameters).
-        tc: ``cfg`` validated (``em.schemas.common.validate``).
+        tc: the validated config (``optimizer``, ``trainer.callbacks`` and ``logger`` are instantiated from
+            it; it is logged, secrets scrubbed, as the loggers' hyperparameters).
         data: from :func:`em.data.module.prepare_data`; its data module is sharded here, per process.
         model: from :func:`em.models.build_model`.
         callbacks: extra Lightning callbacks, after those of ``trainer.callbacks``.
@@ -169,7 +168,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     """
     run_dir = Path(tc.run_dir)
     t, dm = tc.trainer, data.datamodule
-    module = LoRAFineTune(model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
+    module = LoRAFineTune(model, hydra.utils.instantiate(tc.optimizer, _convert_="all"),
                           warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.accumulate_grad_batches,
                           kl_term=fit_hooks.kl_term(tc, data.tokenizer))  # trainer.kl (em.dynamics)
     max_steps = t.max_steps
@@ -178,13 +177,13 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     ckpt_dir = run_dir / "checkpoints"
     all_callbacks = [L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps,
-    )] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks] + list(callbacks)
+    )] + [hydra.utils.instantiate(c) for c in t.callbacks] + list(callbacks)
     if t.adapter_snapshots:
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
         all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.accumulate_grad_batches, run_dir / "snapshots",
                                               data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
     all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
-    loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
+    loggers, wandb_on, log_adapter = build_loggers(tc.logger, run_dir)
 
     # the node's Lightning arguments under their own names (em.schemas.train.LIGHTNING_ARGS), four converted:
     # fractional max_epochs run as whole epochs cut by max_steps, "auto" precision, a strategy node, callbacks
@@ -207,7 +206,7 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     for lg in loggers:
         from em.tracking import flatten, scrub
 
-        lg.log_hyperparams(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))))
+        lg.log_hyperparams(flatten(scrub(plain(tc))))
 
     # the newest checkpoint that loads (a torn one is moved aside with a message: the previous one is used)
     resume_from, resume_step = resume_checkpoint(ckpt_dir) if tc.resume else (None, 0)
@@ -272,7 +271,7 @@ def build_loggers(node, run_dir: Path) -> tuple[list, bool, bool]:
     ``logger=wandb`` is the node itself (its ``_target_``), ``logger=csv`` its ``csv`` sub-node,
     ``logger=[wandb,csv]`` both; null (``logger=none``): no logger. W&B writes under ``run_dir``.
     """
-    plain = OmegaConf.to_container(node, resolve=True) if node else None
+    plain = plain(node) if node else None
     if not plain:
         return [], False, False
     csv = plain.pop("csv", None)
@@ -319,8 +318,9 @@ def _run_metrics(tc: TrainConfig, data: TrainingData, module: LoRAFineTune, *, s
     }
 
 
-def run_training(cfg: DictConfig) -> Optional[TrainResult]:
-    """Fine-tune per ``cfg`` (the composed ``train`` config): prepare the data, build the model, fit.
+def run_training(cfg: TrainConfig | DictConfig) -> Optional[TrainResult]:
+    """Fine-tune per ``cfg`` (the validated ``train`` config; a composed one is validated here, once, for a
+    caller that composed it itself): prepare the data, build the model, fit.
 
     Writes ``<run_dir>/resolved_config.yaml`` first, then (see :func:`fit`) ``adapter/``, ``metrics.json``,
     ``checkpoints/`` and any ``snapshots/``. Returns None for ``data=base``, which trains nothing (the
@@ -332,7 +332,9 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         DataError, ModelLoadError: see :func:`em.data.module.prepare_data` and :func:`em.models.build_model`.
         KeyboardInterrupt: training was interrupted (see :func:`fit`).
     """
-    tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
+    # train.py's job (em.pipeline.run_job) passes the config it validated; a composed config from another caller
+    # (tests, bench/) is validated here: every config check, before any model or dataset is touched
+    tc: TrainConfig = cfg if is_dataclass(cfg) else validate(cfg)
     check_strategy(tc)
     if tc.trainer.init_adapter:  # before any model is loaded: the parent exists and has this rank / alpha
         from em.lineage import check_compatible
@@ -341,7 +343,7 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
         return None
-    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(plain(tc)))
     data = prepare_data(tc)
     model = models.build_model(tc)
-    return fit(cfg, tc, data, model)
+    return fit(tc, data, model)

@@ -287,9 +287,8 @@ def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
     cfg = compose_train(base + ["thresholds.coherent=60", "thresholds.aligned_inclusive=true"])
     targets = eval_targets(cfg, tmp_path / "job")
     assert [t.run_dir.name for t in targets] == ["eval"]
-    ec = eval_config(cfg, targets[0])
-    assert OmegaConf.get_type(ec) is EvalConfig and "enabled" not in ec and "snapshots" not in ec
-    obj = validate(ec)
+    obj = eval_config(cfg, targets[0])  # validated: passed down as it is
+    assert type(obj) is EvalConfig and not hasattr(obj, "enabled") and not hasattr(obj, "snapshots")
     assert (obj.samples, obj.seed, obj.model.name, obj.condition) == (5, 3, "tiny", "synthetic")
     assert obj.run_dir == str(tmp_path / "job" / "eval") and obj.adapter == str(tmp_path / "job")
     assert obj.quantization.name == "none"  # the smoke preset's evaluate.quantization; training keeps nf4
