@@ -19,7 +19,7 @@ import gc
 import logging
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -88,6 +88,8 @@ def eval_config(cfg: Any, target: EvalTarget, overrides: Optional[dict[str, Any]
         ConfigError: a value the evaluation schema refuses (one line naming the key).
     """
     node = plain(cfg.evaluate)
+    if is_dataclass(cfg.evaluate.judge):  # a validated judge keeps its schema (plain() would leave a bare dict
+        node["judge"] = cfg.evaluate.judge  # in the Any field, and build_judges would type and check it again)
     for k in PIPELINE_KEYS:
         node.pop(k, None)
     node |= {"run_dir": str(target.run_dir), "adapter": target.adapter, "train_dir": str(target.run_dir.parent),
