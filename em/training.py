@@ -37,7 +37,7 @@ from em.dynamics import fit_hooks
 from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.schemas.common import plain, validate
+from em.schemas.common import plain as as_plain, validate
 from em.schemas.train import LIGHTNING_ARGS
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def fit(tc: TrainConfig, data: TrainingData, model, *, callbacks: Sequence[L.Cal
     for lg in loggers:
         from em.tracking import flatten, scrub
 
-        lg.log_hyperparams(flatten(scrub(plain(tc))))
+        lg.log_hyperparams(flatten(scrub(as_plain(tc))))
 
     # the newest checkpoint that loads (a torn one is moved aside with a message: the previous one is used)
     resume_from, resume_step = resume_checkpoint(ckpt_dir) if tc.resume else (None, 0)
@@ -271,7 +271,7 @@ def build_loggers(node, run_dir: Path) -> tuple[list, bool, bool]:
     ``logger=wandb`` is the node itself (its ``_target_``), ``logger=csv`` its ``csv`` sub-node,
     ``logger=[wandb,csv]`` both; null (``logger=none``): no logger. W&B writes under ``run_dir``.
     """
-    plain = plain(node) if node else None
+    plain = as_plain(node) if node else None
     if not plain:
         return [], False, False
     csv = plain.pop("csv", None)
@@ -343,7 +343,7 @@ def run_training(cfg: TrainConfig | DictConfig) -> Optional[TrainResult]:
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
         return None
-    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(plain(tc)))
+    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(as_plain(tc)))
     data = prepare_data(tc)
     model = models.build_model(tc)
     return fit(tc, data, model)
