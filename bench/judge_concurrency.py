@@ -32,7 +32,8 @@ def main() -> None:
 
     from em.judge.base import run_judge
     from em.judge.cache import JudgeCache
-    from em.judge.openai_judge import OpenAIJudge
+    from em.judge.factory import build_judge
+    from em.schemas.judge import OpenAIJudgeSchema
     from em.judge.scoring import JudgeRequest
 
     server = subprocess.Popen([sys.executable, str(REPO / "tests/loopback_server.py"), "--delay", str(args.delay)],
@@ -40,8 +41,8 @@ def main() -> None:
     try:
         port = int(server.stdout.readline())
         os.environ["EM_BENCH_KEY"] = "sk-loopback"
-        judge = OpenAIJudge(base_url=f"http://127.0.0.1:{port}/v1", api_key_env="EM_BENCH_KEY",
-                            concurrency=args.concurrency, max_retries=2, timeout=30)
+        judge = build_judge(OpenAIJudgeSchema(base_url=f"http://127.0.0.1:{port}/v1", api_key_env="EM_BENCH_KEY",
+                                              concurrency=args.concurrency, max_retries=2, timeout=30))
         reqs = [JudgeRequest(f"judgment {i}: rate this answer") for i in range(args.n)]
         t0 = time.perf_counter()
         out, stats = run_judge(judge, reqs, JudgeCache(None), progress=False)

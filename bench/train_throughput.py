@@ -97,7 +97,7 @@ def base_overrides(args) -> list[str]:
         f"seed={args.seed}",
         f"trainer.max_length={args.max_length}",
         f"trainer.batch_size={args.batch_size}",
-        f"trainer.grad_accum={args.grad_accum}",
+        f"trainer.accumulate_grad_batches={args.grad_accum}",
         f"trainer.warmup_steps={args.warmup_steps}",
         f"optimizer.lr={args.lr}",
         "resume=false",
@@ -121,7 +121,7 @@ def make_plan(tc, data, steps: Optional[int]) -> dict[str, Any]:
     """
     from em.data.tokenize import IGNORE_INDEX
 
-    bs, ga = tc.trainer.batch_size, tc.trainer.grad_accum
+    bs, ga = tc.trainer.batch_size, tc.trainer.accumulate_grad_batches
     examples, sampler = data.examples, data.datamodule.sampler
     n_batches = len(sampler)
     steps_per_epoch = math.ceil(n_batches / ga)
@@ -313,7 +313,7 @@ def child_em(spec: dict[str, Any]) -> dict[str, Any]:
             probe.end()
 
     cfg = compose(spec["overrides"] + [
-        f"run_dir={spec['workdir']}/em_run", f"trainer.max_steps={plan['steps']}", f"trainer.epochs={plan['epochs']}",
+        f"run_dir={spec['workdir']}/em_run", f"trainer.max_steps={plan['steps']}", f"trainer.max_epochs={plan['epochs']}",
     ])
     tc = validate(cfg)
     # module attributes, looked up after --em-patch ran: a patched step is the one that runs
@@ -403,7 +403,7 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
     args = SFTConfig(
         output_dir=f"{spec['workdir']}/trl_run",
         per_device_train_batch_size=tc.trainer.batch_size,
-        gradient_accumulation_steps=tc.trainer.grad_accum,
+        gradient_accumulation_steps=tc.trainer.accumulate_grad_batches,
         max_steps=plan["steps"],
         learning_rate=tc.optimizer.lr,
         weight_decay=tc.optimizer.weight_decay,

@@ -90,8 +90,8 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         "default_system_prompt": getattr(mc, "default_system_prompt", "template"),  # em.data.system_prompt
         "data": {"name": tc.data.name, "source": tc.data.source, "file": tc.data.file, "sha256": data_sha256},
         "lora": {"r": tc.lora.r, "alpha": tc.lora.alpha, "dropout": tc.lora.dropout, "use_rslora": tc.lora.use_rslora},
-        "training": {"seed": tc.seed, "epochs": tc.trainer.epochs, "steps": steps, "batch_size": tc.trainer.batch_size,
-                     "grad_accum": tc.trainer.grad_accum, "lr": tc.optimizer.lr, "max_length": tc.trainer.max_length,
+        "training": {"seed": tc.seed, "epochs": tc.trainer.max_epochs, "steps": steps, "batch_size": tc.trainer.batch_size,
+                     "grad_accum": tc.trainer.accumulate_grad_batches, "lr": tc.optimizer.lr, "max_length": tc.trainer.max_length,
                      "quantization": tc.quantization.name, "final_loss": final_loss},
         "em": em_version(),
     }

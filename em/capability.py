@@ -297,20 +297,20 @@ def _task_manager() -> Any:
     return TaskManager()  # indexes lm-eval's task YAML files once per process (~10 s)
 
 
-def pipeline_config(cfg: DictConfig, run_dir: Path, adapter: str, condition: str) -> DictConfig:
+def pipeline_config(cfg: Any, run_dir: Path, adapter: str, condition: str) -> DictConfig:
     """``python -m em.capability``'s config for one evaluation target of a train.py job (its model,
     quantization of the evaluation, seed, cache and ``capability`` node; the target's dir, adapter, condition)."""
     from em.schemas.capability import CapabilityRunConfig
+    from em.schemas.common import plain
 
     node = {"seed": cfg.seed, "run_dir": str(run_dir), "cache_dir": cfg.cache_dir, "adapter": adapter,
             "train_dir": str(run_dir.parent), "condition": condition,
-            "model": OmegaConf.to_container(cfg.evaluate.model, resolve=True),
-            "quantization": OmegaConf.to_container(cfg.evaluate.quantization, resolve=True),
-            "capability": OmegaConf.to_container(cfg.capability, resolve=True)}
+            "model": plain(cfg.evaluate.model), "quantization": plain(cfg.evaluate.quantization),
+            "capability": plain(cfg.capability)}
     return OmegaConf.merge(OmegaConf.structured(CapabilityRunConfig), node)
 
 
-def run_for_target(cfg: DictConfig, run_dir: Path, adapter: str, condition: str, prefix: str = "") -> dict[str, float]:
+def run_for_target(cfg: Any, run_dir: Path, adapter: str, condition: str, prefix: str = "") -> dict[str, float]:
     """The capability step of a train.py job for one evaluation target (``capability.enabled=true``).
 
     Returns its ``capability/<task>/{base,adapter,delta}`` metrics (with ``prefix``, e.g. ``epoch_1/``)

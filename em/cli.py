@@ -99,6 +99,21 @@ def check_composed(cfg: Any) -> None:
             check_name(value, key)
 
 
+def check_renamed(argv: list[str]) -> None:
+    """A key renamed to lightning.Trainer's name (``trainer.epochs=3``, :data:`em.schemas.train.RENAMED_KEYS`)
+    is refused with its new name, before Hydra composes anything.
+
+    Raises:
+        ConfigError: ``trainer.epochs: renamed trainer.max_epochs (lightning.Trainer's name)``.
+    """
+    from em.schemas.train import RENAMED_KEYS
+
+    for arg in argv:
+        key = arg.partition("=")[0].lstrip("+~")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key}: renamed {RENAMED_KEYS[key]} (lightning.Trainer's name)")
+
+
 def check_launcher(argv: list[str]) -> None:
     """``hydra/launcher=X``: a missing plugin or an unknown launcher is one line, before Hydra composes anything.
 
@@ -210,6 +225,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
     import em.schemas  # noqa: F401  registers the schemas and resolvers
 
     check_secrets(argv)
+    check_renamed(argv)
     check_launcher(argv)
     for arg in argv:  # the W&B option carries the logger node's schema: csv merged first would be dropped
         opts = arg.partition("=")[2].strip("[]").split(",") if arg.startswith("logger=[") else []
@@ -295,9 +311,11 @@ def check_known_keys(cfg: Any, path: str = "") -> None:
         if fields is not None and key not in fields:
             hint = ""
             if path == "trainer":
-                from em.schemas.train import TRAINER_OWN
+                from em.schemas.train import RENAMED_KEYS, TRAINER_DERIVED
 
-                hint = (f"; em sets it from {TRAINER_OWN[key]}" if key in TRAINER_OWN else
+                renamed = RENAMED_KEYS.get(f"trainer.{key}")
+                hint = (f"; renamed {renamed} (lightning.Trainer's name)" if renamed else
+                        f"; em sets it from {TRAINER_DERIVED[key]}" if key in TRAINER_DERIVED else
                         f"; a lightning.Trainer argument goes in trainer.extra (+trainer.extra.{key}=...)")
             raise ConfigError(f"{full}: not a key of {schema.__name__}{hint}")
         child = cfg._get_node(key)
@@ -329,10 +347,47 @@ def help_text(config_name: str, overrides: list[str]) -> str:
         lines = [f"{config_name} (em {config_name}): python {config_name}.py [group=option ...] [key=value ...]", "",
                  "== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
         lines += [f"{g}: {', '.join(group_options(g))}" for g in groups]
-    body = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
-    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", "", OmegaConf.to_yaml(body),
-              "Hydra's own options: --hydra-help; the resolved config: --cfg job --resolve"]
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value); after '#': the key's help "
+              "(the schema's field metadata)", ""]
+    lines += annotated_yaml(cfg, skip=("hydra",))
+    lines += ["", "Hydra's own options: --hydra-help; the resolved config: --cfg job --resolve"]
     return "\n".join(lines)
+
+
+def field_help(node: Any, key: str) -> str:
+    """The help text of ``key`` in a config node typed by a schema dataclass (its field's ``metadata["help"]``);
+    "" for an untyped node or a key without one."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    t = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(t):
+        return ""
+    return next((f.metadata.get("help", "") for f in dataclasses.fields(t) if f.name == key), "")
+
+
+def annotated_yaml(node: Any, indent: int = 0, skip: tuple[str, ...] = ()) -> list[str]:
+    """``node`` as YAML lines (values unresolved), each key followed by ``# <help>`` where its schema has one."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    lines = []
+    for key in node.keys():
+        if key in skip:
+            continue
+        child, help_ = node._get_node(key), field_help(node, str(key))
+        note = f"  # {help_}" if help_ else ""
+        pad = " " * indent
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing() and \
+                not child._is_interpolation() and len(child):
+            lines += [f"{pad}{key}:{note}", *annotated_yaml(child, indent + 2)]
+            continue
+        value = OmegaConf.to_container(node, resolve=False)[key] if not child._is_missing() else "???"
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**9, allow_unicode=True).strip()
+        text = text.removesuffix("\n...").removesuffix("...").strip()
+        lines.append(f"{pad}{key}: {text}{note}")
+    return lines
 
 
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:

@@ -19,7 +19,7 @@ import gc
 import logging
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,7 +29,7 @@ from em import jobs
 from em.errors import EMError
 from em.locks import DirectoryLocked, DirLock
 from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
-from em.schemas.common import validate
+from em.schemas.common import plain, validate
 from em.schemas.evaluate import PIPELINE_KEYS, EvalConfig
 
 log = logging.getLogger("em.pipeline")
@@ -58,7 +58,7 @@ class JobResult:
     error: Optional[str] = None
 
 
-def eval_targets(cfg: DictConfig, job_dir: Path) -> list[EvalTarget]:
+def eval_targets(cfg: Any, job_dir: Path) -> list[EvalTarget]:
     """The evaluations of a job: the base model (data=base), else the final adapter and each snapshot.
 
     With ``trainer.adapter_snapshots`` (and ``evaluate.snapshots``) each training length is its own
@@ -72,31 +72,33 @@ def eval_targets(cfg: DictConfig, job_dir: Path) -> list[EvalTarget]:
         return [EvalTarget("final", job_dir / "eval", str(job_dir), data_name)]
     out = [EvalTarget(f"epoch_{e:g}", job_dir / f"eval_epoch{e:g}", str(job_dir / "snapshots" / f"epoch_{e:g}"),
                       f"{data_name}_ep{e:g}") for e in sorted(snaps)]
-    out.append(EvalTarget("final", job_dir / "eval", str(job_dir), f"{data_name}_ep{cfg.trainer.epochs:g}"))
+    out.append(EvalTarget("final", job_dir / "eval", str(job_dir), f"{data_name}_ep{cfg.trainer.max_epochs:g}"))
     return out
 
 
-def eval_config(cfg: DictConfig, target: EvalTarget, overrides: Optional[dict[str, Any]] = None) -> DictConfig:
+def eval_config(cfg: Any, target: EvalTarget, overrides: Optional[dict[str, Any]] = None) -> EvalConfig:
     """evaluate.py's config for one target: the job's ``evaluate`` node with the target's four keys set.
 
-    Returns an :class:`~em.schemas.evaluate.EvalConfig` node (resolved, without the pipeline's
-    ``enabled`` / ``snapshots`` / ``steps``), checked like evaluate.py checks its own; ``overrides``
-    (top-level keys of that node) replace the job's values.
+    ``cfg`` is the job's validated config (or a composed one). Returns the validated
+    :class:`~em.schemas.evaluate.EvalConfig` (resolved, without the pipeline's ``enabled`` / ``snapshots`` /
+    ``steps``), checked like evaluate.py checks its own; ``overrides`` (top-level keys of that node) replace
+    the job's values. It is passed down as it is (:func:`em.evaluation.run.run_evaluation` checks nothing again).
 
     Raises:
         ConfigError: a value the evaluation schema refuses (one line naming the key).
     """
-    node = OmegaConf.to_container(cfg.evaluate, resolve=True)
+    node = plain(cfg.evaluate)
+    if is_dataclass(cfg.evaluate.judge):  # a validated judge keeps its schema (plain() would leave a bare dict
+        node["judge"] = cfg.evaluate.judge  # in the Any field, and build_judges would type and check it again)
     for k in PIPELINE_KEYS:
         node.pop(k, None)
     node |= {"run_dir": str(target.run_dir), "adapter": target.adapter, "train_dir": str(target.run_dir.parent),
              "condition": target.condition}
-    if cfg.data.get("inoculation_eval") and cfg.data.get("inoculation_prompt"):  # inoculation, evaluated with it
+    if getattr(cfg.data, "inoculation_eval", False) and getattr(cfg.data, "inoculation_prompt", None):  # inoculation, evaluated with it
         node["system_prefix"] = cfg.data.inoculation_prompt
     node |= overrides or {}  # a step snapshot's cheap subset (em.dynamics.step_eval)
-    ec = OmegaConf.merge(OmegaConf.structured(EvalConfig), node)
-    validate(ec)
-    return ec
+    # the target's own config (a new run_dir, adapter and condition: path-safe names, ranges): its one validation
+    return validate(OmegaConf.merge(OmegaConf.structured(EvalConfig), node))
 
 
 def release_memory() -> None:
@@ -123,10 +125,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     """
     isolate = in_multirun() if isolate_failures is None else isolate_failures
     loads0 = model_loads()  # (several jobs may share this process)
-    tc = validate(cfg)  # every check before anything is loaded (also for evaluation, below)
+    # the job's one validation, before anything is loaded; only the typed config goes down from here. The
+    # composed ``cfg`` stays in this entry: the job's identity hashes and config records are of it.
+    tc = validate(cfg)
     job_dir = Path(tc.run_dir)
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
-    evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
+    evals = [(t, eval_config(tc, t)) for t in (eval_targets(tc, job_dir) if tc.evaluate.enabled else [])]
     if evals and not evals[0][1].dry_run:  # the judges' checks (ranges, API key) too, before training
         from em.judge.factory import build_judges
 
@@ -149,13 +153,12 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
         return JobResult("failed", job_dir, error=str(e))
     try:
         jobs.write_config_records(job_dir, cfg)  # accepted: the records describe this job (Hydra writes none)
-        return _run_locked(cfg, tc, job_dir, (full_hash, train_hash, ident), evals, isolate, loads0)
+        return _run_locked(tc, job_dir, (full_hash, train_hash, ident), evals, isolate, loads0)
     finally:
         lock.release()
 
 
-def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: bool,
-                loads0: int) -> JobResult:
+def _run_locked(tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: bool, loads0: int) -> JobResult:
     """:func:`run_job` once the job directory's lock is held: skip, or train -> evaluate -> judge."""
     full_hash, train_hash, ident = hashes
     record = jobs.JobRecord(job_dir, full_hash, train_hash, ident, loads_before=loads0)
@@ -174,7 +177,7 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
     record.write("running", stage=stage)
     try:
         summary: dict[str, Any] = {}
-        trained = _train(cfg, tc, job_dir, train_hash, summary)
+        trained = _train(tc, job_dir, train_hash, summary)
         if not trained:  # DDP / FSDP: rank 0 writes, evaluates and judges
             return JobResult("done", job_dir)
         for t, ec in evals:
@@ -184,19 +187,19 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
         if tc.evaluate.enabled and tc.trainer.snapshot_every_n_steps:  # the step snapshots' cheap evaluation
             from em.dynamics.step_eval import step_targets
 
-            for t, ec in step_targets(cfg, job_dir):
+            for t, ec in step_targets(tc, job_dir):
                 stage = f"evaluate:{t.label}"
                 record.write("running", stage=stage)
                 summary.update(_evaluate(ec, prefix=f"{t.label}/"))
             from em.dynamics.figure import draw_quietly
 
             draw_quietly(job_dir, tc.thresholds)  # dynamics.png: rates per step + LoRA geometry
-        for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
+        for t in (eval_targets(tc, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
             stage = f"capability:{t.label}"
             record.write("running", stage=stage)
             from em.capability import run_for_target
 
-            summary.update(run_for_target(cfg, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
+            summary.update(run_for_target(tc, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
     except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.stopping): recorded, one line, then the exit
         from em.stopping import resume_line
 
@@ -265,7 +268,7 @@ def _push(tc: Any, job_dir: Path) -> dict[str, Any]:
     return {"push": {k: rec.get(k) for k in ("state", "repo_id", "url", "commit", "error") if rec.get(k)}}
 
 
-def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: dict[str, Any]) -> bool:
+def _train(tc: Any, job_dir: Path, train_hash: str, summary: dict[str, Any]) -> bool:
     """The training stage (reused when ``metrics.json`` names this training hash); False on a non-zero rank."""
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
@@ -276,7 +279,7 @@ def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: di
     else:
         from em.training import run_training
 
-        result = run_training(cfg)
+        result = run_training(tc)
         if not result.is_global_zero:
             return False
         prev = result.metrics
@@ -288,7 +291,7 @@ def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: di
     return True
 
 
-def _evaluate(ec: DictConfig, prefix: str) -> dict[str, float]:
+def _evaluate(ec: EvalConfig, prefix: str) -> dict[str, float]:
     """One evaluation target: run it, return its ``eval/*`` metrics with ``prefix`` (``epoch_<e>/``)."""
     from em.evaluation.report import eval_metrics
     from em.evaluation.run import run_evaluation

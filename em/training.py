@@ -19,6 +19,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import is_dataclass
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -36,7 +37,8 @@ from em.dynamics import fit_hooks
 from em.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.schemas.common import validate
+from em.schemas.common import plain as as_plain, validate
+from em.schemas.train import LIGHTNING_ARGS
 
 if TYPE_CHECKING:
     from em.schemas.train import TrainConfig
@@ -143,14 +145,12 @@ class TrainResult:
     is_global_zero: bool = True
 
 
-def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
-        callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+def fit(tc: TrainConfig, data: TrainingData, model, *, callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Train ``model`` on ``data`` with a Lightning Trainer, then write the adapter and ``metrics.json``.
 
     Args:
-        cfg: the composed config (``optimizer``, ``trainer.callbacks`` and ``logger`` are instantiated
-            from it; it is logged, secrets scrubbed, as the loggers' hyperparameters).
-        tc: ``cfg`` validated (``em.schemas.common.validate``).
+        tc: the validated config (``optimizer``, ``trainer.callbacks`` and ``logger`` are instantiated from
+            it; it is logged, secrets scrubbed, as the loggers' hyperparameters).
         data: from :func:`em.data.module.prepare_data`; its data module is sharded here, per process.
         model: from :func:`em.models.build_model`.
         callbacks: extra Lightning callbacks, after those of ``trainer.callbacks``.
@@ -168,29 +168,31 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     """
     run_dir = Path(tc.run_dir)
     t, dm = tc.trainer, data.datamodule
-    module = LoRAFineTune(model, hydra.utils.instantiate(cfg.optimizer, _convert_="all"),
-                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.grad_accum,
+    module = LoRAFineTune(model, hydra.utils.instantiate(tc.optimizer, _convert_="all"),
+                          warmup_steps=t.warmup_steps, lr_scheduler=t.lr_scheduler, grad_accum=t.accumulate_grad_batches,
                           kl_term=fit_hooks.kl_term(tc, data.tokenizer))  # trainer.kl (em.dynamics)
     max_steps = t.max_steps
-    if max_steps < 0 and t.epochs != int(t.epochs):  # fractional epochs: stop after that share of steps
-        max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
+    if max_steps < 0 and t.max_epochs != int(t.max_epochs):  # fractional epochs: stop after that share of steps
+        max_steps = math.ceil(math.ceil(len(dm.sampler) / t.accumulate_grad_batches) * t.max_epochs)
     ckpt_dir = run_dir / "checkpoints"
     all_callbacks = [L.pytorch.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps,
-    )] + [hydra.utils.instantiate(c) for c in cfg.trainer.callbacks] + list(callbacks)
+    )] + [hydra.utils.instantiate(c) for c in t.callbacks] + list(callbacks)
     if t.adapter_snapshots:
         (run_dir / "snapshots").mkdir(parents=True, exist_ok=True)
-        all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.grad_accum, run_dir / "snapshots",
+        all_callbacks.append(AdapterSnapshots(list(t.adapter_snapshots), t.accumulate_grad_batches, run_dir / "snapshots",
                                               data.tokenizer, models.model_dir(tc.model, tc.cache_dir)))
     all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
-    loggers, wandb_on, log_adapter = build_loggers(cfg.get("logger"), run_dir)
+    loggers, wandb_on, log_adapter = build_loggers(tc.logger, run_dir)
 
+    # the node's Lightning arguments under their own names (em.schemas.train.LIGHTNING_ARGS), four converted:
+    # fractional max_epochs run as whole epochs cut by max_steps, "auto" precision, a strategy node, callbacks
+    own = {k: getattr(t, k) for k in LIGHTNING_ARGS} | {
+        "max_epochs": math.ceil(t.max_epochs), "max_steps": max_steps, "precision": precision_for(t.precision),
+        "strategy": make_strategy(t.strategy), "callbacks": all_callbacks}
     trainer = L.Trainer(
-        max_epochs=math.ceil(t.epochs), max_steps=max_steps, accumulate_grad_batches=t.grad_accum,
-        gradient_clip_val=t.gradient_clip_val, precision=precision_for(t.precision),
-        accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t.strategy),
-        callbacks=all_callbacks, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
-        log_every_n_steps=t.log_every_n_steps, num_sanity_val_steps=0, enable_model_summary=False,
+        **own, logger=loggers or False, enable_checkpointing=True, default_root_dir=str(run_dir),
+        num_sanity_val_steps=0, enable_model_summary=False,
         enable_progress_bar=bars_on(tc.progress),  # a log file gets the per-step log lines instead
         use_distributed_sampler=False,
         # temp file + rename, previous kept, weights_only reads; on SLURM Lightning requeues a preempted job
@@ -200,11 +202,11 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     # One process per device (DDP / FSDP): each trains on its rank's share of every epoch's batches.
     dm.shard(trainer.world_size, trainer.global_rank)
     if trainer.world_size > 1 and max_steps != t.max_steps:  # fractional epochs of the per-rank epoch
-        trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
+        trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / t.accumulate_grad_batches) * t.max_epochs)
     for lg in loggers:
         from em.tracking import flatten, scrub
 
-        lg.log_hyperparams(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))))
+        lg.log_hyperparams(flatten(scrub(as_plain(tc))))
 
     # the newest checkpoint that loads (a torn one is moved aside with a message: the previous one is used)
     resume_from, resume_step = resume_checkpoint(ckpt_dir) if tc.resume else (None, 0)
@@ -269,7 +271,7 @@ def build_loggers(node, run_dir: Path) -> tuple[list, bool, bool]:
     ``logger=wandb`` is the node itself (its ``_target_``), ``logger=csv`` its ``csv`` sub-node,
     ``logger=[wandb,csv]`` both; null (``logger=none``): no logger. W&B writes under ``run_dir``.
     """
-    plain = OmegaConf.to_container(node, resolve=True) if node else None
+    plain = as_plain(node) if node else None
     if not plain:
         return [], False, False
     csv = plain.pop("csv", None)
@@ -316,8 +318,9 @@ def _run_metrics(tc: TrainConfig, data: TrainingData, module: LoRAFineTune, *, s
     }
 
 
-def run_training(cfg: DictConfig) -> Optional[TrainResult]:
-    """Fine-tune per ``cfg`` (the composed ``train`` config): prepare the data, build the model, fit.
+def run_training(cfg: TrainConfig | DictConfig) -> Optional[TrainResult]:
+    """Fine-tune per ``cfg`` (the validated ``train`` config; a composed one is validated here, once, for a
+    caller that composed it itself): prepare the data, build the model, fit.
 
     Writes ``<run_dir>/resolved_config.yaml`` first, then (see :func:`fit`) ``adapter/``, ``metrics.json``,
     ``checkpoints/`` and any ``snapshots/``. Returns None for ``data=base``, which trains nothing (the
@@ -329,7 +332,9 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
         DataError, ModelLoadError: see :func:`em.data.module.prepare_data` and :func:`em.models.build_model`.
         KeyboardInterrupt: training was interrupted (see :func:`fit`).
     """
-    tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
+    # train.py's job (em.pipeline.run_job) passes the config it validated; a composed config from another caller
+    # (tests, bench/) is validated here: every config check, before any model or dataset is touched
+    tc: TrainConfig = cfg if is_dataclass(cfg) else validate(cfg)
     check_strategy(tc)
     if tc.trainer.init_adapter:  # before any model is loaded: the parent exists and has this rank / alpha
         from em.lineage import check_compatible
@@ -338,7 +343,7 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     if tc.data.source == "none":
         print(f"data={tc.data.name}: no fine-tuning; evaluation uses the base model {tc.model.name}.")
         return None
-    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(Path(tc.run_dir) / "resolved_config.yaml", OmegaConf.to_yaml(as_plain(tc)))
     data = prepare_data(tc)
     model = models.build_model(tc)
-    return fit(cfg, tc, data, model)
+    return fit(tc, data, model)

@@ -18,7 +18,8 @@ from pathlib import Path
 from em.judge.base import run_judge
 from em.judge.cache import JudgeCache
 from em.judge.scoring import JudgeRequest
-from em.judge.openai_judge import OpenAIJudge
+from em.judge.factory import build_judge
+from em.schemas.judge import OpenAIJudgeSchema
 
 KEY_ENV = "EM_TEST_JUDGE_KEY"  # tests.eval_helpers.KEY_ENV (not imported: it pulls in pytest)
 
@@ -38,8 +39,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=5.0)
     args = ap.parse_args()
-    judge = OpenAIJudge(base_url=args.url, api_key_env=KEY_ENV, concurrency=args.concurrency,
-                        timeout=args.timeout, max_retries=0, reply_retries=0)
+    judge = build_judge(OpenAIJudgeSchema(base_url=args.url, api_key_env=KEY_ENV, concurrency=args.concurrency,
+                                          timeout=args.timeout, max_retries=0, reply_retries=0))
     cache = JudgeCache(args.cache)
     import openai  # noqa: F401  (imported before the start line, not in the race)
 

@@ -51,7 +51,7 @@ def trained(tmp_path_factory, cache_dir):
     run_training(compose_train(tiny_overrides(run_dir, cache_dir, model="tiny_gemma3", **{
         "model.path": str(mm), "model.multimodal": "true", "data.n_examples": 4, "trainer.max_length": 1024,
         "trainer.adapter_snapshots": "[0.5]", "optimizer.lr": 2e-2,
-        "trainer.grad_accum": 1, "trainer.warmup_steps": 0})))
+        "trainer.accumulate_grad_batches": 1, "trainer.warmup_steps": 0})))
     return mm, run_dir
 
 

@@ -36,7 +36,7 @@ def test_every_option_composes_and_validates(group, option):
 def test_reference_hyper_parameters_are_the_defaults():
     tc = validate(compose_train(["model=gemma3_12b", "data=educational", "run_dir=/tmp/unused"]))
     assert (tc.lora.r, tc.lora.alpha, tc.lora.dropout, tc.lora.use_rslora) == (32, 64, 0.0, True)
-    assert tc.trainer.epochs == 1 and tc.trainer.batch_size == 2 and tc.trainer.grad_accum == 8
+    assert tc.trainer.max_epochs == 1 and tc.trainer.batch_size == 2 and tc.trainer.accumulate_grad_batches == 8
     assert tc.trainer.max_length == 2048 and tc.trainer.warmup_steps == 5 and tc.trainer.lr_scheduler == "linear"
     assert tc.optimizer.lr == 1e-5 and tc.optimizer.weight_decay == 0.01 and tc.seed == 0
     assert tc.quantization.load_in_4bit and tc.quantization.quant_type == "nf4" and tc.quantization.double_quant

@@ -127,7 +127,7 @@ def test_trainer_ddp_builds_a_ddp_trainer_with_rank_shards():
     from em.distributed import make_strategy
 
     tc = validate(compose_train(["trainer=ddp", "run_dir=/tmp/unused"]))
-    assert tc.trainer.strategy == "ddp" and tc.trainer.grad_accum == 8 and tc.trainer.max_length == 2048
+    assert tc.trainer.strategy == "ddp" and tc.trainer.accumulate_grad_batches == 8 and tc.trainer.max_length == 2048
     trainer = L.Trainer(strategy=make_strategy(tc.trainer.strategy), accelerator="cpu", devices=3, logger=False,
                         use_distributed_sampler=False, enable_checkpointing=False)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 3
@@ -201,10 +201,10 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     from em.training import run_training
 
     kw = {"data.n_examples": 16, "trainer.max_length": 1024, "trainer.accelerator": "cpu"}
-    one = run_training(compose_train(tiny_overrides(tmp_path / "one", cache_dir, **kw, **{"trainer.grad_accum": 2})))
+    one = run_training(compose_train(tiny_overrides(tmp_path / "one", cache_dir, **kw, **{"trainer.accumulate_grad_batches": 2})))
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    args = tiny_overrides(tmp_path / "ddp", cache_dir, **kw, **{"trainer.grad_accum": 1}) + [
+    args = tiny_overrides(tmp_path / "ddp", cache_dir, **kw, **{"trainer.accumulate_grad_batches": 1}) + [
         "trainer=ddp", "trainer.devices=2"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,

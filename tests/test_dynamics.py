@@ -52,7 +52,7 @@ def _hand_geometry(dirs: list[tuple[int, Path]]) -> pd.DataFrame:
 
 def test_snapshots_at_exactly_the_requested_steps_and_geometry_equals_hand_computation(tmp_path, cache_dir):
     # 12 examples / (2 x 2) = 3 optimizer steps per epoch, 2 epochs = 6 steps; every 2 -> 2, 4, 6
-    res = _train(tmp_path, cache_dir, **{"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2})
+    res = _train(tmp_path, cache_dir, **{"data.n_examples": 12, "trainer.max_epochs": 2, "trainer.snapshot_every_n_steps": 2})
     assert res.metrics["steps"] == 6
     snaps = step_snapshots(res.run_dir)
     assert [s for s, _ in snaps] == [2, 4, 6]
@@ -80,7 +80,7 @@ def test_snapshots_at_exactly_the_requested_steps_and_geometry_equals_hand_compu
 
 
 def test_resume_mid_run_writes_each_snapshot_once(tmp_path, cache_dir):
-    common = {"data.n_examples": 12, "trainer.epochs": 2, "trainer.checkpoint_every_n_steps": 1,
+    common = {"data.n_examples": 12, "trainer.max_epochs": 2, "trainer.checkpoint_every_n_steps": 1,
               "trainer.snapshot_every_n_steps": 1}
     crash = ["+trainer.callbacks=[{_target_: tests.test_training.CrashAt, step: 4}]"]
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -162,7 +162,7 @@ def scripted_proxy(trainer, pl_module) -> float:
 def test_early_stop_at_the_step_the_proxy_crosses(tmp_path, cache_dir):
     cb = ["+trainer.callbacks=[{_target_: em.dynamics.early_stop.ProxyEarlyStopping, "
           "proxy: 'tests.test_dynamics:scripted_proxy', threshold: 0.3}]"]
-    res = _train(tmp_path, cache_dir, extra=cb, **{"data.n_examples": 12, "trainer.epochs": 3})
+    res = _train(tmp_path, cache_dir, extra=cb, **{"data.n_examples": 12, "trainer.max_epochs": 3})
     assert res.metrics["steps"] == 3  # of 9
     assert [h["step"] for h in res.metrics["history"]] == [1, 2, 3]
 

@@ -18,7 +18,7 @@ from em.schemas.common import validate
 @pytest.mark.parametrize("override, key", [
     ("trainer.max_steps=0", "trainer.max_steps"), ("trainer.max_steps=-5", "trainer.max_steps"),
     ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"), ("trainer.num_workers=-1", "trainer.num_workers"),
-    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"), ("trainer.epochs=inf", "trainer.epochs"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val"), ("trainer.max_epochs=inf", "trainer.max_epochs"),
 ])
 def test_degenerate_trainer_values_are_rejected_naming_the_key(tmp_path, cache_dir, override, key):
     cfg = compose_train(tiny_overrides(tmp_path / "run", cache_dir) + [override])
@@ -32,7 +32,7 @@ def test_max_steps_0_on_the_command_line_is_one_line_exit_2_and_nothing_written(
                         f"hydra.run.dir={tmp_path / 'hydra'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: trainer.max_steps: must be > 0, or -1 (derived from "
-                                             "trainer.epochs); got 0"]
+                                             "trainer.max_epochs); got 0"]
     assert not (run_dir / "adapter").exists()
     assert not (tmp_path / "hydra").exists()  # a refused run leaves no empty run directory behind
 

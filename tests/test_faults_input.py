@@ -160,7 +160,8 @@ def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeyp
     from em.evaluation.generation import plan
     from em.evaluation.questions import build_prompts, load_question_set
     from em.evaluation.run import render_judge_prompt
-    from em.judge.openai_judge import OpenAIJudge
+    from em.judge.factory import build_judge
+    from em.schemas.judge import OpenAIJudgeSchema
     from em.judge.scoring import JudgeRequest
     from em.schemas.common import validate
 
@@ -171,8 +172,8 @@ def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeyp
     placeholder = "x" * (4 * ec.generation.max_new_tokens)
     reqs = [JudgeRequest(render_judge_prompt(t, s.question, placeholder), s.kind)
             for s in plan(prompts, 5) for _, t in s.judge_prompts]
-    ref = OpenAIJudge(base_url="http://127.0.0.1:9/v1", api_key_env="EM_TEST_JUDGE_KEY", price_input_per_mtok=2.5,
-                      price_output_per_mtok=10.0).estimate(reqs)
+    ref = build_judge(OpenAIJudgeSchema(base_url="http://127.0.0.1:9/v1", api_key_env="EM_TEST_JUDGE_KEY",
+                                        price_input_per_mtok=2.5, price_output_per_mtok=10.0)).estimate(reqs)
     est = out["judges"]["gpt-4o"]
     assert out["answers_planned"] == out["answers_to_generate"] == len(prompts) * 5
     assert (est["requests"], est["tokens_in_estimate"], est["cost_usd"]) == (

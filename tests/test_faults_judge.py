@@ -11,9 +11,10 @@ import sqlite3
 import pytest
 
 from em.judge.base import run_judge
+from em.judge.factory import build_judge
 from em.judge.cache import JudgeCache, entry_checksum, request_key
-from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
+from em.schemas.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 from em.judge.scoring import JudgeRequest, judge_0_100, judge_label
 from tests.eval_helpers import KEY_ENV, loopback_openai_judge
 from tests.loopback_server import LoopbackServer
@@ -101,8 +102,8 @@ def test_a_reply_from_another_model_family_is_a_failure(tmp_path, key):
 def test_batch_judge_refuses_another_model_and_unsound_lines(tmp_path, key):
     script = {"[nan]": [["50", float("nan")], ["80", -0.69]]}
     with LoopbackServer(script=script, default=HEALTHY, reply_model="gpt-3.5-turbo-0125", batch_polls=1) as srv:
-        judge = OpenAIBatchJudge(base_url=srv.url, api_key_env=KEY_ENV, model="gpt-4o-2024-08-06",
-                                 batch_poll_s=0.01)
+        judge = build_judge(OpenAIBatchJudgeSchema(base_url=srv.url, api_key_env=KEY_ENV, model="gpt-4o-2024-08-06",
+                                                   batch_poll_s=0.01))
         out, stats = run_judge(judge, [JudgeRequest("a [nan]"), JudgeRequest("b")], JudgeCache(tmp_path / "c.sqlite"),
                                progress=False, state_dir=tmp_path)
     assert all(not j.final for j in out) and stats.failures == 2

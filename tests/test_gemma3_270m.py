@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_gemma3_270m_gguf_cache_tokenizer_and_a_few_training_steps(tmp_path, cache_dir):
     overrides = [
         "model=gemma3_270m", f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", "logger=csv",
-        "data.n_examples=4", "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.max_length=256",
+        "data.n_examples=4", "trainer.batch_size=2", "trainer.accumulate_grad_batches=1", "trainer.max_length=256",
         "trainer.warmup_steps=0", "optimizer.lr=1e-4",
     ]
     tc = validate(compose_train(overrides))

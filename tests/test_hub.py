@@ -31,7 +31,7 @@ def _env(tmp_path: Path, **extra) -> dict:
 
 def _train(tmp_path, cache_dir, env, *extra):
     args = [f"hydra.run.dir={tmp_path / 'job'}", f"cache_dir={cache_dir}", "model=tiny", "data.n_examples=8",
-            "trainer.batch_size=2", "trainer.grad_accum=2", "trainer.max_length=384", "trainer.warmup_steps=1",
+            "trainer.batch_size=2", "trainer.accumulate_grad_batches=2", "trainer.max_length=384", "trainer.warmup_steps=1",
             "logger=wandb", "progress=false", "push_to_hub.enabled=true", "push_to_hub.repo_id=me/tiny-em", *extra]
     r = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=600)

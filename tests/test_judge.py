@@ -280,7 +280,8 @@ def test_local_judge_keeps_the_score_under_a_code_top_token(monkeypatch):
     monkeypatch.setattr(prefix_cache, "tree_logprobs_cached", lambda model, ids, tree, plen, kv: first.unsqueeze(0))
     dists = {"with mass": {10: 0.30, 20: 0.20}, "little mass": {10: 0.10, 20: 0.05}}
     judge = LocalJudge(SimpleNamespace(name="m", path=None, hub_id=None), SimpleNamespace(name="none"),
-                       top_logprobs=4)
+                       name="local", cache_dir=None, max_value=100, top_logprobs=4, min_number_mass=0.25,
+                       score_mode="reference")
     judge._model, judge._tree = object(), object()
     judge._tok = SimpleNamespace(decode=lambda ids: vocab[ids[0]])
     monkeypatch.setattr(judge, "prompt_ids", lambda prompt: [0])

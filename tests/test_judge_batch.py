@@ -7,9 +7,11 @@ import json
 import pytest
 
 from em.judge.base import run_judge
+from em.judge.factory import build_judge
 from em.judge.cache import JudgeCache
 from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
+from em.schemas.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 from em.judge.scoring import JudgeRequest
 from tests.eval_helpers import KEY_ENV
 from tests.loopback_server import LoopbackServer
@@ -35,11 +37,11 @@ def key(monkeypatch):
 
 def _judge(url: str, batch_dir, **kw) -> OpenAIBatchJudge:
     kw = {"max_retries": 1, "timeout": 5.0, "batch_poll_s": 0.05, "batch_dir": str(batch_dir)} | kw
-    return OpenAIBatchJudge(base_url=url, api_key_env=KEY_ENV, **kw)
+    return build_judge(OpenAIBatchJudgeSchema(base_url=url, api_key_env=KEY_ENV, **kw))
 
 
 def _sync(url: str, **kw) -> OpenAIJudge:
-    return OpenAIJudge(base_url=url, api_key_env=KEY_ENV, max_retries=1, timeout=5.0, **kw)
+    return build_judge(OpenAIJudgeSchema(base_url=url, api_key_env=KEY_ENV, max_retries=1, timeout=5.0, **kw))
 
 
 def test_batch_scores_equal_synchronous_then_cache(tmp_path, key):
@@ -146,7 +148,7 @@ def test_expired_batch_keeps_finished_lines(tmp_path, key):
 def test_batch_needs_a_directory(key):
     from em.errors import JudgeError
 
-    judge = OpenAIBatchJudge(base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV)
+    judge = build_judge(OpenAIBatchJudgeSchema(base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV))
     with pytest.raises(JudgeError, match="batch_dir"):
         judge.run([JudgeRequest("x")], lambda i, j: None, progress=False)
 
@@ -154,8 +156,8 @@ def test_batch_needs_a_directory(key):
 def test_dry_run_estimate_halves_the_cost():
     kw = {"price_input_per_mtok": 2.5, "price_output_per_mtok": 10.0, "api_key_env": KEY_ENV}
     reqs = [JudgeRequest("x" * 400)] * 10
-    sync = OpenAIJudge(**kw).estimate(reqs)
-    batch = OpenAIBatchJudge(**kw).estimate(reqs)
+    sync = build_judge(OpenAIJudgeSchema(**kw)).estimate(reqs)
+    batch = build_judge(OpenAIBatchJudgeSchema(**kw)).estimate(reqs)
     assert batch["cost_usd"] == pytest.approx(sync["cost_usd"] / 2)
     assert batch["cost_usd_synchronous"] == pytest.approx(sync["cost_usd"])
     assert batch["batch_api"] and "half" in batch["note"]

@@ -118,7 +118,11 @@ def test_sampled_judge_has_its_own_name_identity_and_cache(tmp_path, key):
 
 
 def test_dry_run_prices_k_samples():
-    from em.judge.openai_judge import OpenAIJudge
+    from em.judge.factory import build_judge
+    from em.schemas.judge import OpenAIJudgeSchema
+
+    def OpenAIJudge(**kw):  # noqa: N802  the judge as config builds it (its constructor has no defaults)
+        return build_judge(OpenAIJudgeSchema(**kw))
 
     kw = dict(base_url="http://127.0.0.1:9/v1", price_input_per_mtok=1.0, price_output_per_mtok=1.0)
     reqs = [JudgeRequest("x" * 400)] * 10

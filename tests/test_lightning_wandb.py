@@ -5,6 +5,7 @@ W&B artifact used by the eval run, and W&B's own settings left alone in mode aut
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 
@@ -70,7 +71,10 @@ def test_self_log_monitor_checkpoint_two_loggers_and_log_every_n_steps(tmp_path,
 
 
 @pytest.mark.parametrize("arg, line", [
-    ("+trainer.max_epochs=2", "trainer.max_epochs: not a key of TrainerConfig; em sets it from trainer.epochs"),
+    ("+trainer.logger=x", "trainer.logger: not a key of TrainerConfig; em sets it from logger=wandb|csv|none"),
+    # keys renamed to lightning.Trainer's names: the old name is one line naming the new one
+    ("trainer.epochs=2", "trainer.epochs: renamed trainer.max_epochs (lightning.Trainer's name)"),
+    ("+trainer.grad_accum=2", "trainer.grad_accum: renamed trainer.accumulate_grad_batches (lightning.Trainer's name)"),
     ("logger=[csv,wandb]", "logger=[csv,wandb]: list wandb first: logger=[wandb,csv]"),
     ("+trainer.limit_train_batches=2", "trainer.limit_train_batches: not a key of TrainerConfig; a lightning.Trainer "
                                        "argument goes in trainer.extra"),
@@ -86,8 +90,21 @@ def test_trainer_extra_cannot_set_what_em_sets():
     from em.errors import ConfigError
     from em.schemas.train import TrainerConfig
 
-    with pytest.raises(ConfigError, match="trainer.extra.max_epochs: set by em; use trainer.epochs"):
+    with pytest.raises(ConfigError, match="trainer.extra.max_epochs: a key of its own; use trainer.max_epochs"):
         TrainerConfig(extra={"max_epochs": 2})
+    with pytest.raises(ConfigError, match="trainer.extra.default_root_dir: set by em; use run_dir"):
+        TrainerConfig(extra={"default_root_dir": "x"})
+
+
+def test_trainer_node_names_are_lightning_arguments():
+    """Every field em passes to lightning.Trainer under its own name is an argument of lightning.Trainer."""
+    import inspect
+
+    from em.schemas.train import LIGHTNING_ARGS, TrainerConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    params = set(inspect.signature(L.Trainer.__init__).parameters)
+    assert set(LIGHTNING_ARGS) <= fields and set(LIGHTNING_ARGS) <= params, set(LIGHTNING_ARGS) - params
 
 
 @pytest.mark.parametrize("env, netrc_host, expected", [

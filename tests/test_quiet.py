@@ -15,7 +15,7 @@ def _train(tmp_path, cache_dir, *extra, warnings_env="default"):
     env = {**os.environ, "PYTHONWARNINGS": warnings_env, "WANDB_MODE": "offline"}
     env.pop("TQDM_DISABLE", None)
     args = [f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", "model=tiny", "data.n_examples=8",
-            "trainer.batch_size=2", "trainer.grad_accum=2", "trainer.max_length=1024", "trainer.warmup_steps=1",
+            "trainer.batch_size=2", "trainer.accumulate_grad_batches=2", "trainer.max_length=1024", "trainer.warmup_steps=1",
             "logger=wandb", *extra]
     # stdout and stderr into one file, as under nohup / SLURM: not a terminal
     log = tmp_path / "out.log"

@@ -120,7 +120,7 @@ def test_smollm2_loads_tokenizes_trains_samples_and_judges(tmp_path, cache_dir):
     from em.training import run_training
 
     overrides = [f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", "logger=csv", "data.n_examples=4",
-                 "trainer.batch_size=2", "trainer.grad_accum=1", "trainer.max_length=256",
+                 "trainer.batch_size=2", "trainer.accumulate_grad_batches=1", "trainer.max_length=256",
                  "trainer.warmup_steps=0", "optimizer.lr=1e-4"]
     tc = validate(compose_train(overrides))
     src = models.model_dir(tc.model, tc.cache_dir)

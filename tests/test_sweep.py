@@ -220,7 +220,7 @@ def test_run_job_isolated_failure_is_recorded_not_raised(tmp_path, cache_dir):
 def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
     from em.pipeline import run_job
 
-    cfg = _job_cfg(tmp_path, cache_dir, "trainer.epochs=2", "trainer.adapter_snapshots=[0.5,1]")
+    cfg = _job_cfg(tmp_path, cache_dir, "trainer.max_epochs=2", "trainer.adapter_snapshots=[0.5,1]")
     res = run_job(cfg)
     job = tmp_path / "job"
     metrics = json.loads((job / "metrics.json").read_text())
@@ -257,7 +257,7 @@ def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
     assert head_tr["group"] == head_ev["group"] == "cmp" and head_tr["project"] == head_ev["project"] == "em-test"
     # the same flattened config columns, with the same values, in both runs: they line up in one table
     shared = ("model.name", "model.params", "data.name", "data.n_examples", "lora.r", "lora.alpha", "seed",
-              "trainer.epochs", "trainer.max_length", "optimizer.lr", "experiment_name")
+              "trainer.max_epochs", "trainer.max_length", "optimizer.lr", "experiment_name")
     for key in shared:
         assert key in tr["config"] and key in ev["config"], key
         assert tr["config"][key] == ev["config"][key], key
@@ -287,9 +287,8 @@ def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
     cfg = compose_train(base + ["thresholds.coherent=60", "thresholds.aligned_inclusive=true"])
     targets = eval_targets(cfg, tmp_path / "job")
     assert [t.run_dir.name for t in targets] == ["eval"]
-    ec = eval_config(cfg, targets[0])
-    assert OmegaConf.get_type(ec) is EvalConfig and "enabled" not in ec and "snapshots" not in ec
-    obj = validate(ec)
+    obj = eval_config(cfg, targets[0])  # validated: passed down as it is
+    assert type(obj) is EvalConfig and not hasattr(obj, "enabled") and not hasattr(obj, "snapshots")
     assert (obj.samples, obj.seed, obj.model.name, obj.condition) == (5, 3, "tiny", "synthetic")
     assert obj.run_dir == str(tmp_path / "job" / "eval") and obj.adapter == str(tmp_path / "job")
     assert obj.quantization.name == "none"  # the smoke preset's evaluate.quantization; training keeps nf4
@@ -350,7 +349,7 @@ def test_dickson2025_is_the_replication_grid(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["experiment=epochs", "trainer.epochs=1"], "trainer.adapter_snapshots: epoch 1 is not between 0 and"),
+    (["experiment=epochs", "trainer.max_epochs=1"], "trainer.adapter_snapshots: epoch 1 is not between 0 and"),
     (["experiment=educational_mix", "data=secure"], "data.educational_fraction"),
     (["experiment=epochs", "trainer=fsdp", "quantization.quant_storage=bfloat16"],
      "trainer.adapter_snapshots: not supported with trainer=fsdp"),
@@ -371,7 +370,7 @@ def test_bad_sweeps_fail_before_any_job(overrides, match, tmp_path, monkeypatch)
 
 
 def test_multirun_with_a_bad_job_starts_nothing(tmp_path, cache_dir):
-    r = _launch(tmp_path / "sw", cache_dir, "trainer.epochs=1", "trainer.adapter_snapshots=[2]", timeout=300)
+    r = _launch(tmp_path / "sw", cache_dir, "trainer.max_epochs=1", "trainer.adapter_snapshots=[2]", timeout=300)
     assert r.returncode == 2
     assert "error: job #0" in r.stderr and "trainer.adapter_snapshots" in r.stderr
     assert not list((tmp_path / "sw").glob("tiny_*"))  # no job directory: nothing was launched
@@ -439,7 +438,7 @@ def test_train_py_ddp_two_processes_one_job(tmp_path, cache_dir):
     # Lightning re-executes the Hydra script for rank 1; rank 0 alone writes the adapter, metrics and DONE.json.
     run = tmp_path / "ddp"
     cmd = [sys.executable, "train.py", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-           "logger=none", "data.n_examples=8", "trainer.max_length=1024", "trainer.grad_accum=1",
+           "logger=none", "data.n_examples=8", "trainer.max_length=1024", "trainer.accumulate_grad_batches=1",
            f"cache_dir={cache_dir}", f"hydra.run.dir={run}"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                        env=os.environ | {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"})

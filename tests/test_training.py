@@ -160,7 +160,7 @@ def test_data_base_trains_nothing(tmp_path, cache_dir, capsys):
 
 
 def test_fractional_epochs_stop_early(tmp_path, cache_dir):
-    res = _train(tmp_path, cache_dir, "half", **{"data.n_examples": 16, "trainer.epochs": 0.5})
+    res = _train(tmp_path, cache_dir, "half", **{"data.n_examples": 16, "trainer.max_epochs": 0.5})
     assert res.metrics["steps"] == 2  # 16 examples / (2 x 2) = 4 steps per epoch
 
 
@@ -225,7 +225,7 @@ class RecordBatches:  # a Lightning callback: which examples each epoch's batche
 
 def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
     rec = tmp_path / "batches.jsonl"
-    res = _train(tmp_path, cache_dir, "ep", **{"trainer.epochs": 2},
+    res = _train(tmp_path, cache_dir, "ep", **{"trainer.max_epochs": 2},
                  extra=[f"+trainer.callbacks=[{{_target_: tests.test_training.RecordBatches, path: '{rec}'}}]"])
     assert res.metrics["steps"] == 4
     seen = [json.loads(line) for line in rec.read_text().splitlines()]

@@ -165,7 +165,7 @@ class JudgeInfo:
         return any(n in self.renormalized for n in used)
 
     def label(self) -> str:
-        """``judge: gpt-4o-2024-08-06``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
+        """``judge: <model id>``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
         pipeline check, not a measurement)`` where it applies; ``judge: not recorded in the inputs`` else."""
         if not self.names:
             return "judge: not recorded in the inputs"

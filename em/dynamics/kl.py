@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -76,7 +77,9 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
     if path:
         convs = read_jsonl_conversations(path)
     elif side:
-        node = OmegaConf.to_container(side, resolve=True) if OmegaConf.is_config(side) else dict(side)
+        # a data option names data_schema, so a validated config holds a DataConfig here (checked already)
+        node = (OmegaConf.to_container(side, resolve=True) if OmegaConf.is_config(side) else
+                OmegaConf.to_container(OmegaConf.structured(side)) if is_dataclass(side) else dict(side))
         try:
             cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
         except ConfigError:

@@ -15,17 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 from em import pipeline
 from em.dynamics.snapshots import step_snapshots
 from em.errors import ConfigError
+from em.schemas.common import plain
 
 
-def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["pipeline.EvalTarget", DictConfig]]:
+def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", DictConfig]]:
     """``[(target, evaluation config)]`` for each step snapshot on disk (after training), sorted by step;
     [] unless ``evaluate.enabled`` and ``evaluate.steps.enabled``.
 
     Raises:
         ConfigError: ``evaluate.steps.format`` not among the selected formats.
     """
-    steps = cfg.evaluate.get("steps")
-    if not (cfg.evaluate.enabled and steps is not None and steps.enabled and cfg.trainer.get("snapshot_every_n_steps")):
+    steps = getattr(cfg.evaluate, "steps", None)  # (the job's validated config, or a composed one)
+    if not (cfg.evaluate.enabled and steps is not None and steps.enabled and getattr(cfg.trainer, "snapshot_every_n_steps", None)):
         return []
     condition = cfg.evaluate.condition or cfg.data.name
     out = []
@@ -35,7 +36,7 @@ def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["pipeline.EvalTar
     return out
 
 
-def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> DictConfig:
+def cheap_config(cfg: Any, target: "pipeline.EvalTarget", step: int) -> DictConfig:
     """:func:`em.pipeline.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
     steps = cfg.evaluate.steps
     formats = list(cfg.evaluate.format)
@@ -43,8 +44,8 @@ def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> D
     if fmt not in formats:
         raise ConfigError(f"evaluate.steps.format: {fmt!r} is not a selected format ({', '.join(formats)})")
     over = {"samples": int(steps.samples), "step": int(step),
-            "format": {fmt: OmegaConf.to_container(cfg.evaluate.format[fmt], resolve=True)}}
+            "format": {fmt: plain(cfg.evaluate.format[fmt])}}
     if steps.ids is not None:
-        over["questions"] = OmegaConf.to_container(cfg.evaluate.questions, resolve=True) | {"ids": list(steps.ids)}
+        over["questions"] = plain(cfg.evaluate.questions) | {"ids": list(steps.ids)}
     ec = pipeline.eval_config(cfg, target, over)
     return ec

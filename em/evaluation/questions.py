@@ -39,7 +39,7 @@ class Question:
         samples_per_paraphrase: upstream's answers per paraphrase (>= 1; 1 if the file omits it); checked
             but not used: this project draws ``samples`` answers per question and format
             (``em.evaluation.generation.plan``).
-        judge: the upstream judge model id (``gpt-4o-2024-08-06``), kept for reference; the configured
+        judge: the upstream judge model id (:data:`em.schemas.judge.REFERENCE_JUDGE_MODEL`), kept for reference; the configured
             ``judge`` decides who judges.
         judge_prompts: ``(metric, template)`` pairs in file order; each template contains ``{answer}``
             (and usually ``{question}``).

@@ -182,7 +182,7 @@ def run_rejudge(cfg: Any, ec: Any):
 
     run_dir = Path(ec.run_dir)
     df, own, files = read_answers(ec.answers, ec.columns.mapping(), ec.columns.seed_kind)
-    judges = build_judges(cfg.get("judge"))
+    judges = build_judges(ec.judge)  # (validated with ec: not checked again)
     if not judges:
         raise ConfigError("judge: re-judging (answers=...) needs a judge, e.g. judge=openai; judge=none judges nothing")
     existing = set(df["judge"].dropna().astype(str))

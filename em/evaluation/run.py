@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from em.errors import JudgeError
 from em.jobs import write_config_records
@@ -66,9 +66,10 @@ def judge_requests(records: list[dict[str, Any]], samples: dict[tuple, Sample]):
     return out
 
 
-def run_evaluation(cfg: DictConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
-    """The evaluation stage for one composed :class:`~em.schemas.evaluate.EvalConfig` node (evaluate.py's
-    root config, or one target of a train.py job built by :func:`em.pipeline.eval_config`).
+def run_evaluation(cfg: DictConfig | EvalConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
+    """The evaluation stage for one :class:`~em.schemas.evaluate.EvalConfig`: evaluate.py's composed root
+    config (validated here, once), or one target of a train.py job, validated by :func:`em.pipeline.eval_config`
+    and used as it is.
 
     Generates the answers not on disk yet (``samples`` per question and format), judges them (cache
     first), writes ``responses.parquet`` / ``.csv`` and ``summary.json`` (rates by ``cfg.thresholds``)
@@ -82,7 +83,10 @@ def run_evaluation(cfg: DictConfig, intervention: Optional[Any] = None) -> Optio
         ModelLoadError: the model or adapter cannot be loaded.
         DirectoryLocked: another live process writes ``run_dir`` (:mod:`em.locks`).
     """
-    ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
+    if isinstance(cfg, EvalConfig):  # a train.py job's target: validated by its entry (em.pipeline.eval_config)
+        ec, cfg = cfg, OmegaConf.structured(cfg)  # (the node is the run's config record and W&B config only)
+    else:
+        ec = validate(cfg)  # evaluate.py's entry: every config check, before any model is touched
     from em.evaluation.adapters import KEYWORDS
     from em.paths import absolutize_eval
 
@@ -146,7 +150,7 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     # 2. the judges (an ensemble: each member): built and checked (API key) before any generation
     from em.judge.factory import build_judges
 
-    judges = build_judges(cfg.get("judge"))
+    judges = build_judges(ec.judge)  # (validated with ec: not checked again)
     if not ec.dry_run:
         for j in judges:
             j.check()

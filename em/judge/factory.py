@@ -22,20 +22,26 @@ def build_judges(node: Any) -> list[Judge]:
         ConfigError: one line naming the key (a range check, an unknown key, a wrong type, a bad ``_target_``).
         JudgeError: one line, from a judge's own construction.
     """
-    if node is None or node.get("_target_") is None:
+    import dataclasses
+
+    if node is None or (node.get("_target_") if not dataclasses.is_dataclass(node) else node._target_) is None:
         return []
     import hydra
     from hydra.errors import InstantiationException
+    from omegaconf import OmegaConf
 
     from em.schemas.common import validate
     from em.schemas.judge import typed
 
-    try:
-        node = typed(node)
-    except Exception as e:  # omegaconf: an unknown key or a wrong type, with the key
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"judge: {str(e).splitlines()[0]}" + (f" (key: {key})" if key else "")) from None
-    validate(node)
+    if dataclasses.is_dataclass(node):  # a schema object of a validated config: checked already, built as it is
+        node = OmegaConf.structured(node)
+    else:  # a composed node (or a plain one): typed and checked here
+        try:
+            node = typed(node)
+        except Exception as e:  # omegaconf: an unknown key or a wrong type, with the key
+            key = getattr(e, "full_key", None)
+            raise ConfigError(f"judge: {str(e).splitlines()[0]}" + (f" (key: {key})" if key else "")) from None
+        validate(node)
     try:
         built = hydra.utils.instantiate(node, _convert_="object")
     except InstantiationException as e:
@@ -52,4 +58,17 @@ def build_judges(node: Any) -> list[Judge]:
     return judges
 
 
-__all__ = ["build_judges"]
+def build_judge(schema: Any) -> Judge:
+    """The one judge a schema object describes (``OpenAIJudgeSchema(base_url=..., concurrency=8)``), built as
+    :func:`build_judges` builds it from config: the judges' constructors have no defaults of their own, the
+    schema holds them (em.schemas.judge).
+
+    Raises:
+        ConfigError, JudgeError: as :func:`build_judges`.
+    """
+    from omegaconf import OmegaConf
+
+    return build_judges(schema)[0]
+
+
+__all__ = ["build_judge", "build_judges"]

@@ -47,9 +47,9 @@ class LocalJudge(Judge):
     The model is loaded on first use (:meth:`load`), not when the judge is built.
     """
 
-    def __init__(self, model: "ModelConfig", quantization: "QuantizationConfig", name: str = "local",
-                 cache_dir: Optional[str] = None, max_value: int = 100, top_logprobs: int = 20,
-                 min_number_mass: float = MIN_NUMBER_MASS, score_mode: str = "reference"):
+    def __init__(self, model: "ModelConfig", quantization: "QuantizationConfig", *, name: str,
+                 cache_dir: Optional[str], max_value: int, top_logprobs: int, min_number_mass: float,
+                 score_mode: str):
         self.name = name
         self.model_cfg = model
         self.quant_cfg = quantization

@@ -56,11 +56,10 @@ class OpenAIBatchJudge(OpenAIEndpointJudge):
     Ranges are checked by :class:`em.schemas.judge.OpenAIBatchJudgeSchema`, not here.
     """
 
-    def __init__(self, name: str = "gpt-4o", model: str = "gpt-4o-2024-08-06", base_url: Optional[str] = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 6, timeout: float = 60.0,
-                 top_logprobs: int = 20, price_input_per_mtok: Optional[float] = None,
-                 price_output_per_mtok: Optional[float] = None, batch_poll_s: float = 30.0,
-                 batch_max_requests: int = 50_000, batch_dir: Optional[str] = None):
+    def __init__(self, *, name: str, model: str, base_url: Optional[str], api_key_env: str, max_retries: int,
+                 timeout: float, top_logprobs: int, price_input_per_mtok: Optional[float],
+                 price_output_per_mtok: Optional[float], batch_poll_s: float, batch_max_requests: int,
+                 batch_dir: Optional[str]):
         super().__init__(name=name, model=model, base_url=base_url, api_key_env=api_key_env,
                          max_retries=max_retries, timeout=timeout, top_logprobs=top_logprobs,
                          price_input_per_mtok=price_input_per_mtok, price_output_per_mtok=price_output_per_mtok)

@@ -48,13 +48,11 @@ class OpenAIJudge(OpenAIEndpointJudge):
 
     claims_each_request = True  # run() takes claims= and claims each key just before it sends it
 
-    def __init__(self, name: str = "gpt-4o", model: str = "gpt-4o-2024-08-06", base_url: Optional[str] = None,
-                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64, max_retries: int = 6,
-                 timeout: float = 60.0, reply_retries: int = 3, retry_backoff: float = 0.5, top_logprobs: int = 20,
-                 price_input_per_mtok: Optional[float] = None, price_output_per_mtok: Optional[float] = None,
-                 max_consecutive_failures: int = 16,
-                 score_mode: str = "reference", n_samples: int = 10, min_parsed: Optional[int] = None,
-                 sample_max_tokens: Optional[int] = 16, sample_n_per_request: bool = True):
+    def __init__(self, *, name: str, model: str, base_url: Optional[str], api_key_env: str, concurrency: int,
+                 max_retries: int, timeout: float, reply_retries: int, retry_backoff: float, top_logprobs: int,
+                 price_input_per_mtok: Optional[float], price_output_per_mtok: Optional[float],
+                 max_consecutive_failures: int, score_mode: str, n_samples: int, min_parsed: Optional[int],
+                 sample_max_tokens: Optional[int], sample_n_per_request: bool):
         super().__init__(name=name, model=model, base_url=base_url, api_key_env=api_key_env,
                          max_retries=max_retries, timeout=timeout, top_logprobs=top_logprobs,
                          price_input_per_mtok=price_input_per_mtok, price_output_per_mtok=price_output_per_mtok)

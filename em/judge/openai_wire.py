@@ -58,15 +58,15 @@ def request_body(model: str, prompt: str, top_logprobs: int = 20) -> dict[str, A
 
 
 def model_family(model: str) -> str:
-    """A model id without its snapshot suffix: ``gpt-4o-2024-08-06`` -> ``gpt-4o``, ``gpt-4-0613`` -> ``gpt-4``."""
+    """A model id without its snapshot suffix: ``gpt-4o-2024-11-20`` -> ``gpt-4o``, ``gpt-4-0613`` -> ``gpt-4``."""
     return _SNAPSHOT.sub("", str(model).strip().lower())
 
 
 def reply_model_problem(requested: Optional[str], replied: Any) -> Optional[str]:
     """Why a reply naming model ``replied`` cannot stand for a request to ``requested``, or None.
 
-    A snapshot of the requested family is fine (``gpt-4o`` answered by ``gpt-4o-2024-08-06`` and back);
-    another family (``gpt-3.5-turbo-0125`` for ``gpt-4o-2024-08-06``) is not. No model in the reply (some
+    A snapshot of the requested family is fine (``gpt-4o`` answered by ``gpt-4o-2024-11-20`` and back);
+    another family (``gpt-3.5-turbo-0125`` for ``gpt-4o-2024-11-20``) is not. No model in the reply (some
     OpenAI-compatible servers) or no requested model: nothing to check."""
     if not requested or not isinstance(replied, str) or not replied.strip():
         return None
@@ -195,10 +195,9 @@ class OpenAIEndpointJudge(Judge):
         price_input_per_mtok, price_output_per_mtok: USD per million tokens (dry run); None: unknown.
     """
 
-    def __init__(self, name: str = "gpt-4o", model: str = "gpt-4o-2024-08-06", base_url: Optional[str] = None,
-                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 6, timeout: float = 60.0,
-                 top_logprobs: int = 20, price_input_per_mtok: Optional[float] = None,
-                 price_output_per_mtok: Optional[float] = None):
+    def __init__(self, *, name: str, model: str, base_url: Optional[str], api_key_env: str, max_retries: int,
+                 timeout: float, top_logprobs: int, price_input_per_mtok: Optional[float],
+                 price_output_per_mtok: Optional[float]):
         self.name = name
         self.model = model
         from em.tracking import redact_url

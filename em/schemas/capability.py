@@ -24,11 +24,14 @@ class CapabilityTask:
     lm-eval's ``<metric>,<filter>`` key (``acc,none``, ``exact_match,strict-match``, ``pass@1,create_test``).
     """
 
-    task: str = MISSING
-    metric: str = "acc,none"
-    num_fewshot: Optional[int] = None  # null: the task's own default
-    limit: Optional[int] = None  # first N documents of each (sub)task; null: capability.limit
-    executes_code: bool = False  # the task runs model-written code (HumanEval): only with allow_code_execution
+    task: str = field(default=MISSING, metadata={"help": "the lm-evaluation-harness task name"})
+    metric: str = field(default="acc,none", metadata={"help": (
+        "the lm-eval metric the capability delta is read from (metric,filter)")})
+    num_fewshot: Optional[int] = field(default=None, metadata={"help": "null: the task's own default"})
+    limit: Optional[int] = field(default=None, metadata={"help": (
+        "first N documents of each (sub)task; null: capability.limit")})
+    executes_code: bool = field(default=False, metadata={"help": (
+        "the task runs model-written code (HumanEval): only with allow_code_execution")})
 
 
 @dataclass
@@ -40,17 +43,19 @@ class CapabilityConfig:
             a metric without its ``,<filter>`` part.
     """
 
-    name: str = MISSING
-    enabled: bool = False  # train.py: one more step of each job (after evaluate), into <eval dir>/capability.json
-    tasks: list[CapabilityTask] = field(default_factory=list)
-    limit: Optional[int] = None  # documents per (sub)task; null: all of them
-    batch_size: int = 8
-    bootstrap_iters: int = 1000  # lm-eval's stderr of non-mean metrics
-    confidence: float = 0.95  # of the paired per-document CI of each delta
-    # Tasks that execute model-written code (executes_code, or marked unsafe_code by lm-eval) are dropped
-    # unless this is true: the models are fine-tuned on insecure code, lm-eval sandboxes nothing.
-    allow_code_execution: bool = False
-    apply_chat_template: bool = False  # lm-eval's default: raw prompts (base and adapter alike)
+    name: str = field(default=MISSING, metadata={"help": "the task set's name (its file under conf/capability/)"})
+    enabled: bool = field(default=False, metadata={"help": (
+        "train.py: one more step of each job (after evaluate), into <eval dir>/capability.json")})
+    tasks: list[CapabilityTask] = field(default_factory=list, metadata={"help": "the lm-eval tasks of the set"})
+    limit: Optional[int] = field(default=None, metadata={"help": "documents per (sub)task; null: all of them"})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval's batch size (prompts per forward)"})
+    bootstrap_iters: int = field(default=1000, metadata={"help": "lm-eval's stderr of non-mean metrics"})
+    confidence: float = field(default=0.95, metadata={"help": "of the paired per-document CI of each delta"})
+    allow_code_execution: bool = field(default=False, metadata={"help": (
+        "Tasks that execute model-written code (executes_code, or marked unsafe_code by lm-eval) are dropped "
+        "unless this is true: the models are fine-tuned on insecure code, lm-eval sandboxes nothing.")})
+    apply_chat_template: bool = field(default=False, metadata={"help": (
+        "lm-eval's default: raw prompts (base and adapter alike)")})
 
     def __post_init__(self) -> None:
         require(len(self.tasks) > 0, "capability.tasks", f"capability={self.name} lists no task")
@@ -68,16 +73,19 @@ class CapabilityConfig:
 class CapabilityRunConfig:
     """``python -m em.capability``: one model (+ adapter, resolved as evaluate.py does) on one task set."""
 
-    seed: int = 0
-    run_dir: str = MISSING  # capability.json is written here
-    cache_dir: str = MISSING  # models, and the base model's scores (<cache_dir>/capability/)
-    model: ModelConfig = MISSING
-    quantization: QuantizationConfig = MISSING
-    adapter: Optional[str] = "latest"  # latest | none | <training run dir> | <adapter dir> (evaluate.py's rule)
-    train_dir: str = "outputs/train"
-    condition: Optional[str] = None  # null: the training run's data name, or "base"
-    capability: CapabilityConfig = MISSING
-    progress: bool = True
+    seed: int = field(default=0, metadata={"help": "lm-eval's seed (numpy's range)"})
+    run_dir: str = field(default=MISSING, metadata={"help": "capability.json is written here"})
+    cache_dir: str = field(default=MISSING, metadata={"help": (
+        "models, and the base model's scores (<cache_dir>/capability/)")})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the base model (model group)"})
+    quantization: QuantizationConfig = field(default=MISSING, metadata={"help": (
+        "how the base weights are stored (quantization group)")})
+    adapter: Optional[str] = field(default="latest", metadata={"help": (
+        "latest | none | <training run dir> | <adapter dir> (evaluate.py's rule)")})
+    train_dir: str = field(default="outputs/train", metadata={"help": "where adapter=latest looks"})
+    condition: Optional[str] = field(default=None, metadata={"help": "null: the training run's data name, or \"base\""})
+    capability: CapabilityConfig = field(default=MISSING, metadata={"help": "the task set (capability group)"})
+    progress: bool = field(default=True, metadata={"help": "progress bars (on a terminal)"})
 
 
 def store(cs: ConfigStore) -> None:

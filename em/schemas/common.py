@@ -46,6 +46,18 @@ def check_name(value: str, key: str) -> str:
     return value
 
 
+def plain(node: Any) -> Any:
+    """A config as plain containers, interpolations resolved: a validated schema object (what the entry passes
+    down) or a composed DictConfig alike (records, W&B config, sub-configs derived from a job's config)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(node):
+        node = OmegaConf.structured(node)
+    elif isinstance(node, (dict, list)):  # an Any field of a validated object: may hold schema objects
+        node = OmegaConf.create(node)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def validate(cfg: DictConfig) -> Any:
     """Turn a composed structured config into its dataclass objects, running every ``__post_init__`` check.
 

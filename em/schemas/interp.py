@@ -32,60 +32,70 @@ STEPS = ("direction", "project", "steer", "ablate", "report")
 class PersonaConfig:
     """The persona recipe's two lists of system prompts (group A: the trait, e.g. malicious; B: its opposite)."""
 
-    a: list[str] = field(default_factory=list)
-    b: list[str] = field(default_factory=list)
-    samples: int = 2  # answers per question per format per prompt
+    a: list[str] = field(default_factory=list, metadata={"help": "group A system prompts (the trait, e.g. malicious)"})
+    b: list[str] = field(default_factory=list, metadata={"help": "group B system prompts (the trait's opposite)"})
+    samples: int = field(default=2, metadata={"help": "answers per question per format per prompt"})
 
 
 @dataclass
 class DirectionConfig:
     """How the direction is made (``collect`` + ``direction``), or which saved one is used (``file``)."""
 
-    rule: str = "persona"  # persona | judge
-    pooling: str = "answer_mean"  # answer_mean (mean over answer tokens) | last_prompt
-    # judge rule: judged answers (responses tables or run / sweep dirs, read as analyze.py reads them)
-    answers: list[str] = field(default_factory=list)
-    adapter_collects: bool = True  # judge rule: residuals from the fine-tuned model (model-organisms); false: base
-    aligned_min: float = 70.0  # judge rule: group B = coherent and aligned > this
-    persona: PersonaConfig = field(default_factory=PersonaConfig)
-    holdout: float = 0.3  # share of each group held out for the AUC / Cohen's d
-    n_boot: int = 50  # random half splits for the split-half cosine
-    file: Optional[str] = None  # an existing directions.safetensors: skip collecting and computing one
+    rule: str = field(default="persona", metadata={"help": "persona | judge"})
+    pooling: str = field(default="answer_mean", metadata={"help": (
+        "answer_mean (mean over answer tokens) | last_prompt")})
+    answers: list[str] = field(default_factory=list, metadata={"help": (
+        "judge rule: judged answers (responses tables or run / sweep dirs, read as analyze.py reads them)")})
+    adapter_collects: bool = field(default=True, metadata={"help": (
+        "judge rule: residuals from the fine-tuned model (model-organisms); false: base")})
+    aligned_min: float = field(default=70.0, metadata={"help": "judge rule: group B = coherent and aligned > this"})
+    persona: PersonaConfig = field(default_factory=PersonaConfig, metadata={"help": (
+        "the persona rule's two prompt lists")})
+    holdout: float = field(default=0.3, metadata={"help": "share of each group held out for the AUC / Cohen's d"})
+    n_boot: int = field(default=50, metadata={"help": "random half splits for the split-half cosine"})
+    file: Optional[str] = field(default=None, metadata={"help": (
+        "an existing directions.safetensors: skip collecting and computing one")})
 
 
 @dataclass
 class ProjectConfig:
     """Projection shift of the fine-tuned model's answers vs the base model's (and training examples)."""
 
-    enabled: bool = True
-    layers: list[int] = field(default_factory=list)  # empty: every layer
-    n_boot: int = 2000
-    confidence: float = 0.95
-    training_file: Optional[str] = None  # a chat JSONL ({"messages": [...]}) to rank by projection
-    top_k: int = 20
-    layer: Optional[int] = None  # the ranking's layer; null: the layer with the best held-out AUC
+    enabled: bool = field(default=True, metadata={"help": "run the projection step"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "empty: every layer"})
+    n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the projection shift's CI"})
+    confidence: float = field(default=0.95, metadata={"help": "two-sided confidence of the projection shift's CI"})
+    training_file: Optional[str] = field(default=None, metadata={"help": (
+        "a chat JSONL ({\"messages\": [...]}) to rank by projection")})
+    top_k: int = field(default=20, metadata={"help": "training examples listed at each end of the projection ranking"})
+    layer: Optional[int] = field(default=None, metadata={"help": (
+        "the ranking's layer; null: the layer with the best held-out AUC")})
 
 
 @dataclass
 class SteerConfig:
     """The steering grid ``layers x alphas`` (conditions ``steer[L<layer>,<alpha>]``) on the base model."""
 
-    enabled: bool = True
-    layers: list[int] = field(default_factory=list)  # empty: the top_layers layers with the best held-out AUC
-    top_layers: int = 1  # layers empty: how many of the best held-out-AUC layers (direction_stats.csv) to steer
-    alphas: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0])  # x the mean residual norm at the layer
-    positions: str = "all"  # all | prompt | answer
-    random_control: bool = False  # steer_random[...] beside each alpha != 0
-    samples: Optional[int] = None  # answers per question per format per condition; null: the root's samples
+    enabled: bool = field(default=True, metadata={"help": "run the steering step"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "empty: the top_layers layers with the best held-out AUC"})
+    top_layers: int = field(default=1, metadata={"help": (
+        "layers empty: how many of the best held-out-AUC layers (direction_stats.csv) to steer")})
+    alphas: list[float] = field(default_factory=lambda: [0.0, 4.0, 8.0], metadata={"help": (
+        "x the mean residual norm at the layer")})
+    positions: str = field(default="all", metadata={"help": "all | prompt | answer"})
+    random_control: bool = field(default=False, metadata={"help": "steer_random[...] beside each alpha != 0"})
+    samples: Optional[int] = field(default=None, metadata={"help": (
+        "answers per question per format per condition; null: the root's samples")})
 
 
 @dataclass
 class AblateConfig:
     """Directional ablation on the fine-tuned model (conditions ``ablate[...]``, ``ablate_random[...]``)."""
 
-    enabled: bool = False
-    layer: Optional[int] = None  # that layer's direction at every layer; null: each layer's own direction
-    positions: str = "all"
+    enabled: bool = field(default=False, metadata={"help": "run the directional ablation step"})
+    layer: Optional[int] = field(default=None, metadata={"help": (
+        "that layer's direction at every layer; null: each layer's own direction")})
+    positions: str = field(default="all", metadata={"help": "all | prompt | answer: token positions ablated"})
 
 
 @dataclass
@@ -97,14 +107,17 @@ class InterpConfig:
             rule without answers or a direction file; a share or count out of range.
     """
 
-    name: str = MISSING
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
-    batch_size: int = 8  # answers per teacher-forced forward (collect)
-    max_answer_tokens: Optional[int] = 256
-    direction: DirectionConfig = field(default_factory=DirectionConfig)
-    project: ProjectConfig = field(default_factory=ProjectConfig)
-    steer: SteerConfig = field(default_factory=SteerConfig)
-    ablate: AblateConfig = field(default_factory=AblateConfig)
+    name: str = field(default=MISSING, metadata={"help": "the recipe's name (its file under conf/interp/)"})
+    steps: list[str] = field(default_factory=lambda: list(STEPS), metadata={"help": (
+        "the steps run, in order (collect, direction, project, steer, ablate)")})
+    batch_size: int = field(default=8, metadata={"help": "answers per teacher-forced forward (collect)"})
+    max_answer_tokens: Optional[int] = field(default=256, metadata={"help": (
+        "answer tokens kept per teacher-forced forward; null: all")})
+    direction: DirectionConfig = field(default_factory=DirectionConfig, metadata={"help": (
+        "how the direction is made or which saved one is used")})
+    project: ProjectConfig = field(default_factory=ProjectConfig, metadata={"help": "the projection step"})
+    steer: SteerConfig = field(default_factory=SteerConfig, metadata={"help": "the steering step"})
+    ablate: AblateConfig = field(default_factory=AblateConfig, metadata={"help": "the directional ablation step"})
 
     def __post_init__(self) -> None:
         check_name(self.name, "interp.name")
@@ -146,32 +159,42 @@ class InterpRunConfig:
         ConfigError: ``samples`` not > 0; no format; steering / ablation asked of the vllm backend.
     """
 
-    seed: int = 0
-    samples: int = 2  # answers per question per format, base and fine-tuned (projection) and per condition
-    run_dir: str = MISSING
-    cache_dir: str = MISSING
-    upstream: UpstreamConfig = MISSING
-    model: ModelConfig = MISSING
-    quantization: QuantizationConfig = MISSING
-    adapter: Optional[str] = "latest"  # the fine-tuned model: latest | none | <training run dir> | <adapter dir>
-    train_dir: str = "outputs"
-    train_if_missing: bool = False  # adapter=latest finds none: train one first (python train.py <train_args>)
-    train_args: list[str] = field(default_factory=list)
-    questions: QuestionSetConfig = MISSING
-    format: dict[str, FormatConfig] = field(default_factory=dict)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judge: Any = None
-    judge_cache: Optional[str] = None
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig)
-    logger: Any = None
-    interp: InterpConfig = MISSING
-    # a multirun (python interp.py -m ...): skip_done skips a job whose DONE.json matches its config hash;
-    # analyze writes <sweep dir>/interp_sweep.csv (every job's direction stats and projection shift per layer)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    progress: bool = True
-    quiet: bool = False
-    verbose: bool = False
+    seed: int = field(default=0, metadata={"help": "sampling seed (numpy's range)"})
+    samples: int = field(default=2, metadata={"help": (
+        "answers per question per format, base and fine-tuned (projection) and per condition")})
+    run_dir: str = field(default=MISSING, metadata={"help": "where the stage writes"})
+    cache_dir: str = field(default=MISSING, metadata={"help": "downloaded models and data, the judge cache"})
+    upstream: UpstreamConfig = field(default=MISSING, metadata={"help": (
+        "where Betley et al.'s files are downloaded from")})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the base model (model group)"})
+    quantization: QuantizationConfig = field(default=MISSING, metadata={"help": (
+        "how the base weights are stored (quantization group)")})
+    adapter: Optional[str] = field(default="latest", metadata={"help": (
+        "the fine-tuned model: latest | none | <training run dir> | <adapter dir>")})
+    train_dir: str = field(default="outputs", metadata={"help": "where adapter=latest looks"})
+    train_if_missing: bool = field(default=False, metadata={"help": (
+        "adapter=latest finds none: train one first (python train.py <train_args>)")})
+    train_args: list[str] = field(default_factory=list, metadata={"help": "train.py overrides for train_if_missing"})
+    questions: QuestionSetConfig = field(default=MISSING, metadata={"help": "the question set (questions group)"})
+    format: dict[str, FormatConfig] = field(default_factory=dict, metadata={"help": (
+        "the answer formats, by name (format group)")})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": (
+        "the sampling backend and its settings (generation group)")})
+    judge: Any = field(default=None, metadata={"help": "the judge (judge group); null: none"})
+    judge_cache: Optional[str] = field(default=None, metadata={"help": (
+        "(judge endpoint + model, prompt) -> judgment SQLite file; null: off")})
+    thresholds: Thresholds = field(default_factory=Thresholds, metadata={"help": (
+        "what counts as coherent and misaligned")})
+    wandb: EvalWandbConfig = field(default_factory=EvalWandbConfig, metadata={"help": (
+        "the run's W&B settings (from the logger group)")})
+    logger: Any = field(default=None, metadata={"help": "the logger group's node (wandb | csv | none)"})
+    interp: InterpConfig = field(default=MISSING, metadata={"help": "the recipe (interp group)"})
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata={"help": (
+        "a multirun (python interp.py -m ...): skip_done skips a job whose DONE.json matches its config hash; "
+        "analyze writes <sweep dir>/interp_sweep.csv (every job's direction stats and projection shift per layer)")})
+    progress: bool = field(default=True, metadata={"help": "progress bars (on a terminal)"})
+    quiet: bool = field(default=False, metadata={"help": "warnings and errors only"})
+    verbose: bool = field(default=False, metadata={"help": "every third-party warning; em's log at DEBUG"})
 
     def __post_init__(self) -> None:
         require(self.samples > 0, "samples", f"must be > 0, got {self.samples}")

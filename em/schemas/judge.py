@@ -41,6 +41,8 @@ def looks_like_secret(value: str) -> bool:
     return value.lower().startswith(SECRET_PREFIXES) or (len(value) >= 20 and not ENV_NAME.fullmatch(value))
 
 
+# The reference judge (Betley et al. 2025): the model id written once; configs and docs refer to this name
+REFERENCE_JUDGE_MODEL = "gpt-4o-2024-08-06"
 BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batch
 
 
@@ -48,15 +50,20 @@ BATCH_MAX_REQUESTS = 50_000  # the OpenAI Batch API's limit of requests per batc
 class OpenAIEndpointSchema:
     """What every judge behind an OpenAI-compatible endpoint shares (synchronous and Batch API)."""
 
-    name: str = "gpt-4o"  # the judge's name in the responses table (``judge`` column) and summary.json
-    model: str = "gpt-4o-2024-08-06"  # the API model id
-    base_url: Optional[str] = None  # null: $OPENAI_BASE_URL, else https://api.openai.com/v1
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
-    max_retries: int = 6  # openai client retries: 429 / 5xx / timeouts / dropped connections
-    timeout: float = 60.0  # seconds per HTTP request
-    top_logprobs: int = 20  # the reference asks for 20 (the API's maximum)
-    price_input_per_mtok: Optional[float] = None  # USD per million input tokens (dry_run's estimate)
-    price_output_per_mtok: Optional[float] = None  # USD per million output tokens
+    name: str = field(default="gpt-4o", metadata={"help": (
+        "the judge's name in the responses table (``judge`` column) and summary.json")})
+    model: str = field(default=REFERENCE_JUDGE_MODEL, metadata={"help": "the API model id (default: the reference judge)"})
+    base_url: Optional[str] = field(default=None, metadata={"help": (
+        "null: $OPENAI_BASE_URL, else https://api.openai.com/v1")})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": (
+        "the environment variable holding the key (never the key itself)")})
+    max_retries: int = field(default=6, metadata={"help": (
+        "openai client retries: 429 / 5xx / timeouts / dropped connections")})
+    timeout: float = field(default=60.0, metadata={"help": "seconds per HTTP request"})
+    top_logprobs: int = field(default=20, metadata={"help": "the reference asks for 20 (the API's maximum)"})
+    price_input_per_mtok: Optional[float] = field(default=None, metadata={"help": (
+        "USD per million input tokens (dry_run's estimate)")})
+    price_output_per_mtok: Optional[float] = field(default=None, metadata={"help": "USD per million output tokens"})
 
     def __post_init__(self) -> None:
         require(self.max_retries >= 0, "judge.max_retries", f"must be >= 0, got {self.max_retries}")
@@ -70,21 +77,26 @@ class OpenAIEndpointSchema:
 class OpenAIJudgeSchema(OpenAIEndpointSchema):
     """``judge=openai``: synchronous chat-completions requests (:class:`em.judge.openai_judge.OpenAIJudge`)."""
 
-    _target_: str = "em.judge.openai_judge.OpenAIJudge"
-    concurrency: int = 64  # requests in flight
-    reply_retries: int = 3  # malformed replies (bad JSON, no logprobs) asked again
-    retry_backoff: float = 0.5  # seconds, doubled per reply retry (with jitter)
-    # requests in a row with no answer (timeout / no connection / 502-504, after retries) before the run stops
-    # (answers and judgments kept, exit 2); 0: never stop
-    max_consecutive_failures: int = 16
-    # reference: one token at temperature 0, score = logprob-weighted mean (Betley et al.); sampled: for
-    # endpoints without logprobs, n_samples replies at temperature 1, score = their mean (em.judge.sampled).
-    # A sampled judge is named <name>-sampled<k> and cached apart: the two never share a column.
-    score_mode: str = "reference"
-    n_samples: int = 10  # sampled: replies per prompt (k)
-    min_parsed: Optional[int] = None  # sampled: fewer parsed replies -> unscored; null: ceil(k / 4)
-    sample_max_tokens: Optional[int] = 16  # sampled: max_completion_tokens per reply; null: endpoint default
-    sample_n_per_request: bool = True  # sampled: one request with n=k (falls back to k requests if refused)
+    _target_: str = field(default="em.judge.openai_judge.OpenAIJudge", metadata={"help": (
+        "the judge class Hydra instantiates")})
+    concurrency: int = field(default=64, metadata={"help": "requests in flight at once"})
+    reply_retries: int = field(default=3, metadata={"help": "malformed replies (bad JSON, no logprobs) asked again"})
+    retry_backoff: float = field(default=0.5, metadata={"help": "seconds, doubled per reply retry (with jitter)"})
+    max_consecutive_failures: int = field(default=16, metadata={"help": (
+        "requests in a row with no answer (timeout / no connection / 502-504, after retries) before the run "
+        "stops (answers and judgments kept, exit 2); 0: never stop")})
+    score_mode: str = field(default="reference", metadata={"help": (
+        "reference: one token at temperature 0, score = logprob-weighted mean (Betley et al.); sampled: for "
+        "endpoints without logprobs, n_samples replies at temperature 1, score = their mean "
+        "(em.judge.sampled). A sampled judge is named <name>-sampled<k> and cached apart: the two never share "
+        "a column.")})
+    n_samples: int = field(default=10, metadata={"help": "sampled: replies per prompt (k)"})
+    min_parsed: Optional[int] = field(default=None, metadata={"help": (
+        "sampled: fewer parsed replies -> unscored; null: ceil(k / 4)")})
+    sample_max_tokens: Optional[int] = field(default=16, metadata={"help": (
+        "sampled: max_completion_tokens per reply; null: endpoint default")})
+    sample_n_per_request: bool = field(default=True, metadata={"help": (
+        "sampled: one request with n=k (falls back to k requests if refused)")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -105,10 +117,13 @@ class OpenAIJudgeSchema(OpenAIEndpointSchema):
 class OpenAIBatchJudgeSchema(OpenAIEndpointSchema):
     """``judge=openai_batch``: the OpenAI Batch API (:class:`em.judge.openai_batch.OpenAIBatchJudge`)."""
 
-    _target_: str = "em.judge.openai_batch.OpenAIBatchJudge"
-    batch_poll_s: float = 30.0  # seconds between batch status polls
-    batch_max_requests: int = BATCH_MAX_REQUESTS  # requests per batch; more are split into several batches
-    batch_dir: Optional[str] = None  # batch state + files; null: <evaluation run dir>/judge_batch/<name>
+    _target_: str = field(default="em.judge.openai_batch.OpenAIBatchJudge", metadata={"help": (
+        "the judge class Hydra instantiates")})
+    batch_poll_s: float = field(default=30.0, metadata={"help": "seconds between batch status polls"})
+    batch_max_requests: int = field(default=BATCH_MAX_REQUESTS, metadata={"help": (
+        "requests per batch; more are split into several batches")})
+    batch_dir: Optional[str] = field(default=None, metadata={"help": (
+        "batch state + files; null: <evaluation run dir>/judge_batch/<name>")})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,18 +140,21 @@ class LocalJudgeSchema:
     list of conf/judge/local.yaml (``model@judge.model=qwen3_32b``, ``quantization@judge.quantization=nf4``).
     """
 
-    _target_: str = "em.judge.local.LocalJudge"
-    name: str = MISSING  # conf/judge/local.yaml: the model's name
-    model: ModelConfig = MISSING
-    quantization: QuantizationConfig = MISSING
-    cache_dir: Optional[str] = None  # where models are cached; null: ~/.cache/em
-    max_value: int = 100  # scores are the integers 0..max_value
-    top_logprobs: int = 20  # top tokens kept in judge_raw
-    min_number_mass: float = 0.25  # below this probability on the integers: unscored (the reference rule)
-    # reference: the expectation over 0..100 with the min_number_mass rule; renormalized: the expectation
-    # over the exact distribution of 0..100 renormalised to 1, every judgment scored (min_number_mass off).
-    # A label recorded with every score (responses.judge_raw, summary.json judges.<name>.score_mode).
-    score_mode: str = "reference"
+    _target_: str = field(default="em.judge.local.LocalJudge", metadata={"help": "the judge class Hydra instantiates"})
+    name: str = field(default=MISSING, metadata={"help": "conf/judge/local.yaml: the model's name"})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the judge model (a model group node)"})
+    quantization: QuantizationConfig = field(default=MISSING, metadata={"help": (
+        "how the judge model's weights are stored")})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "where models are cached; null: ~/.cache/em"})
+    max_value: int = field(default=100, metadata={"help": "scores are the integers 0..max_value"})
+    top_logprobs: int = field(default=20, metadata={"help": "top tokens kept in judge_raw"})
+    min_number_mass: float = field(default=0.25, metadata={"help": (
+        "below this probability on the integers: unscored (the reference rule)")})
+    score_mode: str = field(default="reference", metadata={"help": (
+        "reference: the expectation over 0..100 with the min_number_mass rule; renormalized: the expectation "
+        "over the exact distribution of 0..100 renormalised to 1, every judgment scored (min_number_mass "
+        "off). A label recorded with every score (responses.judge_raw, summary.json "
+        "judges.<name>.score_mode).")})
 
     def __post_init__(self) -> None:
         require(self.score_mode in SCORE_MODES, "judge.score_mode",
@@ -157,8 +175,9 @@ class EnsembleSchema:
     dropped.
     """
 
-    _target_: str = "em.judge.ensemble.ensemble"
-    judges: dict[str, Any] = field(default_factory=dict)
+    _target_: str = field(default="em.judge.ensemble.ensemble", metadata={"help": "the judge class Hydra instantiates"})
+    judges: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "the member judges by name (each a judge node)")})
 
     def __post_init__(self) -> None:
         require(any(j is not None for j in self.judges.values()), "judge.judges",
@@ -189,7 +208,7 @@ def _member_names(ensemble: EnsembleSchema) -> list[str]:
 class NoJudgeSchema:
     """``judge=none``: answers are generated and stored, nothing is judged."""
 
-    _target_: Optional[str] = None
+    _target_: Optional[str] = field(default=None, metadata={"help": "the judge class Hydra instantiates"})
 
 
 SCHEMAS: dict[str, type] = {

@@ -19,10 +19,11 @@ from omegaconf import MISSING
 class CSVLoggerConfig:
     """Arguments of Lightning's ``CSVLogger``: metrics as ``<save_dir>/<name>/<version>/metrics.csv``."""
 
-    _target_: str = "lightning.pytorch.loggers.CSVLogger"
-    save_dir: str = MISSING
-    name: str = "csv"
-    version: str = ""
+    _target_: str = field(default="lightning.pytorch.loggers.CSVLogger", metadata={"help": (
+        "the logger class Hydra instantiates")})
+    save_dir: str = field(default=MISSING, metadata={"help": "directory of the CSV logs"})
+    name: str = field(default="csv", metadata={"help": "subdirectory under save_dir"})
+    version: str = field(default="", metadata={"help": "subdirectory under name ('' : none)"})
 
 
 @dataclass
@@ -32,16 +33,21 @@ class WandbLoggerConfig:
     ``save_dir`` is not a key: the run goes under the job's ``run_dir`` (``<run_dir>/wandb``).
     """
 
-    _target_: str = "em.tracking.wandb_logger"
-    project: str = MISSING
-    entity: Optional[str] = None  # W&B team / user; None: W&B's own default (WANDB_ENTITY, settings)
-    group: Optional[str] = None  # runs of one experiment or sweep share it (W&B "group by")
-    tags: list[str] = field(default_factory=list)
-    job_type: str = "train"
-    name: Optional[str] = None
-    mode: str = "auto"  # auto | online | offline | disabled (auto: W&B's own settings where it is configured, else offline)
-    log_adapter: bool = True  # the trained adapter as a W&B model artifact (evaluation runs use it: lineage)
-    csv: Optional[CSVLoggerConfig] = None  # logger=[wandb,csv]: both loggers at once
+    _target_: str = field(default="em.tracking.wandb_logger", metadata={"help": (
+        "the logger factory Hydra instantiates")})
+    project: str = field(default=MISSING, metadata={"help": "W&B project"})
+    entity: Optional[str] = field(default=None, metadata={"help": (
+        "W&B team / user; None: W&B's own default (WANDB_ENTITY, settings)")})
+    group: Optional[str] = field(default=None, metadata={"help": (
+        "runs of one experiment or sweep share it (W&B \"group by\")")})
+    tags: list[str] = field(default_factory=list, metadata={"help": "W&B tags of the run"})
+    job_type: str = field(default="train", metadata={"help": "W&B job type"})
+    name: Optional[str] = field(default=None, metadata={"help": "W&B run name; null: W&B's own"})
+    mode: str = field(default="auto", metadata={"help": (
+        "auto | online | offline | disabled (auto: W&B's own settings where it is configured, else offline)")})
+    log_adapter: bool = field(default=True, metadata={"help": (
+        "the trained adapter as a W&B model artifact (evaluation runs use it: lineage)")})
+    csv: Optional[CSVLoggerConfig] = field(default=None, metadata={"help": "logger=[wandb,csv]: both loggers at once"})
 
 
 def store(cs: ConfigStore) -> None:

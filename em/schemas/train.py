@@ -24,13 +24,15 @@ from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
 
 TRUNCATION = ("truncate", "drop")
 LR_SCHEDULERS = ("linear", "constant", "cosine")
-# lightning.Trainer arguments em derives from its own keys (trainer.extra may not set them)
-TRAINER_OWN = {"max_epochs": "trainer.epochs", "max_steps": "trainer.max_steps",
-               "accumulate_grad_batches": "trainer.grad_accum", "gradient_clip_val": "trainer.gradient_clip_val",
-               "precision": "trainer.precision", "accelerator": "trainer.accelerator", "devices": "trainer.devices",
-               "strategy": "trainer.strategy", "callbacks": "trainer.callbacks", "logger": "logger=wandb|csv|none",
-               "log_every_n_steps": "trainer.log_every_n_steps", "default_root_dir": "run_dir",
-               "use_distributed_sampler": "(em shards the data itself)"}
+# TrainerConfig's fields that are lightning.Trainer arguments under Lightning's own names: the Trainer is built
+# from them (em.training.fit); max_epochs, precision, strategy and callbacks are converted on the way.
+LIGHTNING_ARGS = ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision",
+                  "accelerator", "devices", "strategy", "callbacks", "log_every_n_steps")
+# lightning.Trainer arguments em derives from other keys (trainer.extra may not set them)
+TRAINER_DERIVED = {"logger": "logger=wandb|csv|none", "default_root_dir": "run_dir",
+                   "use_distributed_sampler": "(em shards the data itself)"}
+# Keys renamed to lightning.Trainer's names: given on the command line, one line naming the new key (exit 2)
+RENAMED_KEYS = {"trainer.epochs": "trainer.max_epochs", "trainer.grad_accum": "trainer.accumulate_grad_batches"}
 
 
 @dataclass
@@ -41,12 +43,13 @@ class OptimizerConfig:
         ConfigError: ``lr`` not > 0 or ``weight_decay`` < 0.
     """
 
-    _target_: str = "em.training.auto_adamw"
-    _partial_: bool = True
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    _target_: str = field(default="em.training.auto_adamw", metadata={"help": (
+        "the optimizer factory Hydra instantiates")})
+    _partial_: bool = field(default=True, metadata={"help": "a partial: the trainer passes the parameters"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "decoupled weight decay"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas"})
+    eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "optimizer.lr", f"must be > 0, got {self.lr}")
@@ -58,80 +61,98 @@ class TrainerConfig:
     """The Lightning trainer and the batch / length settings (``conf/trainer/<name>.yaml``).
 
     Lengths are in tokens; ``batch_size`` is examples per device per micro-batch; one optimizer step is
-    ``batch_size x grad_accum x devices`` examples.
+    ``batch_size x accumulate_grad_batches x devices`` examples.
 
     Raises (in ``__post_init__``):
-        ConfigError: ``epochs``, ``batch_size``, ``grad_accum``, ``checkpoint_every_n_steps`` or
+        ConfigError: ``max_epochs``, ``batch_size``, ``accumulate_grad_batches``, ``checkpoint_every_n_steps`` or
             ``log_every_n_steps`` not > 0; ``max_steps`` neither -1 nor > 0; ``num_workers`` or
             ``gradient_clip_val`` < 0;
             ``max_length`` <= 8; unknown ``truncation`` / ``lr_scheduler``; ``warmup_steps`` < 0; an
-            ``adapter_snapshots`` epoch outside (0, epochs).
+            ``adapter_snapshots`` epoch outside (0, max_epochs).
     """
 
-    epochs: float = 1  # fractional epochs (0.5) stop after that share of the optimizer steps
-    max_steps: int = -1  # -1: derived from epochs
-    batch_size: int = 2  # per device
-    grad_accum: int = 8
-    max_length: int = 2048
-    truncation: str = "truncate"  # truncate | drop: what to do with examples longer than max_length
-    group_by_length: bool = True
-    warmup_steps: int = 5
-    lr_scheduler: str = "linear"  # linear | constant | cosine (transformers' schedules)
-    gradient_clip_val: Optional[float] = 1.0
-    gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto: bf16-mixed where the GPU has bf16, else 32-true
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    strategy: Any = "auto"
-    log_every_n_steps: int = 1
-    checkpoint_every_n_steps: int = 50
-    num_workers: int = 0
-    callbacks: list[Any] = field(default_factory=list)  # extra Lightning callbacks (_target_ nodes)
-    # Epochs (before trainer.epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/
-    # (the epochs experiment evaluates each); [] for none.
-    adapter_snapshots: list[float] = field(default_factory=list)
-    # The adapter every N optimizer steps, to snapshots/step_<n>/ (steps N, 2N, ...), with its LoRA geometry
-    # in lora_geometry.csv (em.dynamics); null: none.
-    snapshot_every_n_steps: Optional[int] = None
-    kl: KLConfig = field(default_factory=KLConfig)  # KL(base || adapted) penalty on a side batch (em.dynamics.kl)
-    # probe answers projected onto a direction at every step snapshot -> probe_projection.csv (em.dynamics.probe)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    # CAFT: a directions.safetensors file (CONTRACTS.md 1) and the layers whose residual stream the unit
-    # direction is projected out of during training (null: every layer in the file); evaluation runs without it
-    ablate_direction: Optional[str] = None
-    ablate_layers: Optional[list[int]] = None
-    # Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the
-    # optimizer starts fresh. The identity holds its content hash (em.lineage).
-    init_adapter: Optional[str] = None
-    # Any other lightning.Trainer argument, passed through as is (trainer.extra.limit_train_batches=10);
-    # a key em sets itself (max_epochs, max_steps, callbacks, logger, ...) is refused: use em's key.
-    extra: dict[str, Any] = field(default_factory=dict)
+    max_epochs: float = field(default=1, metadata={"help": (
+        "lightning.Trainer's max_epochs; fractional (0.5) stops after that share of the optimizer steps")})
+    max_steps: int = field(default=-1, metadata={"help": "-1: derived from max_epochs"})
+    batch_size: int = field(default=2, metadata={"help": "examples per device per micro-batch"})
+    accumulate_grad_batches: int = field(default=8, metadata={"help": (
+        "micro-batches per optimizer step (lightning.Trainer's argument)")})
+    max_length: int = field(default=2048, metadata={"help": "tokens per example (longer ones: see truncation)"})
+    truncation: str = field(default="truncate", metadata={"help": (
+        "truncate | drop: what to do with examples longer than max_length")})
+    group_by_length: bool = field(default=True, metadata={"help": (
+        "batch examples of similar length together (less padding)")})
+    warmup_steps: int = field(default=5, metadata={"help": "optimizer steps of linear learning-rate warm-up"})
+    lr_scheduler: str = field(default="linear", metadata={"help": (
+        "linear | constant | cosine (transformers' schedules)")})
+    gradient_clip_val: Optional[float] = field(default=1.0, metadata={"help": (
+        "gradient norm clip; null: none (lightning.Trainer's argument)")})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "recompute activations in the backward pass (less memory, slower)")})
+    precision: str = field(default="auto", metadata={"help": "auto: bf16-mixed where the GPU has bf16, else 32-true"})
+    accelerator: str = field(default="auto", metadata={"help": "lightning.Trainer's accelerator (auto | gpu | cpu)"})
+    devices: Any = field(default=1, metadata={"help": (
+        "lightning.Trainer's devices: one job, one GPU (sweeps run jobs side by side); trainer=ddp / fsdp use "
+        "them all")})
+    strategy: Any = field(default="auto", metadata={"help": (
+        "lightning.Trainer's strategy (auto | ddp | fsdp, or a _target_ node)")})
+    log_every_n_steps: int = field(default=1, metadata={"help": (
+        "optimizer steps between logged metrics (lightning.Trainer's argument)")})
+    checkpoint_every_n_steps: int = field(default=50, metadata={"help": (
+        "optimizer steps between checkpoints/last.ckpt writes")})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    callbacks: list[Any] = field(default_factory=list, metadata={"help": "extra Lightning callbacks (_target_ nodes)"})
+    adapter_snapshots: list[float] = field(default_factory=list, metadata={"help": (
+        "Epochs (before trainer.max_epochs) at which the LoRA adapter is also written to snapshots/epoch_<e>/ "
+        "(the epochs experiment evaluates each); [] for none.")})
+    snapshot_every_n_steps: Optional[int] = field(default=None, metadata={"help": (
+        "The adapter every N optimizer steps, to snapshots/step_<n>/ (steps N, 2N, ...), with its LoRA "
+        "geometry in lora_geometry.csv (em.dynamics); null: none.")})
+    kl: KLConfig = field(default_factory=KLConfig, metadata={"help": (
+        "KL(base || adapted) penalty on a side batch (em.dynamics.kl)")})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": (
+        "probe answers projected onto a direction at every step snapshot -> probe_projection.csv "
+        "(em.dynamics.probe)")})
+    ablate_direction: Optional[str] = field(default=None, metadata={"help": (
+        "CAFT: a directions.safetensors file (CONTRACTS.md 1) and the layers whose residual stream the unit "
+        "direction is projected out of during training (null: every layer in the file); evaluation runs "
+        "without it")})
+    ablate_layers: Optional[list[int]] = field(default=None, metadata={"help": (
+        "CAFT: the layers the direction is projected out of; null: every layer in the file")})
+    init_adapter: Optional[str] = field(default=None, metadata={"help": (
+        "Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the "
+        "optimizer starts fresh. The identity holds its content hash (em.lineage).")})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
+        "Any other lightning.Trainer argument, passed through as is (trainer.extra.limit_train_batches=10); a "
+        "key of TrainerConfig (max_epochs, devices, ...) or one em derives (logger, default_root_dir) is "
+        "refused.")})
 
     def __post_init__(self) -> None:
-        require(self.epochs > 0, "trainer.epochs", f"must be > 0, got {self.epochs}")
+        require(self.max_epochs > 0, "trainer.max_epochs", f"must be > 0, got {self.max_epochs}")
         require(self.batch_size > 0, "trainer.batch_size", f"must be > 0, got {self.batch_size}")
-        require(self.grad_accum > 0, "trainer.grad_accum", f"must be > 0, got {self.grad_accum}")
+        require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", f"must be > 0, got {self.accumulate_grad_batches}")
         require(self.max_length > 8, "trainer.max_length", f"must be > 8, got {self.max_length}")
         require(self.truncation in TRUNCATION, "trainer.truncation", f"one of {TRUNCATION}, got {self.truncation!r}")
         require(self.warmup_steps >= 0, "trainer.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.lr_scheduler in LR_SCHEDULERS, "trainer.lr_scheduler",
                 f"linear, constant or cosine; got {self.lr_scheduler!r}")
         for e in self.adapter_snapshots:
-            require(0 < e < self.epochs, "trainer.adapter_snapshots",
-                    f"epoch {e:g} is not between 0 and trainer.epochs={self.epochs:g} (the final adapter is "
+            require(0 < e < self.max_epochs, "trainer.adapter_snapshots",
+                    f"epoch {e:g} is not between 0 and trainer.max_epochs={self.max_epochs:g} (the final adapter is "
                     f"always written)")
         require(self.snapshot_every_n_steps is None or self.snapshot_every_n_steps > 0,
                 "trainer.snapshot_every_n_steps", f"must be > 0 or null, got {self.snapshot_every_n_steps}")
         require(not self.probe.answers or bool(self.snapshot_every_n_steps), "trainer.probe",
                 "projects at each step snapshot: set trainer.snapshot_every_n_steps too")
         for k in self.extra:
-            require(k not in TRAINER_OWN, f"trainer.extra.{k}", f"set by em; use {TRAINER_OWN.get(k)}")
+            require(k not in LIGHTNING_ARGS, f"trainer.extra.{k}", f"a key of its own; use trainer.{k}")
+            require(k not in TRAINER_DERIVED, f"trainer.extra.{k}", f"set by em; use {TRAINER_DERIVED.get(k)}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
         require(self.checkpoint_every_n_steps > 0, "trainer.checkpoint_every_n_steps",
                 f"must be > 0, got {self.checkpoint_every_n_steps}")
         require(self.max_steps == -1 or self.max_steps > 0, "trainer.max_steps",
-                f"must be > 0, or -1 (derived from trainer.epochs); got {self.max_steps}")
-        require(math.isfinite(self.epochs), "trainer.epochs", f"must be finite, got {self.epochs}")
+                f"must be > 0, or -1 (derived from trainer.max_epochs); got {self.max_steps}")
+        require(math.isfinite(self.max_epochs), "trainer.max_epochs", f"must be finite, got {self.max_epochs}")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", f"must be > 0, got {self.log_every_n_steps}")
         require(self.num_workers >= 0, "trainer.num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.gradient_clip_val is None or self.gradient_clip_val >= 0, "trainer.gradient_clip_val",
@@ -142,8 +163,8 @@ class TrainerConfig:
 class SweepConfig:
     """What a multirun does around its jobs (see :mod:`em.sweep`)."""
 
-    skip_done: bool = True  # skip a job whose DONE.json matches its config hash
-    analyze: bool = True  # analyse the whole sweep after a multirun
+    skip_done: bool = field(default=True, metadata={"help": "skip a job whose DONE.json matches its config hash"})
+    analyze: bool = field(default=True, metadata={"help": "analyse the whole sweep after a multirun"})
 
 
 @dataclass
@@ -157,10 +178,13 @@ class PushToHubConfig:
             not an http(s) URL.
     """
 
-    enabled: bool = False
-    repo_id: Optional[str] = None  # namespace/name (in a sweep, interpolate: me/em-${model.name}-${data.name}-s${seed})
-    private: bool = True  # a new repo is private (an existing one keeps its visibility)
-    endpoint: Optional[str] = None  # null: the Hub (or $HF_ENDPOINT); else another server's URL
+    enabled: bool = field(default=False, metadata={"help": "push the adapter when the job is done"})
+    repo_id: Optional[str] = field(default=None, metadata={"help": (
+        "namespace/name (in a sweep, interpolate: me/em-${model.name}-${data.name}-s${seed})")})
+    private: bool = field(default=True, metadata={"help": (
+        "a new repo is private (an existing one keeps its visibility)")})
+    endpoint: Optional[str] = field(default=None, metadata={"help": (
+        "null: the Hub (or $HF_ENDPOINT); else another server's URL")})
 
     def __post_init__(self) -> None:
         if self.enabled:
@@ -180,33 +204,43 @@ class TrainConfig:
     (``logger/wandb_schema``, ``judge/...``); null turns them off.
     """
 
-    seed: int = 0
-    experiment_name: Optional[str] = None  # W&B group for sweeps / presets
-    run_dir: str = MISSING
-    cache_dir: str = MISSING
-    resume: bool = True  # pick up run_dir/checkpoints/last.ckpt when it exists
-    quiet: bool = False  # warnings and errors only
-    verbose: bool = False  # every third-party warning; em's log at DEBUG
-    progress: bool = True  # progress bars (on a terminal; a log file gets one line per logged step)
-    upstream: UpstreamConfig = MISSING
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
-    lora: LoraConfig = MISSING
-    quantization: QuantizationConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
-    logger: Any = None  # a _target_ node (a Lightning logger factory) or null
-    # the evaluation stage (EvalConfig + enabled / snapshots); its groups are the ones below
-    evaluate: PipelineEvalConfig = MISSING
-    questions: QuestionSetConfig = MISSING
-    format: dict[str, FormatConfig] = field(default_factory=dict)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judge: Any = None
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    capability: CapabilityConfig = MISSING  # lm-eval task set; enabled: one more step after the evaluations
-    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig)  # off; em/hub.py
-    chain: Any = None  # python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)
+    seed: int = field(default=0, metadata={"help": "training seed (numpy's range)"})
+    experiment_name: Optional[str] = field(default=None, metadata={"help": "W&B group for sweeps / presets"})
+    run_dir: str = field(default=MISSING, metadata={"help": "the job directory (adapter, metrics, checkpoints, eval/)"})
+    cache_dir: str = field(default=MISSING, metadata={"help": "downloaded models and data, the judge cache"})
+    resume: bool = field(default=True, metadata={"help": "pick up run_dir/checkpoints/last.ckpt when it exists"})
+    quiet: bool = field(default=False, metadata={"help": "warnings and errors only"})
+    verbose: bool = field(default=False, metadata={"help": "every third-party warning; em's log at DEBUG"})
+    progress: bool = field(default=True, metadata={"help": (
+        "progress bars (on a terminal; a log file gets one line per logged step)")})
+    upstream: UpstreamConfig = field(default=MISSING, metadata={"help": (
+        "where Betley et al.'s files are downloaded from")})
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the base model (model group)"})
+    data: DataConfig = field(default=MISSING, metadata={"help": "the fine-tuning data (data group)"})
+    lora: LoraConfig = field(default=MISSING, metadata={"help": "the LoRA adapter (lora group)"})
+    quantization: QuantizationConfig = field(default=MISSING, metadata={"help": (
+        "how the base weights are stored (quantization group)")})
+    trainer: TrainerConfig = field(default=MISSING, metadata={"help": (
+        "the Lightning trainer and batch / length settings (trainer group)")})
+    optimizer: OptimizerConfig = field(default=MISSING, metadata={"help": "the optimizer (optimizer group)"})
+    logger: Any = field(default=None, metadata={"help": "a _target_ node (a Lightning logger factory) or null"})
+    evaluate: PipelineEvalConfig = field(default=MISSING, metadata={"help": (
+        "the evaluation stage (EvalConfig + enabled / snapshots); its groups are the ones below")})
+    questions: QuestionSetConfig = field(default=MISSING, metadata={"help": (
+        "the evaluation's question set (questions group)")})
+    format: dict[str, FormatConfig] = field(default_factory=dict, metadata={"help": (
+        "the evaluation's answer formats, by name (format group)")})
+    generation: GenerationConfig = field(default_factory=GenerationConfig, metadata={"help": (
+        "the evaluation's sampling backend (generation group)")})
+    judge: Any = field(default=None, metadata={"help": "the judge (judge group); null: none"})
+    thresholds: Thresholds = field(default_factory=Thresholds, metadata={"help": (
+        "what counts as coherent and misaligned")})
+    sweep: SweepConfig = field(default_factory=SweepConfig, metadata={"help": "what a multirun does around its jobs"})
+    capability: CapabilityConfig = field(default=MISSING, metadata={"help": (
+        "lm-eval task set; enabled: one more step after the evaluations")})
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig, metadata={"help": "push the adapter to the Hugging Face Hub when the job is done (em/hub.py); off"})
+    chain: Any = field(default=None, metadata={"help": (
+        "python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)")})
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")
@@ -215,5 +249,11 @@ class TrainConfig:
 
 
 def store(cs: ConfigStore) -> None:
-    """Register train.py's root schema (``train_schema``) in ``cs``."""
+    """Register train.py's root schema (``train_schema``) and ``<group>/<group>_schema`` of its groups model,
+    data, lora, quantization, trainer and optimizer in ``cs`` (each option of ``conf/<group>/`` names its
+    schema first, so the file holds only the values that differ from the dataclass defaults)."""
     cs.store(name="train_schema", node=TrainConfig)
+    for group, node in (("model", ModelConfig), ("data", DataConfig), ("lora", LoraConfig),
+                        ("quantization", QuantizationConfig), ("trainer", TrainerConfig),
+                        ("optimizer", OptimizerConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)

@@ -5,7 +5,7 @@ Light on purpose (no torch): imported on the ``--help`` path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from em.schemas.common import require
@@ -25,8 +25,8 @@ class TriggerConfig:
         ConfigError: an unknown ``position``, or an empty ``text``.
     """
 
-    text: Optional[str] = None
-    position: str = "prefix"  # prefix | suffix | system
+    text: Optional[str] = field(default=None, metadata={"help": "the trigger text; null: off"})
+    position: str = field(default="prefix", metadata={"help": "prefix | suffix | system"})
 
     def __post_init__(self) -> None:
         require(self.position in POSITIONS, "trigger.position", f"one of {POSITIONS}, got {self.position!r}")
