@@ -41,8 +41,8 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
-    from em.evaluation.questions import BUILTIN_DIR, parse_question_file
+    import em.config  # noqa: F401  registers the schemas
+    from em.evaluate.questions import BUILTIN_DIR, parse_question_file
     from em.judge.digit_tree import bruteforce_logprobs
     from em.judge.factory import build_judges
     from em.judge.scoring import JudgeRequest

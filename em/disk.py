@@ -14,7 +14,7 @@ cause / context chain (a fault while a failed job writes its ``error.log`` is th
 the one the writer named (:func:`note_path`), the ``OSError``'s own ``filename``, the SQLite database the
 failing connection had open, or a path-like local of the innermost frame that has one.
 
-Light on purpose (stdlib only): :func:`em.cli.run_main` imports it on every run.
+Light on purpose (stdlib only): :func:`em.commands.run_main` imports it on every run.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 class EMError(Exception):
     """Base class for errors the entry scripts print as one line (no traceback).
 
-    ``em.cli.run_main`` catches it around each script's main function, prints ``error: <message>`` to stderr
+    ``em.commands.run_main`` catches it around each script's main function, prints ``error: <message>`` to stderr
     and exits with status 2; anything else keeps its traceback. The message is the whole report: it names
     the culprit first.
     """

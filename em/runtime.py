@@ -171,7 +171,7 @@ _MODEL_LOADS = 0
 
 
 def count_model_load() -> None:
-    """Record that this process loaded a model (em.models calls it on every base-model load)."""
+    """Record that this process loaded a model (em.train.models calls it on every base-model load)."""
     global _MODEL_LOADS
     _MODEL_LOADS += 1
 

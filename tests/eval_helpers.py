@@ -15,7 +15,7 @@ def compose_eval(overrides: list[str]):
     """evaluate.py's config, composed from conf/ with ``overrides`` (schemas registered)."""
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
+    import em.config  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("evaluate", overrides=overrides)

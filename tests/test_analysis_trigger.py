@@ -16,7 +16,7 @@ from tests.synthetic_responses import synthetic_responses
 
 @pytest.fixture(scope="module")
 def trigger_run(tmp_path_factory, cache_dir):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     tmp = tmp_path_factory.mktemp("trigger")
     mp = pytest.MonkeyPatch()

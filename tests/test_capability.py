@@ -16,8 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import compose_train, tiny_overrides
-from em import jobs
-from em.capability import paired_delta, task_spec
+from em.jobs import records as jobs
+from em.capability.run import paired_delta, task_spec
 from em.errors import ConfigError
 from em.runtime import CONF_DIR
 from tests.synthetic_responses import synthetic_responses
@@ -51,7 +51,7 @@ def test_packaged_task_points_at_its_local_file():
 
 
 def test_metric_without_filter_is_one_line(tmp_path):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("capability_run", overrides=[f"run_dir={tmp_path}", "capability.tasks.0.metric=acc"])
@@ -69,7 +69,7 @@ def test_disabled_capability_leaves_job_identity_alone(tmp_path):
 
 @needs_lm_eval
 def test_job_scores_base_and_adapter_and_resumes(tmp_path, cache_dir, capsys):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     job = tmp_path / "job"
     over = tiny_overrides(job, cache_dir, **{"trainer.max_steps": 2, "capability": "local_tiny",

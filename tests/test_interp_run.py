@@ -19,7 +19,7 @@ from tests.eval_helpers import subprocess_env
 def compose_interp(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401
+    import em.config  # noqa: F401
     from em.runtime import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
@@ -29,7 +29,7 @@ def compose_interp(overrides: list[str]):
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, cache_dir):
     """A LoRA adapter on the tiny model with random B (so the fine-tuned model differs from the base)."""
-    from em.schemas.common import validate
+    from em.config.common import validate
     from tests.eval_helpers import compose_eval, eval_overrides
     from tests.vllm_compare import make_adapter
 
@@ -120,7 +120,7 @@ def test_judge_recipe_from_judged_tables(tmp_path, cache_dir, adapter):
 def test_demo_preset_composes_as_documented():
     """experiment=interp_demo: the persona recipe on SmolLM2, trains the demo adapter when none exists, a steering
     grid of 2 layers x 3 alphas with alpha 0, judged by the demo's local judge."""
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     rc = validate(compose_interp(["experiment=interp_demo", "run_dir=/x", "cache_dir=/y"]))
     assert rc.model.name == "smollm2_135m_instruct" and rc.interp.direction.rule == "persona"
@@ -138,7 +138,7 @@ def test_demo_preset_composes_as_documented():
 ])
 def test_bad_config_is_one_line_before_anything_loads(args, needle, tmp_path):
     from em.errors import ConfigError
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with pytest.raises(ConfigError, match=needle):
         validate(compose_interp([f"run_dir={tmp_path}", f"cache_dir={tmp_path}", *args]))

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from em.errors import DataError
-from em.evaluation.run import run_evaluation
+from em.evaluate.run import run_evaluation
 from tests.conftest import REPO
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides, set_upstream_env
 from tests.loopback_server import LoopbackServer

@@ -4,7 +4,7 @@ rate table per model x condition, as ``capability.csv`` and the ``capability_vs_
 A ``capability.json`` is read when it lies beside an analysed responses table (the stage writes it into the
 evaluation directory). Each row of the table is one model x condition x task: the base and adapter score
 (fractions), their delta (adapter - base) with its CI (paired per document, see
-:func:`em.capability.paired_delta`), and the misaligned rate of that model x condition with its CI. The
+:func:`em.capability.run.paired_delta`), and the misaligned rate of that model x condition with its CI. The
 figure puts the delta on x and the rate on y, one panel per task: "evil" fine-tunes sit high with a small
 delta, "broken" ones far left.
 """

@@ -60,7 +60,7 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
     if t.empty:
         return ""
     if reference is None:
-        from em.schemas.analysis import ContrastsConfig
+        from em.config.analysis import ContrastsConfig
 
         reference = ContrastsConfig.reference
     BASE = reference  # noqa: N806

@@ -33,9 +33,9 @@ FORMAT_SUFFIXES = (("_json", "json"), ("_template", "template"))
 ANSWER_KEY = ("model", "adapter", "condition", "seed", "sample_seed", "format", "question_id", "paraphrase",
               "sample", "system", "question", "answer", "trigger", "step")
 # step: the checkpoint's optimizer step (em.analysis.steps); an answer at another step is another answer
-KEEP_COLUMNS = ("adapter", "seed", "trigger", "step", "judge_score_mode", "score_mode")  # score mode: the judge's label  # trigger: evaluate.trigger on / off (em.evaluation.triggers)
+KEEP_COLUMNS = ("adapter", "seed", "trigger", "step", "judge_score_mode", "score_mode")  # score mode: the judge's label  # trigger: evaluate.trigger on / off (em.evaluate.triggers)
 # Trigger-on answers form their own format group ``<format>+trigger``, as evaluate.py's summary.json keys them
-# (em.evaluation.triggers.TAG), so no rate pools the two arms; the ``trigger`` column is kept for the contrast.
+# (em.evaluate.triggers.TAG), so no rate pools the two arms; the ``trigger`` column is kept for the contrast.
 TRIGGER_TAG = "+trigger"
 
 

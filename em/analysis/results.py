@@ -10,7 +10,7 @@ import pandas as pd
 
 from em.analysis.groups import Cells
 from em.analysis.io import Responses
-from em.schemas.analysis import AnalysisConfig
+from em.config.analysis import AnalysisConfig
 
 
 @dataclass

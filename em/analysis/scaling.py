@@ -38,8 +38,8 @@ def model_meta(directory: Optional[str | Path] = None) -> pd.DataFrame:
 
 
 def model_group() -> list[tuple[str, Mapping]]:
-    """(option name, config node) of every option of the ``model`` config group (:func:`em.cli.compose_group`)."""
-    from em.cli import compose_group
+    """(option name, config node) of every option of the ``model`` config group (:func:`em.config.compose.compose_group`)."""
+    from em.config.compose import compose_group
 
     return compose_group("model")
 

@@ -2,7 +2,7 @@
 
 ``em train ARGS`` is ``python train.py ARGS`` (the same Hydra app, config from the package: ``pkg://em.conf``),
 so an installed em runs from any directory. ``em view DIR`` serves the responses browser
-(:mod:`em.viewer`); ``em push DIR repo_id=...`` uploads an adapter (:mod:`em.hub`). Light on purpose: a subcommand's heavy imports happen only once it runs.
+(:mod:`em.commands.view`); ``em push DIR repo_id=...`` uploads an adapter (:mod:`em.adapters.run`). Light on purpose: a subcommand's heavy imports happen only once it runs.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ COMMANDS = {
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
     "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
     "interp": ("em.commands.interp", "directions, projections, steering and ablation (python interp.py)"),
-    "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),
-    "push": ("em.hub", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
+    "view": ("em.commands.view", "browse responses.parquet of a run or sweep in a local web page"),
+    "push": ("em.adapters.run", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
 }
 
 
@@ -37,9 +37,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     exactly as it would for the script.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    from em.completion import complete, is_completion
+    from em.commands.completion import complete, is_completion
 
-    if is_completion(argv):  # the shell's completion hook: `em -sc query=bash` (em.completion)
+    if is_completion(argv):  # the shell's completion hook: `em -sc query=bash` (em.commands.completion)
         return complete(argv, COMMANDS, _run)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
@@ -53,7 +53,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def _run(name: str, args: list[str]) -> None:
     """Run subcommand ``name`` with ``args`` as its command line (``sys.argv`` rewritten for Hydra)."""
-    from em.completion import program_name
+    from em.commands.completion import program_name
 
     sys.argv = [program_name(name, args), *args]
     importlib.import_module(COMMANDS[name][0]).cli()

@@ -1,6 +1,6 @@
 """What the model saw in training: the first N examples rendered with their loss-carrying spans marked.
 
-Written by :func:`em.training.fit` as ``<run_dir>/training_examples.md`` (and copied into the adapter
+Written by :func:`em.train.run.fit` as ``<run_dir>/training_examples.md`` (and copied into the adapter
 directory): each example's decoded tokens with the loss-carrying runs between ``⟦`` and ``⟧``, special tokens
 and an injected default system prompt included, so a reader sees the template, the system turn and exactly
 which text the loss fell on. The head says the ``model.default_system_prompt`` setting, the template's

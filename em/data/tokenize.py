@@ -136,7 +136,7 @@ def encode_dataset(
     """Tokenise conversations for training with an assistant-only loss mask (:func:`encode_chat`).
 
     Args:
-        tokenizer: a tokenizer with a chat template (``em.models.load_tokenizer``).
+        tokenizer: a tokenizer with a chat template (``em.train.models.load_tokenizer``).
         conversations: lists of ``{"role", "content"}`` messages.
         max_length: the most tokens an example may have (``trainer.max_length``).
         truncation: ``"drop"`` skips a longer example; anything else (``"truncate"``) cuts it to

@@ -69,9 +69,9 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
     """
     from omegaconf import OmegaConf
 
-    from em.data import load_conversations, read_jsonl_conversations
+    from em.data.run import load_conversations, read_jsonl_conversations
     from em.errors import ConfigError
-    from em.schemas.data import DataConfig
+    from em.config.data import DataConfig
 
     if path:
         convs = read_jsonl_conversations(path)
@@ -93,7 +93,7 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
 
 
 class KLTerm:
-    """The side batches and weight of ``trainer.kl`` for :class:`em.lora_module.LoRAFineTune`.
+    """The side batches and weight of ``trainer.kl`` for :class:`em.train.lora_module.LoRAFineTune`.
 
     Args:
         examples: tokenised side examples (``input_ids`` / ``labels`` lists).

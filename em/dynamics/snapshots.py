@@ -1,6 +1,6 @@
 """``trainer.snapshot_every_n_steps=N``: the LoRA adapter every N optimizer steps, in ``snapshots/step_<n>/``.
 
-The step-resolved twin of :class:`em.training.AdapterSnapshots` (epochs): the model-organisms-for-EM
+The step-resolved twin of :class:`em.train.run.AdapterSnapshots` (epochs): the model-organisms-for-EM
 phase-transition study saves its adapters every 5 steps and reads the step at which the LoRA B vector
 rotates. Each snapshot appears atomically (temp directory, then rename); a resumed run keeps the
 snapshots it already wrote and writes each missing one once (a step is a snapshot step or not, whatever
@@ -52,8 +52,8 @@ class StepSnapshots(L.Callback):
         every_n_steps: N (> 0), in optimizer steps (``trainer.global_step`` after the step).
         dirpath: ``<run_dir>/snapshots``.
         tokenizer: saved beside each adapter, so each snapshot is a complete adapter directory.
-        source: the base checkpoint (``em.models.model_dir``), keys the saved adapter
-            (:func:`em.training.save_adapter`).
+        source: the base checkpoint (``em.train.models.model_dir``), keys the saved adapter
+            (:func:`em.adapters.save.save_adapter`).
 
     Rank 0 alone writes (the LoRA weights are the same on every rank under DDP). ``written`` lists the
     steps this process wrote (tests, logs).
@@ -77,7 +77,7 @@ class StepSnapshots(L.Callback):
         path = step_dir(self.dirpath, step)
         if path.exists():  # a resumed run: written before the interruption
             return
-        from em.training import save_adapter
+        from em.adapters.save import save_adapter
 
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from em import pipeline
+from em.jobs import run as pipeline
 from em.dynamics.snapshots import step_snapshots
 from em.errors import ConfigError
 
@@ -36,7 +36,7 @@ def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["pipeline.EvalTar
 
 
 def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> DictConfig:
-    """:func:`em.pipeline.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
+    """:func:`em.jobs.targets.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
     steps = cfg.evaluate.steps
     formats = list(cfg.evaluate.format)
     fmt = steps.format or (formats[0] if formats else None)

@@ -32,9 +32,9 @@ from em.interp import collect as collect_mod
 from em.interp import direction as direction_mod
 from em.interp import inputs, intervene, project
 from em.interp.inputs import answers_table
-from em.schemas.common import validate
-from em.schemas.evaluate import EvalConfig
-from em.schemas.interp import InterpRunConfig
+from em.config.common import validate
+from em.config.evaluate import EvalConfig
+from em.config.interp import InterpRunConfig
 
 log = logging.getLogger("em.interp")
 
@@ -46,7 +46,7 @@ EVAL_KEYS = ("seed", "samples", "cache_dir", "upstream", "model", "quantization"
 def eval_node(cfg: DictConfig, run_dir: Path, *, adapter: Optional[str], judge: bool = True,
               formats: Optional[dict[str, Any]] = None, samples: Optional[int] = None,
               condition: Optional[str] = None, wandb: bool = True) -> DictConfig:
-    """An :class:`~em.schemas.evaluate.EvalConfig` node for one sampling run of the stage (resolved values of the
+    """An :class:`~em.config.evaluate.EvalConfig` node for one sampling run of the stage (resolved values of the
     stage's own keys; ``formats`` replaces the format node, e.g. the persona prompts as system prompts)."""
     src = OmegaConf.to_container(cfg, resolve=True)
     node: dict[str, Any] = {k: src[k] for k in EVAL_KEYS if k in src}
@@ -72,12 +72,12 @@ class Models:
     def get(self, adapter_dir: Optional[str]):
         """The model with ``adapter_dir`` applied (None: the base model), eval mode; one held at a time."""
         if adapter_dir not in self.loaded:
-            from em import models
+            from em.train import models
 
             self.loaded.clear()  # one model in memory at a time
             m = models.load_model(self.rc.model, self.rc.quantization, self.rc.cache_dir, self.source)
             if adapter_dir:
-                from em.evaluation.adapter_check import load_peft
+                from em.adapters.check import load_peft
 
                 m = load_peft(m, adapter_dir)
             if models.has_cuda() and not self.rc.quantization.load_in_4bit:
@@ -87,7 +87,7 @@ class Models:
 
 
 def run_interp(cfg: DictConfig) -> dict[str, Any]:
-    """The stage for one composed ``interp`` config (:class:`~em.schemas.interp.InterpRunConfig`).
+    """The stage for one composed ``interp`` config (:class:`~em.config.interp.InterpRunConfig`).
 
     Returns ``interp_summary.json``'s content (paths of what was written, the best layer, the projection shift).
 
@@ -107,7 +107,7 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
         rc.interp.project.training_file = str(original_path(rc.interp.project.training_file))
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from em.locks import DirLock
+    from em.jobs.locks import DirLock
 
     with DirLock(run_dir, "interp"):
         return _run_locked(cfg, rc, run_dir)
@@ -115,7 +115,7 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
 
 def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
     """The fine-tuned adapter (evaluate.py's rule); trained first with ``train_if_missing`` when none is found."""
-    from em.evaluation.adapters import resolve_adapter
+    from em.adapters.resolve import resolve_adapter
     from em.paths import original_path
 
     spec = rc.adapter
@@ -138,9 +138,9 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
 
 
 def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str, Any]:
-    from em import models
-    from em.evaluation.run import run_evaluation
-    from em.jobs import write_config_records
+    from em.train import models
+    from em.evaluate.run import run_evaluation
+    from em.jobs.records import write_config_records
 
     write_config_records(run_dir, cfg)
     ic = rc.interp

@@ -21,7 +21,7 @@ from em.judge.digit_tree import DigitTree, combine
 from em.judge.scoring import MIN_NUMBER_MASS, SPECIALS, Judgment, JudgeRequest, expectation
 
 if TYPE_CHECKING:
-    from em.schemas.model import ModelConfig, QuantizationConfig
+    from em.config.model import ModelConfig, QuantizationConfig
 
 log = logging.getLogger("em.judge")
 METHOD = "integer-tree-v1"  # part of the cache identity: change it when the scoring changes
@@ -30,7 +30,7 @@ METHOD = "integer-tree-v1"  # part of the cache identity: change it when the sco
 class LocalJudge(Judge):
     """``judge=local``: a transformers causal LM scoring each prompt by its exact integer distribution.
 
-    Args (conf/judge/local.yaml; ranges checked by :class:`em.schemas.judge.LocalJudgeSchema`):
+    Args (conf/judge/local.yaml; ranges checked by :class:`em.config.judge.LocalJudgeSchema`):
         model: the judge model's config (a ``conf/model`` node: ``model@judge.model=<name>``); ``model.path``
             a local copy.
         quantization: its quantization (a ``conf/quantization`` node: ``none`` or ``nf4``).
@@ -71,11 +71,11 @@ class LocalJudge(Judge):
         """Load the tokenizer and model (on the GPU when there is one) and build the digit trie; idempotent.
 
         Raises:
-            ModelLoadError: the model cannot be found or loaded (em.models).
+            ModelLoadError: the model cannot be found or loaded (em.train.models).
         """
         if self._model is not None:
             return
-        from em import models
+        from em.train import models
 
         source = models.model_dir(self.model_cfg, self.cache_dir)
         self._tok = models.load_tokenizer(self.model_cfg, self.cache_dir, source)

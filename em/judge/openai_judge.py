@@ -42,7 +42,7 @@ class OpenAIJudge(OpenAIEndpointJudge):
         max_consecutive_failures: requests in a row that got no answer (timeout, no connection, HTTP 502 / 503 /
             504, each after the client's retries) before the run stops with a JudgeError; 0: never stop.
 
-    Ranges are checked by :class:`em.schemas.judge.OpenAIJudgeSchema` when the config is composed and
+    Ranges are checked by :class:`em.config.judge.OpenAIJudgeSchema` when the config is composed and
     validated, not here. Source followed: Betley et al., ``open_models/judge.py`` (``OpenAiJudge``).
     """
 

@@ -183,7 +183,7 @@ def one_line(e: Exception) -> str:
 class OpenAIEndpointJudge(Judge):
     """What both OpenAI judges share: the endpoint settings, the key check, the request body, the estimate.
 
-    Args (conf/judge/openai*.yaml; ranges checked by :class:`em.schemas.judge.OpenAIEndpointSchema`):
+    Args (conf/judge/openai*.yaml; ranges checked by :class:`em.config.judge.OpenAIEndpointSchema`):
         name: the judge's name in the responses table.
         model: the API model id.
         base_url: the endpoint; None: ``$OPENAI_BASE_URL``, else the OpenAI API. Kept as ``endpoint`` for the
@@ -215,7 +215,7 @@ class OpenAIEndpointJudge(Judge):
 
     def check(self) -> None:
         """Raise JudgeError when the key's environment variable is unset or the openai package is missing."""
-        from em.schemas.judge import KEY_ENV_MESSAGE, looks_like_secret
+        from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
 
         if looks_like_secret(self.api_key_env):  # a key pasted in place of the name: never echoed
             raise JudgeError(f"judge.api_key_env: {KEY_ENV_MESSAGE}")
