@@ -111,7 +111,7 @@ def measure_judge_prompts(count, cache_dir: Optional[str]) -> dict[str, Any]:
     from em.config.common import validate
     from em.evaluate.generation import plan
     from em.evaluate.questions import build_prompts, load_question_set
-    from em.evaluate.run import render_judge_prompt
+    from em.judge.run import render_judge_prompt
 
     o = ["questions=first_plot", f"format=[{','.join(FORMATS)}]", f"samples={SAMPLES}", "judge=none",
          "run_dir=/tmp/unused"] + ([f"cache_dir={cache_dir}"] if cache_dir else [])

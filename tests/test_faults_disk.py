@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from em.disk import StorageError, storage_fault
+from em.runtime import StorageError, storage_fault
 from tests.conftest import REPO, tiny_overrides
 from tests.eval_helpers import eval_overrides, subprocess_env
 

@@ -159,7 +159,7 @@ def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeyp
     """The streamed counts and token estimate equal those of every request built one by one."""
     from em.evaluate.generation import plan
     from em.evaluate.questions import build_prompts, load_question_set
-    from em.evaluate.run import render_judge_prompt
+    from em.judge.run import render_judge_prompt
     from em.judge.openai_judge import OpenAIJudge
     from em.judge.scoring import JudgeRequest
     from em.config.common import validate

@@ -40,7 +40,7 @@ def multimodal_dir(root: Path) -> Path:
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from em.train.tiny_tokenizer import build_tokenizer
+    from em.train.tiny import build_tokenizer
 
     d = root / "tiny_gemma3_mm"
     if (d / "config.json").exists():

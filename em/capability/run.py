@@ -38,7 +38,7 @@ from em.jobs.records import digest
 from em.runtime import atomic_write_json, read_json
 
 log = logging.getLogger("em.capability")
-LOCAL_TASKS = Path(__file__).parent / "capability_tasks"
+LOCAL_TASKS = Path(__file__).parent / "tasks"
 RESULT_FILE = "capability.json"
 LM_EVAL_PIN = "lm-eval==0.4.13"
 
@@ -322,9 +322,3 @@ def run_for_target(cfg: DictConfig, run_dir: Path, adapter: str, condition: str,
         for k in ("base", "adapter", "delta"):
             out[f"{prefix}capability/{r['task']}/{k}"] = r[k]
     return out
-
-
-if __name__ == "__main__":
-    from em.commands.capability import cli
-
-    cli()

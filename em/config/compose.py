@@ -7,12 +7,11 @@ here with one line naming the key, instead of Hydra's multi-line report.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
-from typing import Any, Callable, Optional
+from typing import Any
 
-from em.errors import ConfigError, EMError
+from em.errors import ConfigError
 from em.runtime import CONF_DIR
 
 # Launchers that come from a plugin package, and the package (conf/hydra/launcher/slurm.yaml builds on submitit_slurm).
@@ -237,7 +236,7 @@ def check_args(config_name: str, argv: list[str]) -> None:
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
         check_known_keys(cfg)  # (names the schema, and for trainer.* where a Lightning argument goes)
         check_composed(_without_hydra(cfg))
-        from em.disk import check_output_dir
+        from em.runtime import check_output_dir
 
         check_output_dir(cfg, multirun=bool(args.multirun))  # a read-only outputs directory: one line, exit 1
 
@@ -251,21 +250,6 @@ def _without_hydra(cfg: Any) -> Any:
         out.pop("hydra", None)
     OmegaConf.set_struct(out, True)
     return out
-
-
-class RedactCredentials(logging.Filter):
-    """A handler filter: a URL's ``user:password@`` never reaches a log file or the console (httpx logs every
-    request's URL at INFO; an endpoint from ``$OPENAI_BASE_URL`` may carry credentials)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003  logging's name
-        """Rewrite the record's message without URL credentials; never drops a record."""
-        message = record.getMessage()
-        if "@" in message and URL_CREDENTIALS.search(message):
-            from em.tracking import redact_urls
-
-            record.msg = redact_urls(message)
-            record.args = ()
-        return True
 
 
 def check_known_keys(cfg: Any, path: str = "") -> None:
@@ -333,38 +317,3 @@ def help_text(config_name: str, overrides: list[str]) -> str:
     lines += ["", "== Config ==", "Override anything in the config (foo.bar=value)", "", OmegaConf.to_yaml(body),
               "Hydra's own options: --hydra-help; the resolved config: --cfg job --resolve"]
     return "\n".join(lines)
-
-
-def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
-    a full or read-only disk (:mod:`em.disk`) prints one line naming the file and exits 1.
-
-    Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
-    """
-    import os
-
-    from em.disk import quiet_log_file_faults, storage_fault
-
-    log_sizes = {}  # the job's log files as the run found them: a refused run's own lines go with its directory
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
-            handler.addFilter(RedactCredentials())
-        quiet_log_file_faults(handler)
-        if isinstance(handler, logging.FileHandler):  # (a delayed handler has not created its file yet)
-            log_file = handler.baseFilename
-            log_sizes[log_file] = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-    try:
-        return fn(cfg)
-    except EMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        from em.runtime import drop_empty_run_dir
-
-        drop_empty_run_dir(log_sizes)
-        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.disk.StorageError)
-    except Exception as e:
-        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.disk)
-        if fault is None:
-            raise
-        print(f"error: {fault}", file=sys.stderr)
-        sys.exit(fault.exit_status)
-

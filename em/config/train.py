@@ -8,12 +8,14 @@ types are rejected at composition; the range checks in each ``__post_init__`` ru
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from em.errors import ConfigError
 from em.measurement import Thresholds
 from em.config.capability import CapabilityConfig
 from em.config.common import check_name, check_seed, require
@@ -160,8 +162,6 @@ class PushToHubConfig:
 
     def __post_init__(self) -> None:
         if self.enabled:
-            from em.config.train import check_repo_id
-
             check_repo_id(self.repo_id)
         if self.endpoint is not None:
             require(str(self.endpoint).startswith(("http://", "https://")), "push_to_hub.endpoint",
@@ -213,3 +213,16 @@ class TrainConfig:
 def store(cs: ConfigStore) -> None:
     """Register train.py's root schema (``train_schema``) in ``cs``."""
     cs.store(name="train_schema", node=TrainConfig)
+
+
+REPO_ID = re.compile(r"^([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def check_repo_id(repo_id: Optional[str], key: str = "push_to_hub.repo_id") -> None:
+    """``namespace/name`` (or ``name``: the token's user), the Hub's characters only.
+
+    Raises:
+        ConfigError: missing or malformed, naming ``key``.
+    """
+    if not repo_id or not REPO_ID.match(str(repo_id)) or ".." in str(repo_id):
+        raise ConfigError(f"{key}: a Hub repo id like 'my-org/my-adapter' is needed, got {repo_id!r}")

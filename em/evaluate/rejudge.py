@@ -16,13 +16,13 @@ al.'s sets share one aligned / coherent pair). The set's name and the templates'
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any, Optional
 
 from em.errors import ConfigError, DataError, JudgeError
+from em.judge.run import template_sha
 
 log = logging.getLogger("em.evaluate")
 
@@ -30,11 +30,6 @@ ORIGINAL = "original"  # the input's own judge, when the input names none (its `
 # Columns that belong to one judge's verdict, not to the answer (an em table repeats the answer per judge).
 JUDGE_COLUMNS = ("aligned", "coherent", "aligned_special", "coherent_special", "aligned_flag", "coherent_flag",
                  "judge", "judge_raw", "unscored_reason")
-
-
-def template_sha(template: str) -> str:
-    """The first 12 hex digits of the sha256 of a judge prompt template (provenance)."""
-    return hashlib.sha256(template.encode()).hexdigest()[:12]
 
 
 def answers_input(answers: Any) -> tuple[dict[str, Any], str]:
@@ -173,7 +168,8 @@ def run_rejudge(cfg: Any, ec: Any):
 
     from em.evaluate import report
     from em.evaluate.questions import load_question_set
-    from em.evaluate.run import EvalResult, render_judge_prompt
+    from em.evaluate.run import EvalResult
+    from em.judge.run import render_judge_prompt
     from em.judge.base import pending, run_judge
     from em.judge.cache import JudgeCache
     from em.judge.factory import build_judges
@@ -339,5 +335,4 @@ def log_wandb(ec: Any, cfg: Any, table, summary: dict[str, Any]) -> bool:
         return False
 
 
-__all__ = ["ORIGINAL", "log_wandb", "answers_input", "distinct_answers", "read_answers", "run_rejudge", "template_sha",
-           "templates_for"]
+__all__ = ["ORIGINAL", "log_wandb", "answers_input", "distinct_answers", "read_answers", "run_rejudge", "templates_for"]

@@ -105,8 +105,8 @@ class AnswerStore:
                 f.write(lines)
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError as e:  # a full disk: the line names this file (em.disk); a resume trims a torn last line
-            from em.disk import note_path
+        except OSError as e:  # a full disk: the line names this file (em.runtime); a resume trims a torn last line
+            from em.runtime import note_path
 
             note_path(e, self.path)
             raise

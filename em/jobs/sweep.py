@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from em.jobs import records as jobs, sweep_summary
 from em.errors import ConfigError, EMError
 from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
-from em.jobs.sweep_summary import exit_status, format_summary, from_launch, summarize
-                              summary_exit_status)
+from em.jobs.sweep_summary import (exit_status, format_summary, from_launch, summarize,  # noqa: F401  (em.jobs.sweep's API)
+                                   summary_exit_status)
 
 log = logging.getLogger("em.jobs.sweep")
 

@@ -20,7 +20,7 @@ import torch
 
 from em.adapters import lineage
 from em import runtime
-from em.train import tiny_families
+from em.train import tiny
 from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
 
@@ -142,7 +142,7 @@ def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
     target = cache_dir / "models" / f"{mc.name}-{key}"
     if (target / "config.json").exists():
         return target
-    from em.train.tiny_tokenizer import build_tokenizer
+    from em.train.tiny import build_tokenizer
 
     def build(tmp: Path) -> None:
         tok = build_tokenizer(mc.family)
@@ -165,8 +165,8 @@ def build_random_model(family: str, arch: dict[str, Any], vocab_size: int, token
     ids = {} if tokenizer is None else dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                                             eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    if family in tiny_families.FAMILIES:  # Llama / Mistral / Phi-3 (em.train.tiny_families)
-        return tiny_families.random_model(family, arch, vocab_size, ids)
+    if family in tiny.FAMILIES:  # Llama / Mistral / Phi-3 (em.train.tiny)
+        return tiny.random_model(family, arch, vocab_size, ids)
     if family == "qwen3":
         config = Qwen3Config(vocab_size=vocab_size, tie_word_embeddings=True, **ids, **arch)
         return Qwen3ForCausalLM(config)

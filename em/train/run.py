@@ -37,6 +37,7 @@ from em.train.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
 from em.config.common import validate
+from em.adapters.save import save_adapter
 
 if TYPE_CHECKING:
     from em.config.train import TrainConfig
@@ -97,20 +98,6 @@ class AdapterSnapshots(L.Callback):
             self.tokenizer.save_pretrained(tmp)
             atomic_replace_dir(tmp, path)
             log.info("adapter snapshot at step %d: %s", trainer.global_step, path)
-
-
-def save_adapter(model, path: Path, source: Optional[str], **kwargs) -> str:
-    """``model.save_pretrained(path, **kwargs)`` (a peft model: the LoRA weights), keyed for the class the
-    base checkpoint ``source`` (a local directory or a hub id) declares: a multimodal Gemma 3's text model
-    is saved with ``Gemma3ForConditionalGeneration`` keys, so plain peft on the hub checkpoint applies it
-    (:func:`em.adapters.check.save_layout`). Returns that class (``key_layout``)."""
-    model.save_pretrained(path, **kwargs)
-    trained = type(model.get_base_model()).__name__
-    if source is None:
-        return trained
-    from em.adapters.check import save_layout
-
-    return save_layout(path, source, trained)
 
 
 # --------------------------------------------------------------------------- fitting
