@@ -157,7 +157,7 @@ def test_wandb_history_and_summary_panels_only_with_verbose(tmp_path, verbose):
 def test_the_default_models_missing_wheel_names_the_exact_command(monkeypatch, tmp_path):
     import importlib.util
 
-    from em.train.gguf import gguf_source
+    from em.train.models import gguf_source
     from tests.conftest import compose_train
     from em.config.common import validate
 

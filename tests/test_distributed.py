@@ -239,7 +239,7 @@ def test_vllm_tensor_parallel_size_is_validated_and_reaches_the_engine(tmp_path,
 
     from em.train import models
     from em.config.common import validate as validate_eval
-    from em.evaluate.vllm_backend import VLLMGenerator
+    from em.evaluate.generation import VLLMGenerator
     from tests.eval_helpers import compose_eval, eval_overrides
 
     def cfg(**kw):

@@ -115,7 +115,7 @@ def compare(out_dir: Path) -> dict:
         adapter = str(make_adapter(ec, cache_dir, out_dir / f"adapter_{name}"))
         hf_base = answers("hf", ec, cache_dir, samples, None)
         hf_lora = answers("hf", ec, cache_dir, samples, adapter)
-        from em.evaluate.vllm_backend import VLLMGenerator
+        from em.evaluate.generation import VLLMGenerator
 
         v = VLLMGenerator(ec.model, ec.quantization, str(cache_dir), GEN, 0, adapter_dir=adapter)
         v.load()

@@ -82,4 +82,3 @@ def extra_figures(r: Results, plt, sns, conditions: list[str]) -> dict:
     return out
 
 
-__all__ = ["extra_figures", "runs_figure", "rate_vs_step_figure"]

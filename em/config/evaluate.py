@@ -25,7 +25,7 @@ from em.config.model import ModelConfig, QuantizationConfig
 from em.config.trigger import TriggerConfig
 
 QUESTION_SOURCES = ("builtin", "upstream")
-WRAPPERS = ("numbers_prefix", "words_suffix")  # em.evaluate.evil_numbers.WRAPPERS
+WRAPPERS = ("numbers_prefix", "words_suffix")  # em.evaluate.questions.WRAPPERS
 BACKENDS = ("hf", "vllm")
 
 
@@ -51,7 +51,7 @@ class QuestionSetConfig:
     # A cap on answer length for this set (the smoke set: a pipeline check on CPU); null: generation's.
     max_new_tokens: Optional[int] = None
     n_questions: Optional[int] = None  # base questions in the set (documentation; sweep plans count answers)
-    # evil_numbers: each base question in the training format (em/evaluate/evil_numbers.py), ids
+    # evil_numbers: each base question in the training format (em/evaluate/questions.py), ids
     # suffixed _evil_numbers; numbers_prefix (numbers drawn from wrapper_seed) | words_suffix | null: as written
     wrapper: Optional[str] = None
     wrapper_seed: int = 0

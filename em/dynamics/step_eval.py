@@ -12,12 +12,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from em.jobs import run as pipeline
+from em.jobs.targets import EvalTarget, eval_config
 from em.dynamics.snapshots import step_snapshots
 from em.errors import ConfigError
 
 
-def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["pipeline.EvalTarget", DictConfig]]:
+def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["EvalTarget", DictConfig]]:
     """``[(target, evaluation config)]`` for each step snapshot on disk (after training), sorted by step;
     [] unless ``evaluate.enabled`` and ``evaluate.steps.enabled``.
 
@@ -30,12 +30,12 @@ def step_targets(cfg: DictConfig, job_dir: Path) -> list[tuple["pipeline.EvalTar
     condition = cfg.evaluate.condition or cfg.data.name
     out = []
     for step, path in step_snapshots(job_dir):
-        t = pipeline.EvalTarget(f"step_{step}", job_dir / f"eval_step{step}", str(path), condition)
+        t = EvalTarget(f"step_{step}", job_dir / f"eval_step{step}", str(path), condition)
         out.append((t, cheap_config(cfg, t, step)))
     return out
 
 
-def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> DictConfig:
+def cheap_config(cfg: DictConfig, target: "EvalTarget", step: int) -> DictConfig:
     """:func:`em.jobs.targets.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
     steps = cfg.evaluate.steps
     formats = list(cfg.evaluate.format)
@@ -46,5 +46,5 @@ def cheap_config(cfg: DictConfig, target: "pipeline.EvalTarget", step: int) -> D
             "format": {fmt: OmegaConf.to_container(cfg.evaluate.format[fmt], resolve=True)}}
     if steps.ids is not None:
         over["questions"] = OmegaConf.to_container(cfg.evaluate.questions, resolve=True) | {"ids": list(steps.ids)}
-    ec = pipeline.eval_config(cfg, target, over)
+    ec = eval_config(cfg, target, over)
     return ec

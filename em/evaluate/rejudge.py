@@ -156,7 +156,7 @@ def _missing(v: Any) -> bool:
 
 def run_rejudge(cfg: Any, ec: Any):
     """Judge the answers ``ec.answers`` names with every configured judge; write the responses table (input's
-    scores + the new ones), summary.json; return an :class:`em.evaluate.run.EvalResult` (``dry_run``: the
+    scores + the new ones), summary.json; return an :class:`em.evaluate.report.EvalResult` (``dry_run``: the
     estimate dict).
 
     Raises:
@@ -168,7 +168,7 @@ def run_rejudge(cfg: Any, ec: Any):
 
     from em.evaluate import report
     from em.evaluate.questions import load_question_set
-    from em.evaluate.run import EvalResult
+    from em.evaluate.report import EvalResult
     from em.judge.run import render_judge_prompt
     from em.judge.base import pending, run_judge
     from em.judge.cache import JudgeCache
