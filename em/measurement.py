@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
+from em.errors import require
+
 
 SCORED = "scored"
 CODE = "CODE"
@@ -54,7 +56,6 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         # (imported here: em.config registers the analysis schema, which imports this module)
-        from em.config.common import require
 
         for key in ("coherent", "aligned"):
             v = getattr(self, key)

@@ -10,7 +10,10 @@ outside one.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Optional
+
+DATA_DIR_ENV = "EM_DATA_DIR"  # a directory holding the upstream repository's files (before the cache)
 
 
 def original_path(path: Optional[str]) -> Optional[str]:
@@ -51,4 +54,13 @@ def absolutize_eval(ec: Any, keywords: tuple = ()) -> Any:
     return ec
 
 
-__all__ = ["original_path", "absolutize_eval"]
+
+def local_roots(cache_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """Where em looks for an upstream repository's files before downloading, in order: ``("EM_DATA_DIR",
+    its directory)`` when that variable is set, then ``("cache", <cache_dir>/upstream)``. Reads nothing."""
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    return ([(DATA_DIR_ENV, Path(env_dir).expanduser())] if env_dir else []) + [
+        ("cache", Path(cache_dir).expanduser() / "upstream")]
+
+
+__all__ = ["DATA_DIR_ENV", "absolutize_eval", "local_roots", "original_path"]

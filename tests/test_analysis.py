@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.analysis.figures import FIGURES
 from tests.synthetic_responses import synthetic_responses
 from em.runtime import CONF_DIR

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.analysis.scaling import model_meta
 from em.errors import ConfigError
 from em.evaluate.report import eval_metrics, summarize

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 
 PEERS = Path(__file__).resolve().parents[1].parent / "shared" / "peers"
 if not PEERS.is_dir():

@@ -13,7 +13,7 @@ from hydra import compose, initialize
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.errors import DataError
 
 KNOWN = [(0, 20), (3, 40), (0, 40), (1, 2400), (17, 2400)]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.runtime import CONF_DIR
 
 # three fine-tuning seeds of one procedure that differ a lot (as in multi-seed EM studies), and a base model

@@ -16,7 +16,7 @@ from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.measurement import Thresholds
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_definition, rate_table

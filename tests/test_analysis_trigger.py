@@ -35,7 +35,7 @@ def trigger_run(tmp_path_factory, cache_dir):
 
 
 def _analyze(run_dir, *inputs, figures=True):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"run_dir={run_dir}", "bootstrap.n_resamples=100",

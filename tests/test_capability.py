@@ -121,7 +121,7 @@ def _cap_file(d: Path, model: str, condition: str, deltas: dict) -> None:
 
 
 def test_analysis_joins_capability_with_rates(tmp_path):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     inputs = []
     for cond, dl in (("base", 0.0), ("insecure", -0.12), ("educational", -0.02)):
@@ -152,7 +152,7 @@ def test_analysis_joins_capability_with_rates(tmp_path):
 
 
 def test_analysis_without_capability_files_writes_no_capability_table(tmp_path):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     df = synthetic_responses(models=["gemma3_1b"], n_questions=2, n_samples=20)
     df.to_parquet(tmp_path / "r.parquet")

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from hydra import compose, initialize
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from tests.synthetic_responses import synthetic_responses
 
 TITLE = "Emergent misalignment: analysis"

@@ -169,7 +169,7 @@ def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_aut
     tmp_path = zroe_rejudged[0]
     from hydra import compose, initialize_config_dir
 
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
     from em.runtime import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -1,6 +1,7 @@
 """The package's shape, read with ``ast`` from the source (nothing is imported, so it takes no time):
 
-* no import circle among em's modules, counting imports made inside functions;
+* no import circle among em's modules, counting imports made inside functions and the package ``__init__``
+  that importing a module runs first;
 * at most :data:`MAX_TOP` modules at the top of ``em/`` (shared helpers; every stage is a package);
 * each stage package has its entry, ``run.py``;
 * the config package (schemas, composition checks) imports no stage package;
@@ -98,6 +99,17 @@ def graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
             edges[mod].add(target)
             if in_func:
                 lazy.append((mod, line, target))
+        # importing a module runs its packages' __init__ first: from outside a package that is an import of it
+        # (inside, the package is already importing); an __init__ that walks its package with pkgutil
+        # (em.config registers every schema module) imports each module of it
+        for target in list(edges[mod]):
+            parts = target.split(".")
+            for k in range(2, len(parts)):
+                pkg = ".".join(parts[:k])
+                if pkg in known and not (mod == pkg or mod.startswith(pkg + ".")):
+                    edges[mod].add(pkg)
+        if path.name == "__init__.py" and "pkgutil.iter_modules" in path.read_text(encoding="utf-8"):
+            edges[mod] |= {m for m in known if m.rpartition(".")[0] == mod}
     return edges, lazy
 
 

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from em.adapters.check import load_peft
 from em.errors import ConfigError
 
 KEY = "trainer.init_adapter"
@@ -93,6 +94,4 @@ def load_adapter(model: Any, spec: str) -> Any:
         ConfigError: see :func:`adapter_dir`.
         ModelLoadError: none of the parent's modules exists in ``model``.
     """
-    from em.adapters.check import load_peft
-
     return load_peft(model, adapter_dir(spec), is_trainable=True)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from em.errors import ModelLoadError
+from em.paths import original_path
 
 log = logging.getLogger("em.evaluate")
 NONE_VALUES = (None, "", "none", "null", "base")
@@ -130,7 +131,6 @@ def resolve_adapter(spec: Optional[str], train_dir: str, model_cfg: Any, source:
     if isinstance(spec, str) and spec.strip().lower() in NONE_VALUES or spec is None:
         return AdapterInfo()
     if spec == "latest":
-        from em.paths import original_path
 
         train_dir = original_path(train_dir)
         run = latest_adapter(train_dir, model_cfg.name)
@@ -143,7 +143,6 @@ def resolve_adapter(spec: Optional[str], train_dir: str, model_cfg: Any, source:
             return AdapterInfo()
         print(f"adapter=latest: {run}")
         spec = str(run)
-    from em.paths import original_path
 
     p = Path(original_path(spec))
     if (p / "adapter" / "adapter_config.json").is_file():

@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from em.config.train import check_repo_id
 from em.errors import ConfigError
 from em.runtime import atomic_write_json, read_json
-from em.config.train import check_repo_id
+from em.tracking import env_secrets, redact_url, redact_urls
 
 log = logging.getLogger("em.adapters.run")
 PUSH_FILE = "hub_push.json"
@@ -42,8 +43,6 @@ def adapter_digest(adapter_dir: Path) -> str:
 
 def _redacted(text: str) -> str:
     """``text`` without any secret environment value (the token, API keys) or URL credentials."""
-    from em.tracking import env_secrets, redact_urls
-
     for s in sorted(env_secrets(), key=len, reverse=True):
         text = text.replace(s, "<redacted>")
     return redact_urls(text)
@@ -102,8 +101,6 @@ def push_once(adapter_dir: Path, record_dir: Optional[Path], node: Any, *, force
         The record: ``state`` (``pushed`` / ``pushed already`` / ``failed``), ``repo_id``, ``endpoint``,
         ``adapter_digest``, and ``url`` / ``commit`` or ``error`` (one line, secrets removed).
     """
-    from em.tracking import redact_url
-
     from huggingface_hub import constants
 
     adapter_dir = Path(adapter_dir)

@@ -18,7 +18,9 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
+from em.analysis.figures import _plt, _save
 from em.errors import DataError
+from em.runtime import atomic_write
 
 log = logging.getLogger(__name__)
 FILE = "capability.json"
@@ -70,8 +72,6 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
 
     Writes ``<out>/capability_vs_misalignment.png`` (+ ``.svg``); returns the PNG, or None for an empty table.
     """
-    from em.analysis.figures import _plt, _save
-
     if table.empty:
         return None
     plt, sns = _plt()
@@ -113,7 +113,6 @@ def write_capability(table_paths: Iterable[Path], rates: pd.DataFrame, run_dir: 
         return {}
     table = capability_table(read_capability(files), rates)
     out = {"table": Path(run_dir) / "capability.csv"}
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
     if figures:

@@ -22,7 +22,7 @@ import pandas as pd
 from em import measurement
 from em.analysis import readers
 from em.errors import ConfigError, DataError
-from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
+from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status, special_scored
 
 log = logging.getLogger("em.analysis")
 GROUP_COLUMNS = ("model", "condition", "format", "question_id")
@@ -132,7 +132,6 @@ def _special_scored_rows(df: pd.DataFrame, path: Path) -> int:
     reference rule: :func:`em.measurement.special_scored`); 0 for tables without those columns."""
     if "aligned_special" not in df and "coherent_special" not in df:
         return 0
-    from em.measurement import special_scored
 
     a, c, status, _ = _scores_for(df, "", path)
     return int(special_scored(status, _special_column(df, "aligned_special"),

@@ -16,6 +16,10 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 
 from em.analysis import judge_bands
+from em.analysis.markdown import dec, md_table, num, pct, pval
+from em.analysis.readers import read_table
+from em.errors import ConfigError
+from em.runtime import atomic_write_csv
 
 log = logging.getLogger("em.analysis")
 
@@ -28,8 +32,6 @@ def provenance_table(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
     """One row per judge named in the tables ``paths``: ``judge``, ``rows``, ``model``, ``host``, ``score_mode``,
     ``template_sha`` (distinct hashes, ``;``-joined), ``judged_from`` / ``judged_to`` (UTC dates); "not recorded"
     where a judge's rows carry no provenance. None when no table has a ``judge`` column."""
-    from em.analysis.readers import read_table
-
     parts = []
     for p in paths:
         try:
@@ -84,8 +86,6 @@ def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, pa
     Raises:
         ConfigError: ``reference`` set but not a judge of the inputs (or the inputs hold one judge only).
     """
-    from em.errors import ConfigError
-
     prov = provenance_table(paths)
     out: dict[str, Any] = {"provenance": prov, "line": judges_line(prov), "reference": reference}
     n_judges = 0 if judge_scores is None else judge_scores["judge"].nunique()
@@ -104,8 +104,6 @@ def write(extras: dict[str, Any], judge_scores: Optional[pd.DataFrame], definiti
           figures: bool) -> tuple[dict[str, Path], dict[str, Path]]:
     """Write ``judge_provenance.csv``, ``judge_agreement_bands.csv``, ``judge_rate_differences.csv`` (those that
     exist) and, with ``figures``, ``figures/judge_scatter.png``; return (description -> CSV, name -> PNG)."""
-    from em.runtime import atomic_write_csv
-
     tables: dict[str, Path] = {}
     what = {"provenance": ("judge_provenance", "who judged: model, endpoint host, score mode, template hash, dates"),
             "bands": ("judge_agreement_bands", "Krippendorff's α and Cohen's κ per threshold band and overall"),
@@ -136,8 +134,6 @@ def headline(extras: dict[str, Any]) -> list[str]:
 
 def markdown(extras: dict[str, Any]) -> str:
     """The report's judge section: provenance, band-wise agreement, rate differences (empty when none)."""
-    from em.analysis.markdown import dec, md_table, num, pct, pval
-
     out = []
     prov = extras.get("provenance")
     if prov is not None and len(prov):

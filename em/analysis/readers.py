@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from em.errors import DataError
+from em.analysis.nested import read_nested
+from em.errors import DataError, _json_problem
 from em.measurement import SPECIALS
 
 # em's own evaluate.py tables: the seed column there is the fine-tuning run's seed.
@@ -36,18 +37,6 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise DataError(f"{path}:{i}: a JSONL record must be an object, got {type(obj).__name__}")
             records.append(obj)
     return pd.DataFrame.from_records(records)
-
-
-def _json_problem(e: ValueError, text: str) -> str:
-    """What is wrong with one JSONL line, placed by column only (the line is the file's; the decoder's own
-    "line 1 column 17 (char 16)" would read as a second line number)."""
-    if not isinstance(e, json.JSONDecodeError):
-        return str(e)
-    head = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Unterminated string starting at": the column follows
-    if e.pos >= len(text.rstrip()):
-        return f"{head} at the end of the line: the record is cut short"
-    cut = ": the record is cut short" if e.msg.startswith("Unterminated string") else ""
-    return f"{head} at column {e.colno}{cut}"
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -102,8 +91,6 @@ def read_records(path: Path, records: str) -> pd.DataFrame:
     Raises:
         DataError: not a .json file, or what :func:`em.analysis.nested.read_nested` raises.
     """
-    from em.analysis.nested import read_nested
-
     if path.suffix.lower() != ".json":
         raise DataError(f"{path}: inputs[].records applies to .json files only")
     df = read_nested(path, records)

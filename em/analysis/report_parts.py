@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import pandas as pd
 
+from em.analysis.judge_name import judge_info
 from em.analysis.markdown import dec, pval, rate_ci
+from em.analysis.pooling import POOLED, breakdown_text, per_format
 from em.analysis.results import Results
+from em.analysis.runs import runs_per_cell
 from em.measurement import DENOMINATORS
 
 
 def judge(r: Results):
     """The judges behind the answers (:func:`em.analysis.judge_name.judge_info`)."""
-    from em.analysis.judge_name import judge_info
-
     return judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine)
 
 
 def condition_bullets(r: Results, by_cond: pd.DataFrame) -> list[str]:
     """One headline bullet per condition: its rate [CI], labelled "pooled over formats" with each format's rate
     and counts beside it when the condition was asked in several formats (:mod:`em.analysis.pooling`)."""
-    from em.analysis.pooling import POOLED, breakdown_text, per_format
-
     out = []
     for row in by_cond.itertuples():
         pooled = len(per_format(r.rates, row.condition)) > 1
@@ -47,8 +46,6 @@ def contrast_test_text(c: pd.Series) -> str:
 
 def runs_caveat(answers: pd.DataFrame) -> str:
     """The caveat on run-to-run variance: carried (>= 2 runs in some model × condition) or not estimated."""
-    from em.analysis.runs import runs_per_cell
-
     if (runs_per_cell(answers)["n_runs"] >= 2).any():
         return ("- Groups that pool several fine-tuning runs carry the between-run variance (two-way run × "
                 "question design effect; t on min(runs, questions) - 1 degrees of freedom): with few runs these "

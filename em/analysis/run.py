@@ -12,21 +12,30 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pandas as pd
 
+from em.analysis import judge_report, runs as run_stats, steps
+from em.analysis.capability import write_capability
+from em.analysis.console import condition_table, score_notes
 from em.analysis.contrasts import contrast_table
 from em.analysis.correlations import correlation_table
-from em.analysis.console import condition_table, score_notes
+from em.analysis.figures import make_figures
 from em.analysis.groups import ALL, Cells
 from em.analysis.inputs import find_tables
-from em.analysis.loading import load_responses
+from em.analysis.judge_name import judge_info
 from em.analysis.judges import judge_tables
+from em.analysis.loading import load_responses
+from em.analysis.pairs import condition_pairs, format_pairs
+from em.analysis.pooling import summary_entry
 from em.analysis.rates import rate_definition, rate_table
+from em.analysis.report import write_report
 from em.analysis.results import Results
 from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import sensitivity_tables
+from em.analysis.views import write_trigger
+from em.analysis.wandb_log import log_to_wandb
+from em.config.analysis import load_analysis_config
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
 from em.runtime import atomic_write_csv, atomic_write_text
-from em.config.analysis import load_analysis_config
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +104,6 @@ def write_tables(r: Results) -> dict[str, pd.DataFrame]:
 
 def write_summary(r: Results) -> Path:
     """``<run_dir>/summary.json``: the definition, inputs, status counts, per-condition rates, timings (s)."""
-    from em.analysis.judge_name import judge_info
-    from em.analysis.pooling import summary_entry
-
     s = r.settings
     d = s.thresholds
     summary: dict[str, Any] = {
@@ -133,8 +139,6 @@ def add_runs(rr, cells: Cells, answers: pd.DataFrame, s) -> Optional[pd.DataFram
     """Runs as clusters (:mod:`em.analysis.runs`, ``contrasts.runs=two_way``): intervals of groups pooling >= 2
     runs widened for the between-run variance, and the per-run rows (level ``model×condition×run``) appended
     to the rate table; returns those rows (None with one run per model × condition, or ``runs=ignore``)."""
-    from em.analysis import runs as run_stats
-
     rr.table["run"] = ALL
     if s.contrasts.runs == "ignore":
         rr.table["n_runs"], rr.table["between_run_share"] = run_stats.runs_per_cell(answers)["n_runs"].max(), pd.NA
@@ -153,8 +157,6 @@ def add_runs(rr, cells: Cells, answers: pd.DataFrame, s) -> Optional[pd.DataFram
 def split_steps(responses) -> Optional[pd.DataFrame]:
     """Answers from several checkpoints (:mod:`em.analysis.steps`): ``responses`` keeps the final answers (the
     main tables); returns every answer (for the per-step rates), or None without a step dimension."""
-    from em.analysis import steps
-
     if not steps.has_steps(responses.answers):
         return None
     every = responses.answers
@@ -170,7 +172,6 @@ def add_steps(rr, every: Optional[pd.DataFrame], s, notes: list) -> list:
     rr.table["step"] = ALL
     if every is None:
         return []
-    from em.analysis import steps
 
     rows = steps.step_level(every, s.thresholds, confidence=s.bootstrap.confidence, min_group_n=s.min_group_n,
                             denominator=s.denominator)
@@ -189,8 +190,6 @@ def add_steps(rr, every: Optional[pd.DataFrame], s, notes: list) -> list:
 def resolve_pairs(s, rates: pd.DataFrame) -> None:
     """``contrasts.condition`` / ``contrasts.format`` null: the pairs from the data (:mod:`em.analysis.pairs`),
     written back into the settings so the report, summary.json and W&B quote the pairs compared."""
-    from em.analysis.pairs import condition_pairs, format_pairs
-
     conds = rates.loc[rates["level"] == "condition", "condition"].astype(str).tolist()
     fmts = rates.loc[rates["level"] == "condition×format", "format"].astype(str).unique().tolist()
     s.contrasts.condition = condition_pairs(conds, s.contrasts.condition, s.contrasts.reference, s.ordering.condition)
@@ -250,7 +249,6 @@ def run_analysis(cfg: Any) -> Path:
         judge_rates, agreement = judge_tables(responses.judge_scores, responses.answers, d,
                                               confidence=s.bootstrap.confidence, max_units=s.judges.alpha_max_units,
                                               seed=s.judges.seed)
-        from em.analysis import judge_report  # provenance, band-wise agreement, bias against judges.reference
 
         extras = judge_report.judge_extras(responses.judge_scores, responses.answers, paths, d,
                                            reference=s.judges.reference, n_resamples=s.bootstrap.n_resamples,
@@ -262,7 +260,6 @@ def run_analysis(cfg: Any) -> Path:
         frames = write_tables(r)
     if s.figures:
         with _timed(timings, "figures"):
-            from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
     with _timed(timings, "judge extras"):
@@ -270,26 +267,20 @@ def run_analysis(cfg: Any) -> Path:
         r.tables.update(jt)
         r.figures.update(jf)
     with _timed(timings, "capability"):  # capability.json beside a table: capability.csv + its figure
-        from em.analysis.capability import write_capability
-
-        from em.analysis.judge_name import judge_info
 
         judge = judge_info(responses.sources, responses.answers, s.judges.combine)
         cap = write_capability(paths, rr.table, run_dir, s.figures, judge.label())
         if "figure" in cap:
             r.figures["capability_vs_misalignment"] = cap["figure"]
     with _timed(timings, "trigger"):  # answers with the trigger on and off: trigger_contrast.csv + figure
-        from em.analysis.views import write_trigger
 
         write_trigger(r)
     with _timed(timings, "report"):
-        from em.analysis.report import write_report
 
         write_report(r, run_dir)
     timings["total"] = time.perf_counter() - start
     write_summary(r)
     if s.use_wandb:
-        from em.analysis.wandb_log import log_to_wandb
 
         log_to_wandb(r, frames)
     table = condition_table(r.rates, "\n".join(f"note: {n}" for n in responses.notes), s.contrasts.reference,

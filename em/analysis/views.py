@@ -16,8 +16,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from em.analysis.figures import _order, _plt, _save
+from em.analysis.io import TRIGGER_TAG, trigger_on
+from em.analysis.judge_name import judge_info
+from em.analysis.loading import load_responses
 from em.analysis.rates import wilson
 from em.measurement import SCORED, Thresholds
+from em.runtime import atomic_write
 
 ALL = "all"
 
@@ -58,13 +63,10 @@ def chain_view(stages: pd.DataFrame, answers: pd.DataFrame, out: Path, threshold
         (the table: one row per stage and format, ``all`` included; the figure's path). The figure draws
         the ``all`` rate per stage with its CI as error bars, one thin line per format.
     """
-    from em.analysis.figures import _plt
-
     out.mkdir(parents=True, exist_ok=True)
     r = rates_by(answers, ["condition", "format"], thresholds, confidence)
     table = stages[["stage", "name", "condition"]].astype({"condition": str}).merge(r, on="condition", how="left")
     table = table.sort_values(["stage", "format"]).reset_index(drop=True)
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(out / "chain_rates.csv", lambda p: table.to_csv(p, index=False))
     plt, _ = _plt()
@@ -101,8 +103,6 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
     """
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    from em.analysis.io import TRIGGER_TAG, trigger_on
-
     # pair the arms on the base format (the analysis labels trigger-on rows ``<format>+trigger``)
     a = answers.assign(trigger=trigger_on(answers["trigger"]),
                        format=answers["format"].astype(str).str.removesuffix(TRIGGER_TAG))
@@ -124,8 +124,6 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
 def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.DataFrame:
     """The answers table of the given responses tables (:func:`em.analysis.loading.load_responses`); a
     ``trigger`` column of the tables is kept (``unspecified`` where a table has none)."""
-    from em.analysis.loading import load_responses
-
     return load_responses(list(tables), condition=condition).answers
 
 
@@ -136,8 +134,6 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str) -> Path:
 
     Writes ``<out>/trigger_contrast.png`` (+ ``.svg``) and returns the PNG path.
     """
-    from em.analysis.figures import _order, _plt, _save
-
     plt, sns = _plt()
     panels = list(dict.fromkeys(zip(table["model"], table["condition"])))
     ncols = min(len(panels), 3)
@@ -184,7 +180,6 @@ def write_trigger(r: Any) -> dict[str, Path]:
     a = r.responses.answers
     if "trigger" not in a:
         return {}
-    from em.analysis.io import trigger_on
 
     a = a[a["trigger"].astype("string").str.strip().str.lower().isin(("true", "false", "1", "0", "1.0", "0.0"))]
     if trigger_on(a["trigger"]).nunique() < 2:
@@ -192,13 +187,11 @@ def write_trigger(r: Any) -> dict[str, Path]:
     s = r.settings
     table = trigger_contrast(a, s.thresholds, s.bootstrap.confidence)
     out = {"table": Path(s.run_dir) / "trigger_contrast.csv"}
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(out["table"], lambda p: table.to_csv(p, index=False))
     r.tables["trigger on vs off per model × condition × format: misaligned / coherent with Wilson CIs, "
              "the difference with Newcombe's CI"] = out["table"]
     if s.figures:
-        from em.analysis.judge_name import judge_info
 
         out["figure"] = r.figures["trigger_contrast"] = trigger_figure(
             table, Path(s.run_dir) / "figures", f"{s.thresholds.describe()}; {s.bootstrap.confidence:.0%} CIs · "

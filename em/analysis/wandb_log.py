@@ -9,7 +9,10 @@ from typing import Optional
 
 import pandas as pd
 
+from em.analysis.judge_name import judge_info
+from em.analysis.pooling import per_format
 from em.analysis.results import Results
+from em.tracking import init_wandb
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
     """Log every table and figure to one run of job type "analysis"; return its local directory."""
     import wandb
 
-    from em.tracking import init_wandb
-
     s = r.settings
     run = init_wandb(project=s.wandb.project, run_dir=str(s.run_dir), job_type="analysis", config=settings_dict(r),
                      group=s.wandb.group, mode=s.wandb.mode, entity=s.wandb.entity)
@@ -39,8 +40,6 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
         payload = {f"tables/{name}": wandb.Table(dataframe=_plain(df)) for name, df in frames.items()}
         payload.update({f"figures/{name}": wandb.Image(str(png)) for name, png in r.figures.items()})
         run.log(payload)
-        from em.analysis.judge_name import judge_info
-        from em.analysis.pooling import per_format
 
         for row in r.level("condition").itertuples():
             fmts = per_format(r.rates, row.condition)

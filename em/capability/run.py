@@ -33,9 +33,15 @@ from typing import Any, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from em.adapters import lineage
+from em.adapters.check import load_peft
+from em.adapters.resolve import resolve_adapter
+from em.config.capability import CapabilityRunConfig
+from em.config.common import validate
 from em.errors import ConfigError, DataError
 from em.jobs.records import digest
 from em.runtime import atomic_write_json, read_json
+from em.train import models
 
 log = logging.getLogger("em.capability")
 LOCAL_TASKS = Path(__file__).parent / "tasks"
@@ -192,7 +198,6 @@ def paired_delta(base: dict, adapter: dict, confidence: float) -> dict[str, Opti
 
 
 def _identity(c: Any, source: str, adapter_dir: Optional[Path], version: str) -> dict[str, Any]:
-    from em.adapters import lineage
 
     cc = c.capability
     return {"model": c.model.name, "model_source": c.model.path or c.model.hub_id or Path(str(source)).name,
@@ -224,14 +229,10 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
         DataError: a task's dataset cannot be loaded (offline), before any model is loaded.
         ModelLoadError: the model or adapter cannot be loaded, or the adapter belongs to another model.
     """
-    from em.config.common import validate
-
     c = validate(cfg)
     cc = c.capability
     cc.tasks = runnable_tasks(cc)  # code-executing tasks only with capability.allow_code_execution=true
     version = lm_eval_version()
-    from em.train import models
-    from em.adapters.resolve import resolve_adapter
 
     source = models.model_dir(c.model, c.cache_dir)
     adapter = resolve_adapter(c.adapter, c.train_dir, c.model, source)
@@ -261,7 +262,6 @@ def run_capability(cfg: DictConfig) -> dict[str, Any]:
         print(f"capability: base model scores from {base_file}")
     scored = base["tasks"]
     if adapter.adapter_dir is not None:
-        from em.adapters.check import load_peft
 
         model = load_peft(model, adapter.adapter_dir).eval()  # either key layout; matching nothing is an error
         lm = _lm(model, tokenizer, cc)
@@ -300,8 +300,6 @@ def _task_manager() -> Any:
 def pipeline_config(cfg: DictConfig, run_dir: Path, adapter: str, condition: str) -> DictConfig:
     """``python -m em.capability``'s config for one evaluation target of a train.py job (its model,
     quantization of the evaluation, seed, cache and ``capability`` node; the target's dir, adapter, condition)."""
-    from em.config.capability import CapabilityRunConfig
-
     node = {"seed": cfg.seed, "run_dir": str(run_dir), "cache_dir": cfg.cache_dir, "adapter": adapter,
             "train_dir": str(run_dir.parent), "condition": condition,
             "model": OmegaConf.to_container(cfg.evaluate.model, resolve=True),

@@ -16,7 +16,7 @@ from em.commands import run_main
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Run the analysis of the composed config; bad input prints one line (exit 2)."""
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     from em.quiet import configure
 

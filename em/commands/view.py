@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from em.commands import run_main
+import em.config
 from em.errors import ConfigError
+from em.measurement import Thresholds
 
 TABLE = "responses"
 FACETS = ["model", "condition", "format", "question_id", "judge", "misaligned"]
@@ -58,9 +61,6 @@ def build_database(path: str | Path, db: str | Path, coherent: Optional[float] =
     import sqlite3
 
     import pandas as pd
-
-    import em.config  # noqa: F401  (em.measurement imports through em.config; import that first)
-    from em.measurement import Thresholds
 
     root = Path(path)
     kw = {k: v for k, v in (("coherent", coherent), ("aligned", aligned)) if v is not None}
@@ -111,8 +111,6 @@ def datasette_args(db: Path, meta: Path, host: str, port: int) -> list[str]:
 
 def cli(argv: Optional[list[str]] = None) -> None:
     """``em view PATH [--port N] [--coherent X] [--aligned Y]``: build the table and serve it until Ctrl-C."""
-    from em.commands import run_main
-
     p = argparse.ArgumentParser(prog="em view", description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="an evaluation run dir, a sweep dir, or a responses.parquet")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from em.config import resolvers
+
 def register_configs() -> None:
     """Register the ``em.*`` resolvers and every schema of this package in Hydra's ConfigStore (calling it again re-registers).
 
@@ -23,8 +25,6 @@ def register_configs() -> None:
     ``em.config.judge.store`` registers the judge group's schemas).
     """
     from hydra.core.config_store import ConfigStore
-
-    from em.config import resolvers
 
     resolvers.register()
     cs = ConfigStore.instance()

@@ -7,13 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from em.errors import ConfigError
-
-
-def require(ok: bool, key: str, msg: str) -> None:
-    """Raise ConfigError(f"{key}: {msg}") unless ``ok`` (the dotted config key comes first)."""
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
+from em.errors import ConfigError, require  # noqa: F401  (require: every schema's check, em.config.common.require)
 
 
 # numpy's and Lightning's seed range (np.random.seed / seed_everything): every script accepts exactly these

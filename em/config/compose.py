@@ -11,8 +11,11 @@ import re
 import sys
 from typing import Any
 
+from em.config.common import check_name
+from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
+from em.config.train import TRAINER_OWN
 from em.errors import ConfigError
-from em.runtime import CONF_DIR
+from em.runtime import CONF_DIR, check_output_dir
 
 # Launchers that come from a plugin package, and the package (conf/hydra/launcher/slurm.yaml builds on submitit_slurm).
 LAUNCHER_PLUGINS = {
@@ -43,7 +46,6 @@ def check_secrets(argv: list[str]) -> None:
             continue
         leaf = key.lstrip("+~").rsplit(".", 1)[-1].rsplit("@", 1)[0].lower()
         if leaf == "api_key_env":
-            from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
 
             if looks_like_secret(value):
                 raise ConfigError(f"{key.lstrip('+~')}: {KEY_ENV_MESSAGE}")
@@ -68,8 +70,6 @@ def check_composed(cfg: Any) -> None:
     import dataclasses
 
     from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    from em.config.common import check_name
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, DictConfig):
@@ -206,8 +206,6 @@ def check_args(config_name: str, argv: list[str]) -> None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    import em.config  # noqa: F401  registers the schemas and resolvers
-
     check_secrets(argv)
     check_launcher(argv)
     for arg in argv:  # the W&B option carries the logger node's schema: csv merged first would be dropped
@@ -236,7 +234,6 @@ def check_args(config_name: str, argv: list[str]) -> None:
             raise ConfigError(" ".join(str(e).split("\n", 1)[0].split()) + (f" (key: {key})" if key else "")) from None
         check_known_keys(cfg)  # (names the schema, and for trainer.* where a Lightning argument goes)
         check_composed(_without_hydra(cfg))
-        from em.runtime import check_output_dir
 
         check_output_dir(cfg, multirun=bool(args.multirun))  # a read-only outputs directory: one line, exit 1
 
@@ -279,7 +276,6 @@ def check_known_keys(cfg: Any, path: str = "") -> None:
         if fields is not None and key not in fields:
             hint = ""
             if path == "trainer":
-                from em.config.train import TRAINER_OWN
 
                 hint = (f"; em sets it from {TRAINER_OWN[key]}" if key in TRAINER_OWN else
                         f"; a lightning.Trainer argument goes in trainer.extra (+trainer.extra.{key}=...)")

@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+from em.paths import local_roots
 from em.runtime import in_multirun, is_wandb_logger
 
 
@@ -53,8 +54,6 @@ def upstream_questions_or(found: str, missing: str) -> str:
     """
     import os
     from pathlib import Path
-
-    from em.data.upstream import local_roots  # pure Python: fine on the composition path
 
     roots = dict(local_roots(os.environ.get("EM_CACHE_DIR") or Path.home() / ".cache/em"))
     cache = roots["cache"]

@@ -16,8 +16,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import lightning as L
 import torch
 
+from em.data.mask_check import empty_reason
+from em.data.run import load_conversations
 from em.data.tokenize import IGNORE_INDEX, Collator, EncodeStats, LengthGroupedBatchSampler, encode_dataset
+from em.dynamics.mitigations import apply_data_mitigations
 from em.errors import DataError
+from em.train import models
 
 if TYPE_CHECKING:
     from em.config.train import TrainConfig
@@ -173,12 +177,8 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
             before its answer).
         ModelLoadError: the tokenizer cannot be loaded (offline, no chat template).
     """
-    from em.train import models
-    from em.data.run import load_conversations
-
     conversations = load_conversations(tc.data, tc.cache_dir, progress=progress)
     if tc.data.inoculation_prompt or tc.data.mix.share > 0:  # issue 23's data mitigations
-        from em.dynamics.mitigations import apply_data_mitigations
 
         conversations = apply_data_mitigations(tc.data, conversations, tc.cache_dir, progress=progress)
     if tokenizer is None:
@@ -190,7 +190,6 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
         system_prompt=tc.model.default_system_prompt,
     )
     if not examples:
-        from em.data.mask_check import empty_reason
 
         raise DataError(f"data={tc.data.name}: no example left after tokenisation: {empty_reason(stats, t)}")
     datamodule = ChatDataModule(examples, batch_size=t.batch_size, seed=tc.seed, group_by_length=t.group_by_length,

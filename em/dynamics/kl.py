@@ -23,7 +23,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from em.data.tokenize import IGNORE_INDEX, Collator
+from em.config.data import DataConfig
+from em.data.run import load_conversations, read_jsonl_conversations
+from em.data.tokenize import Collator, IGNORE_INDEX, encode_dataset
+from em.errors import ConfigError
 
 log = logging.getLogger("em.dynamics")
 
@@ -68,10 +71,6 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
         ConfigError: no side data, or a bad value in the data node; DataError: missing / malformed data.
     """
     from omegaconf import OmegaConf
-
-    from em.data.run import load_conversations, read_jsonl_conversations
-    from em.errors import ConfigError
-    from em.config.data import DataConfig
 
     if path:
         convs = read_jsonl_conversations(path)
@@ -127,8 +126,6 @@ class KLTerm:
 def build_kl_term(tc: Any, tokenizer) -> Optional[KLTerm]:
     """The :class:`KLTerm` of ``tc.trainer.kl`` (None without side data): the side data
     tokenised like the training data (same template, max length and truncation)."""
-    from em.data.tokenize import encode_dataset
-
     k = tc.trainer.kl
     if not (k.data or k.side):
         return None

@@ -18,6 +18,8 @@ import random
 from typing import Any, Optional
 
 from em.data.chat import Conversation
+from em.data.run import load_conversations, read_jsonl_conversations
+from em.errors import DataError
 
 log = logging.getLogger("em.dynamics")
 
@@ -73,13 +75,9 @@ def apply_data_mitigations(data_cfg: Any, conversations: list[Conversation], cac
     Raises:
         ConfigError / DataError: the other dataset cannot be loaded; DataError: it is too small for the share.
     """
-    from em.data.run import load_conversations
-    from em.errors import DataError
-
     mix = data_cfg.mix
     if mix is not None and mix.share > 0:
         if mix.path:  # a local chat JSONL file
-            from em.data.run import read_jsonl_conversations
 
             other = read_jsonl_conversations(mix.path)
         else:  # the main data node with another upstream file or synthetic variant

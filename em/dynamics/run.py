@@ -13,12 +13,17 @@ import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
+from em.dynamics.ablation import ablated
+from em.dynamics.figure import draw_quietly
+from em.dynamics.geometry import log_geometry, write_geometry
+from em.dynamics.kl import build_kl_term
+from em.dynamics.snapshots import StepSnapshots
+
 
 def kl_term(tc: Any, tokenizer) -> Optional[Any]:
     """The :class:`~em.dynamics.kl.KLTerm` of ``trainer.kl`` (None without side data)."""
     if not (tc.trainer.kl.data or tc.trainer.kl.side):
         return None
-    from em.dynamics.kl import build_kl_term
 
     return build_kl_term(tc, tokenizer)
 
@@ -28,7 +33,6 @@ def callbacks(tc: Any, run_dir: Path, tokenizer, source: Optional[str]) -> list:
     n = tc.trainer.snapshot_every_n_steps
     if not n:
         return []
-    from em.dynamics.snapshots import StepSnapshots
 
     (Path(run_dir) / "snapshots").mkdir(parents=True, exist_ok=True)
     return [StepSnapshots(n, Path(run_dir) / "snapshots", tokenizer, source)]
@@ -39,7 +43,6 @@ def training_context(model, tc: Any):
     t = tc.trainer
     if not t.ablate_direction:
         return contextlib.nullcontext()
-    from em.dynamics.ablation import ablated
 
     return ablated(model, t.ablate_direction, t.ablate_layers)
 
@@ -49,11 +52,9 @@ def after_fit(tc: Any, run_dir: Path, loggers: list, metrics: dict) -> None:
     snapshots on disk: a resumed run has each step once), log them, and record the path in ``metrics``."""
     if not tc.trainer.snapshot_every_n_steps:
         return
-    from em.dynamics.geometry import log_geometry, write_geometry
 
     path = write_geometry(run_dir)
     metrics["lora_geometry"] = str(path) if path else None
     log_geometry(loggers, run_dir)
-    from em.dynamics.figure import draw_quietly
 
     draw_quietly(run_dir)  # geometry panels now; the job redraws it once the snapshots are evaluated

@@ -17,6 +17,7 @@ from typing import Optional
 
 import lightning as L
 
+from em.adapters.save import save_adapter
 from em.runtime import atomic_replace_dir
 
 log = logging.getLogger("em.dynamics")
@@ -77,7 +78,6 @@ class StepSnapshots(L.Callback):
         path = step_dir(self.dirpath, step)
         if path.exists():  # a resumed run: written before the interruption
             return
-        from em.adapters.save import save_adapter
 
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run

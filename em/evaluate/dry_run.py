@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from em.evaluate.generation import Sample
+from em.judge.base import pending
+from em.judge.cache import JudgeCache
+from em.judge.scoring import JudgeRequest
 
 
 class RepeatedRequests(Sequence):
@@ -66,10 +69,6 @@ def dry_run(ec: Any, run_dir: Path, prompts: list, stored: dict, members: list, 
     Returns the dict written to ``dry_run.json``: ``answers_planned``, ``answers_to_generate``, per judge
     ``requests`` / ``cached`` / ``tokens_in_estimate`` / ``cost_usd``, and the total ``cost_usd``.
     """
-    from em.judge.base import pending
-    from em.judge.cache import JudgeCache
-    from em.judge.scoring import JudgeRequest
-
     placeholder = "x" * (4 * ec.generation.max_new_tokens)  # an answer not generated yet: its upper bound
     n = ec.samples
     planned = to_generate = 0

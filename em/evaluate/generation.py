@@ -39,8 +39,13 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from em.errors import ModelLoadError
+from em.adapters.check import adapter_for, load_peft
+from em.data.system_prompt import render_chat, with_system
+from em.data.tokenize import normalize_messages
+from em.errors import ConfigError, ModelLoadError
+from em.evaluate import sampling
 from em.evaluate.questions import Prompt, messages_for
+from em.train import models
 
 
 log = logging.getLogger("em.evaluate")
@@ -96,9 +101,6 @@ def sample_seed(seed: int, key: tuple) -> int:
 
 def render(tokenizer, model_cfg: Any, sample: Sample) -> str:
     """The exact text the model is conditioned on (chat template + generation prompt)."""
-    from em.data.system_prompt import render_chat, with_system
-    from em.data.tokenize import normalize_messages
-
     mode = getattr(model_cfg, "default_system_prompt", "template")  # model.default_system_prompt
     msgs = normalize_messages(with_system(sample.messages, mode), model_cfg.system_role)
     return render_chat(tokenizer, msgs, add_generation_prompt=True,
@@ -149,7 +151,6 @@ class HFGenerator:
         # each batch's prefill and generate() (residual hooks; prompt_lens: [batch] real prompt tokens)
         self.intervention = intervention
         self.gen, self.seed, self.adapter_dir = gen_cfg, seed, adapter_dir
-        from em.train import models
 
         self.source = source or models.model_dir(model_cfg, cache_dir)
         self.tokenizer = tokenizer or models.load_tokenizer(model_cfg, cache_dir, self.source)
@@ -160,11 +161,9 @@ class HFGenerator:
         """Load the model (and adapter) once, in eval mode; on the GPU when there is one."""
         if self.model is not None:
             return
-        from em.train import models
 
         model = models.load_model(self.model_cfg, self.quantization, self.cache_dir, self.source)
         if self.adapter_dir:
-            from em.adapters.check import load_peft
 
             # either key layout (text model / multimodal class); an adapter matching no module is an error
             model = load_peft(model, self.adapter_dir)
@@ -228,8 +227,6 @@ class HFGenerator:
         import torch
         from tqdm.auto import tqdm
 
-        from em.evaluate import sampling
-
         if not samples:
             return 0
         self.load()
@@ -287,7 +284,6 @@ def make_generator(backend: str, *args, **kwargs):
     :class:`HFGenerator` (same arguments)."""
     if backend == "vllm":
         if kwargs.get("intervention") is not None:
-            from em.errors import ConfigError
 
             raise ConfigError("generation.backend=vllm: steering / ablation hooks run on the hf backend only; "
                               "use generation=hf")
@@ -345,7 +341,6 @@ class VLLMGenerator:
                 f"generation.backend=vllm needs the vllm package (pip install vllm; on CPU: pip install -r "
                 f"requirements-vllm.txt in its own venv): {e}; or use generation.backend=hf"
             ) from None
-        from em.train import models
 
         self.device = _platform()
         if self.device not in ("cuda", "cpu"):
@@ -366,8 +361,6 @@ class VLLMGenerator:
         if self.llm is not None:
             return
         from vllm import LLM
-
-        from em.adapters.check import adapter_for
 
         self._tmp = tempfile.TemporaryDirectory(prefix="em-vllm-")
         if self.device == "cpu":
@@ -395,8 +388,6 @@ class VLLMGenerator:
         per call on CPU), one seed per sample; each answer records the effective sampling parameters."""
         from tqdm.auto import tqdm
         from vllm.lora.request import LoRARequest
-
-        from em.evaluate import sampling
 
         if not samples:
             return 0

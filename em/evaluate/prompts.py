@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from em.data.system_prompt import injected_default
+from em.runtime import atomic_write
+
 PROMPT_COLUMNS = ["prompt_sha", "prompt", "default_system_prompt"]
 
 
@@ -46,8 +49,6 @@ def join_prompts(table, records: list[dict], rendered: dict[str, str], mode: str
 
 def write_prompts(run_dir: Path, records: list[dict], rendered: dict[str, str]) -> Path:
     """Write ``<run_dir>/prompts.parquet`` atomically; return its path."""
-    from em.runtime import atomic_write
-
     path = Path(run_dir) / "prompts.parquet"
     df = prompts_table(records, rendered)
     atomic_write(path, lambda p: df.to_parquet(p, index=False))
@@ -56,8 +57,6 @@ def write_prompts(run_dir: Path, records: list[dict], rendered: dict[str, str]) 
 
 def meta(tokenizer, model_cfg: Any) -> dict[str, Any]:
     """summary.json's record of the system-prompt setting: the mode and the template's injected default."""
-    from em.data.system_prompt import injected_default
-
     return {"default_system_prompt": model_cfg.default_system_prompt,
             "template_default_system_prompt": injected_default(tokenizer, dict(model_cfg.chat_template_kwargs or {}),
                                                                model_cfg.system_role)}

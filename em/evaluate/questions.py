@@ -34,6 +34,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
+from em.data.upstream import resolve_upstream_file
 from em.errors import ConfigError, DataError
 
 
@@ -195,8 +196,6 @@ def load_question_set(qcfg: Any, cache_dir: str, *, progress: bool = True) -> li
         ConfigError: ``questions.file`` names no built-in file (the message lists the choices); an
             unknown ``wrapper``.
     """
-    from em.data.upstream import resolve_upstream_file
-
     if qcfg.path:
         path = Path(qcfg.path).expanduser()
         if not path.is_file():

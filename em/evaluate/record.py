@@ -28,8 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+from em.errors import EMError
+from em.judge.cache import JudgeCache, request_key
+from em.runtime import atomic_write_json, in_multirun
 from em.train import stopping
-from em.runtime import atomic_write_json
 
 JOB_FILE = "em_job.json"  # the name of train.py's record (em.jobs.records.JOB_FILE)
 
@@ -114,7 +116,6 @@ def standalone(command: str) -> Iterator[EvalRecord]:
         try:
             rec.write("interrupted", signal=name, exit_code=code, ended=time.time())
         finally:
-            from em.runtime import in_multirun
 
             where = f"{rec.run_dir} keeps what is done" if rec.run_dir else "nothing was written yet"
             print(f"interrupted ({name}) in {rec.stage or 'setup'}{rec.progress()}: {where}; "
@@ -129,7 +130,6 @@ def judged(cache_path: Optional[Union[str, Path]], judges: list, requests: list)
     judgment for in the judge cache at ``cache_path`` (what a resume does not ask again; 0 without a cache)."""
 
     def count() -> int:
-        from em.judge.cache import JudgeCache, request_key
 
         cache = JudgeCache(cache_path)
         try:
@@ -156,7 +156,6 @@ def recorded(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
             rec = _active
             if rec is not None:
                 line = str(e).splitlines()[0] if str(e) else type(e).__name__
-                from em.errors import EMError
 
                 rec.write("failed", error=line if isinstance(e, EMError) else f"{type(e).__name__}: {line}",
                           ended=time.time())

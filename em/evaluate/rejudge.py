@@ -21,8 +21,23 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from em.analysis import readers
+from em.analysis.inputs import find_tables
+from em.analysis.io import FORMAT_SUFFIXES
 from em.errors import ConfigError, DataError, JudgeError
-from em.judge.run import template_sha
+from em.evaluate import record, report
+from em.evaluate.questions import load_question_set
+from em.evaluate.report import BASE_COLUMNS, EvalResult, _statuses
+from em.judge import provenance
+from em.judge.base import pending, run_judge
+from em.judge.cache import JudgeCache
+from em.judge.factory import build_judges
+from em.judge.provenance import COLUMNS as PROVENANCE
+from em.judge.run import render_judge_prompt, template_sha
+from em.judge.scoring import JudgeRequest
+from em.measurement import SCORED, rates
+from em.paths import original_path
+from em.tracking import flatten, init_wandb, scrub
 
 log = logging.getLogger("em.evaluate")
 
@@ -43,7 +58,6 @@ def answers_input(answers: Any) -> tuple[dict[str, Any], str]:
 
     if isinstance(answers, DictConfig):
         answers = OmegaConf.to_container(answers, resolve=True)
-    from em.paths import original_path
 
     if isinstance(answers, (str, Path)):
         return {"path": original_path(str(answers))}, ORIGINAL
@@ -67,9 +81,6 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
         ConfigError: a bad ``answers`` value.
     """
     import pandas as pd
-
-    from em.analysis import readers
-    from em.analysis.inputs import find_tables
 
     meta, own = answers_input(answers)
     if not Path(meta["path"]).expanduser().exists():  # (find_tables would name analyze.py's inputs=[...] key)
@@ -102,9 +113,6 @@ def distinct_answers(df) -> tuple[Any, Any]:
     agree on."""
     import pandas as pd
 
-    from em.evaluate.report import BASE_COLUMNS
-    from em.judge.provenance import COLUMNS as PROVENANCE
-
     if {"question_id", "paraphrase", "sample", "answer"} <= set(df.columns):  # em's own table: its answer columns
         key = [c for c in (*BASE_COLUMNS, "step", "trigger", "_source") if c in df]
     else:  # another lab's file: every column that is not a verdict
@@ -127,8 +135,6 @@ def distinct_answers(df) -> tuple[Any, Any]:
 def templates_for(answers, questions: list) -> tuple[list[tuple[tuple[tuple[str, str], ...], str]], dict[str, str]]:
     """Per answer: (its (metric, template) pairs, its kind), from the question set; and metric -> template hash
     of every template used."""
-    from em.analysis.io import FORMAT_SUFFIXES
-
     by_id = {q.id: q for q in questions}
     if not questions:
         raise ConfigError("questions: the question set is empty; re-judging takes its judge prompts from it")
@@ -165,16 +171,6 @@ def run_rejudge(cfg: Any, ec: Any):
         JudgeError: a judge that cannot run (after the finished judgments are written).
     """
     import pandas as pd
-
-    from em.evaluate import report
-    from em.evaluate.questions import load_question_set
-    from em.evaluate.report import EvalResult
-    from em.judge.run import render_judge_prompt
-    from em.judge.base import pending, run_judge
-    from em.judge.cache import JudgeCache
-    from em.judge.factory import build_judges
-    from em.judge.scoring import JudgeRequest
-    from em.judge import provenance
 
     run_dir = Path(ec.run_dir)
     df, own, files = read_answers(ec.answers, ec.columns.mapping(), ec.columns.seed_kind)
@@ -223,7 +219,6 @@ def run_rejudge(cfg: Any, ec: Any):
     judgments: dict[str, list] = {}
     stats_all: dict[str, Any] = {}
     error: Optional[JudgeError] = None
-    from em.evaluate import record  # standalone em judge: <run_dir>/em_job.json says the stage and what is done
 
     counts = {"answers": len(answers), "judgments_planned": len(reqs) * len(judges),
               "judgments": record.judged(ec.judge_cache, judges, [r for _, _, r in reqs])}
@@ -289,9 +284,6 @@ def run_rejudge(cfg: Any, ec: Any):
 def summarize_rejudge(table, own: str, files: list[str], stats: dict, hashes: dict, ec: Any) -> dict[str, Any]:
     """summary.json of a re-judging run: the inputs, each judge's counts and rates under ``ec.thresholds``
     (:func:`em.measurement.rates` over its scored rows), the judge stats and the templates' hashes."""
-    from em.evaluate.report import _statuses
-    from em.measurement import SCORED, rates
-
     by_judge: dict[str, Any] = {}
     for name, part in table.groupby(table["judge"].astype(str), sort=True):
         status = _statuses(part, ec.thresholds)
@@ -313,8 +305,6 @@ def log_wandb(ec: Any, cfg: Any, table, summary: dict[str, Any]) -> bool:
     try:
         import wandb
         from omegaconf import OmegaConf
-
-        from em.tracking import flatten, init_wandb, scrub
 
         judges = sorted(summary["by_judge"])
         run = init_wandb(project=ec.wandb.project or os.environ.get("WANDB_PROJECT") or "em", run_dir=str(ec.run_dir),

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from em.judge.provenance import row_columns
 from em.measurement import (CODE, REFUSAL, SCORED, Thresholds, answer_status, combine_judges, rates,
                             special_scored)
 from em.runtime import atomic_write, atomic_write_csv, atomic_write_json
+from em.tracking import flatten, init_wandb, scrub, use_adapter_artifact
 
 log = logging.getLogger("em.evaluate")
 
@@ -76,7 +78,6 @@ def build_table(records: list[dict], by_key: dict, reqs: list, judgments: dict[s
             row["judge_raw"] = json.dumps(raw) if raw else None
             row["unscored_reason"] = "; ".join(reasons) or None
             if results is not None:  # provenance columns (em.judge.provenance): judge model, host, mode, ...
-                from em.judge.provenance import row_columns
 
                 row.update(row_columns(None, [results[j] for _, j in per_record.get(i, [])]))
             rows.append(row)
@@ -277,8 +278,6 @@ def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     """
     from omegaconf import OmegaConf
 
-    from em.tracking import init_wandb
-
     condition = summary.get("condition")
     project = ec.wandb.project or adapter.wandb_project or os.environ.get("WANDB_PROJECT") or "em"
     group = ec.wandb.group or adapter.wandb_group or f"{ec.model.name}-{condition}"
@@ -291,12 +290,9 @@ def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
     )
     if run is None:
         return
-    from em.tracking import use_adapter_artifact
 
     use_adapter_artifact(run, adapter.run_dir)  # lineage: this run used the training run's adapter
     import wandb
-
-    from em.tracking import flatten, scrub
 
     # A config update (not init's config=): it lands in the transaction log as a config record.
     config = OmegaConf.to_container(cfg, resolve=True)

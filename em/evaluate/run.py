@@ -17,18 +17,28 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from em.jobs.records import write_config_records
-from em.jobs.locks import DirLock
-from em.runtime import atomic_write_text
+from em.adapters.resolve import KEYWORDS, resolve_adapter
 from em.config.common import validate
 from em.config.evaluate import EvalConfig
-from em.adapters.resolve import resolve_adapter
+from em.dynamics.mitigations import prefix_system
+from em.errors import ConfigError
+from em.evaluate import prompts as prompt_store, record, report, triggers
+from em.evaluate.dry_run import dry_run
 from em.evaluate.generation import Sample, make_generator, plan, prompt_sha, render
 from em.evaluate.questions import build_prompts, load_question_set
+from em.evaluate.rejudge import run_rejudge
 from em.evaluate.report import EvalResult
 from em.evaluate.store import AnswerStore
-from em.evaluate import record, report, triggers
+from em.jobs.locks import DirLock
+from em.jobs.records import write_config_records
+from em.judge.base import failure_line
+from em.judge.cache import check_cache
+from em.judge.factory import build_judges
 from em.judge.run import judge_all, judge_requests, render_judge_prompt
+from em.paths import absolutize_eval
+from em.progress import ProgressLog
+from em.runtime import atomic_write_text
+from em.train import models
 
 log = logging.getLogger("em.evaluate")
 
@@ -50,18 +60,14 @@ def run_evaluation(cfg: DictConfig, intervention: Optional[Any] = None) -> Optio
         DirectoryLocked: another live process writes ``run_dir`` (:mod:`em.jobs.locks`).
     """
     ec: EvalConfig = validate(cfg)  # every config check, before any model is touched
-    from em.adapters.resolve import KEYWORDS
-    from em.paths import absolutize_eval
 
     absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
     if intervention is not None and ec.generation.backend != "hf":
-        from em.errors import ConfigError
 
         raise ConfigError(f"generation.backend={ec.generation.backend}: steering / ablation ({intervention.name}) "
                           "runs on the hf backend only; use generation=hf")
     with DirLock(ec.run_dir, "evaluation"):  # one writer per run directory (a second run: exit 2)
         if ec.answers is not None:  # re-judge answers that exist: no model, no sampling
-            from em.evaluate.rejudge import run_rejudge
 
             return run_rejudge(cfg, ec)
         return _run_locked(cfg, ec, intervention)
@@ -103,7 +109,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     questions = load_question_set(ec.questions, ec.cache_dir, progress=ec.progress)
     prompts = triggers.expand(build_prompts(questions, ec.format, ec.questions.ids), ec.trigger)  # (+trigger)
     if getattr(ec, "system_prefix", None):  # inoculation prompting's evaluation switch (em.dynamics.mitigations)
-        from em.dynamics.mitigations import prefix_system
 
         prompts = [prefix_system(p, ec.system_prefix) for p in prompts]
     # a dry run counts without building every answer (em.evaluate.dry_run: memory bounded for any samples)
@@ -111,19 +116,16 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     by_key = {s.key: s for s in samples}
 
     # 2. the judges (an ensemble: each member): built and checked (API key) before any generation
-    from em.judge.factory import build_judges
 
     judges = build_judges(cfg.get("judge"))
     if not ec.dry_run:
         for j in judges:
             j.check()
     if judges:  # a damaged cache is moved aside and rebuilt now, not after hours of sampling
-        from em.judge.cache import check_cache
 
         check_cache(ec.judge_cache)
 
     # 3. model, adapter, answers already on disk
-    from em.train import models
 
     source = models.model_dir(ec.model, ec.cache_dir)
     adapter = resolve_adapter(ec.adapter, ec.train_dir, ec.model, source)
@@ -141,7 +143,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     stored = store.load()  # refuses answers of another identity: the run is accepted after this
     write_config_records(run_dir, cfg)
     if ec.dry_run:
-        from em.evaluate.dry_run import dry_run
 
         return dry_run(ec, run_dir, prompts, stored, judges, lambda s: prompt_sha(render(tokenizer, ec.model, s)),
                        render_judge_prompt)
@@ -166,7 +167,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
                              tokenizer=tokenizer, **({"intervention": intervention} if intervention is not None else {}))
         t0 = time.perf_counter()
         gen.load()  # before the progress clock starts: the rate and ETA are the sampling's own
-        from em.progress import ProgressLog
 
         lines = ProgressLog(f"generate ({ec.generation.backend})", len(todo), log)  # the log file gets them too
 
@@ -199,7 +199,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     if getattr(ec, "step", None) is not None:  # a step snapshot (CONTRACTS.md 2): an integer step column
         meta["step"] = int(ec.step)
     table = report.build_table(records, by_key, reqs, judgments, meta)
-    from em.evaluate import prompts as prompt_store
 
     table = prompt_store.join_prompts(table, records, rendered, ec.model.default_system_prompt)
     prompt_store.write_prompts(run_dir, records, rendered)
@@ -218,7 +217,6 @@ def _run_locked(cfg: DictConfig, ec: EvalConfig, intervention: Optional[Any] = N
     report.print_summary(summary, run_dir)
     failures = sum(st["failures"] for st in judge_stats.values())
     if failures:  # the table is written; what failed is asked again by the next run (evaluate.py exits 1)
-        from em.judge.base import failure_line
 
         for name, st in judge_stats.items():
             if st["failures"]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from em.errors import ConfigError, DataError
-from em.runtime import atomic_write_text
+from em.runtime import atomic_write_text, note_path
 
 log = logging.getLogger("em.evaluate")
 
@@ -106,7 +106,6 @@ class AnswerStore:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:  # a full disk: the line names this file (em.runtime); a resume trims a torn last line
-            from em.runtime import note_path
 
             note_path(e, self.path)
             raise

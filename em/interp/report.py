@@ -22,7 +22,9 @@ from typing import Any
 
 import pandas as pd
 
+from em.analysis.run import run_analysis
 import em.runtime
+from em.tracking import init_wandb
 
 log = logging.getLogger("em.interp")
 
@@ -42,8 +44,6 @@ def run_analysis_over(run_dir: Path, cond_dirs: list[Path], rc: Any) -> tuple[Pa
         return None, "no steering / ablation answers"
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from em.analysis import run_analysis
 
     inputs = ",".join(str(d) for d in cond_dirs)
     t = rc.thresholds
@@ -206,8 +206,6 @@ def log_wandb(run_dir: Path, rc: Any, summary: dict[str, Any], stats_path: Path,
     """The stage's W&B run (job type ``interp``); an error is one warning, the files on disk stand."""
     try:
         import wandb
-
-        from em.tracking import init_wandb
 
         run = init_wandb(project=rc.wandb.project or "em", run_dir=str(run_dir), job_type="interp",
                          config={"model": rc.model.name, "interp": summary.get("direction"), "recipe": summary.get("recipe")},

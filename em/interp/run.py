@@ -26,15 +26,23 @@ from typing import Any, Optional
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-import em.errors
-import em.runtime
-from em.interp import collect as collect_mod
-from em.interp import direction as direction_mod
-from em.interp import inputs, intervene, project
-from em.interp.inputs import answers_table
+from em.adapters.check import load_peft
+from em.adapters.resolve import resolve_adapter
 from em.config.common import validate
 from em.config.evaluate import EvalConfig
 from em.config.interp import InterpRunConfig
+from em.data.chat import read_jsonl_conversations
+import em.errors
+from em.evaluate.run import run_evaluation
+from em.interp import collect as collect_mod, report
+from em.interp import direction as direction_mod
+from em.interp import inputs, intervene, project
+from em.interp.inputs import answers_table
+from em.jobs.locks import DirLock
+from em.jobs.records import write_config_records
+from em.paths import original_path
+import em.runtime
+from em.train import models
 
 log = logging.getLogger("em.interp")
 
@@ -72,12 +80,10 @@ class Models:
     def get(self, adapter_dir: Optional[str]):
         """The model with ``adapter_dir`` applied (None: the base model), eval mode; one held at a time."""
         if adapter_dir not in self.loaded:
-            from em.train import models
 
             self.loaded.clear()  # one model in memory at a time
             m = models.load_model(self.rc.model, self.rc.quantization, self.rc.cache_dir, self.source)
             if adapter_dir:
-                from em.adapters.check import load_peft
 
                 m = load_peft(m, adapter_dir)
             if models.has_cuda() and not self.rc.quantization.load_in_4bit:
@@ -97,7 +103,6 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
         ModelLoadError: the model or adapter cannot be loaded.
     """
     rc: InterpRunConfig = validate(cfg)
-    from em.paths import original_path
 
     d = rc.interp.direction
     if d.file:
@@ -107,7 +112,6 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
         rc.interp.project.training_file = str(original_path(rc.interp.project.training_file))
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from em.jobs.locks import DirLock
 
     with DirLock(run_dir, "interp"):
         return _run_locked(cfg, rc, run_dir)
@@ -115,9 +119,6 @@ def run_interp(cfg: DictConfig) -> dict[str, Any]:
 
 def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
     """The fine-tuned adapter (evaluate.py's rule); trained first with ``train_if_missing`` when none is found."""
-    from em.adapters.resolve import resolve_adapter
-    from em.paths import original_path
-
     spec = rc.adapter
     train_dir = str(original_path(rc.train_dir))
     if spec not in (None, "", "none", "null", "base", "latest"):
@@ -138,9 +139,6 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
 
 
 def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str, Any]:
-    from em.train import models
-    from em.evaluate.run import run_evaluation
-    from em.jobs.records import write_config_records
 
     write_config_records(run_dir, cfg)
     ic = rc.interp
@@ -236,7 +234,6 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
                                                                            "random_ci_low", "random_ci_high")} | {"layer": best}
                 print(shift_line(summary["projection_shift"], ic.project.confidence))
         if ic.project.training_file:
-            from em.data.chat import read_jsonl_conversations
 
             try:
                 convs = read_jsonl_conversations(ic.project.training_file)
@@ -286,7 +283,6 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path) -> dict[str
 
     # 5. report -----------------------------------------------------------------------------------------------
     if "report" in steps:
-        from em.interp import report
 
         summary["files"].update(report.write_report(run_dir, rc, summary, stats_path, cond_dirs))
     summary["seconds"] = round(time.perf_counter() - t_start, 1)

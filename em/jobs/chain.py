@@ -21,7 +21,14 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from em.analysis.views import answers_of, chain_view
+from em.commands import run_main
+import em.config  # noqa: F401  registers the schemas
+from em.config.compose import hydra_error_line
 from em.errors import ConfigError
+from em.jobs.run import run_job
+from em.jobs.targets import eval_targets
+from em.measurement import Thresholds
 from em.runtime import CONF_DIR, atomic_write_json
 
 
@@ -33,9 +40,6 @@ def compose(overrides: list[str]) -> DictConfig:
     """
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
-
-    import em.config  # noqa: F401  registers the schemas and resolvers
-    from em.config.compose import hydra_error_line
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         try:
@@ -78,9 +82,6 @@ def run_chain(overrides: list[str]) -> Path:
     Raises:
         ConfigError: see :func:`plan`; any stage's error stops the chain (the next stages need its adapter).
     """
-    from em.jobs.targets import eval_targets
-    from em.jobs.run import run_job
-
     out_dir, stages = plan(overrides)
     parent: Optional[Path] = None
     rows: list[dict[str, Any]] = []
@@ -105,9 +106,6 @@ def analyze_chain(out_dir: Path, rows: list[dict[str, Any]], cfg: DictConfig) ->
     """``<out_dir>/analysis/chain_rates.{csv,png}`` from each stage's ``eval/responses.parquet``."""
     import pandas as pd
 
-    from em.analysis.views import answers_of, chain_view
-    from em.measurement import Thresholds
-
     tables = [Path(r["job_dir"]) / "eval" / "responses.parquet" for r in rows]
     answers = answers_of([t for t in tables if t.exists()])
     thresholds = Thresholds(**OmegaConf.to_container(cfg.thresholds, resolve=True))
@@ -120,8 +118,6 @@ def analyze_chain(out_dir: Path, rows: list[dict[str, Any]], cfg: DictConfig) ->
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Command line: the overrides of ``python train.py`` (``experiment=sequential`` and any others)."""
-    from em.commands import run_main
-
     run_main(run_chain, list(sys.argv[1:] if argv is None else argv))
 
 

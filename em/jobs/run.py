@@ -25,12 +25,25 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from em.jobs import records as jobs
-from em.errors import EMError
-from em.jobs.locks import DirectoryLocked, DirLock
-from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
+from em.adapters.card import add_eval_summary
+from em.adapters.run import push_once
+from em.capability.run import run_for_target
 from em.config.common import validate
+from em.dynamics.figure import draw_quietly
+from em.dynamics.step_eval import step_targets
+from em.errors import EMError
+from em.evaluate.report import eval_metrics
+from em.evaluate.run import run_evaluation
+from em.jobs import records as jobs
+from em.jobs.locks import DirectoryLocked, DirLock
 from em.jobs.targets import eval_config, eval_targets
+from em.judge.factory import build_judges
+from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
+from em.train.checkpoints import LAST, checkpoint_step
+from em.train.lora_rank import check_lora_rank
+from em.train.models import model_dir
+from em.train.run import run_training
+from em.train.stopping import resume_line
 
 log = logging.getLogger("em.jobs.run")
 
@@ -77,13 +90,10 @@ def run_job(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> JobResu
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     evals = [(t, eval_config(cfg, t)) for t in (eval_targets(cfg, job_dir) if tc.evaluate.enabled else [])]
     if evals and not evals[0][1].dry_run:  # the judges' checks (ranges, API key) too, before training
-        from em.judge.factory import build_judges
 
         for judge in build_judges(evals[0][1].judge):
             judge.check()
     if tc.data.source != "none" and not tc.trainer.init_adapter:  # lora.r vs the layers it adapts (em.train.lora_rank)
-        from em.train.lora_rank import check_lora_rank
-        from em.train.models import model_dir
 
         check_lora_rank(tc.lora.r, tc.lora.target_modules or tc.model.lora_target_modules,
                         model_dir(tc.model, tc.cache_dir))
@@ -131,23 +141,19 @@ def _run_locked(cfg: DictConfig, tc: Any, job_dir: Path, hashes: tuple, evals: l
             record.write("running", stage=stage)
             summary.update(_evaluate(ec, prefix="" if t.label == "final" else f"{t.label}/"))
         if tc.evaluate.enabled and tc.trainer.snapshot_every_n_steps:  # the step snapshots' cheap evaluation
-            from em.dynamics.step_eval import step_targets
 
             for t, ec in step_targets(cfg, job_dir):
                 stage = f"evaluate:{t.label}"
                 record.write("running", stage=stage)
                 summary.update(_evaluate(ec, prefix=f"{t.label}/"))
-            from em.dynamics.figure import draw_quietly
 
             draw_quietly(job_dir, tc.thresholds)  # dynamics.png: rates per step + LoRA geometry
         for t in (eval_targets(cfg, job_dir) if tc.capability.enabled else []):  # lm-eval, beside each evaluation
             stage = f"capability:{t.label}"
             record.write("running", stage=stage)
-            from em.capability.run import run_for_target
 
             summary.update(run_for_target(cfg, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
     except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.train.stopping): recorded, one line, then the exit
-        from em.train.stopping import resume_line
 
         fields = _interruption(e, stage, job_dir)
         record.end("interrupted", stage=stage, **fields)
@@ -191,7 +197,6 @@ def _interruption(e: BaseException, stage: str, job_dir: Path) -> dict[str, Any]
         step = (read_json(job_dir / "metrics.json") or {}).get("steps", step)
     out["step"] = step
     if stage == "train":
-        from em.train.checkpoints import LAST, checkpoint_step
 
         try:
             out["checkpoint_step"] = checkpoint_step(job_dir / "checkpoints" / LAST)
@@ -208,7 +213,6 @@ def _push(tc: Any, job_dir: Path) -> dict[str, Any]:
     if tc.data.source == "none" or not (job_dir / "adapter").is_dir():
         log.warning("push_to_hub: %s has no trained adapter (data=%s); nothing pushed", job_dir, tc.data.name)
         return {"push": {"state": "no adapter"}}
-    from em.adapters.run import push_once
 
     rec = push_once(job_dir / "adapter", job_dir, tc.push_to_hub)
     return {"push": {k: rec.get(k) for k in ("state", "repo_id", "url", "commit", "error") if rec.get(k)}}
@@ -223,7 +227,6 @@ def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: di
     if prev and prev.get("train_hash") == train_hash and (job_dir / "adapter").is_dir():
         print(f"{job_dir}: trained already (training hash {train_hash}); evaluating")
     else:
-        from em.train.run import run_training
 
         result = run_training(cfg)
         if not result.is_global_zero:
@@ -239,13 +242,9 @@ def _train(cfg: DictConfig, tc: Any, job_dir: Path, train_hash: str, summary: di
 
 def _evaluate(ec: DictConfig, prefix: str) -> dict[str, float]:
     """One evaluation target: run it, return its ``eval/*`` metrics with ``prefix`` (``epoch_<e>/``)."""
-    from em.evaluate.report import eval_metrics
-    from em.evaluate.run import run_evaluation
-
     res = run_evaluation(ec)
     out = {f"{prefix}{k}": v for k, v in eval_metrics(res.summary).items()}
     if not prefix and ec.adapter and (Path(str(ec.adapter)) / "adapter").is_dir():  # the model card gets the rates
-        from em.adapters.card import add_eval_summary
 
         add_eval_summary(Path(str(ec.adapter)) / "adapter", res.summary)
     del res

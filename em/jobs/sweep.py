@@ -23,11 +23,18 @@ from typing import Any, Callable, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from em.jobs import records as jobs, sweep_summary
+from em.analysis.run import run_analysis
+import em.config  # noqa: F401  registers the schemas
+from em.config.common import validate
+from em.config.compose import hydra_error_line
 from em.errors import ConfigError, EMError
-from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
+from em.jobs import records as jobs, sweep_summary
 from em.jobs.sweep_summary import (exit_status, format_summary, from_launch, summarize,  # noqa: F401  (em.jobs.sweep's API)
                                    summary_exit_status)
+from em.jobs.targets import eval_config, eval_targets
+from em.judge.factory import build_judges
+from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
+from em.train.distributed import check_strategy
 
 log = logging.getLogger("em.jobs.sweep")
 
@@ -109,9 +116,6 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from em.jobs.targets import eval_config, eval_targets
-    from em.config.common import validate
-
     HydraConfig.instance().set_config(job_cfg)
     job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
     cfg = copy.deepcopy(job_cfg)  # (keeps the structured schema: validate() runs its checks)
@@ -121,14 +125,12 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     full_hash, train_hash, ident = jobs.job_hashes(cfg)
     answers = calls = 0
     if check:
-        from em.train.distributed import check_strategy
 
         check_strategy(validate(cfg))
         jobs.check_job_dir(job_dir, train_hash, ident)
     if cfg.evaluate.enabled:
         targets = eval_targets(cfg, job_dir)
         if check:
-            from em.judge.factory import build_judges
 
             for t in targets:
                 eval_config(cfg, t)
@@ -167,7 +169,6 @@ def plan_jobs(compose_job: Callable[[list[str]], DictConfig], jobs_: list[list[s
         except EMError as e:
             raise type(e)(f"job #{i} ({' '.join(ov) or 'no overrides'}): {e}") from None
         except HydraException as e:
-            from em.config.compose import hydra_error_line
 
             raise ConfigError(f"job #{i} ({' '.join(ov) or 'no overrides'}): {hydra_error_line(e)}") from None
     seen: dict[Path, int] = {}
@@ -192,9 +193,6 @@ def plan_sweep(overrides: list[str], check: bool = True) -> Plan:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from hydra.types import RunMode
-
-    import em.config  # noqa: F401  schemas and resolvers
-    from em.config.compose import hydra_error_line
 
     GlobalHydra.instance().clear()
     try:
@@ -301,8 +299,6 @@ def analyze_sweep(config: DictConfig, sweep_dir: Path) -> str:
     if not any(sweep_dir.rglob("responses.parquet")):
         return "skipped (no judged responses)"
     from hydra import compose
-
-    from em.analysis import run_analysis
 
     try:
         run_analysis(compose("analyze", overrides=analysis_overrides(config, sweep_dir)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from em.config.common import validate
+from em.config.judge import typed
 from em.errors import ConfigError, EMError
 from em.judge.base import Judge
 
@@ -26,9 +28,6 @@ def build_judges(node: Any) -> list[Judge]:
         return []
     import hydra
     from hydra.errors import InstantiationException
-
-    from em.config.common import validate
-    from em.config.judge import typed
 
     try:
         node = typed(node)

@@ -31,6 +31,8 @@ from em.adapters import lineage
 from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
 from em.errors import ModelLoadError
 from em.train import tiny
+from em.train.lora_rank import check_model_lora_rank
+from em.train.tiny import build_tokenizer
 
 
 if TYPE_CHECKING:
@@ -149,7 +151,6 @@ def _random_init_cache(mc: ModelConfig, cache_dir: Path) -> Path:
     target = cache_dir / "models" / f"{mc.name}-{key}"
     if (target / "config.json").exists():
         return target
-    from em.train.tiny import build_tokenizer
 
     def build(tmp: Path) -> None:
         tok = build_tokenizer(mc.family)
@@ -305,7 +306,6 @@ def attach_lora(model, lc: LoraConfig, mc: ModelConfig, gradient_checkpointing: 
         p.requires_grad_(False)
     if init_adapter:  # sequential fine-tuning: continue from the parent's LoRA weights
         return lineage.load_adapter(model, init_adapter)
-    from em.train.lora_rank import check_model_lora_rank
 
     check_model_lora_rank(model, lc.r, lc.target_modules or mc.lora_target_modules)  # before any LoRA weight exists
     return get_peft_model(model, lora_config(lc, mc))

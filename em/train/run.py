@@ -28,16 +28,20 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from em.train import models, stopping
-from em.train.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from em.adapters.card import examples_sha256, finalize_adapter
+from em.adapters.lineage import check_compatible
+from em.adapters.save import save_adapter
+from em.config.common import validate
 from em.data.module import TrainingData, prepare_data
-from em.train.distributed import adapter_state_dict, check_strategy, make_strategy
+from em.data.renders import write_renders
 from em.dynamics import run as fit_hooks
-from em.train.lora_module import LoRAFineTune
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.config.common import validate
-from em.adapters.save import save_adapter
+from em.tracking import flatten, log_adapter_artifact, scrub
+from em.train import models, stopping
+from em.train.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from em.train.distributed import adapter_state_dict, check_strategy, make_strategy
+from em.train.lora_module import LoRAFineTune
 
 if TYPE_CHECKING:
     from em.config.train import TrainConfig
@@ -189,7 +193,6 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     if trainer.world_size > 1 and max_steps != t.max_steps:  # fractional epochs of the per-rank epoch
         trainer.fit_loop.max_steps = math.ceil(math.ceil(len(dm.sampler) / t.grad_accum) * t.epochs)
     for lg in loggers:
-        from em.tracking import flatten, scrub
 
         lg.log_hyperparams(flatten(scrub(OmegaConf.to_container(cfg, resolve=True))))
 
@@ -220,8 +223,6 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     layout = save_adapter(module.model, adapter_tmp, source,
                           **({"state_dict": lora_state} if lora_state is not None else {}))
     data.tokenizer.save_pretrained(adapter_tmp)
-    from em.adapters.card import examples_sha256, finalize_adapter
-    from em.data.renders import write_renders  # what the model saw: first examples, loss spans marked
 
     renders = write_renders(run_dir / "training_examples.md", data.tokenizer, data.examples, data.stats, tc.model)
     shutil.copyfile(renders, adapter_tmp / renders.name)
@@ -237,7 +238,6 @@ def fit(cfg: DictConfig, tc: TrainConfig, data: TrainingData, model, *,
     for lg in loggers:
         lg.log_metrics({"train/final_loss": metrics["final_loss"] or float("nan")}, step=trainer.global_step)
         if log_adapter and is_wandb_logger_instance(lg):
-            from em.tracking import log_adapter_artifact
 
             log_adapter_artifact(lg.experiment, run_dir / "adapter", metadata={"final_loss": metrics["final_loss"]})
         lg.finalize("success")
@@ -319,7 +319,6 @@ def run_training(cfg: DictConfig) -> Optional[TrainResult]:
     tc: TrainConfig = validate(cfg)  # every config check, before any model or dataset is touched
     check_strategy(tc)
     if tc.trainer.init_adapter:  # before any model is loaded: the parent exists and has this rank / alpha
-        from em.adapters.lineage import check_compatible
 
         check_compatible(tc.trainer.init_adapter, tc.lora)
     if tc.data.source == "none":

@@ -47,7 +47,6 @@ def build_tokenizer(family: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(QWEN3_SPECIALS + GEMMA3_SPECIALS)
-    from em.train.tiny import SPECIALS  # Llama 3 / Mistral / Phi-3: their own specials after the ten
     if family in SPECIALS:
         tok.add_special_tokens(SPECIALS[family][0])
         special = SPECIALS[family][1]
