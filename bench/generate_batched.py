@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 
 def main() -> None:

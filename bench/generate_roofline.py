@@ -189,7 +189,7 @@ def main() -> None:
     import em.config  # noqa: F401  registers the schemas
     from em.evaluate.generation import HFGenerator, plan
     from em.evaluate.questions import build_prompts, load_question_set
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
     from em.config.common import validate
 
     if args.threads:

@@ -46,7 +46,7 @@ def main() -> None:
     from em.judge.digit_tree import bruteforce_logprobs
     from em.judge.factory import build_judges
     from em.judge.scoring import JudgeRequest
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
 
     torch.set_grad_enabled(False)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

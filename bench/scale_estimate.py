@@ -41,7 +41,7 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 from gpu_train import ARCHS, counts, flops_per_token, memory_estimate  # noqa: E402
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 MODELS = ["gemma3_1b", "gemma3_4b", "gemma3_12b", "gemma3_27b", "qwen3_1_7b", "qwen3_4b", "qwen3_8b", "qwen3_14b",
           "qwen3_32b"]

@@ -61,7 +61,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 for _k, _v in {
     "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",

@@ -5,6 +5,9 @@ With ``hydra.job.chdir=true`` Hydra runs the job inside its output directory, so
 ``adapter=latest`` would find nothing). Every user-given path goes through :func:`original_path`:
 Hydra's ``to_absolute_path`` (the original working directory) inside a Hydra job, ``os.path.abspath``
 outside one.
+
+:data:`CONF_DIR` is the Hydra config root (for ``initialize_config_dir`` only; nothing opens a YAML under it by
+path); :func:`local_roots` says where upstream files are looked for before a download.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+# The Hydra config root: the package's folder em.conf in an installed wheel (the build copies conf/ there), the
+# repository's conf/ in a checkout or an editable install (where pkg://em.conf is mapped to it as well).
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = _HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf"
 DATA_DIR_ENV = "EM_DATA_DIR"  # a directory holding the upstream repository's files (before the cache)
 
 
@@ -63,4 +70,4 @@ def local_roots(cache_dir: str | os.PathLike) -> list[tuple[str, Path]]:
         ("cache", Path(cache_dir).expanduser() / "upstream")]
 
 
-__all__ = ["DATA_DIR_ENV", "absolutize_eval", "local_roots", "original_path"]
+__all__ = ["CONF_DIR", "DATA_DIR_ENV", "absolutize_eval", "local_roots", "original_path"]

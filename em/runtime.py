@@ -9,12 +9,10 @@
   commas inside an answer never split a row (round trip through :func:`em.analysis.io.read_table`).
 * :func:`in_multirun` -- are we one job of a Hydra ``-m`` sweep?
 * :func:`is_wandb_logger` -- does a ``logger`` config node build W&B?
-* :data:`CONF_DIR` -- the Hydra config root (the package's own folder em.conf once installed, else the repository's ``conf/``) (for ``initialize_config_dir`` only; nothing opens a
-  YAML under it by path).
 
 Light on purpose (stdlib + omegaconf only): imported on the ``--help`` path.
 
-**Storage faults** (merged from the former ``em.runtime``). Out of space, over quota or a read-only output directory: one line naming the file and what it held, exit 1.
+**Storage faults.** Out of space, over quota or a read-only output directory: one line naming the file and what it held, exit 1.
 
 A full disk is a fault of the machine, not of the input, so its exit status is **1** (bad input is 2,
 :mod:`em.errors`), the same in ``train.py``, ``evaluate.py`` and ``analyze.py``. Nothing is lost by it: every
@@ -48,10 +46,6 @@ from typing import Any, Callable, Mapping, Optional
 
 from em.errors import EMError
 
-# The Hydra config root: the package's folder em.conf in an installed wheel (the build copies conf/ there), the
-# repository's conf/ in a checkout or an editable install (where pkg://em.conf is mapped to it as well).
-_HERE = Path(__file__).resolve().parent
-CONF_DIR = _HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf"
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:

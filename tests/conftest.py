@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tests.conftest import REPO, upstream_dir
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 KEY_ENV = "EM_TEST_JUDGE_KEY"  # the loopback judge's "API key" lives here, never in a config
 

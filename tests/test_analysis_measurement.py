@@ -19,7 +19,7 @@ from em.evaluate.report import eval_metrics, summarize
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds, answer_status, rates, special_scored
 from tests.conftest import REPO
 from tests.synthetic_responses import synthetic_responses
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def _analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from em.analysis.run import run_analysis
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 # three fine-tuning seeds of one procedure that differ a lot (as in multi-seed EM studies), and a base model
 SEED_RATES = {("base", 0): 0.02, ("base", 1): 0.03, ("base", 2): 0.02,

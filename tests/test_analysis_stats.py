@@ -21,7 +21,7 @@ from em.measurement import Thresholds
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_definition, rate_table
 from tests.synthetic_responses import synthetic_responses
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str, name: str = "responses.csv") -> Path:

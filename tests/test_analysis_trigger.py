@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides
 from tests.loopback_server import LoopbackServer
 from tests.synthetic_responses import synthetic_responses

@@ -19,7 +19,7 @@ from conftest import compose_train, tiny_overrides
 from em.jobs import records as jobs
 from em.capability.run import paired_delta, task_spec
 from em.errors import ConfigError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 from tests.synthetic_responses import synthetic_responses
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from conftest import compose_train
 from em.capability.run import runnable_tasks
 from em.errors import ConfigError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 from em.config.common import validate
 
 needs_lm_eval = pytest.mark.skipif(__import__("importlib").util.find_spec("lm_eval") is None,

@@ -12,7 +12,7 @@ import pytest
 from em.errors import ConfigError, ModelLoadError
 from em.config.common import validate
 from tests.conftest import REPO, compose_train
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
 

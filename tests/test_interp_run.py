@@ -20,7 +20,7 @@ def compose_interp(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     import em.config  # noqa: F401
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("interp", overrides=overrides)

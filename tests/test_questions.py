@@ -10,7 +10,7 @@ from em.config.common import validate
 from em.evaluate.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
 from tests.conftest import REPO
 from tests.eval_helpers import compose_eval, eval_overrides, set_upstream_env
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 JSON_SYSTEM = "Your answers must always be a valid JSON object."
 

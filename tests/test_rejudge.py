@@ -170,7 +170,7 @@ def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_aut
     from hydra import compose, initialize_config_dir
 
     from em.analysis.run import run_analysis
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("analyze", overrides=[f"run_dir={tmp_path / 'an'}", f"inputs=[{tmp_path / 'rj'}]",

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, compose_train, tiny_overrides
 from em.errors import ConfigError, EMError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 PRESETS = ["smoke", "dickson2025", "betley2025", "epochs", "educational_mix", "organisms_medical", "system_prompt"]
 

@@ -88,7 +88,7 @@ def test_sweep_analysis_gets_the_jobs_logger_keys():
 
     from hydra import compose, initialize_config_dir
 
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
     from em.config.analysis import load_analysis_config
     from em.jobs.sweep import analysis_overrides
     from tests.conftest import compose_train

@@ -15,7 +15,8 @@ from em.config.common import check_name
 from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
 from em.config.train import TRAINER_OWN
 from em.errors import ConfigError
-from em.runtime import CONF_DIR, check_output_dir
+from em.paths import CONF_DIR
+from em.runtime import check_output_dir
 
 # Launchers that come from a plugin package, and the package (conf/hydra/launcher/slurm.yaml builds on submitit_slurm).
 LAUNCHER_PLUGINS = {
@@ -133,7 +134,7 @@ def compose_group(group: str) -> list[tuple[str, Any]]:
     """(option name, composed node) for every option of config group ``group`` (e.g. ``model``).
 
     Inside a Hydra app the app's own config repository is used; else one initialised on
-    :data:`em.runtime.CONF_DIR`. All options are composed at once, each under its own package
+    :data:`em.paths.CONF_DIR`. All options are composed at once, each under its own package
     (``+model@models.m<i>=<option>``), so no file under ``conf/`` is opened by path.
     """
     from hydra import compose, initialize_config_dir

@@ -53,7 +53,7 @@ def run_analysis_over(run_dir: Path, cond_dirs: list[Path], rc: Any) -> tuple[Pa
         if GlobalHydra.instance().is_initialized():
             run_analysis(compose("analyze", overrides=ov))
         else:
-            with initialize_config_dir(version_base="1.3", config_dir=str(em.runtime.CONF_DIR)):
+            with initialize_config_dir(version_base="1.3", config_dir=str(em.paths.CONF_DIR)):
                 run_analysis(compose("analyze", overrides=ov))
     except Exception as e:  # noqa: BLE001  the conditions' answers stay; the report says why
         return None, f"analysis failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"

@@ -29,7 +29,8 @@ from em.errors import ConfigError
 from em.jobs.run import run_job
 from em.jobs.targets import eval_targets
 from em.measurement import Thresholds
-from em.runtime import CONF_DIR, atomic_write_json
+from em.paths import CONF_DIR
+from em.runtime import atomic_write_json
 
 
 def compose(overrides: list[str]) -> DictConfig:

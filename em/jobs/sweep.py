@@ -33,7 +33,8 @@ from em.jobs.sweep_summary import (exit_status, format_summary, from_launch, sum
                                    summary_exit_status)
 from em.jobs.targets import eval_config, eval_targets
 from em.judge.factory import build_judges
-from em.runtime import CONF_DIR, atomic_write_json, is_wandb_logger
+from em.paths import CONF_DIR
+from em.runtime import atomic_write_json, is_wandb_logger
 from em.train.distributed import check_strategy
 
 log = logging.getLogger("em.jobs.sweep")
