@@ -7,7 +7,7 @@ to ``model.hub_id`` (the upstream model the GGUF was converted from: ``google/ge
 random-init test model, which has none) and keeps the local source in ``em_adapter.json`` beside it, with
 the chat-template kwargs used in training and ``key_layout``, the model class the weight keys fit (the
 class the base checkpoint declares: ``Gemma3ForConditionalGeneration`` for a multimodal Gemma 3, whose text
-model em trains; ``em.adapters.save.save_adapter``). The tokenizer's saved chat template gets those kwargs baked in
+model em trains; ``em.adapters.check.save_adapter``). The tokenizer's saved chat template gets those kwargs baked in
 (``{%- set enable_thinking = false %}`` in front), so plain ``apply_chat_template`` on the saved tokenizer
 renders what training saw. ``README.md`` is a model card written from what em knows
 (:func:`model_card`); :func:`add_eval_summary` appends an evaluation's rates to it.
@@ -72,7 +72,7 @@ def finalize_adapter(adapter_dir: Path, tc: Any, *, source: str, final_loss: Opt
         final_loss: the last optimizer step's loss; data_sha256: the data set's sha256 (file or examples).
         steps: optimizer steps trained.
         key_layout: the model class whose module names the weight keys fit (``Gemma3ForConditionalGeneration``
-            for a multimodal Gemma 3: ``em.adapters.save.save_adapter``); None: not recorded.
+            for a multimodal Gemma 3: ``em.adapters.check.save_adapter``); None: not recorded.
 
     Raises:
         OSError: the adapter directory cannot be read or written.

@@ -19,7 +19,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from em.errors import ModelLoadError
 
@@ -260,4 +260,16 @@ def save_layout(adapter_dir: str | Path, model_dir: str | Path, trained_class: s
 
 
 __all__ = ["adapter_modules", "check_modules", "check_targets", "served_modules", "renames", "write_renamed",
-           "adapter_for", "load_peft", "save_layout"]
+           "adapter_for", "load_peft", "save_adapter", "save_layout"]
+
+
+def save_adapter(model, path: Path, source: Optional[str], **kwargs) -> str:
+    """``model.save_pretrained(path, **kwargs)`` (a peft model: the LoRA weights), keyed for the class the
+    base checkpoint ``source`` (a local directory or a hub id) declares: a multimodal Gemma 3's text model
+    is saved with ``Gemma3ForConditionalGeneration`` keys, so plain peft on the hub checkpoint applies it
+    (:func:`em.adapters.check.save_layout`). Returns that class (``key_layout``)."""
+    model.save_pretrained(path, **kwargs)
+    trained = type(model.get_base_model()).__name__
+    if source is None:
+        return trained
+    return save_layout(path, source, trained)

@@ -17,7 +17,7 @@ from typing import Optional
 
 import lightning as L
 
-from em.adapters.save import save_adapter
+from em.adapters.check import save_adapter
 from em.runtime import atomic_replace_dir
 
 log = logging.getLogger("em.dynamics")
@@ -54,7 +54,7 @@ class StepSnapshots(L.Callback):
         dirpath: ``<run_dir>/snapshots``.
         tokenizer: saved beside each adapter, so each snapshot is a complete adapter directory.
         source: the base checkpoint (``em.train.models.model_dir``), keys the saved adapter
-            (:func:`em.adapters.save.save_adapter`).
+            (:func:`em.adapters.check.save_adapter`).
 
     Rank 0 alone writes (the LoRA weights are the same on every rank under DDP). ``written`` lists the
     steps this process wrote (tests, logs).

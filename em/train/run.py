@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from em.adapters.card import examples_sha256, finalize_adapter
 from em.adapters.lineage import check_compatible
-from em.adapters.save import save_adapter
+from em.adapters.check import save_adapter
 from em.config.common import validate
 from em.data.module import TrainingData, prepare_data
 from em.data.renders import write_renders
