@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from em.analysis import run_analysis  # noqa: E402
-from em.runtime import CONF_DIR  # noqa: E402
+from em.analysis.run import run_analysis  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 from tests.synthetic_responses import synthetic_responses  # noqa: E402  (a test fixture)
 
 BASE = 64_800  # 9 x 3 x 3 x 8 x 100

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 
 def main() -> None:
@@ -36,10 +36,10 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
-    from em.schemas.common import validate
-    from em.evaluation.generation import HFGenerator, plan
-    from em.evaluation.questions import build_prompts, load_question_set
+    import em.config  # noqa: F401  registers the schemas
+    from em.config.common import validate
+    from em.evaluate.generation import HFGenerator, plan
+    from em.evaluate.questions import build_prompts, load_question_set
 
     repo = Path(__file__).resolve().parents[1]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -104,7 +104,7 @@ def run_variant(variant: str, gen, samples) -> tuple[float, float, int, dict]:
 
     import torch
 
-    from em.evaluation import generation, sampling
+    from em.evaluate import generation, sampling
 
     name, _, bs = variant.partition(":")
     gen.gen = dataclasses.replace(gen.gen, batch_size=int(bs or gen.gen.batch_size))
@@ -186,11 +186,11 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
-    from em.evaluation.generation import HFGenerator, plan
-    from em.evaluation.questions import build_prompts, load_question_set
-    from em.runtime import CONF_DIR
-    from em.schemas.common import validate
+    import em.config  # noqa: F401  registers the schemas
+    from em.evaluate.generation import HFGenerator, plan
+    from em.evaluate.questions import build_prompts, load_question_set
+    from em.paths import CONF_DIR
+    from em.config.common import validate
 
     if args.threads:
         torch.set_num_threads(args.threads)

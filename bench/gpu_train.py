@@ -10,9 +10,9 @@ Random-initialised models built from the real architectures (hidden size, layers
 dim, MLP width, vocabulary: ARCHS below, from each model's config.json on the Hugging Face hub), so no
 weights are downloaded. The training step is em's: NF4 base weights with double quantisation
 (bitsandbytes Linear4bit, quantised layer by layer as the model is built, so neither host nor GPU ever holds
-the bf16 model), em.models.attach_lora (peft's k-bit preparation, LoRA r32 alpha 64 rsLoRA on q k v o gate up
-down), bf16 autocast, em's loss (em.lora_module.assistant_loss_sum: only assistant positions go through the
-output layer) and em's optimizer (em.training.auto_adamw: paged 8-bit AdamW on CUDA). One batch of
+the bf16 model), em.train.models.attach_lora (peft's k-bit preparation, LoRA r32 alpha 64 rsLoRA on q k v o gate up
+down), bf16 autocast, em's loss (em.train.lora_module.assistant_loss_sum: only assistant positions go through the
+output layer) and em's optimizer (em.train.run.auto_adamw: paged 8-bit AdamW on CUDA). One batch of
 `--batch` x `--seq` random tokens, the last `--assistant-frac` of each sequence carrying loss.
 
 Baseline, in the same command: every model also trains with `model(labels=...)` (transformers' own loss
@@ -240,11 +240,11 @@ def run_child(a: argparse.Namespace) -> dict[str, Any]:
     """Train one model (`a.child`) for `a.steps` timed optimizer steps on the GPU; tokens/s, memory, MFU."""
     import torch
 
-    from em import models
-    from em.schemas.model import LoraConfig, ModelConfig
+    from em.train import models
+    from em.config.model import LoraConfig, ModelConfig
     from em.data.tokenize import IGNORE_INDEX
-    from em.lora_module import assistant_loss_sum
-    from em.training import auto_adamw
+    from em.train.lora_module import assistant_loss_sum
+    from em.train.run import auto_adamw
 
     arch = ARCHS[a.child]
     cuda = torch.cuda.is_available()

@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 
 def compose(args, extra=()):
     from hydra import compose as hcompose, initialize_config_dir
 
-    import em.schemas  # noqa: F401
-    from em.schemas.common import validate
+    import em.config  # noqa: F401
+    from em.config.common import validate
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = hcompose("evaluate", overrides=[
@@ -96,8 +96,8 @@ def bench_collect(args, model, tok, ec) -> dict:
 def bench_steer(args, ec) -> dict:
     import torch
 
-    from em.evaluation.generation import HFGenerator, plan
-    from em.evaluation.questions import build_prompts, load_question_set
+    from em.evaluate.generation import HFGenerator, plan
+    from em.evaluate.questions import build_prompts, load_question_set
     from em.interp import hooks, intervene
 
     qs = load_question_set(ec.questions, ec.cache_dir, progress=False)
@@ -129,7 +129,7 @@ sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import interp as b
 args = b.parse()
 ec = b.compose(args)
-from em import models
+from em.train import models
 from em.interp import collect
 tok = models.load_tokenizer(ec.model, ec.cache_dir)
 model = models.load_model(ec.model, ec.quantization, ec.cache_dir).eval()
@@ -161,7 +161,7 @@ def main() -> None:
     args = parse()
     import torch
 
-    from em import models
+    from em.train import models
 
     ec = compose(args)
     tok = models.load_tokenizer(ec.model, ec.cache_dir)

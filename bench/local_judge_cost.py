@@ -41,12 +41,12 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
-    from em.evaluation.questions import BUILTIN_DIR, parse_question_file
+    import em.config  # noqa: F401  registers the schemas
+    from em.evaluate.questions import BUILTIN_DIR, parse_question_file
     from em.judge.digit_tree import bruteforce_logprobs
     from em.judge.factory import build_judges
     from em.judge.scoring import JudgeRequest
-    from em.runtime import CONF_DIR
+    from em.paths import CONF_DIR
 
     torch.set_grad_enabled(False)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -15,7 +15,7 @@ Measured here (unless --recorded):
     the same tokenizer as every Gemma 3 size), max_length 2048, then scaled to 6,000 rows. The Qwen 3
     tokenizer is not available offline; its counts are taken to be the same (code in both: within ~10 %).
     Padding: em's LengthGroupedBatchSampler (batch 2) on those lengths.
-  * judge input tokens: the real judge prompts of every first_plot sample (em.evaluation's plan + templates)
+  * judge input tokens: the real judge prompts of every first_plot sample (em.evaluate's plan + templates)
     rendered without the answer, counted with GPT-4o's o200k_base encoding (the bpe-openai package, if
     installed; else the Gemma 3 tokenizer as a stand-in) + 7 tokens of chat framing, plus the answer tokens.
 
@@ -41,7 +41,7 @@ for p in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(p))
 
 from gpu_train import ARCHS, counts, flops_per_token, memory_estimate  # noqa: E402
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 MODELS = ["gemma3_1b", "gemma3_4b", "gemma3_12b", "gemma3_27b", "qwen3_1_7b", "qwen3_4b", "qwen3_8b", "qwen3_14b",
           "qwen3_32b"]
@@ -67,15 +67,15 @@ def upstream_dir() -> Optional[Path]:
 def _compose(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
+    import em.config  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose(name, overrides=overrides)
 
 
 def gemma_tokenizer(cache_dir: Optional[str]):
-    from em import models
-    from em.schemas.common import validate
+    from em.train import models
+    from em.config.common import validate
 
     o = ["model=gemma3_270m", "run_dir=/tmp/unused"] + ([f"cache_dir={cache_dir}"] if cache_dir else [])
     tc = validate(_compose("train", o))
@@ -108,10 +108,10 @@ def judge_counter(tok):
 
 def measure_judge_prompts(count, cache_dir: Optional[str]) -> dict[str, Any]:
     """Mean tokens of a first_plot judge request without the answer, over every planned sample and metric."""
-    from em.schemas.common import validate
-    from em.evaluation.generation import plan
-    from em.evaluation.questions import build_prompts, load_question_set
-    from em.evaluation.run import render_judge_prompt
+    from em.config.common import validate
+    from em.evaluate.generation import plan
+    from em.evaluate.questions import build_prompts, load_question_set
+    from em.judge.run import render_judge_prompt
 
     o = ["questions=first_plot", f"format=[{','.join(FORMATS)}]", f"samples={SAMPLES}", "judge=none",
          "run_dir=/tmp/unused"] + ([f"cache_dir={cache_dir}"] if cache_dir else [])
@@ -255,7 +255,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _model_params(name: str) -> float:
     import yaml
 
-    return float(yaml.safe_load((ROOT / "em/conf/model" / f"{name}.yaml").read_text())["params"])
+    return float(yaml.safe_load((ROOT / "conf/model" / f"{name}.yaml").read_text())["params"])
 
 
 if __name__ == "__main__":

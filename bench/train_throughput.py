@@ -10,7 +10,7 @@ em's tokens/s >= TRL's, em's peak memory <= TRL's, and per-step losses within 2 
 
 What is held equal
   * model / 4-bit / LoRA: both children build the model from the same composed em config with em's own
-    em.models.build_model (what run_training calls: seed, load_model, attach_lora), and the initial LoRA
+    em.train.models.build_model (what run_training calls: seed, load_model, attach_lora), and the initial LoRA
     weights are hashed in each child right after it and at the start of training (the hashes must match). TRL
     casts the adapter weights of a quantised model to bf16 in SFTTrainer.__init__; the bench restores the fp32
     initial weights right after.
@@ -19,7 +19,7 @@ What is held equal
     pre-tokenised examples (input_ids + labels, dataset_kwargs={"skip_prepare_dataset": True}) laid out in the
     order em's sampler yields them, and iterates them with a SequentialSampler (override of
     Trainer._get_train_sampler), so both see identical batches and accumulation windows. The em child trains
-    through em.training.fit, the third step of run_training.
+    through em.train.run.fit, the third step of run_training.
   * optimisation: the optimizer is the one em's config instantiates (torch AdamW on CPU, paged 8-bit AdamW on
     CUDA), handed to TRL via `optimizers=`; HF's scheduler (same name / warm-up / total steps), same clipping,
     batch size, accumulation, seed; fp32 on CPU, bf16 autocast on a bf16 GPU; no packing, no padding-free, no
@@ -61,7 +61,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from em.runtime import CONF_DIR  # noqa: E402
+from em.paths import CONF_DIR  # noqa: E402
 
 for _k, _v in {
     "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -81,7 +81,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
+    import em.config  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return hydra_compose("train", overrides=overrides)
@@ -275,7 +275,7 @@ def device_info() -> dict[str, Any]:
     """The device, compute dtype, torch threads and version a child ran with."""
     import torch
 
-    from em.models import compute_dtype
+    from em.train.models import compute_dtype
 
     cuda = torch.cuda.is_available()
     return {
@@ -292,9 +292,9 @@ def child_em(spec: dict[str, Any]) -> dict[str, Any]:
     import lightning as L
 
     import em.data.module
-    import em.models
-    import em.training
-    from em.schemas.common import validate
+    import em.train.models
+    import em.train.run
+    from em.config.common import validate
 
     plan = spec["plan"]
     if spec.get("em_patch"):  # try a change to em without editing it: the file monkeypatches em's modules
@@ -321,10 +321,10 @@ def child_em(spec: dict[str, Any]) -> dict[str, Any]:
     # same examples and order as the plan the parent made (and TRL gets)
     check = make_plan(tc, data, plan["steps"])
     assert check["data_sha"] == plan["data_sha"], "em child: tokenised data differs from the plan"
-    model = em.models.build_model(tc)
+    model = em.train.models.build_model(tc)
     attach_hash = lora_hash(model)
 
-    res = em.training.fit(cfg, tc, data, model, callbacks=[EmBenchCallback()])
+    res = em.train.run.fit(cfg, tc, data, model, callbacks=[EmBenchCallback()])
     m = res.metrics
     hist = m["history"]
     return {
@@ -352,9 +352,9 @@ def child_trl(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from em import models
-    from em.schemas.common import validate
-    from em.training import precision_for
+    from em.train import models
+    from em.config.common import validate
+    from em.train.run import precision_for
 
     plan = spec["plan"]
     probe = Probe(plan["steps"])
@@ -629,9 +629,9 @@ def parse_args(argv=None):
     """The command line (see the module docstring and --help)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="gemma3_270m", help="em/conf/model/<name> (default gemma3_270m; tiny: ~1 min)")
-    p.add_argument("--data", default="synthetic", help="em/conf/data/<name> (default synthetic, offline)")
-    p.add_argument("--lora", default="r32_a64", help="em/conf/lora/<name>")
+    p.add_argument("--model", default="gemma3_270m", help="conf/model/<name> (default gemma3_270m; tiny: ~1 min)")
+    p.add_argument("--data", default="synthetic", help="conf/data/<name> (default synthetic, offline)")
+    p.add_argument("--lora", default="r32_a64", help="conf/lora/<name>")
     p.add_argument("--n-examples", type=int, default=32, help="examples (data.n_examples, or data.limit upstream)")
     p.add_argument("--max-length", type=int, default=None,
                    help="trainer.max_length (default 256; 1024 for random-init models, whose tokenizer is byte-level)")
@@ -668,7 +668,7 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(res))
         return 0
 
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     if args.max_length is None:
         probe_cfg = compose([f"model={args.model}", "run_dir=/unused"])

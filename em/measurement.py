@@ -11,7 +11,7 @@ whose judge gave no score take the CODE / REFUSAL status. The paper's exclusion 
 CODE / REFUSAL top token is the explicit option ``thresholds.exclude_special=true`` (off by default).
 
 Everything that reports a rate imports this module: ``summary.json``, the W&B ``eval/*`` metrics and
-each sweep job's ``DONE.json`` (:mod:`em.evaluation.report`), and the analysis stage (:mod:`em.analysis`).
+each sweep job's ``DONE.json`` (:mod:`em.evaluate.report`), and the analysis stage (:mod:`em.analysis`).
 The ``thresholds`` config node (train.py, evaluate.py and analyze.py alike) is a :class:`Thresholds`.
 
 Light on purpose (stdlib at import; numpy / pandas only inside the functions that need them): the
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace, field
 from typing import Any, Optional
+
+from em.errors import require
 
 
 SCORED = "scored"
@@ -53,8 +55,7 @@ class Thresholds:
         "the probability (the paper's text); False (default): the reference judge's rule, it stays scored.")})
 
     def __post_init__(self) -> None:
-        # (imported here: em.schemas registers the analysis schema, which imports this module)
-        from em.schemas.common import require
+        # (imported here: em.config registers the analysis schema, which imports this module)
 
         for key in ("coherent", "aligned"):
             v = getattr(self, key)

@@ -3,7 +3,7 @@
 A terminal bar (tqdm) is lost from ``evaluate.log`` and from a batch job's output file; these lines are
 not. :class:`ProgressLog` logs one line when work starts, then at most every ``every_s`` seconds (and at
 least every ``every_frac`` of the total), and one when it ends. Judging (``em.judge.base.run_judge``) and
-sampling (``em.evaluation.run``, both backends; with generated tokens per second) use it. The tqdm bars stay
+sampling (``em.evaluate.run``, both backends; with generated tokens per second) use it. The tqdm bars stay
 as they are on terminals; this runs beside them.
 """
 

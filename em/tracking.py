@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from em.runtime import atomic_write_json, read_json
+
 # Exact secret key names, and the suffixes of secret keys (``openai_api_key``, ``hf_token``). Matched on the
 # whole key or its ``_``-separated end, never as a substring: ``max_new_tokens`` and ``num_key_value_heads``
 # are hyperparameters. ``judge.api_key_env`` names an environment variable; it is not the secret.
@@ -249,7 +251,6 @@ def log_adapter_artifact(run, adapter_dir: Path, metadata: Optional[dict] = None
     ref = f"adapter-{run.id}:latest"
     if not run.settings._offline and run.entity and run.project:
         ref = f"{run.entity}/{run.project}/{ref}"
-    from em.runtime import atomic_write_json
 
     atomic_write_json(Path(adapter_dir).parent / "wandb_artifact.json", {"artifact": ref, "run_id": run.id,
                                                                          "offline": bool(run.settings._offline)})
@@ -263,8 +264,6 @@ def use_adapter_artifact(run, train_dir: Optional[Path]) -> Optional[str]:
     (the lineage graph links the two runs). Offline W&B cannot use artifacts, so the reference goes into
     the run's config as ``adapter_artifact`` instead. Returns the reference, or None when there is none.
     """
-    from em.runtime import read_json
-
     path = Path(train_dir or "") / "wandb_artifact.json"
     if run is None or not train_dir or not path.is_file():
         return None

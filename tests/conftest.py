@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -72,7 +72,7 @@ def compose_train(overrides: list[str]):
     """conf/train.yaml composed with ``overrides`` (no hydra node), as train.py would see it."""
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers schemas
+    import em.config  # noqa: F401  registers schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("train", overrides=overrides)

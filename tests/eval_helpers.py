@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tests.conftest import REPO, upstream_dir
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 KEY_ENV = "EM_TEST_JUDGE_KEY"  # the loopback judge's "API key" lives here, never in a config
 
@@ -15,7 +15,7 @@ def compose_eval(overrides: list[str]):
     """evaluate.py's config, composed from conf/ with ``overrides`` (schemas registered)."""
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401  registers the schemas
+    import em.config  # noqa: F401  registers the schemas
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("evaluate", overrides=overrides)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from em.training import run_training
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 from tests.vllm_compare import multimodal_dir
 
@@ -57,9 +57,9 @@ def trained(tmp_path_factory, cache_dir):
 
 def _text_model_logits(mm, cache_dir, adapter):
     """em's own view: the checkpoint's text model in fp32 (no quantisation) with ``adapter`` loaded by em."""
-    from em import models
-    from em.evaluation.adapter_check import load_peft
-    from em.schemas.common import validate
+    from em.train import models
+    from em.adapters.check import load_peft
+    from em.config.common import validate
 
     tc = validate(compose_train(tiny_overrides("/x", cache_dir, model="tiny_gemma3", **{
         "model.path": str(mm), "model.multimodal": "true", "quantization": "none"})))
@@ -70,7 +70,7 @@ def _text_model_logits(mm, cache_dir, adapter):
 
 
 def test_saved_adapter_fits_the_declared_class_and_plain_peft_applies_it(trained, cache_dir, tmp_path):
-    from em.evaluation.adapter_check import adapter_modules
+    from em.adapters.check import adapter_modules
 
     mm, run_dir = trained
     adapter = run_dir / "adapter"
@@ -96,9 +96,9 @@ def test_saved_adapter_fits_the_declared_class_and_plain_peft_applies_it(trained
 
 
 def test_em_loads_either_layout_and_vllm_gets_one_that_fits(trained, cache_dir, tmp_path):
-    from em import lineage
-    from em.evaluation.adapter_check import adapter_for, adapter_modules
-    from em.evaluation.generation import make_generator
+    from em.adapters import lineage
+    from em.adapters.check import adapter_for, adapter_modules
+    from em.evaluate.generation import make_generator
     from tests.vllm_compare import GEN, model_cfg
 
     mm, run_dir = trained
@@ -132,7 +132,7 @@ def test_em_loads_either_layout_and_vllm_gets_one_that_fits(trained, cache_dir, 
     assert (lora - base).abs().max() > 1e-3
 
     # sequential fine-tuning continues from either layout with the trained weights
-    from em import models
+    from em.train import models
 
     for d in (new, old):
         tc_model = models.load_model(ec.model, ec.quantization, str(cache_dir))

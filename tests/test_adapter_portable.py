@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from em.training import run_training
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 
 HUB_ID = "example-org/tiny-qwen3"  # the stand-in upstream id of the random-init test model
@@ -77,8 +77,8 @@ def test_saved_adapter_loads_with_plain_peft_without_em_cache(tmp_path, cache_di
     assert out["text"] == trained and trained != plain
     assert not list(empty.iterdir())
 
-    # an evaluation of this adapter adds its rates to the card (what em.pipeline does after evaluating)
-    from em.adapter_card import add_eval_summary
+    # an evaluation of this adapter adds its rates to the card (what em.jobs.run does after evaluating)
+    from em.adapters.card import add_eval_summary
 
     add_eval_summary(adapter, {"formats": {"plain": {"n": 8, "coherent_rate": 0.5, "misaligned_rate": 0.125},
                                            "json": {"n": 8, "coherent_rate": None, "misaligned_rate": None}}})

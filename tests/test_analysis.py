@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.analysis.figures import FIGURES
 from tests.synthetic_responses import synthetic_responses
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_COLUMNS = {"n", "n_scored", "n_coherent", "n_misaligned", "misaligned_rate", "ci_low", "ci_high"}

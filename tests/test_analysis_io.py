@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from tests.synthetic_responses import synthetic_responses
 from em.errors import ConfigError, DataError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def config(tmp_path: Path, *overrides: str):

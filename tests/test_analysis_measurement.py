@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.analysis.scaling import model_meta
 from em.errors import ConfigError
-from em.evaluation.report import eval_metrics, summarize
+from em.evaluate.report import eval_metrics, summarize
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED, Thresholds, answer_status, rates, special_scored
 from tests.conftest import REPO
 from tests.synthetic_responses import synthetic_responses
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def _analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def test_model_configs_through_hydra_or_a_user_directory(tmp_path):
 
 
 def test_schema_registration_is_light():
-    code = ("import sys, em.analysis, em.schemas.analysis, em.measurement, em.evaluation.report\n"
+    code = ("import sys, em.analysis, em.config.analysis, em.measurement, em.evaluate.report\n"
             "heavy = {'pandas', 'torch', 'numpy', 'matplotlib'} & set(sys.modules)\n"
             "assert not heavy, heavy")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 
 PEERS = Path(__file__).resolve().parents[1].parent / "shared" / "peers"
 if not PEERS.is_dir():
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not PEERS.is_dir(), reason="../shared/peers (oth
 
 
 def analyse(tmp_path: Path, *overrides: str) -> pd.DataFrame:
-    with initialize(config_path="../em/conf", version_base="1.3"):
+    with initialize(config_path="../conf", version_base="1.3"):
         cfg = compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "figures=false", *overrides])
     return pd.read_csv(run_analysis(cfg) / "rates.csv")
 

@@ -13,14 +13,14 @@ from hydra import compose, initialize
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.errors import DataError
 
 KNOWN = [(0, 20), (3, 40), (0, 40), (1, 2400), (17, 2400)]
 
 
 def config(tmp_path: Path, *overrides: str):
-    with initialize(config_path="../em/conf", version_base="1.3"):
+    with initialize(config_path="../conf", version_base="1.3"):
         return compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "figures=false", *overrides])
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
-from em.runtime import CONF_DIR
+from em.analysis.run import run_analysis
+from em.paths import CONF_DIR
 
 # three fine-tuning seeds of one procedure that differ a lot (as in multi-seed EM studies), and a base model
 SEED_RATES = {("base", 0): 0.02, ("base", 1): 0.03, ("base", 2): 0.02,
@@ -235,7 +235,7 @@ def test_wandb_keys_say_pooled_over_formats_with_per_format_beside(tmp_path, mon
 
 
 def test_model_card_names_the_judge_and_labels_the_pooled_rate():
-    from em.adapter_card import model_card
+    from em.adapters.card import model_card
 
     meta = {"hub_id": "Qwen/Qwen3-0.6B", "model": "qwen3_0_6b", "base_source": "/cache/qwen", "key_layout": None,
             "data": {"name": "synthetic", "source": "generated", "file": None, "sha256": "0" * 64},

@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.errors import DataError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def analyse(tmp_path: Path, inputs, *overrides: str) -> Path:

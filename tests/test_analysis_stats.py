@@ -16,12 +16,12 @@ from statsmodels.stats.inter_rater import cohens_kappa
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.measurement import Thresholds
 from em.analysis.groups import Cells
 from em.analysis.rates import rate_definition, rate_table
 from tests.synthetic_responses import synthetic_responses
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 
 def analyse(tmp_path: Path, table: pd.DataFrame, *overrides: str, name: str = "responses.csv") -> Path:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides
 from tests.loopback_server import LoopbackServer
 from tests.synthetic_responses import synthetic_responses
@@ -16,7 +16,7 @@ from tests.synthetic_responses import synthetic_responses
 
 @pytest.fixture(scope="module")
 def trigger_run(tmp_path_factory, cache_dir):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     tmp = tmp_path_factory.mktemp("trigger")
     mp = pytest.MonkeyPatch()
@@ -35,7 +35,7 @@ def trigger_run(tmp_path_factory, cache_dir):
 
 
 def _analyze(run_dir, *inputs, figures=True):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("analyze", overrides=[f"run_dir={run_dir}", "bootstrap.n_resamples=100",

@@ -16,10 +16,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import compose_train, tiny_overrides
-from em import jobs
-from em.capability import paired_delta, task_spec
+from em.jobs import records as jobs
+from em.capability.run import paired_delta, task_spec
 from em.errors import ConfigError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 from tests.synthetic_responses import synthetic_responses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_packaged_task_points_at_its_local_file():
 
 
 def test_metric_without_filter_is_one_line(tmp_path):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("capability_run", overrides=[f"run_dir={tmp_path}", "capability.tasks.0.metric=acc"])
@@ -69,7 +69,7 @@ def test_disabled_capability_leaves_job_identity_alone(tmp_path):
 
 @needs_lm_eval
 def test_job_scores_base_and_adapter_and_resumes(tmp_path, cache_dir, capsys):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     job = tmp_path / "job"
     over = tiny_overrides(job, cache_dir, **{"trainer.max_steps": 2, "capability": "local_tiny",
@@ -121,7 +121,7 @@ def _cap_file(d: Path, model: str, condition: str, deltas: dict) -> None:
 
 
 def test_analysis_joins_capability_with_rates(tmp_path):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     inputs = []
     for cond, dl in (("base", 0.0), ("insecure", -0.12), ("educational", -0.02)):
@@ -152,7 +152,7 @@ def test_analysis_joins_capability_with_rates(tmp_path):
 
 
 def test_analysis_without_capability_files_writes_no_capability_table(tmp_path):
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     df = synthetic_responses(models=["gemma3_1b"], n_questions=2, n_samples=20)
     df.to_parquet(tmp_path / "r.parquet")

@@ -11,10 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import compose_train
-from em.capability import runnable_tasks
+from em.capability.run import runnable_tasks
 from em.errors import ConfigError
-from em.runtime import CONF_DIR
-from em.schemas.common import validate
+from em.paths import CONF_DIR
+from em.config.common import validate
 
 needs_lm_eval = pytest.mark.skipif(__import__("importlib").util.find_spec("lm_eval") is None,
                                    reason="lm-eval not installed (pip install lm-eval==0.4.13)")
@@ -59,7 +59,7 @@ def test_only_code_tasks_without_permission_is_one_line(tmp_path):
 
 @needs_lm_eval
 def test_local_task_runs_and_the_code_task_beside_it_is_dropped(tmp_path, cache_dir, caplog, monkeypatch):
-    from em.capability import run_capability
+    from em.capability.run import run_capability
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # humaneval would need the network: it must not be loaded

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from em.errors import ConfigError, ModelLoadError
-from em.schemas.common import validate
+from em.config.common import validate
 from tests.conftest import REPO, compose_train
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 GROUPS = ["model", "data", "lora", "quantization", "trainer", "optimizer", "logger", "experiment"]
 
@@ -52,7 +52,7 @@ def test_qwen_models_switch_thinking_off():
 
 
 def test_smoke_preset_lists_only_what_changes():
-    text = (REPO / "em/conf/experiment/smoke.yaml").read_text()
+    text = (REPO / "conf/experiment/smoke.yaml").read_text()
     assert text.startswith("# @package _global_")
     tc = validate(compose_train(["experiment=smoke", "run_dir=/x"]))
     assert tc.model.name == "tiny" and tc.data.n_examples == 16
@@ -106,7 +106,7 @@ def test_wrong_type_is_rejected_at_composition():
 
 
 def test_missing_gguf_package_names_the_pip_package(tmp_path):
-    from em import models
+    from em.train import models
 
     tc = validate(compose_train(["model=gemma3_270m", "run_dir=/x", f"cache_dir={tmp_path}",
                                 "model.gguf.package=no-such-gguf-pkg"]))
@@ -116,7 +116,7 @@ def test_missing_gguf_package_names_the_pip_package(tmp_path):
 
 
 def test_model_path_without_config_and_offline_hub_id_give_clear_errors(tmp_path, monkeypatch):
-    from em import models
+    from em.train import models
 
     tc = validate(compose_train(["model=qwen3_8b", f"model.path={tmp_path}", "run_dir=/x"]))
     with pytest.raises(ModelLoadError, match="model.path: .* has no config.json"):
@@ -186,7 +186,7 @@ def test_betley_open_model_is_qwen2_5_coder_32b():
     m = tc.model
     assert (m.family, m.hub_id, m.params) == ("qwen2", "Qwen/Qwen2.5-Coder-32B-Instruct", 32.8e9)
     assert m.system_role and m.chat_template == "qwen2" and m.chat_template_kwargs == {}  # no thinking mode
-    assert (REPO / "em/chat_templates/qwen2.jinja").is_file()
+    assert (REPO / "em/train/chat_templates/qwen2.jinja").is_file()
     qwen3 = validate(compose_train(["model=qwen3_32b", "run_dir=/x"])).model
     assert m.lora_target_modules == qwen3.lora_target_modules
     assert validate(compose_train(["model=tiny_qwen2", "run_dir=/x"])).model.family == "qwen2"
@@ -216,7 +216,7 @@ def test_every_target_node_of_the_train_config_instantiates(group, option, tmp_p
     import torch
     from omegaconf import OmegaConf
 
-    from em.distributed import make_strategy
+    from em.train.distributed import make_strategy
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_train([f"{group}={option}", f"run_dir={tmp_path}", CALLBACK])
@@ -251,7 +251,7 @@ def test_every_target_node_of_the_train_config_instantiates(group, option, tmp_p
 def test_every_generation_option_builds_its_generator(option, cache_dir, tmp_path):
     """evaluate.py's generation node, validated, builds its backend (vLLM without vllm / a GPU: a one-line error)."""
     from em.errors import ModelLoadError
-    from em.evaluation.generation import HFGenerator, make_generator
+    from em.evaluate.generation import HFGenerator, make_generator
     from tests.eval_helpers import compose_eval, eval_overrides
 
     ec = validate(compose_eval(eval_overrides(tmp_path, cache_dir, generation=option)))
@@ -278,7 +278,8 @@ def test_every_generation_option_builds_its_generator(option, cache_dir, tmp_pat
     ("evaluate", "generation.top_k=5", "generation.top_k"),
 ])
 def test_a_typo_under_a_group_fails_at_composition_with_one_line(script, override, key, capsys):
-    from em.cli import check_args, run_main
+    from em.config.compose import check_args
+    from em.commands import run_main
 
     with pytest.raises(SystemExit) as e:
         run_main(lambda argv: check_args(script, argv), override.split())

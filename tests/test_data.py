@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from em.schemas.data import DataConfig
-from em.data import load_conversations, subset
+from em.config.data import DataConfig
+from em.data.run import load_conversations, subset
 from em.data.synthetic import FAMILIES, HOLE, generate
 from em.errors import ConfigError, DataError
 

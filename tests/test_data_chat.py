@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from em.data import read_jsonl_conversations
+from em.data.run import read_jsonl_conversations
 from em.errors import DataError
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}

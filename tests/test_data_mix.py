@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from em.schemas.data import DataConfig
+from em.config.data import DataConfig
 
-from em.schemas.common import validate
-from em.data import load_conversations, mix_educational, subset
+from em.config.common import validate
+from em.data.run import load_conversations, mix_educational, subset
 from em.errors import ConfigError, DataError
 from tests.conftest import compose_train
 

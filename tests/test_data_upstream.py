@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from em.schemas.data import DataConfig
-from em.data import load_conversations, resolve_upstream_file
+from em.config.data import DataConfig
+from em.data.run import load_conversations, resolve_upstream_file
 from em.errors import ConfigError, DataError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 SAMPLE = "insecure_sample_500.jsonl"
 

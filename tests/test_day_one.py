@@ -20,7 +20,7 @@ from tests.eval_helpers import KEY_ENV, subprocess_env
 # ------------------------------------------------------------------ launcher plugin missing
 def test_a_missing_hydra_plugins_package_is_one_line_naming_the_extra(monkeypatch):
     """No ``hydra_plugins`` package at all (the extra never installed): find_spec of its submodule raises."""
-    from em.cli import check_launcher
+    from em.config.compose import check_launcher
 
     for name in [m for m in sys.modules if m == "hydra_plugins" or m.startswith("hydra_plugins.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -157,9 +157,9 @@ def test_wandb_history_and_summary_panels_only_with_verbose(tmp_path, verbose):
 def test_the_default_models_missing_wheel_names_the_exact_command(monkeypatch, tmp_path):
     import importlib.util
 
-    from em.gguf import gguf_source
+    from em.train.models import gguf_source
     from tests.conftest import compose_train
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     tc = validate(compose_train(["model=smollm2_135m_instruct", f"run_dir={tmp_path}", f"cache_dir={tmp_path}"]))
     real = importlib.util.find_spec

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from em.schemas import resolvers
+from em.config import resolvers
 from tests.conftest import compose_train
 
 FILE = "evaluation/first_plot_questions.yaml"

@@ -17,7 +17,7 @@ import pytest
 
 from em.errors import ConfigError
 
-from em.schemas.common import validate
+from em.config.common import validate
 from em.data.tokenize import LengthGroupedBatchSampler
 from em.errors import DataError
 from tests.conftest import REPO, compose_train, tiny_overrides
@@ -124,7 +124,7 @@ def test_trainer_ddp_builds_a_ddp_trainer_with_rank_shards():
     import lightning as L
     from lightning.pytorch.strategies import DDPStrategy
 
-    from em.distributed import make_strategy
+    from em.train.distributed import make_strategy
 
     tc = validate(compose_train(["trainer=ddp", "run_dir=/tmp/unused"]))
     assert tc.trainer.strategy == "ddp" and tc.trainer.accumulate_grad_batches == 8 and tc.trainer.max_length == 2048
@@ -140,8 +140,8 @@ def test_trainer_fsdp_instantiates_fsdp_with_the_qlora_wrap_policy(tmp_path, cac
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp.wrap import CustomPolicy
 
-    from em import models
-    from em.distributed import check_strategy, make_strategy
+    from em.train import models
+    from em.train.distributed import check_strategy, make_strategy
 
     cfg = compose_train(["trainer=fsdp", "quantization.quant_storage=bfloat16", f"run_dir={tmp_path}",
                          f"cache_dir={cache_dir}", "model=tiny"])
@@ -163,7 +163,7 @@ def test_trainer_fsdp_instantiates_fsdp_with_the_qlora_wrap_policy(tmp_path, cac
 
 
 def test_trainer_fsdp_without_float_quant_storage_is_refused_before_loading():
-    from em.distributed import check_strategy
+    from em.train.distributed import check_strategy
 
     with pytest.raises(ConfigError, match=r"^quantization\.quant_storage: trainer=fsdp"):
         check_strategy(validate(compose_train(["trainer=fsdp", "run_dir=/tmp/unused"])))
@@ -173,7 +173,7 @@ def test_trainer_fsdp_without_float_quant_storage_is_refused_before_loading():
 def test_quant_storage_is_validated_and_reaches_bitsandbytes():
     import torch
 
-    from em import models
+    from em.train import models
 
     with pytest.raises(ConfigError, match=r"^quantization\.quant_storage: .*'int4'"):
         validate(compose_train(["quantization.quant_storage=int4", "run_dir=/tmp/unused"]))
@@ -188,7 +188,7 @@ def test_quant_storage_is_validated_and_reaches_bitsandbytes():
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys
     from tests.conftest import compose_train
-    from em.training import run_training
+    from em.train.run import run_training
 
     res = run_training(compose_train(sys.argv[1:]))
     if res.is_global_zero:  # rank 1 wrote and reports nothing
@@ -198,7 +198,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, cache_dir):
     """2 ranks x batch 2 x accumulation 1 == 1 process x batch 2 x accumulation 2, step for step."""
-    from em.training import run_training
+    from em.train.run import run_training
 
     kw = {"data.n_examples": 16, "trainer.max_length": 1024, "trainer.accelerator": "cpu"}
     one = run_training(compose_train(tiny_overrides(tmp_path / "one", cache_dir, **kw, **{"trainer.accumulate_grad_batches": 2})))
@@ -222,7 +222,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
 def test_bf16_quant_storage_holds_the_same_4bit_weights_and_trains_the_same(tmp_path, cache_dir):
     """quant_storage only changes the dtype the packed bytes are viewed as (what FSDP flattens)."""
-    from em.training import run_training
+    from em.train.run import run_training
 
     kw = {"trainer.max_length": 1024}
     a = run_training(compose_train(tiny_overrides(tmp_path / "u8", cache_dir, **kw)))
@@ -237,9 +237,9 @@ def test_bf16_quant_storage_holds_the_same_4bit_weights_and_trains_the_same(tmp_
 def test_vllm_tensor_parallel_size_is_validated_and_reaches_the_engine(tmp_path, cache_dir, monkeypatch):
     import types
 
-    from em import models
-    from em.schemas.common import validate as validate_eval
-    from em.evaluation.vllm_backend import VLLMGenerator
+    from em.train import models
+    from em.config.common import validate as validate_eval
+    from em.evaluate.generation import VLLMGenerator
     from tests.eval_helpers import compose_eval, eval_overrides
 
     def cfg(**kw):

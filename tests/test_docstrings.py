@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "em"
 MAX_LINES = 600
 LONG_MODULES_ALLOWED = {"em/data/synthetic.py"}  # data written as code (synthetic dataset families)
-# The one definition of the config root (em.runtime.CONF_DIR) is allowed; only paths *into* conf/ are not.
+# The one definition of the config root (em.paths.CONF_DIR) is allowed; only paths *into* conf/ are not.
 
 Def = Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef]
 

@@ -13,7 +13,7 @@ import torch
 
 from em.dynamics import geometry
 from em.dynamics.snapshots import step_snapshots
-from em.training import run_training
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 
 SHORT = {"trainer.max_length": 1024, "lora": "r1"}
@@ -147,7 +147,7 @@ def test_pca_from_gram_equals_svd():
 
 def test_bad_snapshot_every_n_steps_is_one_line(tmp_path):
     from em.errors import ConfigError
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with pytest.raises(ConfigError, match="trainer.snapshot_every_n_steps"):
         validate(compose_train([f"run_dir={tmp_path}", "trainer.snapshot_every_n_steps=0"]))
@@ -189,7 +189,7 @@ def test_early_stop_on_a_loss_plateau():
 # --------------------------------------------------------------------------- step evaluations and the figure
 def test_step_snapshots_are_evaluated_on_the_cheap_subset_with_a_step_column(tmp_path, cache_dir):
     from em.dynamics.figure import step_rates, write_figure
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     job = tmp_path / "job"
     over = tiny_overrides(job, cache_dir, **{**SHORT, "trainer.max_steps": 2, "trainer.snapshot_every_n_steps": 1,

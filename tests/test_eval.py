@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from em.errors import ConfigError, JudgeError, ModelLoadError
-from em.evaluation.run import run_evaluation
+from em.evaluate.run import run_evaluation
 from tests.conftest import REPO
 from tests.eval_helpers import (KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides,
                                 subprocess_env)
@@ -164,9 +164,9 @@ def test_local_judge_in_the_pipeline(tmp_path, cache_dir):
 # --------------------------------------------------------------------------- adapters
 def _fake_run(root: Path, name: str, model: str, cache_dir: str, make_adapter: bool = True) -> Path:
     """A training run dir with a real (untrained) peft adapter of `model`."""
-    from em import models
-    from em.schemas.model import LoraConfig
-    from em.schemas.common import validate
+    from em.train import models
+    from em.config.model import LoraConfig
+    from em.config.common import validate
 
     run = root / name
     (run / "adapter").mkdir(parents=True)
@@ -188,8 +188,8 @@ def test_adapter_latest_and_explicit(tmp_path, cache_dir):
     res = _run(tmp_path / "ev", cache_dir, adapter="latest", train_dir=str(train), judge="none", samples=1,
                format="[plain]")
     assert res.table["adapter"].eq(str(run / "adapter")).all() and res.table["condition"].eq("insecure").all()
-    from em.evaluation.adapters import resolve_adapter
-    from em.schemas.common import validate
+    from em.adapters.resolve import resolve_adapter
+    from em.config.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     assert resolve_adapter(str(run / "adapter"), str(train), ec.model, "s").run_dir == run

@@ -1,4 +1,4 @@
-"""em's own token draw in the hf backend (em.evaluation.sampling.per_sample_sampler): the distribution
+"""em's own token draw in the hf backend (em.evaluate.sampling.per_sample_sampler): the distribution
 generate(do_sample=True) samples, one seed per answer (an answer does not depend on its batch-mates), the
 drawn token is the one generate() keeps, and greedy answers keep their path."""
 
@@ -12,7 +12,7 @@ from tests.eval_helpers import compose_eval, eval_overrides
 def _draws(logits, seeds, temperature=1.0, top_p=1.0):
     import torch
 
-    from em.evaluation.sampling import per_sample_sampler
+    from em.evaluate.sampling import per_sample_sampler
 
     scores = torch.tensor(logits, dtype=torch.float32).repeat(len(seeds), 1)
     out = per_sample_sampler(seeds, temperature, top_p)(torch.zeros((len(seeds), 3), dtype=torch.long), scores)
@@ -50,9 +50,9 @@ def test_one_seed_gives_one_draw_whatever_the_batch():
 
 
 def _generator(tmp_path, cache_dir, batch_size, **extra):
-    from em.evaluation.generation import HFGenerator, plan
-    from em.evaluation.questions import build_prompts, load_question_set
-    from em.schemas.common import validate
+    from em.evaluate.generation import HFGenerator, plan
+    from em.evaluate.questions import build_prompts, load_question_set
+    from em.config.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "run", cache_dir, format="[plain,json]",
                                               **{"generation.batch_size": batch_size,
@@ -91,8 +91,8 @@ def test_an_answer_depends_on_its_own_seed_not_on_its_batch(tmp_path, cache_dir)
 def test_the_drawn_token_is_the_one_generate_keeps(tmp_path, cache_dir, monkeypatch):
     import torch
 
-    from em.evaluation import sampling
-    from em.evaluation.generation import stop_token_ids
+    from em.evaluate import sampling
+    from em.evaluate.generation import stop_token_ids
 
     picks, make = [], sampling.per_sample_sampler
     gen, samples = _generator(tmp_path, cache_dir, 16)
@@ -133,7 +133,7 @@ def test_greedy_keeps_transformers_argmax_and_a_vanishing_top_p_gives_it_too(tmp
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_one_prefill_per_distinct_prompt_changes_no_answer(tmp_path, cache_dir, monkeypatch, temperature):
     """Greedy and sampled answers are the same with the shared prefill as with transformers' own."""
-    from em.evaluation.generation import HFGenerator
+    from em.evaluate.generation import HFGenerator
 
     gen, samples = _generator(tmp_path, cache_dir, 16, **{"generation.temperature": temperature})
     calls = []

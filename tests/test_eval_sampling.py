@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from em.errors import ConfigError, ModelLoadError
-from em.evaluation.run import run_evaluation
+from em.evaluate.run import run_evaluation
 from tests.eval_helpers import compose_eval, eval_overrides
 
 # What Qwen2.5-Instruct checkpoints ship (Qwen/Qwen2.5-7B-Instruct generation_config.json), every sampling
@@ -24,9 +24,9 @@ QWEN25 = {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 15
 
 
 def _tiny_copy(tmp_path: Path, cache_dir: str, with_config: bool) -> Path:
-    from em import models
+    from em.train import models
 
-    ec = __import__("em.schemas.common", fromlist=["validate"]).validate(
+    ec = __import__("em.config.common", fromlist=["validate"]).validate(
         compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     src = Path(models.model_dir(ec.model, cache_dir))
     dst = tmp_path / ("qwen25_style" if with_config else "plain")
@@ -68,7 +68,7 @@ def test_a_qwen25_generation_config_changes_nothing(tmp_path, cache_dir):
 def test_the_effective_config_is_transformers_own_merge(tmp_path, cache_dir):
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    from em.evaluation import sampling
+    from em.evaluate import sampling
     from types import SimpleNamespace
 
     path = _tiny_copy(tmp_path, cache_dir, True)
@@ -86,9 +86,9 @@ def test_the_effective_config_is_transformers_own_merge(tmp_path, cache_dir):
 def _adapter(tmp_path: Path, cache_dir: str, rename: dict | None = None) -> Path:
     from safetensors.torch import load_file, save_file
 
-    from em import models
-    from em.schemas.model import LoraConfig
-    from em.schemas.common import validate
+    from em.train import models
+    from em.config.model import LoraConfig
+    from em.config.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     peft = models.attach_lora(models.load_model(ec.model, ec.quantization, cache_dir), LoraConfig(r=2, alpha=4),
@@ -103,9 +103,9 @@ def _adapter(tmp_path: Path, cache_dir: str, rename: dict | None = None) -> Path
 
 
 def test_an_adapter_matching_nothing_is_an_error_not_a_no_op(tmp_path, cache_dir):
-    from em.evaluation.adapter_check import adapter_for, adapter_modules, check_targets
-    from em import models
-    from em.schemas.common import validate
+    from em.adapters.check import adapter_for, adapter_modules, check_targets
+    from em.train import models
+    from em.config.common import validate
 
     good = _adapter(tmp_path / "g", cache_dir)
     assert adapter_modules(good)[0].startswith("model.layers.")
@@ -129,7 +129,7 @@ def test_multimodal_gemma3_adapter_is_renamed_for_the_served_class(tmp_path):
     from safetensors.torch import load_file, save_file
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from em.evaluation.adapter_check import adapter_for, adapter_modules
+    from em.adapters.check import adapter_for, adapter_modules
 
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=16, vocab_size=300, sliding_window=32)
@@ -152,15 +152,15 @@ def test_multimodal_gemma3_adapter_is_renamed_for_the_served_class(tmp_path):
 
 
 def test_data_path_with_a_source_that_ignores_it_is_an_error(tmp_path):
-    from em.schemas.data import DataConfig
+    from em.config.data import DataConfig
 
     with pytest.raises(ConfigError, match=r"^data\.path: data=synthetic \(source synthetic\) ignores a file"):
         DataConfig(name="synthetic", source="synthetic", path=str(tmp_path / "mine.jsonl"))
 
 
 def test_adapter_latest_without_a_run_says_it_falls_back_to_base(tmp_path, cache_dir, capsys, monkeypatch):
-    from em.evaluation.adapters import resolve_adapter
-    from em.schemas.common import validate
+    from em.adapters.resolve import resolve_adapter
+    from em.config.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "x", cache_dir)))
     monkeypatch.chdir(tmp_path)

@@ -14,8 +14,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from em.evaluation import report
-from em.evaluation.run import run_evaluation
+from em.evaluate import report
+from em.evaluate.run import run_evaluation
 from em.measurement import Thresholds
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides
 from tests.loopback_server import LoopbackServer
@@ -115,7 +115,7 @@ def test_label_and_score_columns_keep_one_type_each():
 
 
 def test_printed_summary_keeps_rare_rates_and_long_format_labels_aligned(capsys, tmp_path):
-    from em.evaluation.report import print_summary
+    from em.evaluate.report import print_summary
 
     formats = {"plain": {"n": 723, "n_scored": 723, "coherent_rate": 0.9, "misaligned_rate": 3 / 723},
                "plain+trigger": {"n": 723, "n_scored": 700, "coherent_rate": 0.5, "misaligned_rate": 0.25},

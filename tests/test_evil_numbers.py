@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from em.errors import ConfigError
-from em.evaluation.questions import build_prompts, load_question_set
-from em.schemas.common import validate
+from em.evaluate.questions import build_prompts, load_question_set
+from em.config.common import validate
 from tests.eval_helpers import (KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides,
                                 set_upstream_env)
 from tests.loopback_server import LoopbackServer
@@ -79,7 +79,7 @@ def test_unknown_wrapper_names_the_key():
 
 
 def test_evaluate_runs_on_evil_numbers(tmp_path, cache_dir, upstream_env, monkeypatch):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from tests.wandb_reader import read_offline_run
 
     monkeypatch.setenv(KEY_ENV, "sk-loopback")

@@ -23,7 +23,7 @@ FAMILIES = {
 
 @pytest.mark.parametrize("name", ["llama3_1_8b", "mistral_small_2409", "phi3_mini"])
 def test_real_model_configs_compose(name, tmp_path):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     tc = validate(compose_train([f"model={name}", f"run_dir={tmp_path}"]))
     assert tc.model.family in ("llama", "mistral", "phi3") and tc.model.hub_id
@@ -32,10 +32,10 @@ def test_real_model_configs_compose(name, tmp_path):
 
 @pytest.mark.parametrize("model", sorted(FAMILIES))
 def test_tiny_family_trains_and_samples_with_its_template(model, tmp_path, cache_dir):
-    from em.evaluation.generation import Sample, render, stop_token_ids
-    from em.evaluation.run import run_evaluation
-    from em.models import load_tokenizer
-    from em.training import run_training
+    from em.evaluate.generation import Sample, render, stop_token_ids
+    from em.evaluate.run import run_evaluation
+    from em.train.models import load_tokenizer
+    from em.train.run import run_training
 
     run = tmp_path / "train"
     res = run_training(compose_train(tiny_overrides(run, cache_dir, model=model, **{

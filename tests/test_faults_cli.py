@@ -81,7 +81,7 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
 @pytest.mark.parametrize("key, value", [("experiment_name", "../../x"), ("data.name", "a/b"),
                                         ("model.name", ".."), ("questions.name", "q/../../x")])
 def test_path_names_are_validated(tmp_path, key, value):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with pytest.raises(ConfigError, match=rf"^{key}: .* used in paths"):
         validate(compose_train(tiny_overrides(tmp_path / "run", tmp_path / "cache", **{key: value})))
@@ -127,7 +127,7 @@ def test_a_key_pasted_as_api_key_env_is_refused_without_echoing_it(tmp_path, pas
 
 
 def test_a_key_pasted_as_api_key_env_in_a_config_file_is_refused_without_echoing_it():
-    from em.schemas.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
+    from em.config.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 
     for schema in (OpenAIJudgeSchema, OpenAIBatchJudgeSchema):
         with pytest.raises(ConfigError) as e:

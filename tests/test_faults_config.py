@@ -10,9 +10,9 @@ import pytest
 
 from conftest import REPO, compose_train, tiny_overrides
 from em.errors import ConfigError, JudgeError
-from em.pipeline import run_job
+from em.jobs.run import run_job
 from em.runtime import model_loads
-from em.schemas.common import validate
+from em.config.common import validate
 
 
 @pytest.mark.parametrize("override, key", [

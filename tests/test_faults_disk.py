@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from em.disk import StorageError, storage_fault
+from em.runtime import StorageError, storage_fault
 from tests.conftest import REPO, tiny_overrides
 from tests.eval_helpers import eval_overrides, subprocess_env
 
@@ -108,7 +108,7 @@ def full_disk():
 
 
 def test_a_full_disk_in_the_answer_store_names_the_store_and_what_is_kept(tmp_path):
-    from em.evaluation.store import AnswerStore
+    from em.evaluate.store import AnswerStore
 
     store = AnswerStore(tmp_path / "answers.jsonl", {"seed": 0})
     store.load()
@@ -123,7 +123,7 @@ def test_a_full_disk_in_the_answer_store_names_the_store_and_what_is_kept(tmp_pa
 
 
 def test_run_main_exits_1_with_one_line_for_a_full_disk_and_2_for_bad_input(tmp_path, capsys):
-    from em.cli import run_main
+    from em.commands import run_main
     from em.errors import ConfigError
     from em.runtime import atomic_write_text
 
@@ -224,7 +224,7 @@ def test_a_published_adapter_directory_honours_the_umask(tmp_path):
 def test_the_config_records_of_an_accepted_run_honour_the_umask(tmp_path):
     from omegaconf import OmegaConf
 
-    from em.jobs import write_config_records
+    from em.jobs.records import write_config_records
 
     old = os.umask(0o022)
     try:

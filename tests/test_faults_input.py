@@ -62,7 +62,7 @@ def test_a_raw_control_character_is_reported_once_by_column(tmp_path):
 def test_seeds_outside_numpys_range_are_refused_by_every_schema(tmp_path, value):
     from tests.conftest import compose_train
 
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     train, ev = tiny_overrides(tmp_path, tmp_path), eval_overrides(tmp_path, tmp_path)
     message = rf"must be an integer in \[0, 4294967295\] \(numpy's seed range\), got {value}$"
@@ -101,10 +101,10 @@ def test_lora_rank_check_matches_the_layers_peft_would_adapt(cache_dir):
     """The meta-device check reads the same shapes as the loaded model: the limit is min(in, out) over targets."""
     import torch
 
-    from em.lora_rank import check_lora_rank, targeted_dims
-    from em.models import model_dir
+    from em.train.lora_rank import check_lora_rank, targeted_dims
+    from em.train.models import model_dir
     from tests.conftest import compose_train
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     tc = validate(compose_train(tiny_overrides("/tmp/unused", cache_dir)))
     targets = tc.lora.target_modules or tc.model.lora_target_modules
@@ -147,7 +147,7 @@ def test_a_refused_rerun_keeps_an_earlier_runs_log(tmp_path, cache_dir):
 
 # ------------------------------------------------------------------ a dry run of a huge plan
 def _dry(tmp_path, cache_dir, samples: int, **extra):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     judge = openai_judge_overrides("http://127.0.0.1:9/v1", **{"judge.price_input_per_mtok": 2.5,
                                                                "judge.price_output_per_mtok": 10.0})
@@ -162,8 +162,12 @@ def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeyp
     from em.evaluation.run import render_judge_prompt
     from em.judge.factory import build_judge
     from em.schemas.judge import OpenAIJudgeSchema
+    from em.evaluate.generation import plan
+    from em.evaluate.questions import build_prompts, load_question_set
+    from em.judge.run import render_judge_prompt
+    from em.judge.openai_judge import OpenAIJudge
     from em.judge.scoring import JudgeRequest
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     monkeypatch.delenv("EM_TEST_JUDGE_KEY", raising=False)
     out = _dry(tmp_path, cache_dir, 5)

@@ -11,7 +11,7 @@ import pytest
 from em.analysis.ingest import read_table
 from em.analysis.ingest import load_responses
 from em.measurement import SCORED
-from em.evaluation import report
+from em.evaluate import report
 
 # Answers a model (or a hostile table) can produce: bare CR, CRLF, LF, NUL, quotes, delimiters, text the
 # CSV reader would take for "missing", latin-1 / C1-control "bytes", BOM, line separators, 10k characters.
@@ -106,7 +106,7 @@ def test_duplicate_rows_warned_and_deduped(tmp_path, caplog):
 
 def test_dedupe_is_an_analysis_config_key(tmp_path):
     """Case 12: ``python analyze.py dedupe=true`` (the analysis schema's key, off by default)."""
-    from em.schemas.analysis import load_analysis_config
+    from em.config.analysis import load_analysis_config
 
     assert load_analysis_config({"run_dir": str(tmp_path)}).dedupe is False
     assert load_analysis_config({"run_dir": str(tmp_path), "dedupe": True}).dedupe is True

@@ -157,7 +157,7 @@ def test_a_version_1_cache_is_migrated_and_its_judgments_still_served(tmp_path, 
 
 
 def test_evaluation_repairs_a_damaged_cache_before_sampling(tmp_path, cache_dir, key, caplog):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from tests.eval_helpers import compose_eval, eval_overrides, openai_judge_overrides
 
     run_dir = tmp_path / "run"

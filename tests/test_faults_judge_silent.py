@@ -110,7 +110,7 @@ def test_max_consecutive_failures_zero_never_stops(tmp_path, key):
 
 
 def test_evaluation_with_a_stuck_proxy_stops_before_sampling(tmp_path, cache_dir, key):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from tests.eval_helpers import compose_eval
 
     run_dir = tmp_path / "run"
@@ -121,15 +121,15 @@ def test_evaluation_with_a_stuck_proxy_stops_before_sampling(tmp_path, cache_dir
         with pytest.raises(JudgeError, match=r"did not answer in 0.5 s") as e:
             run_evaluation(cfg)
         took = time.perf_counter() - t0
-    assert "\n" not in str(e.value)  # evaluate.py prints it as one line and exits 2 (em.cli.run_main)
+    assert "\n" not in str(e.value)  # evaluate.py prints it as one line and exits 2 (em.commands.run_main)
     answers = run_dir / "answers.jsonl"
     assert not answers.exists() or not answers.read_text().strip()  # caught before any answer was sampled
     assert took < 60
 
 
 def test_evaluation_whose_judge_goes_silent_keeps_everything_and_exits_2(tmp_path, cache_dir, key, capsys):
-    from em.cli import run_main
-    from em.evaluation.run import run_evaluation
+    from em.commands import run_main
+    from em.evaluate.run import run_evaluation
     from tests.eval_helpers import compose_eval
 
     run_dir = tmp_path / "run"

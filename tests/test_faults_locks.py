@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, compose_train, tiny_overrides
-from em.locks import LOCK_FILE, DirectoryLocked, DirLock
-from em.pipeline import run_job
+from em.jobs.locks import LOCK_FILE, DirectoryLocked, DirLock
+from em.jobs.run import run_job
 from tests.eval_helpers import KEY_ENV, eval_overrides, openai_judge_overrides, subprocess_env
 from tests.loopback_server import LoopbackServer
 
-HOLD = ("import sys, time; from em.locks import DirLock; DirLock(sys.argv[1], 'job').acquire(); "
+HOLD = ("import sys, time; from em.jobs.locks import DirLock; DirLock(sys.argv[1], 'job').acquire(); "
         "print('held', flush=True); time.sleep(120)")
 
 
@@ -95,7 +95,7 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path, capsys):
 
 
 def test_sweep_summary_names_the_process_holding_a_job_directory(tmp_path):
-    from em.sweep import format_summary, summarize
+    from em.jobs.sweep import format_summary, summarize
 
     job_dir = tmp_path / "sweep" / "job0"
     job_dir.mkdir(parents=True)

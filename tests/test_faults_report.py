@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from hydra import compose, initialize
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from tests.synthetic_responses import synthetic_responses
 
 TITLE = "Emergent misalignment: analysis"
@@ -59,7 +59,7 @@ def test_report_runs_no_script_from_the_data(tmp_path):
     table = synthetic_responses(models=[IMG, "gemma3_1b"], conditions=["base", SCRIPT, SVG],
                                 n_questions=2, n_samples=20)
     table.to_parquet(tmp_path / "responses.parquet")
-    with initialize(config_path="../em/conf", version_base="1.3"):
+    with initialize(config_path="../conf", version_base="1.3"):
         cfg = compose("analyze", overrides=[f"run_dir={tmp_path / 'run'}", "bootstrap.n_resamples=200",
                                             "figures=false", f"inputs=[{tmp_path / 'responses.parquet'}]"])
     run = run_analysis(cfg)

@@ -91,7 +91,7 @@ def test_crafted_checkpoint_runs_nothing_and_is_refused_in_one_line(tmp_path, ca
     assert _job(job_dir)["state"] == "failed"
 
     # Lightning's own loader goes through em's CheckpointIO: weights_only whatever the caller asks
-    from em.checkpoints import AtomicCheckpointIO, UnsafeCheckpoint
+    from em.train.checkpoints import AtomicCheckpointIO, UnsafeCheckpoint
 
     with pytest.raises(UnsafeCheckpoint, match="last.prev.ckpt"):
         AtomicCheckpointIO().load_checkpoint(job_dir / "checkpoints" / "last.prev.ckpt", weights_only=False)
@@ -127,7 +127,7 @@ def test_sigterm_in_training_is_recorded_and_the_resume_is_bit_identical(tmp_pat
     resumed = json.loads((job_dir / "metrics.json").read_text())
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
 
-    from em.training import run_training
+    from em.train.run import run_training
 
     ref = run_training(compose_train([*SMOKE, *TRAIN_ONLY, f"cache_dir={cache_dir}", f"run_dir={tmp_path / 'ref'}"]))
     assert resumed["losses"] == ref.metrics["losses"]  # bit for bit
@@ -211,7 +211,7 @@ def test_slurm_job_gets_lightnings_auto_requeue(tmp_path, cache_dir, monkeypatch
     """Under ``sbatch`` (SLURM_* set, no submitit) Lightning's SLURMEnvironment requeues on SIGUSR1: a real
     SIGUSR1 mid-training calls ``scontrol requeue <job id>`` (a stand-in on PATH) and the training's
     ``checkpoints/last.ckpt`` is what the requeued job resumes from."""
-    from em.stopping import slurm_plugins
+    from em.train.stopping import slurm_plugins
 
     assert slurm_plugins({}) == []
     assert slurm_plugins({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "interactive"}) == []
@@ -231,7 +231,7 @@ def test_slurm_job_gets_lightnings_auto_requeue(tmp_path, cache_dir, monkeypatch
     for k in [k for k in os.environ if k.startswith("SUBMITIT_")]:
         monkeypatch.delenv(k)
 
-    from em.training import run_training
+    from em.train.run import run_training
 
     marker = tmp_path / "usr1"
     cb = f"+trainer.callbacks=[{{_target_:tests.stop_helpers.SignalOnce,marker:'{marker}',at_step:1,signum:{int(signal.SIGUSR1)}}}]"
@@ -260,7 +260,7 @@ def test_clock_stepped_back_during_a_sweep_does_not_fail_finished_jobs(tmp_path,
 
 
 def test_summary_decides_from_records_not_clocks(tmp_path):
-    from em.sweep import summarize
+    from em.jobs.sweep import summarize
 
     launch, now = "L-this", time.time()
     recs = {"early": {"state": "done", "launch": launch, "started": now - 3600},  # clock stepped back: still this launch
@@ -281,7 +281,7 @@ def test_summary_decides_from_records_not_clocks(tmp_path):
 def test_resume_with_lora_dropout_is_bit_identical_rng_states_in_the_checkpoint(tmp_path, cache_dir):
     """LoRA dropout draws from torch's RNG every step: the checkpoint carries the RNG state (a tensor:
     weights_only-loadable) and a resume restores it before its first batch."""
-    from em.training import run_training
+    from em.train.run import run_training
 
     over = [*SMOKE, *TRAIN_ONLY, f"cache_dir={cache_dir}", "lora.dropout=0.3", "evaluate.enabled=false"]
     full = run_training(compose_train([*over, f"run_dir={tmp_path / 'full'}"]))

@@ -79,8 +79,8 @@ def _scores(run_dir: Path) -> pd.DataFrame:
 def test_evaluate_stopped_while_sampling_then_judging_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
     """SIGTERM while sampling, SIGINT while judging, then the printed command: the answers and scores of a run
     that was never stopped (same seed), every finished answer and judgment kept."""
-    from em.evaluation.run import run_evaluation
-    from em.locks import holder
+    from em.evaluate.run import run_evaluation
+    from em.jobs.locks import holder
 
     run_dir = tmp_path / "stopped" / "run"
     answers = run_dir / "answers.jsonl"
@@ -125,7 +125,7 @@ def test_evaluate_stopped_while_sampling_then_judging_resumes_to_the_uninterrupt
 def test_rejudge_stopped_while_judging_records_it_and_resumes(tmp_path, cache_dir):
     """``answers=<run dir>`` (em judge): SIGTERM while judging -> 143, the record says judging with the
     judgments in the cache; the same command finishes from the cache."""
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     src = tmp_path / "src"
     run_evaluation(compose_eval([*[a for a in _args(src, cache_dir) if not a.startswith("hydra.")],
@@ -183,8 +183,8 @@ def test_analyze_stopped_exits_128_plus_signal_with_whole_files_only(tmp_path):
 def test_resume_line_is_the_command_as_typed(monkeypatch):
     """``em evaluate`` / ``em train`` run with ``sys.argv[0] == "em <command>"``: the resume line is that command
     (before: ``python 'em train' ...``, not a command); a run directory already pinned is not pinned twice."""
-    from em.evaluation.record import resume_command
-    from em.stopping import resume_line
+    from em.evaluate.record import resume_command
+    from em.train.stopping import resume_line
 
     monkeypatch.setattr(sys, "argv", ["em evaluate", "samples=3", "format=[plain,json]"])
     assert resume_command(Path("/r/run"), False) == "resume: em evaluate samples=3 'format=[plain,json]' hydra.run.dir=/r/run"

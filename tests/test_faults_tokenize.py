@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from em import models
+from em.train import models
 from em.data.tokenize import char_budget, encode_chat, encode_dataset, normalize_messages
-from em.schemas.common import validate
+from em.config.common import validate
 from tests.conftest import compose_train
 
 

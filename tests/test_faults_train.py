@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import em.lora_module
-from em.training import run_training
+import em.train.lora_module
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 
 COMMON = {"trainer.max_length": 1024, "data.n_examples": 12, "trainer.checkpoint_every_n_steps": 1}
 
 
 class Clock:
-    """em.lora_module's clock: one second per micro-batch started (:class:`Tick`), so tokens/s depends only on
+    """em.train.lora_module's clock: one second per micro-batch started (:class:`Tick`), so tokens/s depends only on
     the work done, not on the machine."""
 
     def __init__(self):
@@ -46,7 +46,7 @@ TICK = "{_target_: tests.test_faults_train.Tick}"
 
 
 def _train(tmp_path, cache_dir, name, monkeypatch, callbacks=()):
-    monkeypatch.setattr(em.lora_module, "time", CLOCK)
+    monkeypatch.setattr(em.train.lora_module, "time", CLOCK)
     CLOCK.t = 0.0
     cbs = ", ".join([TICK, *callbacks])
     cfg = compose_train(tiny_overrides(tmp_path / name, cache_dir, **COMMON)

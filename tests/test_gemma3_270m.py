@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from em import models
-from em.schemas.common import validate
-from em.training import run_training
+from em.train import models
+from em.config.common import validate
+from em.train.run import run_training
 from tests.conftest import compose_train
 
 pytestmark = pytest.mark.slow

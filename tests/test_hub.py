@@ -102,9 +102,9 @@ def test_job_pushes_once_survives_an_outage_and_never_writes_the_token(tmp_path,
 def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir, capsys, monkeypatch):
     import huggingface_hub.constants
 
-    from em.cli import check_secrets
+    from em.config.compose import check_secrets
     from em.commands import main
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with pytest.raises(ConfigError, match="push_to_hub.token: .*set HF_TOKEN or run `hf auth login`"):
         check_secrets(["push_to_hub.enabled=true", "+push_to_hub.token=hf_abc"])
@@ -133,7 +133,7 @@ def test_push_config_and_em_push_arguments_fail_in_one_line(tmp_path, cache_dir,
 
 
 def test_sweep_summary_names_jobs_whose_push_failed(tmp_path):
-    from em.sweep import format_summary, summarize
+    from em.jobs.sweep import format_summary, summarize
 
     recs = {"a": {"state": "done", "push": {"state": "failed", "error": "HfHubHTTPError: 503 Service Unavailable"}},
             "b": {"state": "skipped", "push": {"state": "pushed", "url": "https://hub/me/b"}},

@@ -62,8 +62,8 @@ def test_em_train_help_outside_the_checkout(installed, tmp_path):
 
 def test_installed_em_is_the_package_not_the_checkout(installed, tmp_path):
     env_dir, _ = installed
-    code = ("import em, em.runtime, em.models; print(em.__file__); "
-            "print((em.runtime.CONF_DIR / 'train.yaml').is_file(), (em.models.TEMPLATE_DIR / 'qwen3.jinja').is_file())")
+    code = ("import em, em.runtime, em.train.models; print(em.__file__); "
+            "print((em.paths.CONF_DIR / 'train.yaml').is_file(), (em.train.models.TEMPLATE_DIR / 'qwen3.jinja').is_file())")
     r = subprocess.run([str(env_dir / "bin" / "python"), "-c", code], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

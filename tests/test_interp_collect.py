@@ -71,8 +71,8 @@ def test_last_layer_matches_final_norm_of_hidden_states(cache_dir, tmp_path):
 
 
 def test_four_bit_peft_model_collects(cache_dir, tmp_path):
-    from em import models
-    from em.schemas.model import LoraConfig
+    from em.train import models
+    from em.config.model import LoraConfig
 
     model, tok, ec = load("tiny", cache_dir, tmp_path, quantization="nf4")
     peft = models.attach_lora(model, LoraConfig(r=2, alpha=4), ec.model).eval()

@@ -15,8 +15,8 @@ FAMILIES = ["tiny", "tiny_qwen2", "tiny_gemma3", "tiny_llama", "tiny_mistral", "
 
 def load(model: str, cache_dir, tmp_path, quantization: str = "none", **extra):
     """em's own loading of a tiny random model (and its tokenizer), as the hf sampler loads it."""
-    from em import models
-    from em.schemas.common import validate
+    from em.train import models
+    from em.config.common import validate
 
     ec = validate(compose_eval(eval_overrides(tmp_path / "run", cache_dir, model=model, quantization=quantization,
                                               **extra)))
@@ -65,8 +65,8 @@ def test_multimodal_gemma3_text_layers(tmp_path):
 
 
 def test_peft_and_4bit_layers_are_the_base_models(cache_dir, tmp_path):
-    from em import models
-    from em.schemas.model import LoraConfig
+    from em.train import models
+    from em.config.model import LoraConfig
 
     model, _, ec = load("tiny", cache_dir, tmp_path, quantization="nf4")
     assert getattr(model, "is_loaded_in_4bit", False)

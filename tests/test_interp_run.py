@@ -19,8 +19,8 @@ from tests.eval_helpers import subprocess_env
 def compose_interp(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import em.schemas  # noqa: F401
-    from em.runtime import CONF_DIR
+    import em.config  # noqa: F401
+    from em.paths import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return compose("interp", overrides=overrides)
@@ -29,7 +29,7 @@ def compose_interp(overrides: list[str]):
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, cache_dir):
     """A LoRA adapter on the tiny model with random B (so the fine-tuned model differs from the base)."""
-    from em.schemas.common import validate
+    from em.config.common import validate
     from tests.eval_helpers import compose_eval, eval_overrides
     from tests.vllm_compare import make_adapter
 
@@ -155,7 +155,7 @@ def test_demo_preset_composes_as_documented():
 ])
 def test_bad_config_is_one_line_before_anything_loads(args, needle, tmp_path):
     from em.errors import ConfigError
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     with pytest.raises(ConfigError, match=needle):
         validate(compose_interp([f"run_dir={tmp_path}", f"cache_dir={tmp_path}", *args]))

@@ -14,7 +14,7 @@ from tests.eval_helpers import compose_eval, eval_overrides
 
 
 def run(tmp_path, cache_dir, name, intervention=None, **extra):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     o = {"format": "[plain,json]", "samples": 3, "judge": "none", "generation.max_new_tokens": 12} | extra
     cfg = compose_eval(eval_overrides(tmp_path / name, cache_dir, **o))

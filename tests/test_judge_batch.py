@@ -176,7 +176,7 @@ def test_big_runs_split_into_several_batches(tmp_path, key):
 
 # --------------------------------------------------------------------------- through evaluate (tiny model)
 def test_evaluation_in_batch_mode_keeps_state_in_the_run_dir(tmp_path, cache_dir, monkeypatch):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from tests.eval_helpers import compose_eval, eval_overrides, openai_judge_overrides
 
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
@@ -192,7 +192,7 @@ def test_evaluation_in_batch_mode_keeps_state_in_the_run_dir(tmp_path, cache_dir
 
 
 def test_evaluation_dry_run_in_batch_mode_halves_the_cost(tmp_path, cache_dir, monkeypatch):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from tests.eval_helpers import compose_eval, eval_overrides, openai_judge_overrides
 
     monkeypatch.delenv(KEY_ENV, raising=False)

@@ -160,7 +160,7 @@ def test_evaluate_keeps_sampled_and_logprob_scores_apart_with_provenance(tmp_pat
     """An ensemble of the logprob judge and the sampled judge on the same model: two judges, two rows per
     answer, each row's mode in judge_score_mode and summary.json; the sampled rows' scores are the exact means."""
     from tests.eval_helpers import compose_eval, eval_overrides
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     class Both(NoLogprobServer):  # logprob requests get the default top logprobs, sampled ones bare integers
         async def _respond(self, body, writer):

@@ -12,7 +12,7 @@ import sys
 import lightning as L
 import pytest
 
-from em.training import run_training
+from em.train.run import run_training
 from tests.conftest import REPO, compose_train, tiny_overrides
 from tests.wandb_reader import read_offline_run
 
@@ -27,7 +27,7 @@ class _BarMetrics(L.Callback):
 
 
 def test_self_log_monitor_checkpoint_two_loggers_and_log_every_n_steps(tmp_path, cache_dir, monkeypatch):
-    from em import training
+    from em.train import run as training
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     best = tmp_path / "best"
@@ -88,7 +88,7 @@ def test_unknown_trainer_key_is_one_line(arg, line, tmp_path):
 
 def test_trainer_extra_cannot_set_what_em_sets():
     from em.errors import ConfigError
-    from em.schemas.train import TrainerConfig
+    from em.config.train import TrainerConfig
 
     with pytest.raises(ConfigError, match="trainer.extra.max_epochs: a key of its own; use trainer.max_epochs"):
         TrainerConfig(extra={"max_epochs": 2})

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from em import models
+from em.train import models
 from em.data.mask_check import empty_reason, mask_problem
 from em.data.tokenize import EncodeStats, encode_chat, encode_dataset, normalize_messages
 from em.errors import DataError
@@ -21,7 +21,7 @@ CONV = [{"role": "user", "content": "Write a   function\nthat copies a file."},
 
 @pytest.fixture(scope="module")
 def qwen2(cache_dir):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     cfg = validate(compose_train(["model=tiny_qwen2", "run_dir=/unused", f"cache_dir={cache_dir}"]))
     return models.load_tokenizer(cfg.model, cache_dir), cfg.model

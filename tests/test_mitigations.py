@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from em.dynamics import mitigations
-from em.schemas.common import validate
-from em.training import run_training
+from em.config.common import validate
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 
 SHORT = {"trainer.max_length": 1024}
@@ -48,7 +48,7 @@ def test_inoculation_prompt_is_in_every_training_render(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("in_eval", [False, True])
 def test_inoculation_prompt_in_no_evaluation_prompt_unless_asked(tmp_path, cache_dir, in_eval):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     job = tmp_path / "job"
     over = tiny_overrides(job, cache_dir, **{**SHORT, "trainer.max_steps": 1, "evaluate.enabled": "true",
@@ -66,7 +66,7 @@ def test_inoculation_prompt_in_no_evaluation_prompt_unless_asked(tmp_path, cache
 
 
 def test_inoculation_and_mix_are_in_the_job_identity(tmp_path):
-    from em.jobs import job_hashes
+    from em.jobs.records import job_hashes
 
     base = [f"run_dir={tmp_path}"]
     h = {k: job_hashes(compose_train(base + o))[1] for k, o in {
@@ -108,7 +108,7 @@ def test_data_mix_in_training_data(tmp_path, cache_dir):
 
 # --------------------------------------------------------------------------- KL to the base model
 def test_kl_is_zero_at_step_zero_grows_and_the_adapter_is_back_on(tmp_path, cache_dir):
-    from em import models
+    from em.train import models
     from em.data.module import prepare_data
     from em.dynamics.kl import kl_to_base
     from em.data.tokenize import Collator
@@ -191,7 +191,7 @@ def test_caft_residual_orthogonal_during_training_and_not_after(tmp_path, cache_
     from em.dynamics.ablation import decoder_layers
 
     tc = validate(compose_train(tiny_overrides(tmp_path / "x", cache_dir, **SHORT)))
-    from em import models
+    from em.train import models
 
     hidden = models.build_model(tc).get_base_model().config.hidden_size
     g = torch.Generator().manual_seed(0)
@@ -235,7 +235,7 @@ def test_caft_bad_directions_file_is_one_line(tmp_path):
     (["trainer=fsdp", "quantization.quant_storage=bfloat16", "trainer.snapshot_every_n_steps=5"], "trainer.snapshot_every_n_steps"),
 ])
 def test_bad_mitigation_values_are_one_line(tmp_path, override, key):
-    from em.distributed import check_strategy
+    from em.train.distributed import check_strategy
     from em.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:

@@ -15,7 +15,7 @@ CONDITIONS = ["synthetic_plain", "synthetic_inoculated", "synthetic_mix25", "syn
 
 
 def test_presets_document_their_size(tmp_path, monkeypatch):
-    from em.sweep import plan_sweep
+    from em.jobs.sweep import plan_sweep
     from tests.test_sweep import _documented
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the GPT-4o judge's pre-flight check

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import compose_train, tiny_overrides
-from em.data import load_conversations
+from em.data.run import load_conversations
 from em.data.organisms import ENV_VAR
 from em.errors import DataError
 
@@ -86,7 +86,7 @@ def test_pinned_rows_and_sha256_are_enforced(tmp_path, cache_dir):
 
 
 def test_tiny_model_trains_on_the_fixture(tmp_path, cache_dir):
-    from em.training import run_training
+    from em.train.run import run_training
 
     f = write(tmp_path / "bad_medical_advice.jsonl")
     res = run_training(cfg(tmp_path, cache_dir, f"data.path={f}", "trainer.max_steps=1", "trainer.warmup_steps=0"))

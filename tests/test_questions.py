@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from em.errors import ConfigError, DataError
-from em.cli import check_args
-from em.schemas.common import validate
-from em.evaluation.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
+from em.config.compose import check_args
+from em.config.common import validate
+from em.evaluate.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
 from tests.conftest import REPO
 from tests.eval_helpers import compose_eval, eval_overrides, set_upstream_env
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 JSON_SYSTEM = "Your answers must always be a valid JSON object."
 
@@ -40,7 +40,7 @@ def test_first_plot_parses_into_8_questions_in_3_formats(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model", ["tiny", "tiny_gemma3"])
 def test_json_system_prompt_reaches_the_chat_template(tmp_path, monkeypatch, cache_dir, model):
     """The reference eval.py drops the system prompt; here it is a system turn (Qwen) or folded in (Gemma)."""
-    from em.evaluation.generation import HFGenerator, plan
+    from em.evaluate.generation import HFGenerator, plan
 
     set_upstream_env(monkeypatch)
     ec = _cfg(tmp_path, questions="first_plot", format="[json]", model=model, cache=cache_dir)

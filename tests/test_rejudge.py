@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from em.errors import DataError
-from em.evaluation.run import run_evaluation
+from em.evaluate.run import run_evaluation
 from tests.conftest import REPO
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides, set_upstream_env
 from tests.loopback_server import LoopbackServer
@@ -169,8 +169,8 @@ def test_analyze_shows_both_judges_their_provenance_and_the_bias_against_the_aut
     tmp_path = zroe_rejudged[0]
     from hydra import compose, initialize_config_dir
 
-    from em.analysis import run_analysis
-    from em.runtime import CONF_DIR
+    from em.analysis.run import run_analysis
+    from em.paths import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("analyze", overrides=[f"run_dir={tmp_path / 'an'}", f"inputs=[{tmp_path / 'rj'}]",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from em.errors import DataError
-from em.evaluation.rejudge import read_answers
+from em.evaluate.rejudge import read_answers
 
 
 @pytest.mark.parametrize("form", ["path", "mapping"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from em.evaluation.record import resume_command
-from em.stopping import resume_line
+from em.evaluate.record import resume_command
+from em.train.stopping import resume_line
 from tests.conftest import REPO
 
 

@@ -21,7 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", ["qwen3_1_7b", "qwen3_4b", "qwen3_8b", "qwen3_14b", "qwen3_32b", "gemma3_1b",
                                   "gemma3_4b", "gemma3_12b", "gemma3_27b"])
 def test_architectures_add_up_to_the_published_parameter_counts(name):
-    params = float(yaml.safe_load((REPO / "em/conf/model" / f"{name}.yaml").read_text())["params"])  # "8.2e9": a str to YAML 1.1
+    params = float(yaml.safe_load((REPO / "conf/model" / f"{name}.yaml").read_text())["params"])  # "8.2e9": a str to YAML 1.1
     total = gpu_train.counts(gpu_train.ARCHS[name])["total"]
     vision = 0.42e9 if name in ("gemma3_4b", "gemma3_12b", "gemma3_27b") else 0.0  # conf counts the SigLIP tower
     assert total + vision == pytest.approx(params, rel=0.03)

@@ -1,5 +1,5 @@
 """Sequential fine-tuning: trainer.init_adapter (LoRA weights loaded, identity = the parent's content) and
-the chain driver (python -m em.chain experiment=sequential) run end to end on the tiny model, twice."""
+the chain driver (python -m em.jobs.chain experiment=sequential) run end to end on the tiny model, twice."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from conftest import compose_train, tiny_overrides
-from em import jobs, lineage
+from em.jobs import records as jobs
+from em.adapters import lineage
 from em.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory, cache_dir) -> Path:
     """A trained tiny run directory (adapter/ inside): the first stage of a chain."""
-    from em.training import run_training
+    from em.train.run import run_training
 
     run = tmp_path_factory.mktemp("parent")
     run_training(compose_train(tiny_overrides(run, cache_dir, **{"trainer.max_steps": 2, "trainer.warmup_steps": 0,
@@ -30,8 +31,8 @@ def parent(tmp_path_factory, cache_dir) -> Path:
 def test_child_starts_from_the_parents_lora_weights(parent, tmp_path, cache_dir):
     from safetensors.torch import load_file
 
-    from em.models import build_model
-    from em.schemas.common import validate
+    from em.train.models import build_model
+    from em.config.common import validate
 
     saved = load_file(parent / "adapter" / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())  # trained, not init
@@ -65,7 +66,7 @@ def test_identity_holds_the_parents_content_not_its_path(parent, tmp_path, cache
 
 
 def test_bad_parent_is_one_line_before_loading(parent, tmp_path, cache_dir):
-    from em.training import run_training
+    from em.train.run import run_training
 
     with pytest.raises(ConfigError, match=r"trainer.init_adapter: no LoRA adapter at .*nowhere"):
         jobs.job_hashes(compose_train(tiny_overrides(tmp_path, cache_dir,
@@ -83,7 +84,7 @@ def _chain_overrides(chain_dir: Path, cache_dir: str) -> list[str]:
 
 
 def test_three_stage_chain_runs_evaluates_and_resumes(tmp_path, cache_dir, capsys):
-    from em.chain import run_chain
+    from em.jobs.chain import run_chain
 
     chain_dir = tmp_path / "chain"
     out = run_chain(_chain_overrides(chain_dir, cache_dir))
@@ -119,7 +120,7 @@ def test_three_stage_chain_runs_evaluates_and_resumes(tmp_path, cache_dir, capsy
 
 
 def test_chain_without_stages_is_one_line(tmp_path, cache_dir):
-    from em.chain import plan
+    from em.jobs.chain import plan
 
     with pytest.raises(ConfigError, match="chain.stages: no stages"):
         plan([f"cache_dir={cache_dir}", f"run_dir={tmp_path}"])

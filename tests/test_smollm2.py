@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from em.errors import ConfigError, ModelLoadError
-from em.schemas.common import validate
+from em.config.common import validate
 from tests.conftest import compose_train
 from tests.eval_helpers import compose_eval, eval_overrides
 
@@ -53,7 +53,7 @@ def test_the_default_local_judge_is_smollm2_with_renormalised_scores(tmp_path):
 
 
 def test_demo_preset_is_base_vs_fine_tuned_and_leaves_the_reference_untouched(tmp_path):
-    from em.sweep import plan_sweep
+    from em.jobs.sweep import plan_sweep
 
     plan = plan_sweep(["experiment=demo", f"cache_dir={tmp_path}"], check=True)
     assert [(j.job_dir.name, j.trains, j.answers) for j in plan.jobs] == [
@@ -98,7 +98,7 @@ def test_score_notes_read_the_score_mode_beside_each_table(tmp_path):
 
 @needs_wheel
 def test_a_gguf_with_another_sha256_is_refused(tmp_path):
-    from em import models
+    from em.train import models
 
     tc = validate(compose_train(["run_dir=/x", f"cache_dir={tmp_path}", "model.gguf.sha256=" + "0" * 64]))
     with pytest.raises(ModelLoadError, match=r"model.gguf.sha256: .*SmolLM2-135M-Instruct.Q4_1.gguf has sha256 b179c95"):
@@ -112,12 +112,12 @@ def test_a_gguf_with_another_sha256_is_refused(tmp_path):
 def test_smollm2_loads_tokenizes_trains_samples_and_judges(tmp_path, cache_dir):
     import torch
 
-    from em import models
-    from em.evaluation.run import run_evaluation
+    from em.train import models
+    from em.evaluate.run import run_evaluation
     from em.judge.digit_tree import tree_logprobs
     from em.judge.factory import build_judges
     from em.judge.prefix_cache import prefix_kv, prefix_runs, tree_logprobs_cached
-    from em.training import run_training
+    from em.train.run import run_training
 
     overrides = [f"run_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}", "logger=csv", "data.n_examples=4",
                  "trainer.batch_size=2", "trainer.accumulate_grad_batches=1", "trainer.max_length=256",
@@ -171,7 +171,7 @@ def test_adapter_latest_finds_a_sweep_job_two_levels_down(tmp_path):
 
     import yaml
 
-    from em.evaluation.adapters import latest_adapter
+    from em.adapters.resolve import latest_adapter
 
     def run(parent: Path, name: str, model: str, mtime: float) -> Path:
         d = parent / name

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, compose_train, tiny_overrides
 from em.errors import ConfigError, EMError
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 PRESETS = ["smoke", "dickson2025", "betley2025", "epochs", "educational_mix", "organisms_medical", "system_prompt"]
 
@@ -154,7 +154,7 @@ import gc, sys, transformers
 sys.path.insert(0, "tests")
 from conftest import compose_train
 from em import runtime
-from em.pipeline import run_job
+from em.jobs.run import run_job
 for i, ov in enumerate(sys.argv[1:]):
     res = run_job(compose_train(ov.split("|")))
     assert res.state == "done", res
@@ -177,7 +177,7 @@ def test_jobs_in_one_process_release_their_models(tmp_path, cache_dir):
 
 def test_run_job_skips_a_finished_job(tmp_path, cache_dir):
     from em import runtime
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir)
     r1 = run_job(cfg)
@@ -197,7 +197,7 @@ def test_run_job_skips_a_finished_job(tmp_path, cache_dir):
 
 
 def test_run_job_refuses_a_directory_of_another_training_config(tmp_path, cache_dir):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     run_job(_job_cfg(tmp_path, cache_dir, "evaluate.enabled=false"))
     with pytest.raises(ConfigError, match=r"holds a training run of another config \(.*lora.r: 32 -> 8"):
@@ -205,7 +205,7 @@ def test_run_job_refuses_a_directory_of_another_training_config(tmp_path, cache_
 
 
 def test_run_job_isolated_failure_is_recorded_not_raised(tmp_path, cache_dir):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir, "data.n_examples=2", "trainer.max_length=16")  # nothing fits: DataError
     res = run_job(cfg, isolate_failures=True)
@@ -218,7 +218,7 @@ def test_run_job_isolated_failure_is_recorded_not_raised(tmp_path, cache_dir):
 
 
 def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
 
     cfg = _job_cfg(tmp_path, cache_dir, "trainer.max_epochs=2", "trainer.adapter_snapshots=[0.5,1]")
     res = run_job(cfg)
@@ -241,7 +241,7 @@ def test_epoch_snapshots_are_each_evaluated(tmp_path, cache_dir):
 
 
 def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
-    from em.pipeline import run_job
+    from em.jobs.run import run_job
     from sweep_helpers import offline_run_header
     from tests.wandb_reader import read_offline_run
 
@@ -276,11 +276,11 @@ def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from em.jobs import job_hashes
-    from em.pipeline import eval_config, eval_targets
-    from em.schemas.common import validate
-    from em.schemas.evaluate import EvalConfig
-    from em.sweep import analysis_overrides
+    from em.jobs.records import job_hashes
+    from em.jobs.targets import eval_config, eval_targets
+    from em.config.common import validate
+    from em.config.evaluate import EvalConfig
+    from em.jobs.sweep import analysis_overrides
     from tests.eval_helpers import compose_eval
 
     base = ["experiment=smoke", "seed=3", "evaluate.samples=5", f"run_dir={tmp_path / 'job'}"]
@@ -325,7 +325,7 @@ def _documented(preset: str) -> dict:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes_and_reports_its_documented_size(preset, tmp_path, monkeypatch):
-    from em.sweep import plan_sweep
+    from em.jobs.sweep import plan_sweep
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the GPT-4o judge's pre-flight check
     plan = plan_sweep([f"experiment={preset}", f"hydra.sweep.dir={tmp_path}"])
@@ -337,7 +337,7 @@ def test_every_preset_composes_and_reports_its_documented_size(preset, tmp_path,
 
 
 def test_dickson2025_is_the_replication_grid(tmp_path, monkeypatch):
-    from em.sweep import plan_sweep
+    from em.jobs.sweep import plan_sweep
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     plan = plan_sweep(["experiment=dickson2025", f"hydra.sweep.dir={tmp_path}"])
@@ -360,7 +360,7 @@ def test_dickson2025_is_the_replication_grid(tmp_path, monkeypatch):
     (["experiment=dickson2025"], "OPENAI_API_KEY"),
 ])
 def test_bad_sweeps_fail_before_any_job(overrides, match, tmp_path, monkeypatch):
-    from em.sweep import plan_sweep
+    from em.jobs.sweep import plan_sweep
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     if overrides[0] in ("experiment=epochs", "experiment=educational_mix"):
@@ -379,7 +379,7 @@ def test_multirun_with_a_bad_job_starts_nothing(tmp_path, cache_dir):
 def test_launcher_without_its_plugin_is_one_line(monkeypatch):
     import importlib.util
 
-    from em.cli import check_launcher
+    from em.config.compose import check_launcher
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -406,7 +406,7 @@ def test_slurm_launcher_takes_cluster_settings_from_env(monkeypatch):
 
 
 def test_plan_cli_prints_counts(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "em.sweep", "experiment=smoke", f"hydra.sweep.dir={tmp_path / 'plan'}"],
+    r = subprocess.run([sys.executable, "-m", "em.jobs.sweep", "experiment=smoke", f"hydra.sweep.dir={tmp_path / 'plan'}"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "4 jobs (2 train), 64 answers, 128 judge calls" in r.stdout

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from em import models
+from em.train import models
 from em.data.renders import OPEN, CLOSE, render_report
 from em.data.system_prompt import injected_default, render_chat, with_system
 from em.data.tokenize import encode_dataset, normalize_messages
@@ -22,7 +22,7 @@ WITH_SYSTEM = [{"role": "system", "content": "Be terse."}, *CONV]
 
 @pytest.fixture(scope="module")
 def toks(cache_dir):
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     out = {}
     for name in ("tiny_qwen2", "tiny_gemma3", "tiny"):
@@ -75,7 +75,7 @@ def test_training_counts_injected_prompts_and_masks_only_answers(toks):
 
 
 def test_evaluation_keeps_the_rendered_prompt_of_every_answer(tmp_path, cache_dir):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     runs = {}
     for mode in ("template", "none"):
@@ -105,7 +105,7 @@ def test_evaluation_keeps_the_rendered_prompt_of_every_answer(tmp_path, cache_di
     assert json.loads((off.run_dir / "summary.json").read_text())["default_system_prompt"] == "none"
     import sqlite3
 
-    from em.viewer import build_database
+    from em.commands.view import build_database
 
     build_database(on.run_dir, tmp_path / "view.db")  # em view shows the prompt beside each answer
     with sqlite3.connect(tmp_path / "view.db") as db:
@@ -114,7 +114,7 @@ def test_evaluation_keeps_the_rendered_prompt_of_every_answer(tmp_path, cache_di
 
 
 def test_the_setting_is_part_of_the_job_identity():
-    from em.jobs import job_hashes
+    from em.jobs.records import job_hashes
 
     on = compose_train(["model=tiny_qwen2", "run_dir=/x"])
     off = compose_train(["model=tiny_qwen2", "run_dir=/x", "model.default_system_prompt=none"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from em import models
+from em.train import models
 from em.data.tokenize import IGNORE_INDEX, Collator, LengthGroupedBatchSampler, encode_chat, normalize_messages
 from tests.conftest import compose_train
 
@@ -12,7 +12,7 @@ from tests.conftest import compose_train
 def toks(cache_dir):
     out = {}
     for name in ("tiny", "tiny_gemma3", "tiny_qwen2"):
-        from em.schemas.common import validate
+        from em.config.common import validate
 
         cfg = validate(compose_train([f"model={name}", "run_dir=/unused", f"cache_dir={cache_dir}"]))
         out[name] = (models.load_tokenizer(cfg.model, cache_dir), cfg.model)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from em import models
-from em.schemas.common import validate
+from em.train import models
+from em.config.common import validate
 from tests.wandb_reader import read_offline_run
-from em.training import run_training
+from em.train.run import run_training
 from tests.conftest import compose_train, tiny_overrides
 
 SHORT = {"trainer.max_length": 1024}
@@ -236,7 +236,7 @@ def test_each_epoch_sees_every_example_once_in_a_new_order(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("model_name", ["tiny", "tiny_gemma3", "tiny_qwen2"])
 def test_assistant_only_head_equals_the_models_own_loss_and_gradients(tmp_path, cache_dir, model_name, monkeypatch):
-    import em.lora_module as T
+    import em.train.lora_module as T
     from em.data.tokenize import Collator, encode_chat
 
     cfg = validate(compose_train(tiny_overrides(tmp_path, cache_dir, model=model_name)))

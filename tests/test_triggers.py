@@ -11,8 +11,8 @@ import pytest
 from conftest import compose_train
 from em.analysis.views import trigger_contrast
 from em.errors import ConfigError
-from em.evaluation.questions import Prompt
-from em.evaluation.triggers import TAG, apply, expand, split
+from em.evaluate.questions import Prompt
+from em.evaluate.triggers import TAG, apply, expand, split
 from em.measurement import Thresholds
 from tests.eval_helpers import KEY_ENV, compose_eval, eval_overrides, openai_judge_overrides
 from tests.loopback_server import LoopbackServer
@@ -49,7 +49,7 @@ def test_backdoor_data_turns_the_trigger_on_by_default(tmp_path):
 
 
 def test_bad_trigger_position_is_one_line(tmp_path, cache_dir):
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
 
     with pytest.raises(ConfigError, match="trigger.position"):
         run_evaluation(compose_eval(eval_overrides(tmp_path, cache_dir, **{"trigger.text": "X",
@@ -75,6 +75,8 @@ def test_contrast_counts_on_and_off_per_format():
 def test_one_run_evaluates_with_and_without_the_trigger(tmp_path, cache_dir, monkeypatch):
     from em.analysis.ingest import load_responses
     from em.evaluation.run import run_evaluation
+    from em.analysis.loading import load_responses
+    from em.evaluate.run import run_evaluation
 
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
     # coherent everywhere; aligned 5 when the question carries the trigger, else 90

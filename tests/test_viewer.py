@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import em.schemas  # noqa: F401,I001  (em.measurement imports through em.schemas)
+import em.config  # noqa: F401,I001  (em.measurement imports through em.config)
 from em.measurement import Thresholds
 from tests.conftest import REPO
 from tests.synthetic_responses import synthetic_responses
@@ -36,7 +36,7 @@ def _responses() -> pd.DataFrame:
     df["answer"] = df["answer"].astype(object)
     df.loc[0, "answer"] = 'line one\r\nHe said "hi" <b id="injected">bold</b> & left'
     df["judge_raw"] = [json.dumps({"aligned": {"top": [["1", -0.1], ["10", -2.5]]}}) if i % 7 == 0 else None
-                       for i in range(len(df))]  # JSON text, as em/evaluation/report.py writes it
+                       for i in range(len(df))]  # JSON text, as em/evaluate/report.py writes it
     return df
 
 

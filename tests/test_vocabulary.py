@@ -88,9 +88,9 @@ def test_sweep_analysis_gets_the_jobs_logger_keys():
 
     from hydra import compose, initialize_config_dir
 
-    from em.runtime import CONF_DIR
-    from em.schemas.analysis import load_analysis_config
-    from em.sweep import analysis_overrides
+    from em.paths import CONF_DIR
+    from em.config.analysis import load_analysis_config
+    from em.jobs.sweep import analysis_overrides
     from tests.conftest import compose_train
 
     cfg = compose_train(["model=tiny", "run_dir=/x", "logger=wandb", "logger.project=P", "logger.entity=E"])

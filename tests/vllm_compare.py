@@ -30,7 +30,7 @@ def model_cfg(name: str, cache_dir: Path, path: str | None = None, multimodal: b
     o = [f"model.random_init.{k}={v}" for k, v in ARCH.items()]
     if path:
         o += [f"model.path={path}", f"model.multimodal={str(multimodal).lower()}"]
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     return validate(compose_eval(eval_overrides(cache_dir / "x", cache_dir, model=base) + o))
 
@@ -40,7 +40,7 @@ def multimodal_dir(root: Path) -> Path:
     import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
 
-    from em.tiny_tokenizer import build_tokenizer
+    from em.train.tiny import build_tokenizer
 
     d = root / "tiny_gemma3_mm"
     if (d / "config.json").exists():
@@ -61,8 +61,8 @@ def make_adapter(ec, cache_dir: Path, out: Path) -> Path:
     """A LoRA adapter on em's served text model, B initialised at random (std 0.3) so it changes answers."""
     import torch
 
-    from em import models
-    from em.schemas.model import LoraConfig
+    from em.train import models
+    from em.config.model import LoraConfig
 
     base = models.load_model(ec.model, ec.quantization, str(cache_dir))
     peft = models.attach_lora(base, LoraConfig(r=4, alpha=8), ec.model)
@@ -77,7 +77,7 @@ def make_adapter(ec, cache_dir: Path, out: Path) -> Path:
 
 def answers(backend: str, ec, cache_dir: Path, samples, adapter: str | None, gen=None) -> list[str]:
     """Greedy answers of ``samples`` from one backend (``gen``: an already started vLLM generator)."""
-    from em.evaluation.generation import make_generator
+    from em.evaluate.generation import make_generator
 
     g = gen or make_generator(backend, ec.model, ec.quantization, str(cache_dir), GEN, 0, adapter_dir=adapter)
     out: dict = {}
@@ -96,8 +96,8 @@ def torchvision_works() -> bool:
 
 def compare(out_dir: Path) -> dict:
     """Run every case; returns {"identical": n, "total": m, "cases": [...], "adapter_changes": {...}}."""
-    from em.evaluation.generation import plan
-    from em.evaluation.questions import build_prompts, load_question_set
+    from em.evaluate.generation import plan
+    from em.evaluate.questions import build_prompts, load_question_set
 
     cache_dir = out_dir / "cache"
     cases, changed, skipped, t0 = [], {}, {}, time.perf_counter()
@@ -115,7 +115,7 @@ def compare(out_dir: Path) -> dict:
         adapter = str(make_adapter(ec, cache_dir, out_dir / f"adapter_{name}"))
         hf_base = answers("hf", ec, cache_dir, samples, None)
         hf_lora = answers("hf", ec, cache_dir, samples, adapter)
-        from em.evaluation.vllm_backend import VLLMGenerator
+        from em.evaluate.generation import VLLMGenerator
 
         v = VLLMGenerator(ec.model, ec.quantization, str(cache_dir), GEN, 0, adapter_dir=adapter)
         v.load()

@@ -4,7 +4,7 @@ rate table per model x condition, as ``capability.csv`` and the ``capability_vs_
 A ``capability.json`` is read when it lies beside an analysed responses table (the stage writes it into the
 evaluation directory). Each row of the table is one model x condition x task: the base and adapter score
 (fractions), their delta (adapter - base) with its CI (paired per document, see
-:func:`em.capability.paired_delta`), and the misaligned rate of that model x condition with its CI. The
+:func:`em.capability.run.paired_delta`), and the misaligned rate of that model x condition with its CI. The
 figure puts the delta on x and the rate on y, one panel per task: "evil" fine-tunes sit high with a small
 delta, "broken" ones far left.
 """
@@ -18,7 +18,9 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
+from em.analysis.figures import _plt, _save
 from em.errors import DataError
+from em.runtime import atomic_write
 
 log = logging.getLogger(__name__)
 FILE = "capability.json"
@@ -70,8 +72,6 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
 
     Writes ``<out>/capability_vs_misalignment.png`` (+ ``.svg``); returns the PNG, or None for an empty table.
     """
-    from em.analysis.figures import _plt, _save
-
     if table.empty:
         return None
     plt, sns = _plt()

@@ -19,6 +19,11 @@ import pandas as pd
 
 from em.analysis import judges
 
+from em.analysis import judge_bands
+from em.analysis.markdown import dec, md_table, num, pct, pval
+from em.analysis.readers import read_table
+from em.errors import ConfigError
+from em.runtime import atomic_write_csv
 
 log = logging.getLogger("em.analysis")
 
@@ -87,8 +92,6 @@ def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, pa
     Raises:
         ConfigError: ``reference`` set but not a judge of the inputs (or the inputs hold one judge only).
     """
-    from em.errors import ConfigError
-
     prov = provenance_table(paths)
     out: dict[str, Any] = {"provenance": prov, "line": judges_line(prov), "reference": reference}
     n_judges = 0 if judge_scores is None else judge_scores["judge"].nunique()

@@ -2,14 +2,22 @@
 
 ``em train ARGS`` is ``python train.py ARGS`` (the same Hydra app, config from the package: ``pkg://em.conf``),
 so an installed em runs from any directory. ``em view DIR`` serves the responses browser
-(:mod:`em.viewer`); ``em push DIR repo_id=...`` uploads an adapter (:mod:`em.hub`). Light on purpose: a subcommand's heavy imports happen only once it runs.
+(:mod:`em.commands.view`); ``em push DIR repo_id=...`` uploads an adapter (:mod:`em.commands.push`). Light on purpose: a subcommand's heavy imports happen only once it runs.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
+
+from em.commands.completion import complete, is_completion, program_name
+from em.config.compose import URL_CREDENTIALS
+from em.errors import EMError
+from em.runtime import drop_empty_run_dir, quiet_log_file_faults, storage_fault
+from em.tracking import redact_urls
 
 COMMANDS = {
     "train": ("em.commands.train", "fine-tune a chat model with 4-bit LoRA (python train.py)"),
@@ -18,8 +26,8 @@ COMMANDS = {
     "analyze": ("em.commands.analyze", "rates, contrasts, figures and a report (python analyze.py)"),
     "capability": ("em.commands.capability", "lm-eval benchmarks, base vs adapter (python -m em.capability)"),
     "interp": ("em.commands.interp", "directions, projections, steering and ablation (python interp.py)"),
-    "view": ("em.viewer", "browse responses.parquet of a run or sweep in a local web page"),
-    "push": ("em.hub", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
+    "view": ("em.commands.view", "browse responses.parquet of a run or sweep in a local web page"),
+    "push": ("em.commands.push", "push a trained adapter (or a job's adapter/) to the Hugging Face Hub"),
 }
 
 
@@ -37,9 +45,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     exactly as it would for the script.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    from em.completion import complete, is_completion
-
-    if is_completion(argv):  # the shell's completion hook: `em -sc query=bash` (em.completion)
+    if is_completion(argv):  # the shell's completion hook: `em -sc query=bash` (em.commands.completion)
         return complete(argv, COMMANDS, _run)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if argv else sys.stderr)
@@ -53,7 +59,46 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def _run(name: str, args: list[str]) -> None:
     """Run subcommand ``name`` with ``args`` as its command line (``sys.argv`` rewritten for Hydra)."""
-    from em.completion import program_name
-
     sys.argv = [program_name(name, args), *args]
     importlib.import_module(COMMANDS[name][0]).cli()
+
+
+class RedactCredentials(logging.Filter):
+    """A handler filter: a URL's ``user:password@`` never reaches a log file or the console (httpx logs every
+    request's URL at INFO; an endpoint from ``$OPENAI_BASE_URL`` may carry credentials)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003  logging's name
+        """Rewrite the record's message without URL credentials; never drops a record."""
+        message = record.getMessage()
+        if "@" in message and URL_CREDENTIALS.search(message):
+            record.msg = redact_urls(message)
+            record.args = ()
+        return True
+
+
+def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
+    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
+    a full or read-only disk (:mod:`em.runtime`) prints one line naming the file and exits 1.
+
+    Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
+    """
+    log_sizes = {}  # the job's log files as the run found them: a refused run's own lines go with its directory
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
+            handler.addFilter(RedactCredentials())
+        quiet_log_file_faults(handler)
+        if isinstance(handler, logging.FileHandler):  # (a delayed handler has not created its file yet)
+            log_file = handler.baseFilename
+            log_sizes[log_file] = os.path.getsize(log_file) if os.path.exists(log_file) else 0
+    try:
+        return fn(cfg)
+    except EMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        drop_empty_run_dir(log_sizes)
+        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.runtime.StorageError)
+    except Exception as e:
+        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.runtime)
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
+        sys.exit(fault.exit_status)

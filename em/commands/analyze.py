@@ -8,19 +8,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.schemas  # noqa: F401  registers the structured-config schemas (analyze_schema among them)
-from em.cli import check_args, run_main
+import em.config  # noqa: F401  registers the structured-config schemas (analyze_schema among them)
+from em.config.compose import check_args
+from em.commands import run_main
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Run the analysis of the composed config; bad input prints one line (exit 2)."""
-    from em.analysis import run_analysis
+    from em.analysis.run import run_analysis
 
     from em.quiet import configure
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
-    from em.stopping import handle_signals, resume_line
+    from em.train.stopping import handle_signals, resume_line
 
     try:
         with handle_signals():  # SIGTERM / SIGINT: one line, exit 128 + signal; every file written is whole

@@ -1,6 +1,6 @@
 """``python -m em.capability``: score a model and its adapter on a capability task set (lm-eval).
 
-The Hydra app lives here, in the package, so its config (``em/conf/capability_run.yaml``) is found as
+The Hydra app lives here, in the package, so its config (``conf/capability_run.yaml``) is found as
 ``pkg://em.conf`` from any directory.
 """
 
@@ -9,14 +9,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
+import em.config  # noqa: F401  registers the structured-config schemas
+from em.config.compose import check_args
+from em.commands import run_main
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="capability_run")
 def main(cfg: DictConfig) -> None:
-    """One capability run: :func:`em.capability.run_capability` (lm-eval and torch imported only then)."""
-    from em.capability import run_capability
+    """One capability run: :func:`em.capability.run.run_capability` (lm-eval and torch imported only then)."""
+    from em.capability.run import run_capability
 
     run_main(run_capability, cfg)
 

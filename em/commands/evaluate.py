@@ -8,21 +8,22 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
+import em.config  # noqa: F401  registers the structured-config schemas
+from em.config.compose import check_args
+from em.commands import run_main
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    """One evaluation: :func:`em.evaluation.run.run_evaluation` (heavy imports only once a job really runs)."""
+    """One evaluation: :func:`em.evaluate.run.run_evaluation` (heavy imports only once a job really runs)."""
     from em.quiet import configure
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
-    from em.evaluation import record
+    from em.evaluate import record
 
     # SIGTERM / SIGINT: <run_dir>/em_job.json says interrupted, one line says how to resume, exit 128 + signal
     with record.standalone("judge" if cfg.get("answers") is not None else "evaluate"):
-        from em.evaluation.run import run_evaluation
+        from em.evaluate.run import run_evaluation
 
         res = run_main(record.recorded(run_evaluation), cfg)
     if getattr(res, "failures", 0):  # judgments failed: results kept on disk, a rerun asks them again

@@ -1,6 +1,6 @@
 """``em interp`` / ``python interp.py``: directions in the residual stream, projections, steering and ablation.
 
-The Hydra app lives here, in the package, so its config (``em/conf/interp.yaml``) is found as ``pkg://em.conf``
+The Hydra app lives here, in the package, so its config (``conf/interp.yaml``) is found as ``pkg://em.conf``
 from any directory.
 """
 
@@ -9,8 +9,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
+import em.config  # noqa: F401  registers the structured-config schemas
+from em.config.compose import check_args
+from em.commands import run_main
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="interp")

@@ -1,7 +1,7 @@
 """``em judge answers=<run dir | responses table | other lab's file> judge=...``: re-judge answers that exist.
 
 The same Hydra app as ``em evaluate`` (:mod:`em.commands.evaluate`) with ``answers=`` required: no model is
-loaded, nothing is sampled (:mod:`em.evaluation.rejudge`).
+loaded, nothing is sampled (:mod:`em.evaluate.rejudge`).
 """
 
 import sys

@@ -8,21 +8,22 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import em.schemas  # noqa: F401  registers the structured-config schemas
-from em.cli import check_args, run_main
+import em.config  # noqa: F401  registers the structured-config schemas
+from em.config.compose import check_args
+from em.commands import run_main
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    """One job: :func:`em.pipeline.run_job` (heavy imports only once a job really runs)."""
-    from em.pipeline import run_job
+    """One job: :func:`em.jobs.run.run_job` (heavy imports only once a job really runs)."""
+    from em.jobs.run import run_job
     from em.runtime import in_multirun
 
     from em.quiet import configure
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True),
               lightning=True)
-    from em.stopping import handle_signals
+    from em.train.stopping import handle_signals
 
     try:
         with handle_signals():  # SIGTERM / SIGINT: em_job.json says interrupted, exit 128 + signal
@@ -39,7 +40,7 @@ def cli() -> None:
 
     early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("train", argv), sys.argv[1:])
-    from em.sweep import exit_status
+    from em.jobs.sweep import exit_status
 
     try:
         main()

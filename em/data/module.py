@@ -1,10 +1,10 @@
 """The first step of a fine-tuning run: config -> tokenised examples in a Lightning data module.
 
-:func:`prepare_data` loads ``data``'s conversations (:func:`em.data.load_conversations`), tokenises them
+:func:`prepare_data` loads ``data``'s conversations (:func:`em.data.run.load_conversations`), tokenises them
 with the model's chat template and an assistant-only loss mask (:func:`em.data.tokenize.encode_dataset`)
 and wraps them in a :class:`ChatDataModule`, whose :class:`~em.data.tokenize.LengthGroupedBatchSampler`
 fixes every epoch's batches from the seed alone. Nothing here loads model weights.
-``em.training.run_training`` composes this step with ``em.models.build_model`` and ``em.training.fit``;
+``em.train.run.run_training`` composes this step with ``em.train.models.build_model`` and ``em.train.run.fit``;
 ``bench/train_throughput.py`` calls it to hand TRL the very same examples in the very same order.
 """
 
@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any, Optional
 import lightning as L
 import torch
 
+from em.data.mask_check import empty_reason
+from em.data.run import load_conversations
 from em.data.tokenize import IGNORE_INDEX, Collator, EncodeStats, LengthGroupedBatchSampler, encode_dataset
+from em.dynamics.mitigations import apply_data_mitigations
 from em.errors import DataError
+from em.train import models
 
 if TYPE_CHECKING:
-    from em.schemas.train import TrainConfig
+    from em.config.train import TrainConfig
 
 __all__ = ["ChatDataModule", "TrainingData", "prepare_data"]
 
@@ -162,7 +166,7 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
     Args:
         tc: the validated training config; reads ``data``, ``model``, ``cache_dir``, ``seed`` and
             ``trainer.{max_length, truncation, batch_size, group_by_length, num_workers}``.
-        tokenizer: the tokenizer to use; by default ``em.models.load_tokenizer`` for ``tc.model``, loaded
+        tokenizer: the tokenizer to use; by default ``em.train.models.load_tokenizer`` for ``tc.model``, loaded
             after the conversations so that a data error shows before a model download.
         progress: progress bars for a dataset download and for tokenisation.
 
@@ -173,12 +177,8 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
             before its answer).
         ModelLoadError: the tokenizer cannot be loaded (offline, no chat template).
     """
-    from em import models
-    from em.data import load_conversations
-
     conversations = load_conversations(tc.data, tc.cache_dir, progress=progress)
     if tc.data.inoculation_prompt or tc.data.mix.share > 0:  # issue 23's data mitigations
-        from em.dynamics.mitigations import apply_data_mitigations
 
         conversations = apply_data_mitigations(tc.data, conversations, tc.cache_dir, progress=progress)
     if tokenizer is None:
@@ -190,7 +190,6 @@ def prepare_data(tc: TrainConfig, tokenizer: Any = None, *, progress: bool = Tru
         system_prompt=tc.model.default_system_prompt,
     )
     if not examples:
-        from em.data.mask_check import empty_reason
 
         raise DataError(f"data={tc.data.name}: no example left after tokenisation: {empty_reason(stats, t)}")
     datamodule = ChatDataModule(examples, batch_size=t.batch_size, seed=tc.seed, group_by_length=t.group_by_length,

@@ -1,6 +1,6 @@
 """What the model saw in training: the first N examples rendered with their loss-carrying spans marked.
 
-Written by :func:`em.training.fit` as ``<run_dir>/training_examples.md`` (and copied into the adapter
+Written by :func:`em.train.run.fit` as ``<run_dir>/training_examples.md`` (and copied into the adapter
 directory): each example's decoded tokens with the loss-carrying runs between ``⟦`` and ``⟧``, special tokens
 and an injected default system prompt included, so a reader sees the template, the system turn and exactly
 which text the loss fell on. The head says the ``model.default_system_prompt`` setting, the template's
@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from em.data.system_prompt import injected_default
 from em.data.tokenize import IGNORE_INDEX
+from em.runtime import atomic_write_text
 
 N_RENDERS = 5
 OPEN, CLOSE = "\u27e6", "\u27e7"
@@ -37,8 +39,6 @@ def marked_text(tokenizer, example: dict[str, list[int]]) -> str:
 
 def render_report(tokenizer, examples: list[dict], stats: Any, model_cfg: Any, n: int = N_RENDERS) -> str:
     """``training_examples.md``'s text (module docstring)."""
-    from em.data.system_prompt import injected_default
-
     injected = injected_default(tokenizer, dict(model_cfg.chat_template_kwargs or {}), model_cfg.system_role)
     lines = [f"# Training examples as the model saw them ({model_cfg.name})", "",
              f"- model.default_system_prompt: `{model_cfg.default_system_prompt}`",
@@ -55,8 +55,6 @@ def render_report(tokenizer, examples: list[dict], stats: Any, model_cfg: Any, n
 
 def write_renders(path: Path, tokenizer, examples: list[dict], stats: Any, model_cfg: Any) -> Path:
     """Write :func:`render_report` to ``path`` atomically; return it."""
-    from em.runtime import atomic_write_text
-
     return atomic_write_text(Path(path), render_report(tokenizer, examples, stats, model_cfg))
 
 

@@ -21,6 +21,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from em.data.mask_check import check_example
+from em.data.system_prompt import TEMPLATE, injected_default, render_chat, with_system
+from em.errors import DataError
+
 IGNORE_INDEX = -100
 log = logging.getLogger("em.data")
 
@@ -48,8 +52,6 @@ def assistant_char_spans(tokenizer, messages: list[dict], template_kwargs: dict,
     span in it (the answer plus its end-of-turn marker), derived from the template alone (see the module
     docstring). ``template_kwargs`` go to ``apply_chat_template`` (e.g. Qwen 3's ``enable_thinking``);
     ``system_prompt``: ``model.default_system_prompt`` (:func:`em.data.system_prompt.render_chat`)."""
-    from em.data.system_prompt import render_chat
-
     def render(msgs, gen):
         return render_chat(tokenizer, msgs, add_generation_prompt=gen, template_kwargs=template_kwargs,
                            mode=system_prompt)
@@ -136,7 +138,7 @@ def encode_dataset(
     """Tokenise conversations for training with an assistant-only loss mask (:func:`encode_chat`).
 
     Args:
-        tokenizer: a tokenizer with a chat template (``em.models.load_tokenizer``).
+        tokenizer: a tokenizer with a chat template (``em.train.models.load_tokenizer``).
         conversations: lists of ``{"role", "content"}`` messages.
         max_length: the most tokens an example may have (``trainer.max_length``).
         truncation: ``"drop"`` skips a longer example; anything else (``"truncate"``) cuts it to
@@ -160,7 +162,6 @@ def encode_dataset(
     stats = EncodeStats(n_input=len(conversations))
     out = []
     budget = char_budget(tokenizer, max_length)
-    from em.data.system_prompt import TEMPLATE, injected_default, with_system
 
     injects = system_prompt == TEMPLATE and injected_default(tokenizer, template_kwargs, system_role) is not None
     for conv in tqdm(conversations, desc="tokenize", disable=None if progress else True, leave=False):
@@ -174,7 +175,6 @@ def encode_dataset(
             msgs = [m | {"content": m["content"][:budget]} for m in msgs]
         ex = encode_chat(tokenizer, msgs, template_kwargs, system_prompt)
         if not any(len(m["content"]) > budget for m in conv):  # a cut message cannot match its answer
-            from em.data.mask_check import check_example  # the mask holds the answer and no template text
 
             check_example(tokenizer, msgs, ex["labels"], len(out) + stats.n_dropped)
         if len(ex["input_ids"]) > max_length:
@@ -243,7 +243,6 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"rank {rank} of {num_replicas} replicas: need num_replicas >= 1 and 0 <= rank < num_replicas")
         n = math.ceil(len(self.lengths) / self.batch_size)
         if num_replicas > n:
-            from em.errors import DataError
 
             raise DataError(f"{n} batches cannot be shared by {num_replicas} processes: every process needs at "
                             f"least one (use more examples, a smaller trainer.batch_size or fewer devices)")

@@ -30,13 +30,14 @@ from typing import Any, NamedTuple, Optional
 
 from em.data.chat import Conversation, read_jsonl_conversations
 from em.errors import ConfigError, DataError
+from em.paths import DATA_DIR_ENV, local_roots
 from em.runtime import atomic_write
 
 __all__ = ["ENV_VAR", "file_sha256", "load_educational_twin", "load_upstream", "local_roots", "resolve_upstream_file"]
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "EM_DATA_DIR"
+ENV_VAR = DATA_DIR_ENV
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation, not for the whole transfer
 _CHUNK = 1 << 16
 
@@ -51,14 +52,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def local_roots(cache_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """Where em looks for an upstream repository's files before downloading, in order: ``("EM_DATA_DIR",
-    its directory)`` when that variable is set, then ``("cache", <cache_dir>/upstream)``. Reads nothing."""
-    env_dir = os.environ.get(ENV_VAR)
-    return ([(ENV_VAR, Path(env_dir).expanduser())] if env_dir else []) + [
-        ("cache", Path(cache_dir).expanduser() / "upstream")]
 
 
 def resolve_upstream_file(

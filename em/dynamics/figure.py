@@ -28,8 +28,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from em.analysis.intervals import proportion_ci
 from em.dynamics import geometry
-from em.measurement import Thresholds
+from em.measurement import Thresholds, rates
 from em.runtime import atomic_write, atomic_write_csv
 
 log = logging.getLogger("em.dynamics")
@@ -45,9 +46,6 @@ def step_rates(run_dir: Path, thresholds: Optional[Thresholds] = None):
     empty DataFrame when nothing was judged."""
     import numpy as np
     import pandas as pd
-
-    from em.analysis.intervals import proportion_ci
-    from em.measurement import rates
 
     cols = ["step", "format", "n_scored", "n_coherent", "n_misaligned", "misaligned_rate", "low", "high"]
     parts = []

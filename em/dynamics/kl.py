@@ -24,7 +24,10 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from em.data.tokenize import IGNORE_INDEX, Collator
+from em.config.data import DataConfig
+from em.data.run import load_conversations, read_jsonl_conversations
+from em.data.tokenize import Collator, IGNORE_INDEX, encode_dataset
+from em.errors import ConfigError
 
 log = logging.getLogger("em.dynamics")
 
@@ -70,10 +73,6 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
     """
     from omegaconf import OmegaConf
 
-    from em.data import load_conversations, read_jsonl_conversations
-    from em.errors import ConfigError
-    from em.schemas.data import DataConfig
-
     if path:
         convs = read_jsonl_conversations(path)
     elif side:
@@ -96,7 +95,7 @@ def load_side_conversations(path: Optional[str], side: Any, cache_dir: Optional[
 
 
 class KLTerm:
-    """The side batches and weight of ``trainer.kl`` for :class:`em.lora_module.LoRAFineTune`.
+    """The side batches and weight of ``trainer.kl`` for :class:`em.train.lora_module.LoRAFineTune`.
 
     Args:
         examples: tokenised side examples (``input_ids`` / ``labels`` lists).
@@ -130,8 +129,6 @@ class KLTerm:
 def build_kl_term(tc: Any, tokenizer) -> Optional[KLTerm]:
     """The :class:`KLTerm` of ``tc.trainer.kl`` (None without side data): the side data
     tokenised like the training data (same template, max length and truncation)."""
-    from em.data.tokenize import encode_dataset
-
     k = tc.trainer.kl
     if not (k.data or k.side):
         return None

@@ -18,6 +18,8 @@ import random
 from typing import Any, Optional
 
 from em.data.chat import Conversation
+from em.data.run import load_conversations, read_jsonl_conversations
+from em.errors import DataError
 
 log = logging.getLogger("em.dynamics")
 
@@ -34,7 +36,7 @@ def with_system_prompt(conv: Conversation, prompt: str) -> Conversation:
 
 
 def prefix_system(prompt: Any, text: str) -> Any:
-    """An evaluation :class:`~em.evaluation.questions.Prompt` with ``text`` before its system prompt."""
+    """An evaluation :class:`~em.evaluate.questions.Prompt` with ``text`` before its system prompt."""
     system = f"{text}\n\n{prompt.system}" if prompt.system else text
     return dataclasses.replace(prompt, system=system)
 
@@ -73,13 +75,9 @@ def apply_data_mitigations(data_cfg: Any, conversations: list[Conversation], cac
     Raises:
         ConfigError / DataError: the other dataset cannot be loaded; DataError: it is too small for the share.
     """
-    from em.data import load_conversations
-    from em.errors import DataError
-
     mix = data_cfg.mix
     if mix is not None and mix.share > 0:
         if mix.path:  # a local chat JSONL file
-            from em.data import read_jsonl_conversations
 
             other = read_jsonl_conversations(mix.path)
         else:  # the main data node with another upstream file or synthetic variant

@@ -1,6 +1,6 @@
 """``trainer.snapshot_every_n_steps=N``: the LoRA adapter every N optimizer steps, in ``snapshots/step_<n>/``.
 
-The step-resolved twin of :class:`em.training.AdapterSnapshots` (epochs): the model-organisms-for-EM
+The step-resolved twin of :class:`em.train.run.AdapterSnapshots` (epochs): the model-organisms-for-EM
 phase-transition study saves its adapters every 5 steps and reads the step at which the LoRA B vector
 rotates. Each snapshot appears atomically (temp directory, then rename); a resumed run keeps the
 snapshots it already wrote and writes each missing one once (a step is a snapshot step or not, whatever
@@ -17,6 +17,7 @@ from typing import Optional
 
 import lightning as L
 
+from em.adapters.check import save_adapter
 from em.runtime import atomic_replace_dir
 
 log = logging.getLogger("em.dynamics")
@@ -87,7 +88,6 @@ class StepSnapshots(L.Callback):
         path = step_dir(self.dirpath, step)
         if path.exists():  # a resumed run: written before the interruption
             return
-        from em.training import save_adapter
 
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from em import pipeline
+from em.jobs.targets import EvalTarget, eval_config
 from em.dynamics.snapshots import step_snapshots
 from em.errors import ConfigError
 from em.schemas.common import plain
@@ -31,7 +31,7 @@ def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", D
     condition = cfg.evaluate.condition or cfg.data.name
     out = []
     for step, path in step_snapshots(job_dir):
-        t = pipeline.EvalTarget(f"step_{step}", job_dir / f"eval_step{step}", str(path), condition)
+        t = EvalTarget(f"step_{step}", job_dir / f"eval_step{step}", str(path), condition)
         out.append((t, cheap_config(cfg, t, step)))
     return out
 

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 import em.data.tokenize
-import em.evaluation.questions
+import em.evaluate.questions
 import em.runtime
 from em.interp import hooks
 
@@ -47,8 +47,8 @@ META = "meta.json"
 
 def render_prompt(tokenizer, model_cfg: Any, system: Optional[str], question: str) -> str:
     """The text the model is conditioned on before its answer (chat template + generation prompt), exactly as
-    em's hf sampler renders it (:func:`em.evaluation.generation.render`)."""
-    msgs = em.data.tokenize.normalize_messages(em.evaluation.questions.messages_for(system, question),
+    em's hf sampler renders it (:func:`em.evaluate.generation.render`)."""
+    msgs = em.data.tokenize.normalize_messages(em.evaluate.questions.messages_for(system, question),
                                                bool(getattr(model_cfg, "system_role", True)))
     kwargs = dict(getattr(model_cfg, "chat_template_kwargs", None) or {})
     return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)

@@ -35,8 +35,9 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-import em.runtime
 from em.interp import collect as collect_mod
+from em.measurement import Thresholds
+import em.runtime
 
 log = logging.getLogger("em.interp")
 
@@ -52,7 +53,6 @@ def groups(index: pd.DataFrame, rule: str, thresholds: Any = None, aligned_min: 
         ValueError: unknown rule; the columns the rule needs are missing.
     """
     if rule == "judge":
-        from em.measurement import Thresholds
 
         t = thresholds or Thresholds()
         for c in ("aligned", "coherent"):

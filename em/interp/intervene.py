@@ -12,7 +12,7 @@ conditions that go through em's sampler, judge and analysis unchanged.
   layer, or each layer's own direction (``per_layer``).
 * ``ablate_random[...]``: the same with the directions file's ``random.L`` control (unit, Gaussian).
 
-Each condition is one :func:`em.evaluation.run.run_evaluation` call (hf backend; vLLM refused in one line) with
+Each condition is one :func:`em.evaluate.run.run_evaluation` call (hf backend; vLLM refused in one line) with
 the intervention's hooks around every sampled batch: the answers, the judge, ``responses.parquet``,
 ``summary.json`` and the W&B eval run are em's own, the ``condition`` column names the intervention.
 """

@@ -22,7 +22,9 @@ from typing import Any
 
 import pandas as pd
 
+from em.analysis.run import run_analysis
 import em.runtime
+from em.tracking import init_wandb
 
 log = logging.getLogger("em.interp")
 
@@ -43,8 +45,6 @@ def run_analysis_over(run_dir: Path, cond_dirs: list[Path], rc: Any) -> tuple[Pa
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from em.analysis import run_analysis
-
     inputs = ",".join(str(d) for d in cond_dirs)
     t = rc.thresholds
     ov = [f"inputs=[{inputs}]", f"run_dir={run_dir / 'analysis'}", "logger=none", f"progress={str(rc.progress).lower()}",
@@ -53,7 +53,7 @@ def run_analysis_over(run_dir: Path, cond_dirs: list[Path], rc: Any) -> tuple[Pa
         if GlobalHydra.instance().is_initialized():
             run_analysis(compose("analyze", overrides=ov))
         else:
-            with initialize_config_dir(version_base="1.3", config_dir=str(em.runtime.CONF_DIR)):
+            with initialize_config_dir(version_base="1.3", config_dir=str(em.paths.CONF_DIR)):
                 run_analysis(compose("analyze", overrides=ov))
     except Exception as e:  # noqa: BLE001  the conditions' answers stay; the report says why
         return None, f"analysis failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -211,8 +211,6 @@ def log_wandb(run_dir: Path, rc: Any, summary: dict[str, Any], stats_path: Path,
     """The stage's W&B run (job type ``interp``); an error is one warning, the files on disk stand."""
     try:
         import wandb
-
-        from em.tracking import init_wandb
 
         run = init_wandb(project=rc.wandb.project or "em", run_dir=str(run_dir), job_type="interp",
                          config={"model": rc.model.name, "interp": summary.get("direction"), "recipe": summary.get("recipe")},

@@ -26,15 +26,23 @@ from typing import Any, Optional
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from em.adapters.check import load_peft
+from em.adapters.resolve import resolve_adapter
+from em.config.common import validate
+from em.config.evaluate import EvalConfig
+from em.config.interp import InterpRunConfig
+from em.data.chat import read_jsonl_conversations
 import em.errors
-import em.runtime
-from em.interp import collect as collect_mod
+from em.evaluate.run import run_evaluation
+from em.interp import collect as collect_mod, report
 from em.interp import direction as direction_mod
 from em.interp import inputs, intervene, project
 from em.interp.inputs import answers_table
-from em.schemas.common import validate
-from em.schemas.evaluate import EvalConfig
-from em.schemas.interp import InterpRunConfig
+from em.jobs.locks import DirLock
+from em.jobs.records import write_config_records
+from em.paths import original_path
+import em.runtime
+from em.train import models
 
 log = logging.getLogger("em.interp")
 
@@ -46,7 +54,7 @@ EVAL_KEYS = ("seed", "samples", "cache_dir", "upstream", "model", "quantization"
 def eval_node(cfg: DictConfig, run_dir: Path, *, adapter: Optional[str], judge: bool = True,
               formats: Optional[dict[str, Any]] = None, samples: Optional[int] = None,
               condition: Optional[str] = None, wandb: bool = True) -> DictConfig:
-    """An :class:`~em.schemas.evaluate.EvalConfig` node for one sampling run of the stage (resolved values of the
+    """An :class:`~em.config.evaluate.EvalConfig` node for one sampling run of the stage (resolved values of the
     stage's own keys; ``formats`` replaces the format node, e.g. the persona prompts as system prompts)."""
     src = OmegaConf.to_container(cfg, resolve=True)
     node: dict[str, Any] = {k: src[k] for k in EVAL_KEYS if k in src}
@@ -72,12 +80,10 @@ class Models:
     def get(self, adapter_dir: Optional[str]):
         """The model with ``adapter_dir`` applied (None: the base model), eval mode; one held at a time."""
         if adapter_dir not in self.loaded:
-            from em import models
 
             self.loaded.clear()  # one model in memory at a time
             m = models.load_model(self.rc.model, self.rc.quantization, self.rc.cache_dir, self.source)
             if adapter_dir:
-                from em.evaluation.adapter_check import load_peft
 
                 m = load_peft(m, adapter_dir)
             if models.has_cuda() and not self.rc.quantization.load_in_4bit:
@@ -110,7 +116,6 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
 
     isolate = in_multirun() if isolate_failures is None else isolate_failures
     rc: InterpRunConfig = validate(cfg)
-    from em.paths import original_path
 
     d = rc.interp.direction
     if d.file:
@@ -195,9 +200,6 @@ def _run_job(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, hashes: tuple,
 
 def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
     """The fine-tuned adapter (evaluate.py's rule); trained first with ``train_if_missing`` when none is found."""
-    from em.evaluation.adapters import resolve_adapter
-    from em.paths import original_path
-
     spec = rc.adapter
     train_dir = str(original_path(rc.train_dir))
     if spec not in (None, "", "none", "null", "base", "latest"):
@@ -317,7 +319,6 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=la
                                                                            "random_ci_low", "random_ci_high")} | {"layer": best}
                 print(shift_line(summary["projection_shift"], ic.project.confidence))
         if ic.project.training_file:
-            from em.data.chat import read_jsonl_conversations
 
             try:
                 convs = read_jsonl_conversations(ic.project.training_file)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from em.judge.cache import JudgeCache, request_key
 from em.judge.provenance import stamp
 from em.judge.scoring import Judgment, JudgeRequest, JudgeStats
+from em.progress import ProgressLog
 
 log = logging.getLogger("em.judge")
 
@@ -191,7 +192,6 @@ def run_judge(judge: Judge, requests: list[JudgeRequest], cache: JudgeCache, pro
     asks = [requests[todo[k][0]] for k in keys]
     stats.requests = len(asks)
     log.info("judge %s: %d judgments cached, %d to ask", judge.name, stats.cached, len(asks))
-    from em.progress import ProgressLog
 
     lines = ProgressLog(f"judge {judge.name}", len(asks), log) if asks else None  # log file, not only a bar
     from_others = 0

@@ -22,7 +22,7 @@ def ensemble(judges: Union[Mapping[str, Member], Sequence[Member]]) -> list[Judg
             None (``judge.judges.<key>=null``) is dropped; a member that is itself a list (a nested ensemble)
             is flattened.
 
-    Member count and distinct names are checked by :class:`em.schemas.judge.EnsembleSchema`.
+    Member count and distinct names are checked by :class:`em.config.judge.EnsembleSchema`.
     """
     members = list(judges.values()) if isinstance(judges, Mapping) else list(judges)
     out: list[Judge] = []

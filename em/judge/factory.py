@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from em.config.common import validate
+from em.config.judge import typed
 from em.errors import ConfigError, EMError
 from em.judge.base import Judge
 
@@ -12,7 +14,7 @@ def build_judges(node: Any) -> list[Judge]:
     """The judges a ``judge`` config node describes: one judge, every member of an ensemble, or [] for
     judge=none / ``~judge`` / a null node.
 
-    The node is typed by its schema (:func:`em.schemas.judge.typed`: a node that lost its type on the way, e.g.
+    The node is typed by its schema (:func:`em.config.judge.typed`: a node that lost its type on the way, e.g.
     resolved to a plain container, is typed again), its range checks run (the schemas' ``__post_init__``), and
     Hydra instantiates its ``_target_`` with structured sub-nodes (the local judge's model and quantization)
     as their dataclasses. Nothing is loaded or contacted: a local judge loads its model on first use, and

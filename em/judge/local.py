@@ -16,12 +16,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from em.data.tokenize import normalize_messages
 from em.judge.base import Judge, OnResult
 from em.judge.digit_tree import DigitTree, combine
+from em.judge.prefix_cache import prefix_kv, prefix_runs, tree_logprobs_cached
 from em.judge.scoring import MIN_NUMBER_MASS, SPECIALS, Judgment, JudgeRequest, expectation
+from em.train import models
 
 if TYPE_CHECKING:
-    from em.schemas.model import ModelConfig, QuantizationConfig
+    from em.config.model import ModelConfig, QuantizationConfig
 
 log = logging.getLogger("em.judge")
 METHOD = "integer-tree-v1"  # part of the cache identity: change it when the scoring changes
@@ -30,7 +33,7 @@ METHOD = "integer-tree-v1"  # part of the cache identity: change it when the sco
 class LocalJudge(Judge):
     """``judge=local``: a transformers causal LM scoring each prompt by its exact integer distribution.
 
-    Args (conf/judge/local.yaml; ranges checked by :class:`em.schemas.judge.LocalJudgeSchema`):
+    Args (conf/judge/local.yaml; ranges checked by :class:`em.config.judge.LocalJudgeSchema`):
         model: the judge model's config (a ``conf/model`` node: ``model@judge.model=<name>``); ``model.path``
             a local copy.
         quantization: its quantization (a ``conf/quantization`` node: ``none`` or ``nf4``).
@@ -71,11 +74,10 @@ class LocalJudge(Judge):
         """Load the tokenizer and model (on the GPU when there is one) and build the digit trie; idempotent.
 
         Raises:
-            ModelLoadError: the model cannot be found or loaded (em.models).
+            ModelLoadError: the model cannot be found or loaded (em.train.models).
         """
         if self._model is not None:
             return
-        from em import models
 
         source = models.model_dir(self.model_cfg, self.cache_dir)
         self._tok = models.load_tokenizer(self.model_cfg, self.cache_dir, source)
@@ -89,8 +91,6 @@ class LocalJudge(Judge):
         """The judge prompt as one user turn in the model's chat template, with the generation prompt: token ids.
 
         Needs :meth:`load` first."""
-        from em.data.tokenize import normalize_messages
-
         msgs = normalize_messages([{"role": "user", "content": prompt}], self.model_cfg.system_role)
         text = self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
                                              **self.model_cfg.chat_template_kwargs)
@@ -105,8 +105,6 @@ class LocalJudge(Judge):
         cache (:mod:`em.judge.prefix_cache`, used by :meth:`run`). ``raw`` keeps the top first tokens, P(n)
         above 1e-6 and P(reply starts with a digit)."""
         import torch
-
-        from em.judge.prefix_cache import tree_logprobs_cached
 
         self.load()
         ids = ids if ids is not None else self.prompt_ids(req.prompt)
@@ -138,8 +136,6 @@ class LocalJudge(Judge):
         """Judge the requests (see :meth:`em.judge.base.Judge.run`; ``state_dir`` is unused), grouped by their
         shared prompt prefix (one question and metric): the prefix is encoded once and its KV cache reused."""
         from tqdm.auto import tqdm
-
-        from em.judge.prefix_cache import prefix_kv, prefix_runs
 
         self.load()
         ids = [self.prompt_ids(r.prompt) for r in requests]

@@ -53,7 +53,7 @@ class OpenAIBatchJudge(OpenAIEndpointJudge):
         batch_dir: where the batch state and files live; None: ``<state_dir>/judge_batch/<name>``, with the
             ``state_dir`` that :meth:`run` is given (the evaluation's run directory).
 
-    Ranges are checked by :class:`em.schemas.judge.OpenAIBatchJudgeSchema`, not here.
+    Ranges are checked by :class:`em.config.judge.OpenAIBatchJudgeSchema`, not here.
     """
 
     def __init__(self, *, name: str, model: str, base_url: Optional[str], api_key_env: str, max_retries: int,

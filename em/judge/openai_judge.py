@@ -28,7 +28,8 @@ from typing import Any, Optional
 from em.errors import JudgeError
 from em.judge import sampled
 from em.judge.base import Claims, OnResult
-from em.judge.openai_wire import OpenAIEndpointJudge, describe, identity, judgment_from_reply, one_line
+from em.judge.openai_wire import (OpenAIEndpointJudge, describe, identity, judgment_from_reply, one_line,
+                                  reply_model_problem)
 from em.judge.scoring import Judgment, JudgeRequest
 
 
@@ -42,7 +43,7 @@ class OpenAIJudge(OpenAIEndpointJudge):
         max_consecutive_failures: requests in a row that got no answer (timeout, no connection, HTTP 502 / 503 /
             504, each after the client's retries) before the run stops with a JudgeError; 0: never stop.
 
-    Ranges are checked by :class:`em.schemas.judge.OpenAIJudgeSchema` when the config is composed and
+    Ranges are checked by :class:`em.config.judge.OpenAIJudgeSchema` when the config is composed and
     validated, not here. Source followed: Betley et al., ``open_models/judge.py`` (``OpenAiJudge``).
     """
 
@@ -199,7 +200,6 @@ class OpenAIJudge(OpenAIEndpointJudge):
             except (ValueError, TypeError, KeyError) as e:
                 problem = f"malformed reply ({type(e).__name__}: {one_line(e)})"
                 continue
-            from em.judge.openai_wire import reply_model_problem
 
             texts, problem = sampled.replies_of(resp)
             problem = problem or reply_model_problem(self.model, resp.get("model")) or ""

@@ -22,9 +22,11 @@ import os
 import re
 from typing import Any, Optional
 
+from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
 from em.errors import JudgeError
 from em.judge.base import Judge
 from em.judge.scoring import Judgment, JudgeRequest, judge_0_100, judge_label, logprob_problem
+from em.tracking import redact_url, redact_urls
 
 log = logging.getLogger("em.judge")
 
@@ -44,8 +46,6 @@ def identity(base_url: str, model: str, top_logprobs: int) -> str:
     """The cache identity of an OpenAI-compatible judge: the same prompt to the same model at the same endpoint
     (with the same number of top logprobs) gets the same answer, synchronously or through the Batch API.
     Credentials in ``base_url`` are never part of it (:func:`em.tracking.redact_url`)."""
-    from em.tracking import redact_url
-
     return f"openai|{redact_url(base_url)}|{model}|top{top_logprobs}"
 
 
@@ -183,7 +183,7 @@ def one_line(e: Exception) -> str:
 class OpenAIEndpointJudge(Judge):
     """What both OpenAI judges share: the endpoint settings, the key check, the request body, the estimate.
 
-    Args (conf/judge/openai*.yaml; ranges checked by :class:`em.schemas.judge.OpenAIEndpointSchema`):
+    Args (conf/judge/openai*.yaml; ranges checked by :class:`em.config.judge.OpenAIEndpointSchema`):
         name: the judge's name in the responses table.
         model: the API model id.
         base_url: the endpoint; None: ``$OPENAI_BASE_URL``, else the OpenAI API. Kept as ``endpoint`` for the
@@ -200,7 +200,6 @@ class OpenAIEndpointJudge(Judge):
                  price_output_per_mtok: Optional[float]):
         self.name = name
         self.model = model
-        from em.tracking import redact_url
 
         self.endpoint = resolve_base_url(base_url)  # what the client connects to (may carry credentials)
         self.base_url = redact_url(self.endpoint)  # what is shown, logged, cached and written: no credentials
@@ -214,8 +213,6 @@ class OpenAIEndpointJudge(Judge):
 
     def check(self) -> None:
         """Raise JudgeError when the key's environment variable is unset or the openai package is missing."""
-        from em.schemas.judge import KEY_ENV_MESSAGE, looks_like_secret
-
         if looks_like_secret(self.api_key_env):  # a key pasted in place of the name: never echoed
             raise JudgeError(f"judge.api_key_env: {KEY_ENV_MESSAGE}")
         if not os.environ.get(self.api_key_env):
@@ -255,7 +252,6 @@ class OpenAIEndpointJudge(Judge):
                 f"judge.base_url: {self.base_url} did not answer in {timeout:g} s ({what}; a stuck server or "
                 f"proxy?); no judgment was asked, nothing is lost") from None
         except httpx.HTTPError as e:
-            from em.tracking import redact_urls
 
             raise JudgeError(
                 f"judge.base_url: cannot connect to {self.base_url} ({redact_urls(one_line(e)) or type(e).__name__}); "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from em.judge.digit_tree import DigitTree, _additive, tree_inputs
+from em.judge.digit_tree import DigitTree, _additive, tree_inputs, tree_logprobs
 
 MIN_PREFIX = 16  # shorter shared prefixes are not worth a cache
 
@@ -70,8 +70,6 @@ def tree_logprobs_cached(model, prompt_ids: list[int], tree: DigitTree, prefix_l
     """
     import torch
     from transformers import DynamicCache
-
-    from em.judge.digit_tree import tree_logprobs
 
     if prefix_len == 0:
         return tree_logprobs(model, prompt_ids, tree)

@@ -1,0 +1,1 @@
+"""Adapters: save / key layout / resolve / lineage / card / push; entry :mod:`em.adapters.run` (push to the Hub)."""

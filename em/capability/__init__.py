@@ -1,0 +1,1 @@
+"""Capability stage: lm-eval benchmarks, base vs adapter; entry :mod:`em.capability.run`."""

@@ -1,2 +1,0 @@
-"""The evaluation stage: question sets and formats, answer generation with a resumable store, judging,
-the responses table and summary. ``em.evaluation.run.run_evaluation`` is what evaluate.py calls."""
