@@ -33,7 +33,7 @@ def main() -> None:
     from em.judge.base import run_judge
     from em.judge.cache import JudgeCache
     from em.judge.factory import build_judge
-    from em.schemas.judge import OpenAIJudgeSchema
+    from em.config.judge import OpenAIJudgeSchema
     from em.judge.scoring import JudgeRequest
 
     server = subprocess.Popen([sys.executable, str(REPO / "tests/loopback_server.py"), "--delay", str(args.delay)],

@@ -74,7 +74,7 @@ def subprocess_env(**extra) -> dict:
 def loopback_openai_judge(url: str, **kw):
     """An OpenAIJudge against a loopback server, its key in :data:`KEY_ENV`; quick retries for tests."""
     from em.judge.factory import build_judge
-    from em.schemas.judge import OpenAIJudgeSchema
+    from em.config.judge import OpenAIJudgeSchema
 
     kw = {"max_retries": 3, "timeout": 1.0, "reply_retries": 3, "retry_backoff": 0.01, "concurrency": 32} | kw
     return build_judge(OpenAIJudgeSchema(base_url=url, api_key_env=KEY_ENV, **kw))

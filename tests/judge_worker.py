@@ -19,7 +19,7 @@ from em.judge.base import run_judge
 from em.judge.cache import JudgeCache
 from em.judge.scoring import JudgeRequest
 from em.judge.factory import build_judge
-from em.schemas.judge import OpenAIJudgeSchema
+from em.config.judge import OpenAIJudgeSchema
 
 KEY_ENV = "EM_TEST_JUDGE_KEY"  # tests.eval_helpers.KEY_ENV (not imported: it pulls in pytest)
 

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from em.analysis import run_analysis
+from em.analysis.run import run_analysis
 from em.analysis.report import md_table, num
 from em.analysis.registry import load_statistics, ordered, statistic, unregister
 from em.measurement import SCORED
-from em.runtime import CONF_DIR
+from em.paths import CONF_DIR
 
 # three fine-tuning seeds per condition with very different rates; a cell (condition × seed × format × question)
 # of N answers holds 0-5 misaligned ones

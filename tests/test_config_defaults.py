@@ -9,8 +9,8 @@ import re
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-import em.schemas  # noqa: F401  registers the schemas (the group options name them)
-from em.runtime import CONF_DIR
+import em.config  # noqa: F401  registers the schemas (the group options name them)
+from em.paths import CONF_DIR
 from tests.conftest import compose_train
 
 # Groups whose options are typed by a schema dataclass (the others -- experiment, mitigation, hydra -- are
@@ -62,7 +62,7 @@ def _repeats(schema: type, own: dict, composed: DictConfig, path: str) -> list[s
 
 
 def _options():
-    from em.cli import compose_group
+    from em.config.compose import compose_group
 
     for group in TYPED_GROUPS:
         for name, node in compose_group(group):
@@ -92,8 +92,8 @@ def test_schema_default_is_what_runs():
     """Where a YAML file and its dataclass disagreed, the value that ran is now the dataclass default."""
     from hydra import compose, initialize_config_dir
 
-    from em.schemas.evaluate import EvalConfig
-    from em.schemas.train import TrainerConfig
+    from em.config.evaluate import EvalConfig
+    from em.config.train import TrainerConfig
 
     fields = {f.name: f for f in dataclasses.fields(EvalConfig)}
     tcfg = compose_train([])
@@ -106,10 +106,10 @@ def test_schema_default_is_what_runs():
 
 
 def test_reference_judge_id_is_written_once():
-    """``gpt-4o-2024-08-06`` appears once in em's code and config (em.schemas.judge.REFERENCE_JUDGE_MODEL);
-    the judge options and constructors refer to it. The bundled question sets (em/evaluation/question_sets)
+    """``gpt-4o-2024-08-06`` appears once in em's code and config (em.config.judge.REFERENCE_JUDGE_MODEL);
+    the judge options and constructors refer to it. The bundled question sets (em/evaluate/question_sets)
     are data in the upstream format, whose per-question ``judge`` field records the authors' judge."""
-    from em.schemas.judge import REFERENCE_JUDGE_MODEL, OpenAIBatchJudgeSchema, OpenAIJudgeSchema
+    from em.config.judge import REFERENCE_JUDGE_MODEL, OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 
     em_dir = CONF_DIR.parent
     files = [p for p in em_dir.rglob("*") if p.suffix in (".py", ".yaml", ".yml") and "question_sets" not in p.parts]

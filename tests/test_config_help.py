@@ -7,7 +7,7 @@ import subprocess
 import sys
 import typing
 
-import em.schemas  # noqa: F401  registers the schemas
+import em.config  # noqa: F401  registers the schemas
 from tests.conftest import REPO
 
 
@@ -53,8 +53,8 @@ def _help_of(cls: type, name: str) -> str:
 
 
 def test_train_help_shows_each_keys_help_from_the_schema():
-    from em.schemas.judge import OpenAIJudgeSchema
-    from em.schemas.train import TrainConfig, TrainerConfig
+    from em.config.judge import OpenAIJudgeSchema
+    from em.config.train import TrainConfig, TrainerConfig
 
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "--help", "judge=openai"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
@@ -71,8 +71,8 @@ def test_every_typed_key_of_each_entry_is_annotated():
     from hydra import compose, initialize_config_dir
     from omegaconf import DictConfig, OmegaConf
 
-    from em.cli import annotated_yaml, field_help
-    from em.runtime import CONF_DIR
+    from em.config.compose import annotated_yaml, field_help
+    from em.paths import CONF_DIR
 
     for name in ("train", "evaluate", "analyze", "interp", "capability_run"):
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -6,14 +6,14 @@ import sys
 
 from tests.conftest import compose_train, tiny_overrides
 
-# The job's config once (em.pipeline.run_job) + each evaluation target's own config once (em.pipeline.eval_config:
+# The job's config once (em.jobs.run.run_job) + each evaluation target's own config once (em.jobs.targets.eval_config:
 # a new run_dir / adapter / condition). Nothing below the entry validates again.
 BOUND_PER_JOB = 1
 
 
 def _count_validations(monkeypatch) -> list[str]:
-    """Patch ``validate`` in em.schemas.common and in every loaded em module that imported it by name."""
-    from em.schemas import common
+    """Patch ``validate`` in em.config.common and in every loaded em module that imported it by name."""
+    from em.config import common
 
     real, calls = common.validate, []
 
@@ -30,10 +30,11 @@ def _count_validations(monkeypatch) -> list[str]:
 
 def test_a_job_validates_once_plus_once_per_evaluation(tmp_path, cache_dir, monkeypatch):
     import em.capability  # noqa: F401  (every module that validates is loaded before the patch)
-    import em.evaluation.run  # noqa: F401
+    import em.evaluate.run  # noqa: F401
     import em.judge.factory  # noqa: F401
-    import em.training  # noqa: F401
-    from em.pipeline import eval_targets, run_job
+    import em.train.run  # noqa: F401
+    from em.jobs.targets import eval_targets
+    from em.jobs.run import run_job
 
     over = tiny_overrides(tmp_path / "job", cache_dir, **{
         "evaluate.enabled": "true", "evaluate.samples": 1, "format": "[plain]", "evaluate.progress": "false",

@@ -44,7 +44,7 @@ def hand_projection(snapshot_dir, cache_dir, tmp_path, units) -> dict[int, float
     from an unbatched forward of the snapshot's adapter on em's 4-bit base (the training quantization) with
     output_hidden_states; the last layer (whose hidden_states entry is after the final norm) by a plain
     forward hook on that decoder layer."""
-    from em.evaluation.adapter_check import load_peft
+    from em.adapters.check import load_peft
     from tests.test_interp_hooks import load
 
     base, tok, _ = load("tiny", cache_dir, tmp_path, quantization="nf4")
@@ -103,11 +103,11 @@ def test_probe_projection_at_every_snapshot_equals_hand_computation(tmp_path, ca
 
     # the early-stopping proxy reads the same number from the model as it is at that step
     from em.dynamics.snapshots import StepSnapshots
-    from em.evaluation.adapter_check import load_peft
+    from em.adapters.check import load_peft
     from tests.test_interp_hooks import load
 
     tok = load("tiny", cache_dir, tmp_path / "p")[1]
-    from em.schemas.common import validate
+    from em.config.common import validate
     from tests.conftest import compose_train, tiny_overrides
 
     tc = validate(compose_train(tiny_overrides(tmp_path / "x", cache_dir, **{
@@ -125,7 +125,7 @@ def test_probe_projection_at_every_snapshot_equals_hand_computation(tmp_path, ca
 
 def test_bad_probe_config_is_one_line(tmp_path, cache_dir):
     from em.errors import ConfigError
-    from em.schemas.common import validate
+    from em.config.common import validate
     from tests.conftest import compose_train, tiny_overrides
 
     dirs, answers, _ = plant(tmp_path)

@@ -157,11 +157,11 @@ def _dry(tmp_path, cache_dir, samples: int, **extra):
 
 def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeypatch):
     """The streamed counts and token estimate equal those of every request built one by one."""
-    from em.evaluation.generation import plan
-    from em.evaluation.questions import build_prompts, load_question_set
-    from em.evaluation.run import render_judge_prompt
+    from em.evaluate.generation import plan
+    from em.evaluate.questions import build_prompts, load_question_set
+    from em.judge.run import render_judge_prompt
     from em.judge.factory import build_judge
-    from em.schemas.judge import OpenAIJudgeSchema
+    from em.config.judge import OpenAIJudgeSchema
     from em.evaluate.generation import plan
     from em.evaluate.questions import build_prompts, load_question_set
     from em.judge.run import render_judge_prompt

@@ -133,7 +133,7 @@ def test_demo_preset_composes_as_documented():
     """experiment=interp_demo: the persona recipe on SmolLM2 from 256 answers, trains the demo adapter when none
     exists, a steering grid of the 2 best held-out-AUC layers x 3 alphas with alpha 0, judged by the demo's local
     judge."""
-    from em.schemas.common import validate
+    from em.config.common import validate
 
     rc = validate(compose_interp(["experiment=interp_demo", "run_dir=/x", "cache_dir=/y"]))
     assert rc.model.name == "smollm2_135m_instruct" and rc.interp.direction.rule == "persona"

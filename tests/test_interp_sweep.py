@@ -21,7 +21,7 @@ FILES = ["directions.safetensors", "direction_stats.csv", "projection.csv"]
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, cache_dir):
     """A LoRA adapter on the tiny model with random B (so the fine-tuned model differs from the base)."""
-    from em.schemas.common import validate
+    from em.config.common import validate
     from tests.eval_helpers import compose_eval, eval_overrides
     from tests.vllm_compare import make_adapter
 
@@ -42,7 +42,7 @@ def launch(sweep_dir: Path, cache_dir: str, adapter: Path) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache_dir, adapter):
     """The 2-job sweep launched twice: the second launch finds both jobs done."""
-    from em.schemas.resolvers import path_tag
+    from em.config.resolvers import path_tag
 
     # hydra.sweep.subdir: <model>_<recipe>_s<seed>_<adapter's name> (what the job computes, no job number)
     names = [f"tiny_persona_s{seed}_{path_tag(str(adapter))}" for seed in (0, 1)]

@@ -11,7 +11,7 @@ from em.judge.factory import build_judge
 from em.judge.cache import JudgeCache
 from em.judge.openai_batch import OpenAIBatchJudge
 from em.judge.openai_judge import OpenAIJudge
-from em.schemas.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
+from em.config.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 from em.judge.scoring import JudgeRequest
 from tests.eval_helpers import KEY_ENV
 from tests.loopback_server import LoopbackServer

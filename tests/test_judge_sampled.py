@@ -119,7 +119,7 @@ def test_sampled_judge_has_its_own_name_identity_and_cache(tmp_path, key):
 
 def test_dry_run_prices_k_samples():
     from em.judge.factory import build_judge
-    from em.schemas.judge import OpenAIJudgeSchema
+    from em.config.judge import OpenAIJudgeSchema
 
     def OpenAIJudge(**kw):  # noqa: N802  the judge as config builds it (its constructor has no defaults)
         return build_judge(OpenAIJudgeSchema(**kw))

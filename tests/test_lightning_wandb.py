@@ -100,7 +100,7 @@ def test_trainer_node_names_are_lightning_arguments():
     """Every field em passes to lightning.Trainer under its own name is an argument of lightning.Trainer."""
     import inspect
 
-    from em.schemas.train import LIGHTNING_ARGS, TrainerConfig
+    from em.config.train import LIGHTNING_ARGS, TrainerConfig
 
     fields = {f.name for f in dataclasses.fields(TrainerConfig)}
     params = set(inspect.signature(L.Trainer.__init__).parameters)

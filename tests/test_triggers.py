@@ -74,7 +74,7 @@ def test_contrast_counts_on_and_off_per_format():
 
 def test_one_run_evaluates_with_and_without_the_trigger(tmp_path, cache_dir, monkeypatch):
     from em.analysis.ingest import load_responses
-    from em.evaluation.run import run_evaluation
+    from em.evaluate.run import run_evaluation
     from em.analysis.loading import load_responses
     from em.evaluate.run import run_evaluation
 

@@ -41,7 +41,7 @@ ANSWER_KEY = ("model", "adapter", "condition", "seed", "sample_seed", "format", 
 # Kept per answer: step (optimizer step, em.analysis.steps), trigger (on / off), score mode (the judge's label).
 KEEP_COLUMNS = ("adapter", "seed", "trigger", "step", "judge_score_mode", "score_mode")
 # Trigger-on answers form their own format group ``<format>+trigger``, as evaluate.py's summary.json keys them
-# (em.evaluation.triggers.TAG), so no rate pools the two arms; the ``trigger`` column is kept for the contrast.
+# (em.evaluate.triggers.TAG), so no rate pools the two arms; the ``trigger`` column is kept for the contrast.
 TRIGGER_TAG = "+trigger"
 
 

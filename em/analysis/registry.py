@@ -7,7 +7,7 @@ A statistic is one function registered with its name, a description and the tabl
     def quantiles(r: Results) -> pd.DataFrame:
         return r.responses.answers.groupby("condition", observed=True)["aligned"].quantile([.1, .5, .9]) ...
 
-:func:`em.analysis.pipeline.run_analysis` runs every registered statistic in registration order (a statistic
+:func:`em.analysis.run.run_analysis` runs every registered statistic in registration order (a statistic
 reads the tables of those before it from ``r.data``), then each output iterates the registry: every table is
 written as ``<run_dir>/<table>.csv`` and listed in the report's Files section; ``report`` / ``headline`` hooks
 give the report's sections and headline bullets; ``console`` the text printed at the end; ``wandb`` the W&B run
@@ -29,7 +29,7 @@ import pandas as pd
 
 from em.analysis.groups import Cells
 from em.analysis.ingest import Responses
-from em.schemas.analysis import AnalysisConfig
+from em.config.analysis import AnalysisConfig
 
 # Modules whose import registers statistics, imported in this order by load_statistics (registration order is
 # computation order, CSV order and report order).

@@ -25,7 +25,7 @@ from em.analysis.registry import Results, Statistic
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
 from em.runtime import atomic_write_text
-from em.schemas.analysis import load_analysis_config
+from em.config.analysis import load_analysis_config
 from em.analysis import judge_report, runs as run_stats, steps
 from em.analysis.capability import write_capability
 from em.analysis.console import condition_table, score_notes

@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     from em.interp.run import run_interp
     from em.quiet import configure
     from em.runtime import in_multirun
-    from em.stopping import handle_signals
+    from em.train.stopping import handle_signals
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
     try:
@@ -39,7 +39,7 @@ def cli() -> None:
 
     early(sys.argv[1:])  # warning filters; no tqdm bars into a file
     run_main(lambda argv: check_args("interp", argv), sys.argv[1:])
-    from em.sweep import exit_status
+    from em.jobs.sweep import exit_status
 
     try:
         main()

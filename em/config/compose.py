@@ -100,13 +100,13 @@ def check_composed(cfg: Any) -> None:
 
 
 def check_renamed(argv: list[str]) -> None:
-    """A key renamed to lightning.Trainer's name (``trainer.epochs=3``, :data:`em.schemas.train.RENAMED_KEYS`)
+    """A key renamed to lightning.Trainer's name (``trainer.epochs=3``, :data:`em.config.train.RENAMED_KEYS`)
     is refused with its new name, before Hydra composes anything.
 
     Raises:
         ConfigError: ``trainer.epochs: renamed trainer.max_epochs (lightning.Trainer's name)``.
     """
-    from em.schemas.train import RENAMED_KEYS
+    from em.config.train import RENAMED_KEYS
 
     for arg in argv:
         key = arg.partition("=")[0].lstrip("+~")
@@ -293,7 +293,7 @@ def check_known_keys(cfg: Any, path: str = "") -> None:
         if fields is not None and key not in fields:
             hint = ""
             if path == "trainer":
-                from em.schemas.train import RENAMED_KEYS, TRAINER_DERIVED
+                from em.config.train import RENAMED_KEYS, TRAINER_DERIVED
 
                 renamed = RENAMED_KEYS.get(f"trainer.{key}")
                 hint = (f"; renamed {renamed} (lightning.Trainer's name)" if renamed else
@@ -374,13 +374,13 @@ def annotated_yaml(node: Any, indent: int = 0, skip: tuple[str, ...] = ()) -> li
 
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
-    a full or read-only disk (:mod:`em.disk`) prints one line naming the file and exits 1.
+    a full or read-only disk (:mod:`em.runtime`) prints one line naming the file and exits 1.
 
     Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
     """
     import os
 
-    from em.disk import quiet_log_file_faults, storage_fault
+    from em.runtime import quiet_log_file_faults, storage_fault
 
     log_sizes = {}  # the job's log files as the run found them: a refused run's own lines go with its directory
     for handler in logging.getLogger().handlers:
@@ -397,9 +397,9 @@ def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
         from em.runtime import drop_empty_run_dir
 
         drop_empty_run_dir(log_sizes)
-        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.disk.StorageError)
+        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.runtime.StorageError)
     except Exception as e:
-        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.disk)
+        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.runtime)
         if fault is None:
             raise
         print(f"error: {fault}", file=sys.stderr)

@@ -72,7 +72,7 @@ class DataConfig:
     inoculation_eval: bool = field(default=False, metadata={"help": (
         "evaluate with the inoculation prompt as system prefix too")})
     mix: MixConfig = field(default_factory=MixConfig, metadata={"help": (
-        "interleave a share of another dataset (em.schemas.dynamics)")})
+        "interleave a share of another dataset (em.config.dynamics)")})
 
     def __post_init__(self) -> None:
         check_name(self.name, "data.name")

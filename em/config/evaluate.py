@@ -40,7 +40,7 @@ class QuestionSetConfig:
 
     name: str = field(default=MISSING, metadata={"help": "the question set's name (its file under conf/questions/)"})
     source: str = field(default="builtin", metadata={"help": (
-        "builtin: a file written by this project (em/evaluation/question_sets/<file>); upstream: Betley et "
+        "builtin: a file written by this project (em/evaluate/question_sets/<file>); upstream: Betley et "
         "al.'s evaluation/<file>, found via path, $EM_DATA_DIR, the cache or a pinned download.")})
     file: str = field(default=MISSING, metadata={"help": (
         "the question file (upstream evaluation/<file> or a bundled set)")})
@@ -56,7 +56,7 @@ class QuestionSetConfig:
     n_questions: Optional[int] = field(default=None, metadata={"help": (
         "base questions in the set (documentation; sweep plans count answers)")})
     wrapper: Optional[str] = field(default=None, metadata={"help": (
-        "evil_numbers: each base question in the training format (em/evaluation/evil_numbers.py), ids "
+        "evil_numbers: each base question in the training format (em/evaluate/questions.py), ids "
         "suffixed _evil_numbers; numbers_prefix (numbers drawn from wrapper_seed) | words_suffix | null: as "
         "written")})
     wrapper_seed: int = field(default=0, metadata={"help": (
@@ -197,7 +197,7 @@ class EvalConfig:
     trigger: TriggerConfig = field(default_factory=TriggerConfig, metadata={"help": (
         "each question with and without it")})
     answers: Any = field(default=None, metadata={"help": (
-        "re-judge (em.evaluation.rejudge): a run dir / responses table / other lab's file, or {path: ..., "
+        "re-judge (em.evaluate.rejudge): a run dir / responses table / other lab's file, or {path: ..., "
         "judge: <name of its own scores' judge, default original>, condition: ..., model: ...}; null: sample "
         "answers")})
     columns: ColumnsConfig = field(default_factory=ColumnsConfig, metadata={"help": (

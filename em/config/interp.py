@@ -16,11 +16,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from em.measurement import Thresholds
-from em.schemas.common import check_name, require
-from em.schemas.data import UpstreamConfig
-from em.schemas.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig
-from em.schemas.model import ModelConfig, QuantizationConfig
-from em.schemas.train import SweepConfig
+from em.config.common import check_name, require
+from em.config.data import UpstreamConfig
+from em.config.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig
+from em.config.model import ModelConfig, QuantizationConfig
+from em.config.train import SweepConfig
 from em.config.common import check_name, require
 from em.config.data import UpstreamConfig
 from em.config.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig

@@ -50,7 +50,7 @@ class ModelConfig:
     system_role: bool = field(default=True, metadata={"help": (
         "False: the template has no system role and a system prompt is folded into the first user turn.")})
     chat_template: Optional[str] = field(default=None, metadata={"help": (
-        "Name of a template in em/chat_templates/ used when the tokenizer carries none (or "
+        "Name of a template in em/train/chat_templates/ used when the tokenizer carries none (or "
         "force_chat_template).")})
     force_chat_template: bool = field(default=False, metadata={"help": (
         "use chat_template even where the tokenizer has its own")})

@@ -17,12 +17,12 @@ from omegaconf import MISSING
 
 from em.errors import ConfigError
 from em.measurement import Thresholds
-from em.schemas.capability import CapabilityConfig
-from em.schemas.common import check_name, check_seed, require
-from em.schemas.data import DataConfig, UpstreamConfig
-from em.schemas.dynamics import KLConfig, ProbeConfig
-from em.schemas.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
-from em.schemas.model import LoraConfig, ModelConfig, QuantizationConfig
+from em.config.capability import CapabilityConfig
+from em.config.common import check_name, check_seed, require
+from em.config.data import DataConfig, UpstreamConfig
+from em.config.dynamics import KLConfig, ProbeConfig
+from em.config.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
+from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
 from em.config.capability import CapabilityConfig
 from em.config.common import check_name, check_seed, require
 from em.config.data import DataConfig, UpstreamConfig
@@ -33,7 +33,7 @@ from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
 TRUNCATION = ("truncate", "drop")
 LR_SCHEDULERS = ("linear", "constant", "cosine")
 # TrainerConfig's fields that are lightning.Trainer arguments under Lightning's own names: the Trainer is built
-# from them (em.training.fit); max_epochs, precision, strategy and callbacks are converted on the way.
+# from them (em.train.run.fit); max_epochs, precision, strategy and callbacks are converted on the way.
 LIGHTNING_ARGS = ("max_epochs", "max_steps", "accumulate_grad_batches", "gradient_clip_val", "precision",
                   "accelerator", "devices", "strategy", "callbacks", "log_every_n_steps")
 # lightning.Trainer arguments em derives from other keys (trainer.extra may not set them)
@@ -51,7 +51,7 @@ class OptimizerConfig:
         ConfigError: ``lr`` not > 0 or ``weight_decay`` < 0.
     """
 
-    _target_: str = field(default="em.training.auto_adamw", metadata={"help": (
+    _target_: str = field(default="em.train.run.auto_adamw", metadata={"help": (
         "the optimizer factory Hydra instantiates")})
     _partial_: bool = field(default=True, metadata={"help": "a partial: the trainer passes the parameters"})
     lr: float = field(default=1e-5, metadata={"help": "peak learning rate"})
@@ -129,7 +129,7 @@ class TrainerConfig:
         "CAFT: the layers the direction is projected out of; null: every layer in the file")})
     init_adapter: Optional[str] = field(default=None, metadata={"help": (
         "Sequential fine-tuning: start from this LoRA adapter (an adapter dir or a training run dir); the "
-        "optimizer starts fresh. The identity holds its content hash (em.lineage).")})
+        "optimizer starts fresh. The identity holds its content hash (em.adapters.lineage).")})
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": (
         "Any other lightning.Trainer argument, passed through as is (trainer.extra.limit_train_batches=10); a "
         "key of TrainerConfig (max_epochs, devices, ...) or one em derives (logger, default_root_dir) is "
@@ -244,9 +244,9 @@ class TrainConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig, metadata={"help": "what a multirun does around its jobs"})
     capability: CapabilityConfig = field(default=MISSING, metadata={"help": (
         "lm-eval task set; enabled: one more step after the evaluations")})
-    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig, metadata={"help": "push the adapter to the Hugging Face Hub when the job is done (em/hub.py); off"})
+    push_to_hub: PushToHubConfig = field(default_factory=PushToHubConfig, metadata={"help": "push the adapter to the Hugging Face Hub when the job is done (em/adapters/run.py); off"})
     chain: Any = field(default=None, metadata={"help": (
-        "python -m em.chain: the stages of a sequential fine-tuning chain (em.schemas.chain)")})
+        "python -m em.jobs.chain: the stages of a sequential fine-tuning chain (em.config.chain)")})
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "seed")

@@ -7,7 +7,7 @@ Two kinds of rows (column ``quantity``), each ``a`` = the last snapshot step min
   per model x condition the per-step rates with their question-clustered interval
   (:func:`em.analysis.steps.step_level`), last vs first checkpoint (:func:`em.analysis.steps.first_last`),
   difference with Newcombe's interval and Fisher's exact p (:func:`em.analysis.contrasts.contrast_table`),
-  under analyze.py's default settings (:class:`em.schemas.analysis.AnalysisConfig`) and the run's
+  under analyze.py's default settings (:class:`em.config.analysis.AnalysisConfig`) and the run's
   ``thresholds``;
 * ``probe_projection/L<layer>`` -- from the probe projections in the snapshots (``trainer.probe``,
   :mod:`em.dynamics.probe`): the mean over probe answers of (projection at the last step - at the first),
@@ -38,7 +38,7 @@ COLUMNS = ["quantity", "scope", "a", "b", "value_a", "value_b", "difference", "d
 
 def _analysis_defaults() -> dict:
     """analyze.py's defaults for the contrast (confidence, min_group_n, denominator, alpha, power)."""
-    from em.schemas.analysis import AnalysisConfig, BootstrapConfig
+    from em.config.analysis import AnalysisConfig, BootstrapConfig
 
     f = {x.name: x.default for x in dataclasses.fields(AnalysisConfig)}
     conf = next(x.default for x in dataclasses.fields(BootstrapConfig) if x.name == "confidence")

@@ -53,8 +53,8 @@ class StepSnapshots(L.Callback):
         every_n_steps: N (> 0), in optimizer steps (``trainer.global_step`` after the step).
         dirpath: ``<run_dir>/snapshots``.
         tokenizer: saved beside each adapter, so each snapshot is a complete adapter directory.
-        source: the base checkpoint (``em.models.model_dir``), keys the saved adapter
-            (:func:`em.training.save_adapter`).
+        source: the base checkpoint (``em.train.models.model_dir``), keys the saved adapter
+            (:func:`em.adapters.check.save_adapter`).
         probe: ``trainer.probe``'s :class:`~em.dynamics.probe.ProbeSet`: its projections at the step are
             written into the snapshot (``probe.parquet``) before it appears; None: none.
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from em.jobs.targets import EvalTarget, eval_config
 from em.dynamics.snapshots import step_snapshots
 from em.errors import ConfigError
-from em.schemas.common import plain
+from em.config.common import plain
 
 
 def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", DictConfig]]:
@@ -37,7 +37,7 @@ def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", D
 
 
 def cheap_config(cfg: Any, target: "pipeline.EvalTarget", step: int) -> DictConfig:
-    """:func:`em.pipeline.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
+    """:func:`em.jobs.targets.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
     steps = cfg.evaluate.steps
     formats = list(cfg.evaluate.format)
     fmt = steps.format or (formats[0] if formats else None)

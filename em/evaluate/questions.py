@@ -57,8 +57,8 @@ class Question:
         system: the entry's system prompt, or None.
         samples_per_paraphrase: upstream's answers per paraphrase (>= 1; 1 if the file omits it); checked
             but not used: this project draws ``samples`` answers per question and format
-            (``em.evaluation.generation.plan``).
-        judge: the upstream judge model id (:data:`em.schemas.judge.REFERENCE_JUDGE_MODEL`), kept for reference; the configured
+            (``em.evaluate.generation.plan``).
+        judge: the upstream judge model id (:data:`em.config.judge.REFERENCE_JUDGE_MODEL`), kept for reference; the configured
             ``judge`` decides who judges.
         judge_prompts: ``(metric, template)`` pairs in file order; each template contains ``{answer}``
             (and usually ``{question}``).

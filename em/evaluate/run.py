@@ -44,8 +44,8 @@ log = logging.getLogger("em.evaluate")
 
 
 def run_evaluation(cfg: DictConfig | EvalConfig, intervention: Optional[Any] = None) -> Optional[EvalResult]:
-    """The evaluation stage for one :class:`~em.schemas.evaluate.EvalConfig`: evaluate.py's composed root
-    config (validated here, once), or one target of a train.py job, validated by :func:`em.pipeline.eval_config`
+    """The evaluation stage for one :class:`~em.config.evaluate.EvalConfig`: evaluate.py's composed root
+    config (validated here, once), or one target of a train.py job, validated by :func:`em.jobs.targets.eval_config`
     and used as it is.
 
     Generates the answers not on disk yet (``samples`` per question and format), judges them (cache
@@ -60,11 +60,11 @@ def run_evaluation(cfg: DictConfig | EvalConfig, intervention: Optional[Any] = N
         ModelLoadError: the model or adapter cannot be loaded.
         DirectoryLocked: another live process writes ``run_dir`` (:mod:`em.jobs.locks`).
     """
-    if isinstance(cfg, EvalConfig):  # a train.py job's target: validated by its entry (em.pipeline.eval_config)
+    if isinstance(cfg, EvalConfig):  # a train.py job's target: validated by its entry (em.jobs.targets.eval_config)
         ec, cfg = cfg, OmegaConf.structured(cfg)  # (the node is the run's config record and W&B config only)
     else:
         ec = validate(cfg)  # evaluate.py's entry: every config check, before any model is touched
-    from em.evaluation.adapters import KEYWORDS
+    from em.adapters.resolve import KEYWORDS
     from em.paths import absolutize_eval
 
     absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory

@@ -1,4 +1,4 @@
-"""An interp run as a job of a sweep: the same discipline as train.py's jobs (:mod:`em.pipeline`, :mod:`em.jobs`).
+"""An interp run as a job of a sweep: the same discipline as train.py's jobs (:mod:`em.jobs.run`, :mod:`em.jobs`).
 
 ``python interp.py -m seed=0,1 adapter=<a>,<b> [hydra/launcher=submitit_local|slurm]`` is a Hydra multirun whose
 jobs are interp runs. Each job
@@ -11,7 +11,7 @@ jobs are interp runs. Each job
   multirun (``error.log`` keeps the traceback) and makes the sweep exit 1 after the other jobs ran;
 * writes ``DONE.json`` last (hash + the headline numbers of ``interp_summary.json``).
 
-The sweep callback (:class:`em.sweep.SweepCallback`, ``hydra.callbacks.em_sweep`` in conf/interp.yaml) plans and
+The sweep callback (:class:`em.jobs.sweep.SweepCallback`, ``hydra.callbacks.em_sweep`` in conf/interp.yaml) plans and
 checks every job before launch (:func:`plan`) and ends with the done / skipped / failed summary and, with
 ``sweep.analyze``, ``<sweep dir>/interp_sweep.csv`` (:func:`sweep_table`: one row per job and layer).
 
@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from em import jobs
+from em.jobs import records as jobs
 from em.runtime import read_json
 
 # Keys that say where or how an interp job runs, not what it computes: not part of its identity.
@@ -52,14 +52,14 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def hashes(cfg: DictConfig) -> tuple[str, str, dict[str, Any]]:
-    """(hash of the job, :data:`NO_TRAIN`, the identity hashed), shaped as :func:`em.jobs.job_hashes`."""
+    """(hash of the job, :data:`NO_TRAIN`, the identity hashed), shaped as :func:`em.jobs.records.job_hashes`."""
     ident = identity(cfg)
     return jobs.digest(ident), NO_TRAIN, ident
 
 
 def judge_failures(job_dir: Path) -> Optional[dict[str, Any]]:
     """Failed (retryable) judgments of the job's steering / ablation conditions (their ``summary.json``), as
-    :func:`em.jobs.judge_failures`; None when there are none."""
+    :func:`em.jobs.records.judge_failures`; None when there are none."""
     count = 0
     for f in sorted(Path(job_dir).glob("steer/*/summary.json")) + sorted(Path(job_dir).glob("ablate/*/summary.json")):
         for st in ((read_json(f) or {}).get("judges") or {}).values():
@@ -105,7 +105,7 @@ def n_answers(cfg: DictConfig) -> tuple[Optional[int], Optional[int]]:
 
 
 def plan(job_cfg: DictConfig, overrides: list[str], check: bool = True):
-    """One interp job of a sweep as a :class:`em.sweep.PlannedJob` (its composed config with the ``hydra`` node).
+    """One interp job of a sweep as a :class:`em.jobs.sweep.PlannedJob` (its composed config with the ``hydra`` node).
 
     With ``check``: the schema's checks and the judge's pre-flight check (an API key) when a step judges.
 
@@ -114,8 +114,8 @@ def plan(job_cfg: DictConfig, overrides: list[str], check: bool = True):
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from em.schemas.common import validate
-    from em.sweep import METRICS_PER_ANSWER, PlannedJob, _n_judges
+    from em.config.common import validate
+    from em.jobs.sweep import METRICS_PER_ANSWER, PlannedJob, _n_judges
 
     HydraConfig.instance().set_config(job_cfg)
     job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)

@@ -93,7 +93,7 @@ class Models:
 
 
 def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict[str, Any]:
-    """The stage for one composed ``interp`` config (:class:`~em.schemas.interp.InterpRunConfig`), as a job
+    """The stage for one composed ``interp`` config (:class:`~em.config.interp.InterpRunConfig`), as a job
     (:mod:`em.interp.job`): ``em_job.json`` says its state and step, ``DONE.json`` is written last, and a
     directory whose ``DONE.json`` matches the config's hash is skipped (``sweep.skip_done``).
 
@@ -126,7 +126,7 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from em.interp import job
-    from em.locks import DirLock, DirectoryLocked
+    from em.jobs.locks import DirLock, DirectoryLocked
 
     full_hash, no_train, ident = job.hashes(cfg)
     lock = DirLock(run_dir, "interp")
@@ -147,7 +147,7 @@ def _run_job(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, hashes: tuple,
     """:func:`run_interp` once the lock is held: skip a finished job, else run the steps with the job's records."""
     import traceback
 
-    from em import jobs
+    from em.jobs import records as jobs
     from em.errors import EMError
     from em.interp import job
 
@@ -169,7 +169,7 @@ def _run_job(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, hashes: tuple,
     on_stage("direction")
     try:
         summary = _run_locked(cfg, rc, run_dir, on_stage)
-    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.stopping): recorded, then the exit
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.train.stopping): recorded, then the exit
         import signal as _signal
 
         signum = getattr(e, "signum", _signal.SIGINT)
@@ -220,9 +220,9 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
 
 
 def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=lambda name: None) -> dict[str, Any]:
-    from em import models
-    from em.evaluation.run import run_evaluation
-    from em.jobs import write_config_records
+    from em.train import models
+    from em.evaluate.run import run_evaluation
+    from em.jobs.records import write_config_records
 
     write_config_records(run_dir, cfg)
     ic = rc.interp

@@ -39,8 +39,8 @@ from em.jobs.locks import DirectoryLocked, DirLock
 from em.jobs.targets import eval_config, eval_targets
 from em.judge.factory import build_judges
 from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
-from em.schemas.common import plain, validate
-from em.schemas.evaluate import PIPELINE_KEYS, EvalConfig
+from em.config.common import plain, validate
+from em.config.evaluate import PIPELINE_KEYS, EvalConfig
 from em.train.checkpoints import LAST, checkpoint_step
 from em.train.lora_rank import check_lora_rank
 from em.train.models import model_dir
@@ -85,9 +85,9 @@ def eval_config(cfg: Any, target: EvalTarget, overrides: Optional[dict[str, Any]
     """evaluate.py's config for one target: the job's ``evaluate`` node with the target's four keys set.
 
     ``cfg`` is the job's validated config (or a composed one). Returns the validated
-    :class:`~em.schemas.evaluate.EvalConfig` (resolved, without the pipeline's ``enabled`` / ``snapshots`` /
+    :class:`~em.config.evaluate.EvalConfig` (resolved, without the pipeline's ``enabled`` / ``snapshots`` /
     ``steps``), checked like evaluate.py checks its own; ``overrides`` (top-level keys of that node) replace
-    the job's values. It is passed down as it is (:func:`em.evaluation.run.run_evaluation` checks nothing again).
+    the job's values. It is passed down as it is (:func:`em.evaluate.run.run_evaluation` checks nothing again).
 
     Raises:
         ConfigError: a value the evaluation schema refuses (one line naming the key).
@@ -199,8 +199,8 @@ def _run_locked(tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: boo
             record.write("running", stage=stage)
 
             summary.update(run_for_target(tc, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
-    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.stopping): recorded, one line, then the exit
-        from em.stopping import resume_line
+    except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.train.stopping): recorded, one line, then the exit
+        from em.train.stopping import resume_line
 
         fields = _interruption(e, stage, job_dir)
         record.end("interrupted", stage=stage, **fields)

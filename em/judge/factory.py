@@ -32,8 +32,8 @@ def build_judges(node: Any) -> list[Judge]:
     from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
-    from em.schemas.common import validate
-    from em.schemas.judge import typed
+    from em.config.common import validate
+    from em.config.judge import typed
 
     if dataclasses.is_dataclass(node):  # a schema object of a validated config: checked already, built as it is
         node = OmegaConf.structured(node)
@@ -63,7 +63,7 @@ def build_judges(node: Any) -> list[Judge]:
 def build_judge(schema: Any) -> Judge:
     """The one judge a schema object describes (``OpenAIJudgeSchema(base_url=..., concurrency=8)``), built as
     :func:`build_judges` builds it from config: the judges' constructors have no defaults of their own, the
-    schema holds them (em.schemas.judge).
+    schema holds them (em.config.judge).
 
     Raises:
         ConfigError, JudgeError: as :func:`build_judges`.

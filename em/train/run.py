@@ -38,8 +38,8 @@ from em.data.renders import write_renders
 from em.dynamics import run as fit_hooks
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.schemas.common import plain as as_plain, validate
-from em.schemas.train import LIGHTNING_ARGS
+from em.config.common import plain as as_plain, validate
+from em.config.train import LIGHTNING_ARGS
 from em.tracking import flatten, log_adapter_artifact, scrub
 from em.train import models, stopping
 from em.train.checkpoints import AtomicCheckpointIO, resume_checkpoint
@@ -177,7 +177,7 @@ def fit(tc: TrainConfig, data: TrainingData, model, *, callbacks: Sequence[L.Cal
     all_callbacks += fit_hooks.callbacks(tc, run_dir, data.tokenizer, models.model_dir(tc.model, tc.cache_dir))
     loggers, wandb_on, log_adapter = build_loggers(tc.logger, run_dir)
 
-    # the node's Lightning arguments under their own names (em.schemas.train.LIGHTNING_ARGS), four converted:
+    # the node's Lightning arguments under their own names (em.config.train.LIGHTNING_ARGS), four converted:
     # fractional max_epochs run as whole epochs cut by max_steps, "auto" precision, a strategy node, callbacks
     own = {k: getattr(t, k) for k in LIGHTNING_ARGS} | {
         "max_epochs": math.ceil(t.max_epochs), "max_steps": max_steps, "precision": precision_for(t.precision),
@@ -320,7 +320,7 @@ def run_training(cfg: TrainConfig | DictConfig) -> Optional[TrainResult]:
         DataError, ModelLoadError: see :func:`em.data.module.prepare_data` and :func:`em.train.models.build_model`.
         KeyboardInterrupt: training was interrupted (see :func:`fit`).
     """
-    # train.py's job (em.pipeline.run_job) passes the config it validated; a composed config from another caller
+    # train.py's job (em.jobs.run.run_job) passes the config it validated; a composed config from another caller
     # (tests, bench/) is validated here: every config check, before any model or dataset is touched
     tc: TrainConfig = cfg if is_dataclass(cfg) else validate(cfg)
     check_strategy(tc)
