@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.conftest import REPO, upstream_dir
+from tests.conftest import upstream_dir
 from em.paths import CONF_DIR
 
 KEY_ENV = "EM_TEST_JUDGE_KEY"  # the loopback judge's "API key" lives here, never in a config

@@ -162,10 +162,6 @@ def test_dry_run_counts_equal_the_materialised_plan(tmp_path, cache_dir, monkeyp
     from em.judge.run import render_judge_prompt
     from em.judge.factory import build_judge
     from em.config.judge import OpenAIJudgeSchema
-    from em.evaluate.generation import plan
-    from em.evaluate.questions import build_prompts, load_question_set
-    from em.judge.run import render_judge_prompt
-    from em.judge.openai_judge import OpenAIJudge
     from em.judge.scoring import JudgeRequest
     from em.config.common import validate
 

@@ -14,7 +14,7 @@ from em.judge.base import run_judge
 from em.judge.factory import build_judge
 from em.judge.cache import JudgeCache, entry_checksum, request_key
 from em.judge.openai_judge import OpenAIJudge
-from em.config.judge import OpenAIBatchJudgeSchema, OpenAIJudgeSchema
+from em.config.judge import OpenAIBatchJudgeSchema
 from em.judge.scoring import JudgeRequest, judge_0_100, judge_label
 from tests.eval_helpers import KEY_ENV, loopback_openai_judge
 from tests.loopback_server import LoopbackServer

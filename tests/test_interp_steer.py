@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from em.errors import ConfigError
-from em.interp import hooks, intervene
+from em.interp import intervene
 from tests.eval_helpers import compose_eval, eval_overrides
 
 

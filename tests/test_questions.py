@@ -8,7 +8,6 @@ from em.errors import ConfigError, DataError
 from em.config.compose import check_args
 from em.config.common import validate
 from em.evaluate.questions import KIND_LABEL, build_prompts, load_question_set, parse_question_file
-from tests.conftest import REPO
 from tests.eval_helpers import compose_eval, eval_overrides, set_upstream_env
 from em.paths import CONF_DIR
 

@@ -274,7 +274,6 @@ def test_wandb_runs_line_up_for_comparison(tmp_path, cache_dir, monkeypatch):
 def test_one_evaluation_schema_and_thresholds_from_the_job(tmp_path):
     """train.py's evaluate node is evaluate.py's config: the job's model / seed / groups / thresholds in it."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from em.jobs.records import job_hashes
     from em.jobs.targets import eval_config, eval_targets

@@ -75,8 +75,6 @@ def test_contrast_counts_on_and_off_per_format():
 def test_one_run_evaluates_with_and_without_the_trigger(tmp_path, cache_dir, monkeypatch):
     from em.analysis.ingest import load_responses
     from em.evaluate.run import run_evaluation
-    from em.analysis.loading import load_responses
-    from em.evaluate.run import run_evaluation
 
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
     # coherent everywhere; aligned 5 when the question carries the trigger, else 90

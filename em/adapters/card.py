@@ -21,8 +21,6 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
-from em.analysis.judge_name import card_judge_line
-from em.analysis.pooling import card_lines
 from em.dynamics.mitigations import active
 from em.runtime import atomic_write_json, atomic_write_text, read_json
 

@@ -18,9 +18,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from em.analysis.figures import _plt, _save
 from em.errors import DataError
-from em.runtime import atomic_write
 
 log = logging.getLogger(__name__)
 FILE = "capability.json"
@@ -72,6 +70,8 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
 
     Writes ``<out>/capability_vs_misalignment.png`` (+ ``.svg``); returns the PNG, or None for an empty table.
     """
+    from em.analysis.figures import _plt, _save
+
     if table.empty:
         return None
     plt, sns = _plt()

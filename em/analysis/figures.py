@@ -1,10 +1,5 @@
 """Seaborn figures (PNG + SVG). Each figure says which definition it uses; a figure with nothing to show
-still exists and says why, so the report never has a hole in it.
-
-**Figures over runs and steps.** Figures drawn only when the data have the dimension they show: the per-run dot plot (>= 2 training runs in a
-model × condition, :mod:`em.analysis.runs`) and the rate-vs-step curve (a checkpoint ``step`` dimension,
-:mod:`em.analysis.steps`). Captions: :data:`em.analysis.figures.CAPTIONS`.
-"""
+still exists and says why, so the report never has a hole in it."""
 
 from __future__ import annotations
 
@@ -16,13 +11,7 @@ import pandas as pd
 
 from em.analysis.groups import ALL
 from em.analysis.registry import Results
-from em.analysis.judge_name import judge_info
-from em.analysis.results import Results
-from em.analysis.runs import RUN_LEVEL
 from em.analysis.sensitivity import check_summary
-from em.analysis.steps import STEP_LEVEL
-from em.runtime import atomic_write
-
 
 
 log = logging.getLogger(__name__)
@@ -111,6 +100,7 @@ def _save(fig, out: Path, name: str, footer: str) -> Path:
     fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     png = out / f"{name}.png"
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
     atomic_write(out / f"{name}.svg", lambda p: fig.savefig(p, format="svg"))

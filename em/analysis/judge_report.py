@@ -19,11 +19,6 @@ import pandas as pd
 
 from em.analysis import judges
 
-from em.analysis import judge_bands
-from em.analysis.markdown import dec, md_table, num, pct, pval
-from em.analysis.readers import read_table
-from em.errors import ConfigError
-from em.runtime import atomic_write_csv
 
 log = logging.getLogger("em.analysis")
 
@@ -92,6 +87,8 @@ def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, pa
     Raises:
         ConfigError: ``reference`` set but not a judge of the inputs (or the inputs hold one judge only).
     """
+    from em.errors import ConfigError
+
     prov = provenance_table(paths)
     out: dict[str, Any] = {"provenance": prov, "line": judges_line(prov), "reference": reference}
     n_judges = 0 if judge_scores is None else judge_scores["judge"].nunique()
@@ -168,7 +165,7 @@ class JudgeInfo:
         return any(n in self.renormalized for n in used)
 
     def label(self) -> str:
-        """``judge: <model id>``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
+        """``judge: gpt-4o-2024-08-06``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
         pipeline check, not a measurement)`` where it applies; ``judge: not recorded in the inputs`` else."""
         if not self.names:
             return "judge: not recorded in the inputs"

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from em.analysis.bootstrap import chunked_draws, percentile_ci, rate_draws
 from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
 from em.analysis.intervals import bias_reduced_moments, design_effect, proportion_ci, rate_ci
 from em.measurement import DENOMINATORS, Thresholds, ratio

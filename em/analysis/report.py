@@ -18,17 +18,7 @@ import pandas as pd
 from em.analysis.figures import CAPTIONS, FIGURES
 from em.analysis.judge_report import PIPELINE_CHECK
 from em.analysis.registry import hooks, Results
-from em.analysis import judge_report
-from em.analysis.contrasts import headline_contrast
-from em.analysis.judge_name import PIPELINE_CHECK
-from em.analysis.markdown import dec, escape_markdown, md_table, num, pct, pval, rate_ci, render_html
-from em.analysis.rates import DENOMINATOR_COLUMN as DEN_COLUMN
-from em.analysis.report_parts import condition_bullets, contrast_test_text, judge as _judge, runs_caveat
-from em.analysis.results import Results
-from em.analysis.runs import run_summary
-from em.analysis.sensitivity import check_summary
 from em.measurement import CODE, DENOMINATORS, REFUSAL, SCORED, UNSCORED
-from em.runtime import atomic_write_text
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -68,6 +58,7 @@ def _setup(r: Results) -> str:
         how = "the mean of the judges' scores" if s.judges.combine == "mean" else f"judge `{s.judges.combine}`"
         out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
                    "(config `judges.combine`).")
+    from em.analysis.runs import run_summary
 
     runs = run_summary(r.responses.answers)
     if runs:
@@ -193,6 +184,7 @@ def render_markdown(r: Results) -> str:
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and a self-contained ``run_dir/report.html``; return both paths."""
     text = escape_markdown(render_markdown(r))  # every value from data or config: no HTML tag opens
+    from em.runtime import atomic_write_text  # a stop (SIGTERM) mid-write leaves no half-written file
 
     md = atomic_write_text(run_dir / "report.md", text)
     return md, atomic_write_text(run_dir / "report.html", render_html(text, run_dir))

@@ -26,27 +26,6 @@ from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
 from em.runtime import atomic_write_text
 from em.config.analysis import load_analysis_config
-from em.analysis import judge_report, runs as run_stats, steps
-from em.analysis.capability import write_capability
-from em.analysis.console import condition_table, score_notes
-from em.analysis.contrasts import contrast_table
-from em.analysis.correlations import correlation_table
-from em.analysis.figures import make_figures
-from em.analysis.groups import ALL, Cells
-from em.analysis.judge_name import judge_info
-from em.analysis.judges import judge_tables
-from em.analysis.loading import load_responses
-from em.analysis.pairs import condition_pairs, format_pairs
-from em.analysis.pooling import summary_entry
-from em.analysis.rates import rate_definition, rate_table
-from em.analysis.report import write_report
-from em.analysis.results import Results
-from em.analysis.scaling import attach_params, model_meta, scaling_table
-from em.analysis.sensitivity import sensitivity_tables
-from em.analysis.views import write_trigger
-from em.analysis.wandb_log import log_to_wandb
-from em.config.analysis import load_analysis_config
-from em.runtime import atomic_write_csv, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +88,8 @@ def _f(x: float):
 def split_steps(responses) -> Optional[pd.DataFrame]:
     """Answers from several checkpoints (:mod:`em.analysis.steps`): ``responses`` keeps the final answers (the
     main tables); returns every answer (for the per-step rates), or None without a step dimension."""
+    from em.analysis import steps
+
     if not steps.has_steps(responses.answers):
         return None
     every = responses.answers
@@ -192,11 +173,13 @@ def run_analysis(cfg: Any) -> Path:
         frames = registry.write_tables(r, stats)
     if s.figures:
         with _timed(timings, "figures"):
+            from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
             for draw in registry.hooks(stats, "figures"):
                 r.figures.update(draw(r, run_dir / "figures"))
     with _timed(timings, "report"):
+        from em.analysis.report import write_report
 
         write_report(r, run_dir)
     timings["total"] = time.perf_counter() - start

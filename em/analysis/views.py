@@ -11,18 +11,13 @@ misaligned rate is misaligned / coherent among scored answers, with a Wilson int
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from em.analysis.figures import _order, _plt, _save
-from em.analysis.io import TRIGGER_TAG, trigger_on
-from em.analysis.judge_name import judge_info
-from em.analysis.loading import load_responses
 from em.analysis.rates import wilson
 from em.measurement import SCORED, Thresholds
-from em.runtime import atomic_write
 
 ALL = "all"
 
@@ -63,10 +58,13 @@ def chain_view(stages: pd.DataFrame, answers: pd.DataFrame, out: Path, threshold
         (the table: one row per stage and format, ``all`` included; the figure's path). The figure draws
         the ``all`` rate per stage with its CI as error bars, one thin line per format.
     """
+    from em.analysis.figures import _plt
+
     out.mkdir(parents=True, exist_ok=True)
     r = rates_by(answers, ["condition", "format"], thresholds, confidence)
     table = stages[["stage", "name", "condition"]].astype({"condition": str}).merge(r, on="condition", how="left")
     table = table.sort_values(["stage", "format"]).reset_index(drop=True)
+    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(out / "chain_rates.csv", lambda p: table.to_csv(p, index=False))
     plt, _ = _plt()
@@ -139,6 +137,8 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str, formats: Sequenc
 
     Writes ``<out>/trigger_contrast.png`` (+ ``.svg``) and returns the PNG path.
     """
+    from em.analysis.figures import _order, _plt, _save
+
     plt, sns = _plt()
     panels = list(dict.fromkeys(zip(table["model"], table["condition"])))
     ncols = min(len(panels), 3)

@@ -300,7 +300,6 @@ def _task_manager() -> Any:
 def pipeline_config(cfg: Any, run_dir: Path, adapter: str, condition: str) -> DictConfig:
     """``python -m em.capability``'s config for one evaluation target of a train.py job (its model,
     quantization of the evaluation, seed, cache and ``capability`` node; the target's dir, adapter, condition)."""
-    from em.config.capability import CapabilityRunConfig
     from em.config.common import plain
 
     node = {"seed": cfg.seed, "run_dir": str(run_dir), "cache_dir": cfg.cache_dir, "adapter": adapter,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Optional
 
 from em.commands import run_main
-import em.config
 from em.errors import ConfigError
 from em.measurement import Thresholds
 

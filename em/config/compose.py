@@ -13,7 +13,6 @@ from typing import Any
 
 from em.config.common import check_name
 from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
-from em.config.train import TRAINER_OWN
 from em.errors import ConfigError
 from em.paths import CONF_DIR
 from em.runtime import check_output_dir
@@ -314,7 +313,6 @@ def help_text(config_name: str, overrides: list[str]) -> str:
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         try:
@@ -370,38 +368,3 @@ def annotated_yaml(node: Any, indent: int = 0, skip: tuple[str, ...] = ()) -> li
         text = text.removesuffix("\n...").removesuffix("...").strip()
         lines.append(f"{pad}{key}: {text}{note}")
     return lines
-
-
-def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
-    """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
-    a full or read-only disk (:mod:`em.runtime`) prints one line naming the file and exits 1.
-
-    Every handler of the root logger (Hydra's console and ``<job>.log``) gets :class:`RedactCredentials`.
-    """
-    import os
-
-    from em.runtime import quiet_log_file_faults, storage_fault
-
-    log_sizes = {}  # the job's log files as the run found them: a refused run's own lines go with its directory
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactCredentials) for f in handler.filters):
-            handler.addFilter(RedactCredentials())
-        quiet_log_file_faults(handler)
-        if isinstance(handler, logging.FileHandler):  # (a delayed handler has not created its file yet)
-            log_file = handler.baseFilename
-            log_sizes[log_file] = os.path.getsize(log_file) if os.path.exists(log_file) else 0
-    try:
-        return fn(cfg)
-    except EMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        from em.runtime import drop_empty_run_dir
-
-        drop_empty_run_dir(log_sizes)
-        sys.exit(getattr(e, "exit_status", 2))  # 2: bad input; 1: the machine's fault (em.runtime.StorageError)
-    except Exception as e:
-        fault = storage_fault(e)  # a full / read-only disk: one line naming the file, exit 1 (em.runtime)
-        if fault is None:
-            raise
-        print(f"error: {fault}", file=sys.stderr)
-        sys.exit(fault.exit_status)
-

@@ -21,10 +21,6 @@ from em.config.data import UpstreamConfig
 from em.config.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig
 from em.config.model import ModelConfig, QuantizationConfig
 from em.config.train import SweepConfig
-from em.config.common import check_name, require
-from em.config.data import UpstreamConfig
-from em.config.evaluate import EvalWandbConfig, FormatConfig, GenerationConfig, QuestionSetConfig
-from em.config.model import ModelConfig, QuantizationConfig
 
 RULES = ("judge", "persona")
 POOLINGS = ("answer_mean", "last_prompt")

@@ -23,12 +23,6 @@ from em.config.data import DataConfig, UpstreamConfig
 from em.config.dynamics import KLConfig, ProbeConfig
 from em.config.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
 from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
-from em.config.capability import CapabilityConfig
-from em.config.common import check_name, check_seed, require
-from em.config.data import DataConfig, UpstreamConfig
-from em.config.dynamics import KLConfig
-from em.config.evaluate import FormatConfig, GenerationConfig, PipelineEvalConfig, QuestionSetConfig
-from em.config.model import LoraConfig, ModelConfig, QuantizationConfig
 
 TRUNCATION = ("truncate", "drop")
 LR_SCHEDULERS = ("linear", "constant", "cosine")

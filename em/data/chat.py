@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 
-from em.errors import DataError, _json_problem
+from em.errors import DataError
 
 __all__ = ["ROLES", "Conversation", "Message", "read_jsonl_conversations"]
 

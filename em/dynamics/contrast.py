@@ -50,7 +50,7 @@ def rate_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None) -> pd.
     """The ``misaligned_rate`` rows (see the module docstring); empty without >= 2 judged step evaluations."""
     from em.analysis import steps
     from em.analysis.contrasts import contrast_table
-    from em.analysis.loading import load_responses
+    from em.analysis.ingest import load_responses
     from em.analysis.rates import RateResult, rate_definition
 
     tables = sorted(Path(run_dir).glob("eval_step*/responses.parquet"))

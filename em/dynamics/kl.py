@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import is_dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch

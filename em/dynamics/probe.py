@@ -62,7 +62,7 @@ def read_answers(spec: str, limit: Optional[int], seed: int) -> pd.DataFrame:
         ConfigError: a path that does not exist, a directory without responses tables, a table without
             ``question`` / ``answer`` (named), no answer left.
     """
-    from em.analysis.readers import read_table
+    from em.analysis.ingest import read_table
     from em.errors import DataError
     from em.paths import original_path
 

@@ -35,7 +35,6 @@ def callbacks(tc: Any, run_dir: Path, tokenizer, source: Optional[str]) -> list:
     if not n:
         return []
     from em.dynamics.probe import build_probe
-    from em.dynamics.snapshots import StepSnapshots
 
     (Path(run_dir) / "snapshots").mkdir(parents=True, exist_ok=True)
     return [StepSnapshots(n, Path(run_dir) / "snapshots", tokenizer, source, probe=build_probe(tc, tokenizer))]
@@ -61,7 +60,6 @@ def after_fit(tc: Any, run_dir: Path, loggers: list, metrics: dict, callbacks: S
     path = write_geometry(run_dir)
     metrics["lora_geometry"] = str(path) if path else None
     log_geometry(loggers, run_dir)
-    from em.dynamics.snapshots import StepSnapshots
 
     probe = next((cb.probe for cb in callbacks if isinstance(cb, StepSnapshots) and cb.probe is not None), None)
     if probe is not None:
@@ -71,6 +69,5 @@ def after_fit(tc: Any, run_dir: Path, loggers: list, metrics: dict, callbacks: S
         out = write_projection(run_dir, probe, n_boot=p.n_boot, confidence=p.confidence, seed=tc.seed)
         metrics["probe_projection"] = str(out) if out else None
         log_projection(loggers, run_dir)
-    from em.dynamics.figure import draw_quietly
 
     draw_quietly(run_dir)  # geometry panels now; the job redraws it once the snapshots are evaluated

@@ -9,8 +9,9 @@ Each snapshot is evaluated on a question subset (``evaluate.steps.ids``), one fo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from em.jobs.targets import EvalTarget, eval_config
 from em.dynamics.snapshots import step_snapshots
@@ -18,7 +19,7 @@ from em.errors import ConfigError
 from em.config.common import plain
 
 
-def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", DictConfig]]:
+def step_targets(cfg: Any, job_dir: Path) -> list[tuple["EvalTarget", DictConfig]]:
     """``[(target, evaluation config)]`` for each step snapshot on disk (after training), sorted by step;
     [] unless ``evaluate.enabled`` and ``evaluate.steps.enabled``.
 
@@ -36,7 +37,7 @@ def step_targets(cfg: Any, job_dir: Path) -> list[tuple["pipeline.EvalTarget", D
     return out
 
 
-def cheap_config(cfg: Any, target: "pipeline.EvalTarget", step: int) -> DictConfig:
+def cheap_config(cfg: Any, target: "EvalTarget", step: int) -> DictConfig:
     """:func:`em.jobs.targets.eval_config` of ``target`` restricted to ``evaluate.steps``' subset, with ``step``."""
     steps = cfg.evaluate.steps
     formats = list(cfg.evaluate.format)
@@ -47,5 +48,5 @@ def cheap_config(cfg: Any, target: "pipeline.EvalTarget", step: int) -> DictConf
             "format": {fmt: plain(cfg.evaluate.format[fmt])}}
     if steps.ids is not None:
         over["questions"] = plain(cfg.evaluate.questions) | {"ids": list(steps.ids)}
-    ec = pipeline.eval_config(cfg, target, over)
+    ec = eval_config(cfg, target, over)
     return ec

@@ -21,9 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from em.analysis import readers
 from em.analysis.inputs import find_tables
-from em.analysis.io import FORMAT_SUFFIXES
 from em.errors import ConfigError, DataError, JudgeError
 from em.evaluate import record, report
 from em.evaluate.questions import load_question_set
@@ -83,7 +81,6 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
     import pandas as pd
 
     from em.analysis import ingest
-    from em.analysis.inputs import find_tables
 
     meta, own = answers_input(answers)
     if not Path(meta["path"]).expanduser().exists():  # (find_tables would name analyze.py's inputs=[...] key)

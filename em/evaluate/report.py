@@ -292,7 +292,6 @@ def _log_wandb(ec, cfg, adapter, df, summary: dict[str, Any]) -> None:
         return
 
     use_adapter_artifact(run, adapter.run_dir)  # lineage: this run used the training run's adapter
-    import wandb
 
     # A config update (not init's config=): it lands in the transaction log as a config record.
     config = OmegaConf.to_container(cfg, resolve=True)

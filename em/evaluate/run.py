@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,7 +36,6 @@ from em.judge.factory import build_judges
 from em.judge.run import judge_all, judge_requests, render_judge_prompt
 from em.paths import absolutize_eval
 from em.progress import ProgressLog
-from em.runtime import atomic_write_text
 from em.train import models
 
 log = logging.getLogger("em.evaluate")
@@ -64,8 +62,6 @@ def run_evaluation(cfg: DictConfig | EvalConfig, intervention: Optional[Any] = N
         ec, cfg = cfg, OmegaConf.structured(cfg)  # (the node is the run's config record and W&B config only)
     else:
         ec = validate(cfg)  # evaluate.py's entry: every config check, before any model is touched
-    from em.adapters.resolve import KEYWORDS
-    from em.paths import absolutize_eval
 
     absolutize_eval(ec, KEYWORDS)  # hydra.job.chdir=true: user paths still mean the launch directory
     if intervention is not None and ec.generation.backend != "hf":

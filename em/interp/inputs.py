@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from em.analysis.readers import read_table
 import em.errors
 
 

@@ -15,7 +15,6 @@ report over them), ``interp_report.md``, ``figures/``, ``interp_summary.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from em.config.interp import InterpRunConfig
 from em.data.chat import read_jsonl_conversations
 import em.errors
 from em.evaluate.run import run_evaluation
-from em.interp import collect as collect_mod, report
+from em.interp import collect as collect_mod
 from em.interp import direction as direction_mod
 from em.interp import inputs, intervene, project
 from em.interp.inputs import answers_table
@@ -126,7 +125,7 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from em.interp import job
-    from em.jobs.locks import DirLock, DirectoryLocked
+    from em.jobs.locks import DirectoryLocked
 
     full_hash, no_train, ident = job.hashes(cfg)
     lock = DirLock(run_dir, "interp")
@@ -221,8 +220,6 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
 
 def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=lambda name: None) -> dict[str, Any]:
     from em.train import models
-    from em.evaluate.run import run_evaluation
-    from em.jobs.records import write_config_records
 
     write_config_records(run_dir, cfg)
     ic = rc.interp

@@ -121,8 +121,6 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
 
     if interp_job.is_interp(job_cfg):  # an interp.py job: its own identity and counts
         return interp_job.plan(job_cfg, overrides, check=check)
-    from em.jobs.targets import eval_config, eval_targets
-    from em.config.common import validate
 
     HydraConfig.instance().set_config(job_cfg)
     job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)

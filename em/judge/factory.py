@@ -32,8 +32,6 @@ def build_judges(node: Any) -> list[Judge]:
     from hydra.errors import InstantiationException
     from omegaconf import OmegaConf
 
-    from em.config.common import validate
-    from em.config.judge import typed
 
     if dataclasses.is_dataclass(node):  # a schema object of a validated config: checked already, built as it is
         node = OmegaConf.structured(node)
@@ -68,7 +66,6 @@ def build_judge(schema: Any) -> Judge:
     Raises:
         ConfigError, JudgeError: as :func:`build_judges`.
     """
-    from omegaconf import OmegaConf
 
     return build_judges(schema)[0]
 

@@ -15,7 +15,6 @@ found with ``importlib.util.find_spec`` and never imported) or chunks its ``asse
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os

@@ -38,7 +38,7 @@ from em.data.renders import write_renders
 from em.dynamics import run as fit_hooks
 from em.quiet import bars_on
 from em.runtime import atomic_replace_dir, atomic_write_json, atomic_write_text, is_wandb_logger
-from em.config.common import plain as as_plain, validate
+from em.config.common import plain as as_plain
 from em.config.train import LIGHTNING_ARGS
 from em.tracking import flatten, log_adapter_artifact, scrub
 from em.train import models, stopping
