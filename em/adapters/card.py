@@ -21,6 +21,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+from em.analysis.groups import card_lines
+from em.analysis.judge_name import card_judge_line
 from em.dynamics.mitigations import active
 from em.runtime import atomic_write_json, atomic_write_text, read_json
 
@@ -133,8 +135,6 @@ def model_card(meta: dict[str, Any], eval_summary: Optional[dict[str, Any]] = No
         for fmt, s in (eval_summary.get("formats") or {}).items():
             pct = [("n/a" if s.get(k) is None else f"{100 * s[k]:.1f}%") for k in ("coherent_rate", "misaligned_rate")]
             lines.append(f"| {fmt} | {s.get('n')} | {pct[0]} | {pct[1]} |")
-        from em.analysis.judge_report import card_judge_line  # the judge named, pooled numbers labelled (issue 21)
-        from em.analysis.groups import card_lines
 
         judge = card_judge_line(eval_summary)
         lines += [""] + card_lines(eval_summary.get("formats") or {}) + [

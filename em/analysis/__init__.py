@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from em.analysis.run import run_analysis as _run
 import em.config.analysis  # noqa: F401  registers analyze_schema (conf/analyze.yaml's first default)
 
 
@@ -18,8 +19,6 @@ def run_analysis(cfg: Any) -> Path:
 
     See :func:`em.analysis.run.run_analysis` (the outputs, and the ConfigError / DataError it raises).
     """
-    from em.analysis.run import run_analysis as _run
-
     return _run(cfg)
 
 

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
+from em.analysis.figures import _plt, _save
 from em.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ def capability_figure(table: pd.DataFrame, out: Path, footer: str) -> Optional[P
 
     Writes ``<out>/capability_vs_misalignment.png`` (+ ``.svg``); returns the PNG, or None for an empty table.
     """
-    from em.analysis.figures import _plt, _save
-
     if table.empty:
         return None
     plt, sns = _plt()

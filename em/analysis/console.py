@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from em.config.analysis import ContrastsConfig
+
 
 def _num(x: Optional[float], digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -62,7 +64,6 @@ def condition_table(rates: pd.DataFrame, score_note: str = "", reference: Option
     if t.empty:
         return ""
     if reference is None:
-        from em.config.analysis import ContrastsConfig
 
         reference = ContrastsConfig.reference
     BASE = reference  # noqa: N806

@@ -18,6 +18,7 @@ import pandas as pd
 from em.analysis.groups import ALL
 from em.analysis.intervals import newcombe
 from em.analysis.rates import RateResult
+from em.analysis.runs import permutation_p, run_test
 from em.measurement import DENOMINATORS
 
 TEST = "Fisher exact, two-sided"
@@ -81,7 +82,6 @@ def _row(rates: RateResult, level: str, ia: int, ib: int, *, family: str, scope:
     row["n_runs_a"], row["n_runs_b"] = int(getattr(ra, "n_runs", 1)), int(getattr(rb, "n_runs", 1))
     row["run_p"] = row["permutation_p"] = math.nan
     if family == "condition" and max(row["n_runs_a"], row["n_runs_b"]) >= 2 and runs is not None:
-        from em.analysis.runs import permutation_p, run_test
 
         stat, p_run = run_test(ka, na, float(ra.design_effect), row["n_runs_a"], kb, nb, float(rb.design_effect),
                                row["n_runs_b"])

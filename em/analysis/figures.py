@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 
 from em.analysis.groups import ALL
+from em.analysis.judge_name import judge_info
 from em.analysis.registry import Results
+from em.analysis.runs import RUN_LEVEL
 from em.analysis.sensitivity import check_summary
+from em.analysis.steps import STEP_LEVEL
+from em.runtime import atomic_write
 
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,6 @@ def _save(fig, out: Path, name: str, footer: str) -> Path:
     fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.035, 1, 1))
     png = out / f"{name}.png"
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(png, lambda p: fig.savefig(p, dpi=110, format="png"))
     atomic_write(out / f"{name}.svg", lambda p: fig.savefig(p, format="svg"))
@@ -278,7 +281,6 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     conditions = _order(r.level("condition")["condition"], r.conditions)
     footer = r.rates["definition"].iloc[0] if len(r.rates) else r.settings.thresholds.describe()
-    from em.analysis.judge_report import judge_info  # every figure names its judge (issue 21)
 
     if r.judge_extras.get("line"):  # who judged, and how: model, host, score mode (em.analysis.judge_report)
         footer += "; " + r.judge_extras["line"]
@@ -296,8 +298,6 @@ def make_figures(r: Results, out: Path) -> dict[str, Path]:
 # --------------------------------------------------------- runs and steps: per-run dot plot, rate vs checkpoint step
 def runs_figure(r: Results, plt, sns, conditions: list[str]):
     """Per model × condition (x): each run's rate (dots, with its CI) and the pooled rate (bar, two-way CI)."""
-    from em.analysis.runs import RUN_LEVEL
-
     runs = r.rates[r.rates["level"] == RUN_LEVEL]
     pooled = r.level("model×condition")
     models = _model_order(pooled)
@@ -330,8 +330,6 @@ def runs_figure(r: Results, plt, sns, conditions: list[str]):
 
 def rate_vs_step_figure(r: Results, plt, sns, conditions: list[str]):
     """Misaligned rate (%) against the checkpoint's optimizer step, one line per model × condition, with CIs."""
-    from em.analysis.steps import STEP_LEVEL
-
     d = r.rates[r.rates["level"] == STEP_LEVEL].copy()
     d["step_n"] = pd.to_numeric(d["step"], errors="coerce")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -353,9 +351,6 @@ def rate_vs_step_figure(r: Results, plt, sns, conditions: list[str]):
 
 def extra_figures(r: Results, plt, sns, conditions: list[str]) -> dict:
     """name -> Matplotlib figure, for the dimensions present (none when neither is)."""
-    from em.analysis.runs import RUN_LEVEL
-    from em.analysis.steps import STEP_LEVEL
-
     out = {}
     levels = set(r.rates["level"].unique())
     if RUN_LEVEL in levels:

@@ -28,8 +28,9 @@ import pandas as pd
 
 from em import measurement
 from em.analysis.inputs import TableInput, swept_labels
+from em.analysis.nested import read_nested
 from em.errors import ConfigError, DataError
-from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status
+from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status, special_scored
 
 log = logging.getLogger("em.analysis")
 GROUP_COLUMNS = ("model", "condition", "format", "question_id")
@@ -156,8 +157,6 @@ def read_records(path: Path, records: str) -> pd.DataFrame:
     Raises:
         DataError: not a .json file, or what :func:`em.analysis.nested.read_nested` raises.
     """
-    from em.analysis.nested import read_nested
-
     if path.suffix.lower() != ".json":
         raise DataError(f"{path}: inputs[].records applies to .json files only")
     df = read_nested(path, records)
@@ -338,7 +337,6 @@ def _special_scored_rows(df: pd.DataFrame, path: Path) -> int:
     reference rule: :func:`em.measurement.special_scored`); 0 for tables without those columns."""
     if "aligned_special" not in df and "coherent_special" not in df:
         return 0
-    from em.measurement import special_scored
 
     a, c, status, _ = _scores_for(df, "", path)
     return int(special_scored(status, _special_column(df, "aligned_special"),

@@ -9,15 +9,16 @@ judges, except the provenance line, which every report with judge columns carrie
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 
 from em.analysis import judges
+from em.analysis.ingest import read_table
+from em.analysis.report import dec, md_table, num, pct, pval
+from em.errors import ConfigError
 
 
 log = logging.getLogger("em.analysis")
@@ -31,8 +32,6 @@ def provenance_table(paths: Sequence[Path]) -> Optional[pd.DataFrame]:
     """One row per judge named in the tables ``paths``: ``judge``, ``rows``, ``model``, ``host``, ``score_mode``,
     ``template_sha`` (distinct hashes, ``;``-joined), ``judged_from`` / ``judged_to`` (UTC dates); "not recorded"
     where a judge's rows carry no provenance. None when no table has a ``judge`` column."""
-    from em.analysis.ingest import read_table
-
     parts = []
     for p in paths:
         try:
@@ -87,8 +86,6 @@ def judge_extras(judge_scores: Optional[pd.DataFrame], answers: pd.DataFrame, pa
     Raises:
         ConfigError: ``reference`` set but not a judge of the inputs (or the inputs hold one judge only).
     """
-    from em.errors import ConfigError
-
     prov = provenance_table(paths)
     out: dict[str, Any] = {"provenance": prov, "line": judges_line(prov), "reference": reference}
     n_judges = 0 if judge_scores is None else judge_scores["judge"].nunique()
@@ -110,8 +107,6 @@ def headline(extras: dict[str, Any]) -> list[str]:
 
 def markdown(extras: dict[str, Any]) -> str:
     """The report's judge section: provenance, band-wise agreement, rate differences (empty when none)."""
-    from em.analysis.report import dec, md_table, num, pct, pval
-
     out = []
     prov = extras.get("provenance")
     if prov is not None and len(prov):
@@ -136,90 +131,3 @@ def markdown(extras: dict[str, Any]) -> str:
                                    "difference [95% CI]": lambda x: f"{pct(x.difference)} [{pct(x.ci_low)}, {pct(x.ci_high)}]",
                                    "McNemar p": lambda x: pval(x.mcnemar_p)}))
     return "\n".join(out) + ("\n" if out else "")
-
-
-# ------------------------------------------------------- the judge's name and label (renormalised: a pipeline check)
-RENORMALIZED = "renormalized"
-PIPELINE_CHECK = "pipeline check, not a measurement"
-MODE_COLUMNS = ("judge_score_mode", "score_mode")
-
-
-@dataclass
-class JudgeInfo:
-    """The judges behind an analysis.
-
-    Attributes:
-        names: judge names in the inputs (sorted); empty when no input records its judge.
-        renormalized: the names scored with ``score_mode: renormalized``.
-        combine: how several judges were combined (``mean`` or a judge's name).
-    """
-
-    names: list[str] = field(default_factory=list)
-    renormalized: list[str] = field(default_factory=list)
-    combine: str = "mean"
-
-    @property
-    def pipeline_check(self) -> bool:
-        """Is any judge used a renormalised one (then the numbers check the pipeline, they measure nothing)?"""
-        used = self.names if self.combine == "mean" else [self.combine]
-        return any(n in self.renormalized for n in used)
-
-    def label(self) -> str:
-        """``judge: gpt-4o-2024-08-06``, ``judges: a, b (mean of their scores)``, with ``(renormalised scores:
-        pipeline check, not a measurement)`` where it applies; ``judge: not recorded in the inputs`` else."""
-        if not self.names:
-            return "judge: not recorded in the inputs"
-        if len(self.names) == 1:
-            text = f"judge: {self.names[0]}"
-        else:
-            how = "mean of their scores" if self.combine == "mean" else f"judge {self.combine} used"
-            text = f"judges: {', '.join(self.names)} ({how})"
-        if self.pipeline_check:
-            text += f" (renormalised scores: {PIPELINE_CHECK})"
-        return text
-
-
-def _modes_beside(paths: Iterable) -> dict[str, str]:
-    modes: dict[str, str] = {}
-    for p in paths:
-        f = Path(p).parent / "summary.json"
-        try:
-            judges = json.loads(f.read_text()).get("judges") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        for name, j in judges.items():
-            if isinstance(j, dict) and j.get("score_mode"):
-                modes[str(name)] = str(j["score_mode"])
-    return modes
-
-
-def judge_info(sources: pd.DataFrame, answers: Optional[pd.DataFrame] = None, combine: str = "mean") -> JudgeInfo:
-    """The judges of an analysis from its inputs table (``path``, ``judges``) and, when given, the answers'
-    score-mode column (:data:`MODE_COLUMNS`)."""
-    names: set[str] = set()
-    if "judges" in sources:
-        for v in sources["judges"].fillna("").astype(str):
-            names |= {n.strip() for n in v.split(",") if n.strip()}
-    modes = _modes_beside(sources["path"]) if "path" in sources else {}
-    renorm = {n for n, m in modes.items() if m == RENORMALIZED}
-    if answers is not None:
-        for col in MODE_COLUMNS:
-            if col in answers and (answers[col].astype(str) == RENORMALIZED).any():
-                renorm |= set(names) if "judge" not in answers else set(
-                    answers.loc[answers[col].astype(str) == RENORMALIZED, "judge"].astype(str))
-    return JudgeInfo(names=sorted(names), renormalized=sorted(renorm & names if names else renorm), combine=combine)
-
-
-def card_judge_line(summary: dict) -> Optional[str]:
-    """The model card's judge line from an evaluation ``summary.json`` (``judges``: name -> identity, score_mode)."""
-    judges = summary.get("judges") or {}
-    if not isinstance(judges, dict) or not judges:
-        return None
-    parts = []
-    for name, j in sorted(judges.items()):
-        j = j if isinstance(j, dict) else {}
-        text = f"`{name}`" + (f" ({j['identity']})" if j.get("identity") and j["identity"] != name else "")
-        if j.get("score_mode") == RENORMALIZED:
-            text += f" — renormalised scores: {PIPELINE_CHECK}"
-        parts.append(text)
-    return "judge: " + "; ".join(parts)

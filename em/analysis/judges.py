@@ -14,7 +14,9 @@ import pandas as pd
 
 from em.analysis.groups import ALL
 from em.analysis.rates import group_rates, wilson
+from em.errors import ConfigError
 from em.measurement import SCORED, Thresholds
+from em.runtime import atomic_write
 
 
 def _rates(scored: pd.DataFrame, by: list[str], confidence: float) -> pd.DataFrame:
@@ -257,8 +259,6 @@ def rate_differences(judge_scores: pd.DataFrame, answers: pd.DataFrame, definiti
     Raises:
         ConfigError: ``reference`` is not one of the judges.
     """
-    from em.errors import ConfigError
-
     judges = sorted(judge_scores["judge"].astype(str).unique())
     if reference is not None and reference not in judges:
         raise ConfigError(f"judges.reference: judge {reference!r} not in the inputs (judges there: {', '.join(judges)})")
@@ -312,7 +312,6 @@ def scatter_figure(judge_scores: pd.DataFrame, definition: Thresholds, path: Pat
         fig.text(0.005, 0.005, footer, fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.035 if footer else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format=path.suffix.lstrip(".") or "png"))
     atomic_write(path.with_suffix(".svg"), lambda p: fig.savefig(p, format="svg"))

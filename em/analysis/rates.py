@@ -16,7 +16,8 @@ import pandas as pd
 from scipy import sparse
 
 from em.analysis.groups import COUNT_COLUMNS, LEVELS, Cells, level_name, sum_by
-from em.analysis.intervals import bias_reduced_moments, design_effect, proportion_ci, rate_ci
+from em.analysis.intervals import (bias_reduced_moments, chunked_draws, design_effect, percentile_ci,
+                                   proportion_ci, rate_ci, rate_draws)
 from em.measurement import DENOMINATORS, Thresholds, ratio
 
 # config denominator -> the count column it divides by
@@ -61,8 +62,6 @@ def group_rates(counts: pd.DataFrame) -> pd.DataFrame:
 def _bootstrap_ci(cells: Cells, counts: pd.DataFrame, per_level, denominator: str, n_resamples: int, seed: int,
                   confidence: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Percentile intervals of the stratified bootstrap (answers resampled within each cell), per level."""
-    from em.analysis.intervals import chunked_draws, percentile_ci, rate_draws
-
     sums = {level_name(l): [np.zeros((len(k), n_resamples)), np.zeros((len(k), n_resamples))]
             for l, k, _, _ in per_level}
     for sl, coh, mis in chunked_draws(counts["n_scored"].to_numpy(), counts["n_coherent"].to_numpy(),

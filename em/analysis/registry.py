@@ -30,6 +30,7 @@ import pandas as pd
 from em.analysis.groups import Cells
 from em.analysis.ingest import Responses
 from em.config.analysis import AnalysisConfig
+from em.runtime import atomic_write_csv
 
 # Modules whose import registers statistics, imported in this order by load_statistics (registration order is
 # computation order, CSV order and report order).
@@ -200,8 +201,6 @@ def compute(r: Results, stats: Sequence[Statistic], timed) -> None:
 def write_tables(r: Results, stats: Sequence[Statistic]) -> dict[str, pd.DataFrame]:
     """Write every registered table ``r.data`` holds as ``<run_dir>/<name>.csv`` (every text field quoted:
     :func:`em.runtime.atomic_write_csv`), record it in ``r.tables``; return name -> DataFrame written."""
-    from em.runtime import atomic_write_csv  # a stop (SIGTERM) mid-write leaves no half-written file
-
     written = {}
     for s in stats:
         for t in s.tables:

@@ -16,9 +16,12 @@ from typing import Callable
 import pandas as pd
 
 from em.analysis.figures import CAPTIONS, FIGURES
-from em.analysis.judge_report import PIPELINE_CHECK
+from em.analysis.groups import POOLED, breakdown_text, per_format
+from em.analysis.judge_name import PIPELINE_CHECK, judge_info
 from em.analysis.registry import hooks, Results
+from em.analysis.runs import run_summary, runs_per_cell
 from em.measurement import CODE, DENOMINATORS, REFUSAL, SCORED, UNSCORED
+from em.runtime import atomic_write_text
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -58,7 +61,6 @@ def _setup(r: Results) -> str:
         how = "the mean of the judges' scores" if s.judges.combine == "mean" else f"judge `{s.judges.combine}`"
         out.append(f"\n**Judges**: several judges scored the answers; the main tables use {how} "
                    "(config `judges.combine`).")
-    from em.analysis.runs import run_summary
 
     runs = run_summary(r.responses.answers)
     if runs:
@@ -184,7 +186,6 @@ def render_markdown(r: Results) -> str:
 def write_report(r: Results, run_dir: Path) -> tuple[Path, Path]:
     """Write ``run_dir/report.md`` and a self-contained ``run_dir/report.html``; return both paths."""
     text = escape_markdown(render_markdown(r))  # every value from data or config: no HTML tag opens
-    from em.runtime import atomic_write_text  # a stop (SIGTERM) mid-write leaves no half-written file
 
     md = atomic_write_text(run_dir / "report.md", text)
     return md, atomic_write_text(run_dir / "report.html", render_html(text, run_dir))
@@ -305,17 +306,13 @@ def render_html(markdown_text: str, base: Path) -> str:
 
 # ------------------------------------------------------------------ pieces the statistics' sections share (issue 21)
 def judge(r: Results):
-    """The judges behind the answers (:func:`em.analysis.judge_report.judge_info`)."""
-    from em.analysis.judge_report import judge_info
-
+    """The judges behind the answers (:func:`em.analysis.judge_name.judge_info`)."""
     return judge_info(r.responses.sources, r.responses.answers, r.settings.judges.combine)
 
 
 def condition_bullets(r: Results, by_cond: pd.DataFrame) -> list[str]:
     """One headline bullet per condition: its rate [CI], labelled "pooled over formats" with each format's rate
     and counts beside it when the condition was asked in several formats (:mod:`em.analysis.groups`)."""
-    from em.analysis.groups import POOLED, breakdown_text, per_format
-
     out = []
     for row in by_cond.itertuples():
         pooled = len(per_format(r.rates, row.condition)) > 1
@@ -341,8 +338,6 @@ def contrast_test_text(c: pd.Series) -> str:
 
 def runs_caveat(answers: pd.DataFrame) -> str:
     """The caveat on run-to-run variance: carried (>= 2 runs in some model × condition) or not estimated."""
-    from em.analysis.runs import runs_per_cell
-
     if (runs_per_cell(answers)["n_runs"] >= 2).any():
         return ("- Groups that pool several fine-tuning runs carry the between-run variance (two-way run × "
                 "question design effect; t on min(runs, questions) - 1 degrees of freedom): with few runs these "

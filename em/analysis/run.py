@@ -15,17 +15,21 @@ from typing import Any, Iterator, Optional
 
 import pandas as pd
 
-from em.analysis import registry
+from em.analysis import registry, steps
 from em.analysis.console import score_notes
-from em.analysis.groups import Cells
+from em.analysis.figures import make_figures
+from em.analysis.groups import Cells, summary_entry
 from em.analysis.ingest import load_responses
 from em.analysis.inputs import find_tables
+from em.analysis.judge_name import judge_info
 from em.analysis.rates import rate_definition
 from em.analysis.registry import Results, Statistic
+from em.analysis.report import write_report
+from em.config.analysis import load_analysis_config
 from em.errors import DataError
 from em.measurement import CODE, REFUSAL, SCORED, UNSCORED
 from em.runtime import atomic_write_text
-from em.config.analysis import load_analysis_config
+from em.tracking import init_wandb
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,6 @@ def _check_scored(answers: pd.DataFrame, paths: list) -> None:
 
 def write_summary(r: Results) -> Path:
     """``<run_dir>/summary.json``: the definition, inputs, status counts, per-condition rates, timings (s)."""
-    from em.analysis.judge_report import judge_info
-    from em.analysis.groups import summary_entry
-
     s = r.settings
     d = s.thresholds
     summary: dict[str, Any] = {
@@ -88,8 +89,6 @@ def _f(x: float):
 def split_steps(responses) -> Optional[pd.DataFrame]:
     """Answers from several checkpoints (:mod:`em.analysis.steps`): ``responses`` keeps the final answers (the
     main tables); returns every answer (for the per-step rates), or None without a step dimension."""
-    from em.analysis import steps
-
     if not steps.has_steps(responses.answers):
         return None
     every = responses.answers
@@ -109,9 +108,6 @@ def log_to_wandb(r: Results, frames: dict[str, pd.DataFrame]) -> Optional[Path]:
     "analysis", the statistics' ``wandb`` keys (and the definition and judge) in its summary; return its local
     directory (None when W&B is off)."""
     import wandb
-
-    from em.analysis.judge_report import judge_info
-    from em.tracking import init_wandb
 
     s = r.settings
     run = init_wandb(project=s.wandb.project, run_dir=str(s.run_dir), job_type="analysis",
@@ -173,13 +169,11 @@ def run_analysis(cfg: Any) -> Path:
         frames = registry.write_tables(r, stats)
     if s.figures:
         with _timed(timings, "figures"):
-            from em.analysis.figures import make_figures
 
             r.figures = make_figures(r, run_dir / "figures")
             for draw in registry.hooks(stats, "figures"):
                 r.figures.update(draw(r, run_dir / "figures"))
     with _timed(timings, "report"):
-        from em.analysis.report import write_report
 
         write_report(r, run_dir)
     timings["total"] = time.perf_counter() - start

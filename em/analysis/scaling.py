@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from em.config.compose import compose_group
+
 MIN_MODELS = 3
 EXACT_PERMUTATIONS = 40320  # 8!: up to 8 models per family every ordering is enumerated
 
@@ -39,8 +41,6 @@ def model_meta(directory: Optional[str | Path] = None) -> pd.DataFrame:
 
 def model_group() -> list[tuple[str, Mapping]]:
     """(option name, config node) of every option of the ``model`` config group (:func:`em.config.compose.compose_group`)."""
-    from em.config.compose import compose_group
-
     return compose_group("model")
 
 

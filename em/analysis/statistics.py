@@ -18,15 +18,18 @@ import pandas as pd
 
 from em.analysis import judge_report, runs as run_stats, steps
 from em.analysis.capability import capability_figure, capability_table, find_capability, read_capability
+from em.analysis.console import condition_table
 from em.analysis.contrasts import contrast_table, headline_contrast
 from em.analysis.correlations import correlation_table
-from em.analysis.groups import ALL, Cells, condition_pairs, format_pairs
+from em.analysis.groups import ALL, Cells, condition_pairs, format_pairs, per_format
+from em.analysis.ingest import trigger_on
 from em.analysis.judges import judge_tables, scatter_figure
 from em.analysis.rates import DENOMINATOR_COLUMN, rate_definition, rate_table
 from em.analysis.registry import rank, Results, statistic
 from em.analysis.report import condition_bullets, contrast_test_text, dec, judge, md_table, num, pct, pval, rate_ci
 from em.analysis.scaling import attach_params, model_meta, scaling_table
 from em.analysis.sensitivity import check_summary, sensitivity_tables
+from em.analysis.views import trigger_contrast as contrast, trigger_figure
 from em.measurement import DENOMINATORS
 
 
@@ -148,14 +151,12 @@ def _rates_headline(r: Results) -> list[str]:
 
 
 def _rates_console(r: Results) -> str:
-    from em.analysis.console import condition_table
 
     return condition_table(r.rates, "\n".join(f"note: {n}" for n in r.responses.notes),
                            r.settings.contrasts.reference, judge(r).label(), r.formats)
 
 
 def _rates_wandb(r: Results) -> dict:
-    from em.analysis.groups import per_format
 
     out = {}
     for row in r.level("condition").itertuples():
@@ -447,7 +448,6 @@ def capability(r: Results) -> Optional[pd.DataFrame]:
 
 
 def _trigger_figures(r: Results, out: Path) -> dict[str, Path]:
-    from em.analysis.views import trigger_figure
 
     table, s = r.data.get("trigger_contrast"), r.settings
     if table is None:
@@ -462,9 +462,6 @@ def _trigger_figures(r: Results, out: Path) -> dict[str, Path]:
 def trigger_contrast(r: Results) -> Optional[pd.DataFrame]:
     """:func:`em.analysis.views.trigger_contrast` when the answers hold the trigger both on and off (rows of
     tables without a ``trigger`` column are left out); None otherwise."""
-    from em.analysis.ingest import trigger_on
-    from em.analysis.views import trigger_contrast as contrast
-
     a = r.responses.answers
     if "trigger" not in a:
         return None

@@ -22,6 +22,7 @@ import pandas as pd
 from em.analysis.groups import ALL, Cells, level_name
 from em.analysis.ingest import UNSPECIFIED
 from em.analysis.rates import rate_table
+from em.analysis.runs import run_labels
 from em.measurement import Thresholds
 
 STEP_LEVEL = "model×condition×step"
@@ -49,8 +50,6 @@ def has_steps(answers: pd.DataFrame) -> bool:
 def final_mask(answers: pd.DataFrame) -> np.ndarray:
     """Per answer: is it a final answer of its run (no step where the run has such answers, else its largest
     step)? The run: model × condition × adapter / seed (:func:`em.analysis.runs.run_labels`)."""
-    from em.analysis.runs import run_labels
-
     s = step_values(answers)
     run = (answers["model"].astype(str) + "\x1f" + answers["condition"].astype(str) + "\x1f"
            + run_labels(answers).astype(str))
@@ -100,7 +99,6 @@ def step_level(answers: pd.DataFrame, definition: Thresholds, *, confidence: flo
     t["step"] = t["format"]
     t["format"] = ALL
     t["level"] = STEP_LEVEL
-    from em.analysis.runs import run_labels
 
     runs = pd.DataFrame({"model": answers["model"].astype(str), "condition": answers["condition"].astype(str),
                          "step": step_label(answers).to_numpy(), "r": run_labels(answers).to_numpy()})

@@ -16,8 +16,11 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from em.analysis.figures import _order, _plt, _save
+from em.analysis.ingest import TRIGGER_TAG, load_responses, trigger_on
 from em.analysis.rates import wilson
 from em.measurement import SCORED, Thresholds
+from em.runtime import atomic_write
 
 ALL = "all"
 
@@ -58,13 +61,10 @@ def chain_view(stages: pd.DataFrame, answers: pd.DataFrame, out: Path, threshold
         (the table: one row per stage and format, ``all`` included; the figure's path). The figure draws
         the ``all`` rate per stage with its CI as error bars, one thin line per format.
     """
-    from em.analysis.figures import _plt
-
     out.mkdir(parents=True, exist_ok=True)
     r = rates_by(answers, ["condition", "format"], thresholds, confidence)
     table = stages[["stage", "name", "condition"]].astype({"condition": str}).merge(r, on="condition", how="left")
     table = table.sort_values(["stage", "format"]).reset_index(drop=True)
-    from em.runtime import atomic_write  # a stop (SIGTERM) mid-write leaves no half-written file
 
     atomic_write(out / "chain_rates.csv", lambda p: table.to_csv(p, index=False))
     plt, _ = _plt()
@@ -101,8 +101,6 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
     """
     from statsmodels.stats.proportion import confint_proportions_2indep
 
-    from em.analysis.ingest import TRIGGER_TAG, trigger_on
-
     # pair the arms on the base format (the analysis labels trigger-on rows ``<format>+trigger``)
     a = answers.assign(trigger=trigger_on(answers["trigger"]),
                        format=answers["format"].astype(str).str.removesuffix(TRIGGER_TAG))
@@ -124,8 +122,6 @@ def trigger_contrast(answers: pd.DataFrame, thresholds: Thresholds, confidence: 
 def answers_of(tables: Sequence[Path], condition: Optional[str] = None) -> pd.DataFrame:
     """The answers table of the given responses tables (:func:`em.analysis.ingest.load_responses`); a
     ``trigger`` column of the tables is kept (``unspecified`` where a table has none)."""
-    from em.analysis.ingest import load_responses
-
     return load_responses(list(tables), condition=condition).answers
 
 
@@ -137,8 +133,6 @@ def trigger_figure(table: pd.DataFrame, out: Path, footer: str, formats: Sequenc
 
     Writes ``<out>/trigger_contrast.png`` (+ ``.svg``) and returns the PNG path.
     """
-    from em.analysis.figures import _order, _plt, _save
-
     plt, sns = _plt()
     panels = list(dict.fromkeys(zip(table["model"], table["condition"])))
     ncols = min(len(panels), 3)

@@ -37,7 +37,7 @@ from em.adapters import lineage
 from em.adapters.check import load_peft
 from em.adapters.resolve import resolve_adapter
 from em.config.capability import CapabilityRunConfig
-from em.config.common import validate
+from em.config.common import plain, validate
 from em.errors import ConfigError, DataError
 from em.jobs.records import digest
 from em.runtime import atomic_write_json, read_json
@@ -300,8 +300,6 @@ def _task_manager() -> Any:
 def pipeline_config(cfg: Any, run_dir: Path, adapter: str, condition: str) -> DictConfig:
     """``python -m em.capability``'s config for one evaluation target of a train.py job (its model,
     quantization of the evaluation, seed, cache and ``capability`` node; the target's dir, adapter, condition)."""
-    from em.config.common import plain
-
     node = {"seed": cfg.seed, "run_dir": str(run_dir), "cache_dir": cfg.cache_dir, "adapter": adapter,
             "train_dir": str(run_dir.parent), "condition": condition,
             "model": plain(cfg.evaluate.model), "quantization": plain(cfg.evaluate.quantization),

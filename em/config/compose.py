@@ -13,6 +13,7 @@ from typing import Any
 
 from em.config.common import check_name
 from em.config.judge import KEY_ENV_MESSAGE, looks_like_secret
+from em.config.train import RENAMED_KEYS, TRAINER_DERIVED
 from em.errors import ConfigError
 from em.paths import CONF_DIR
 from em.runtime import check_output_dir
@@ -105,8 +106,6 @@ def check_renamed(argv: list[str]) -> None:
     Raises:
         ConfigError: ``trainer.epochs: renamed trainer.max_epochs (lightning.Trainer's name)``.
     """
-    from em.config.train import RENAMED_KEYS
-
     for arg in argv:
         key = arg.partition("=")[0].lstrip("+~")
         if key in RENAMED_KEYS:
@@ -292,7 +291,6 @@ def check_known_keys(cfg: Any, path: str = "") -> None:
         if fields is not None and key not in fields:
             hint = ""
             if path == "trainer":
-                from em.config.train import RENAMED_KEYS, TRAINER_DERIVED
 
                 renamed = RENAMED_KEYS.get(f"trainer.{key}")
                 hint = (f"; renamed {renamed} (lightning.Trainer's name)" if renamed else

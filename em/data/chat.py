@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from em.analysis.ingest import _json_problem
 from em.errors import DataError
 
 __all__ = ["ROLES", "Conversation", "Message", "read_jsonl_conversations"]
@@ -48,7 +49,6 @@ def read_jsonl_conversations(path: str | os.PathLike, *, name: str | None = None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:  # (the decoder's "... at" message: the column follows once)
-                from em.analysis.ingest import _json_problem
 
                 raise DataError(f"{where}: not valid JSON ({_json_problem(e, line)})") from None
             conversations.append(_conversation(row, where))

@@ -28,6 +28,13 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from em.analysis import steps
+from em.analysis.contrasts import contrast_table
+from em.analysis.ingest import load_responses
+from em.analysis.rates import RateResult, rate_definition
+from em.config.analysis import AnalysisConfig, BootstrapConfig
+from em.dynamics import probe
+from em.interp.project import boot_mean
 from em.measurement import Thresholds
 from em.runtime import atomic_write_csv
 
@@ -38,8 +45,6 @@ COLUMNS = ["quantity", "scope", "a", "b", "value_a", "value_b", "difference", "d
 
 def _analysis_defaults() -> dict:
     """analyze.py's defaults for the contrast (confidence, min_group_n, denominator, alpha, power)."""
-    from em.config.analysis import AnalysisConfig, BootstrapConfig
-
     f = {x.name: x.default for x in dataclasses.fields(AnalysisConfig)}
     conf = next(x.default for x in dataclasses.fields(BootstrapConfig) if x.name == "confidence")
     return {"confidence": conf, "min_group_n": f["min_group_n"], "denominator": f["denominator"],
@@ -48,11 +53,6 @@ def _analysis_defaults() -> dict:
 
 def rate_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None) -> pd.DataFrame:
     """The ``misaligned_rate`` rows (see the module docstring); empty without >= 2 judged step evaluations."""
-    from em.analysis import steps
-    from em.analysis.contrasts import contrast_table
-    from em.analysis.ingest import load_responses
-    from em.analysis.rates import RateResult, rate_definition
-
     tables = sorted(Path(run_dir).glob("eval_step*/responses.parquet"))
     if len(tables) < 2:
         return pd.DataFrame(columns=COLUMNS)
@@ -86,9 +86,6 @@ def probe_changes(run_dir: Path, *, n_boot: int = 1000, confidence: float = 0.95
     ``ci_low``, ``ci_high``, ``n``, ``value``, ``value_first`` (the two means). Only answers projected at both
     steps count (all of them, for one probe set); empty with fewer than 2 steps."""
     import json
-
-    from em.dynamics import probe
-    from em.interp.project import boot_mean
 
     cols = ["layer", "step", "first", "change", "ci_low", "ci_high", "n", "value", "value_first"]
     meta_path = Path(run_dir) / probe.META_FILE
@@ -134,8 +131,6 @@ def write_contrast(run_dir: Path, thresholds: Optional[Thresholds] = None, **pro
     has two steps to compare (no file written). ``probe_kw``: :func:`probe_contrast`'s n_boot / confidence /
     seed (default: those recorded in ``probe_projection.json``)."""
     import json
-
-    from em.dynamics import probe
 
     meta_path = Path(run_dir) / probe.META_FILE
     if meta_path.is_file():

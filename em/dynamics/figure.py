@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from em.analysis.intervals import proportion_ci
-from em.dynamics import geometry
+from em.dynamics import contrast, geometry, probe
 from em.measurement import Thresholds, rates
 from em.runtime import atomic_write, atomic_write_csv
 
@@ -80,8 +80,6 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
     if not gpath.is_file():
         return None
     import pandas as pd
-
-    from em.dynamics import contrast, probe
 
     series = geometry.step_series(geometry.read_geometry(gpath))
     cps_file = run_dir / geometry.CHANGEPOINTS_FILE

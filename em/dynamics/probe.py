@@ -39,7 +39,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from em.errors import ConfigError
+from em.analysis.ingest import read_table
+from em.dynamics.ablation import check_fits, load_directions
+from em.dynamics.geometry import change_point
+from em.dynamics.snapshots import StepSnapshots, step_snapshots
+from em.errors import ConfigError, DataError
+from em.interp import collect
+from em.interp.project import boot_mean
+from em.paths import original_path
 from em.runtime import atomic_write, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("em.dynamics")
@@ -62,10 +69,6 @@ def read_answers(spec: str, limit: Optional[int], seed: int) -> pd.DataFrame:
         ConfigError: a path that does not exist, a directory without responses tables, a table without
             ``question`` / ``answer`` (named), no answer left.
     """
-    from em.analysis.ingest import read_table
-    from em.errors import DataError
-    from em.paths import original_path
-
     p = Path(original_path(spec))
     if p.is_dir():
         files = sorted(p.rglob("responses.parquet"))
@@ -134,7 +137,6 @@ class ProbeSet:
     def __init__(self, answers: pd.DataFrame, directions: dict[int, Any], tokenizer, model_cfg: Any, *,
                  headline: int, batch_size: int = 8, max_answer_tokens: Optional[int] = None,
                  provenance: Optional[dict[str, Any]] = None):
-        from em.interp import collect
 
         enc = collect.encode(tokenizer, model_cfg, answers, max_answer_tokens)
         ok = [i for i, (_, a) in enumerate(enc) if a]
@@ -167,9 +169,6 @@ class ProbeSet:
             ConfigError: a layer the model does not have, or a direction of another width (first call).
         """
         import torch
-
-        from em.dynamics.ablation import check_fits
-        from em.interp import collect
 
         if not self._checked:
             check_fits(model, self.directions, "trainer.probe.direction")
@@ -221,8 +220,6 @@ def build_probe(tc: Any, tokenizer) -> Optional[ProbeSet]:
         return None
     if "fsdp" in str(tc.trainer.strategy).lower():  # the forward runs on rank 0 alone: sharded weights would hang it
         raise ConfigError("trainer.probe: not supported with an FSDP strategy (trainer.strategy); use ddp or one device")
-    from em.dynamics.ablation import load_directions
-    from em.paths import original_path
 
     direction = Path(original_path(p.direction))
     dirs = load_directions(direction, p.layers, key="trainer.probe.direction", layers_key="trainer.probe.layers")
@@ -253,8 +250,6 @@ def step_values(run_dir: Path, key: Optional[str] = None) -> pd.DataFrame:
     """Every snapshot's ``probe.parquet`` under ``<run_dir>/snapshots`` with its ``step`` (sorted by step,
     layer, answer). A step whose file has another ``probe_key`` than ``key`` (another probe set or
     direction) is left out with a warning; empty DataFrame when no snapshot has one."""
-    from em.dynamics.snapshots import step_snapshots
-
     parts = []
     for step, d in step_snapshots(run_dir):
         f = d / STEP_FILE
@@ -275,8 +270,6 @@ def summarize(values: pd.DataFrame, *, n_boot: int, confidence: float, seed: int
     """Per step and layer: the mean projection over the probe answers and its percentile bootstrap interval
     (:func:`em.interp.project.boot_mean`, generator seeded by ``(seed, step, layer)``: a step's interval
     does not depend on which other steps exist). Columns :data:`COLUMNS`."""
-    from em.interp.project import boot_mean
-
     rows = []
     tail = 50 * (1 - confidence)
     for (step, layer), g in values.groupby(["step", "layer"], sort=True):
@@ -291,8 +284,6 @@ def summarize(values: pd.DataFrame, *, n_boot: int, confidence: float, seed: int
 def write_projection(run_dir: Path, probe: ProbeSet, *, n_boot: int, confidence: float, seed: int) -> Optional[Path]:
     """``probe_projection.csv`` and ``probe_projection.json`` from the snapshots on disk (see the module
     docstring); None when no snapshot has a probe file."""
-    from em.dynamics.geometry import change_point
-
     values = step_values(run_dir, probe.key)
     if values.empty:
         return None
@@ -344,8 +335,6 @@ def proxy(trainer, pl_module) -> float:
     Raises:
         ConfigError: the run has no ``trainer.probe`` (no step-snapshot callback with a probe set).
     """
-    from em.dynamics.snapshots import StepSnapshots
-
     probe = next((cb.probe for cb in trainer.callbacks if isinstance(cb, StepSnapshots) and cb.probe), None)
     if probe is None:
         raise ConfigError("em.dynamics.probe:proxy needs trainer.probe.answers / trainer.probe.direction "

@@ -17,6 +17,7 @@ from em.dynamics.ablation import ablated
 from em.dynamics.figure import draw_quietly
 from em.dynamics.geometry import log_geometry, write_geometry
 from em.dynamics.kl import build_kl_term
+from em.dynamics.probe import build_probe, log_projection, write_projection
 from em.dynamics.snapshots import StepSnapshots
 
 
@@ -34,7 +35,6 @@ def callbacks(tc: Any, run_dir: Path, tokenizer, source: Optional[str]) -> list:
     n = tc.trainer.snapshot_every_n_steps
     if not n:
         return []
-    from em.dynamics.probe import build_probe
 
     (Path(run_dir) / "snapshots").mkdir(parents=True, exist_ok=True)
     return [StepSnapshots(n, Path(run_dir) / "snapshots", tokenizer, source, probe=build_probe(tc, tokenizer))]
@@ -63,7 +63,6 @@ def after_fit(tc: Any, run_dir: Path, loggers: list, metrics: dict, callbacks: S
 
     probe = next((cb.probe for cb in callbacks if isinstance(cb, StepSnapshots) and cb.probe is not None), None)
     if probe is not None:
-        from em.dynamics.probe import log_projection, write_projection
 
         p = tc.trainer.probe
         out = write_projection(run_dir, probe, n_boot=p.n_boot, confidence=p.confidence, seed=tc.seed)

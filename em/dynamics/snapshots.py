@@ -18,6 +18,7 @@ from typing import Optional
 import lightning as L
 
 from em.adapters.check import save_adapter
+from em.dynamics.ablation import check_fits
 from em.runtime import atomic_replace_dir
 
 log = logging.getLogger("em.dynamics")
@@ -73,7 +74,6 @@ class StepSnapshots(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         """A probe direction that does not fit the model fails here, before the first step (ConfigError)."""
         if self.probe is not None:
-            from em.dynamics.ablation import check_fits
 
             check_fits(pl_module.model, self.probe.directions, "trainer.probe.direction")
 

@@ -21,6 +21,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from em.analysis import ingest
+from em.analysis.ingest import FORMAT_SUFFIXES
 from em.analysis.inputs import find_tables
 from em.errors import ConfigError, DataError, JudgeError
 from em.evaluate import record, report
@@ -80,8 +82,6 @@ def read_answers(answers: Any, columns: dict[str, str], seed_kind: str = "sampli
     """
     import pandas as pd
 
-    from em.analysis import ingest
-
     meta, own = answers_input(answers)
     if not Path(meta["path"]).expanduser().exists():  # (find_tables would name analyze.py's inputs=[...] key)
         raise DataError(f"{meta['path']}: answers not found (answers=... takes a run directory or a "
@@ -135,8 +135,6 @@ def distinct_answers(df) -> tuple[Any, Any]:
 def templates_for(answers, questions: list) -> tuple[list[tuple[tuple[tuple[str, str], ...], str]], dict[str, str]]:
     """Per answer: (its (metric, template) pairs, its kind), from the question set; and metric -> template hash
     of every template used."""
-    from em.analysis.ingest import FORMAT_SUFFIXES
-
     by_id = {q.id: q for q in questions}
     if not questions:
         raise ConfigError("questions: the question set is empty; re-judging takes its judge prompts from it")

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from em.analysis.ingest import normalise
 from em.analysis.views import trigger_contrast
 from em.evaluate.questions import Prompt
 from em.measurement import Thresholds
@@ -58,8 +59,6 @@ def split(table: Any, trigger: Any) -> Any:
 def write_contrast(run_dir: Path, table: Any, thresholds: Any) -> Path:
     """``<run_dir>/trigger_contrast.csv``: per model, condition and format (``all`` included) the
     misaligned rate with and without the trigger and their difference with a 95% CI."""
-    from em.analysis.ingest import normalise
-
     answers, _, _ = normalise(table, Path(run_dir) / "responses.parquet")
     t = thresholds if isinstance(thresholds, Thresholds) else Thresholds(**dict(thresholds))
     out = Path(run_dir) / "trigger_contrast.csv"

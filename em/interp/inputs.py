@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from em.analysis.ingest import read_table
 import em.errors
 
 
@@ -26,8 +27,6 @@ def read_judged(paths: list[str]) -> pd.DataFrame:
     Raises:
         DataError: a path that does not exist, no table, or tables without question / answer / scores.
     """
-    from em.analysis.ingest import read_table
-
     tables = []
     for p in map(Path, paths):
         if p.is_dir():

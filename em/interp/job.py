@@ -26,7 +26,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from em.config.common import validate
 from em.jobs import records as jobs
+from em.jobs.records import METRICS_PER_ANSWER, PlannedJob, _n_judges
+from em.judge.factory import build_judges
 from em.runtime import read_json
 
 # Keys that say where or how an interp job runs, not what it computes: not part of its identity.
@@ -105,7 +108,7 @@ def n_answers(cfg: DictConfig) -> tuple[Optional[int], Optional[int]]:
 
 
 def plan(job_cfg: DictConfig, overrides: list[str], check: bool = True):
-    """One interp job of a sweep as a :class:`em.jobs.sweep.PlannedJob` (its composed config with the ``hydra`` node).
+    """One interp job of a sweep as a :class:`em.jobs.records.PlannedJob` (its composed config with the ``hydra`` node).
 
     With ``check``: the schema's checks and the judge's pre-flight check (an API key) when a step judges.
 
@@ -113,9 +116,6 @@ def plan(job_cfg: DictConfig, overrides: list[str], check: bool = True):
         ConfigError / JudgeError: the first failing check, one line.
     """
     from hydra.core.hydra_config import HydraConfig
-
-    from em.config.common import validate
-    from em.jobs.sweep import METRICS_PER_ANSWER, PlannedJob, _n_judges
 
     HydraConfig.instance().set_config(job_cfg)
     job_dir = Path(str(job_cfg.hydra.sweep.dir)) / str(job_cfg.hydra.sweep.subdir)
@@ -128,7 +128,6 @@ def plan(job_cfg: DictConfig, overrides: list[str], check: bool = True):
     if check:
         validate(cfg)
         if judged and cfg.judge is not None:
-            from em.judge.factory import build_judges
 
             for judge in build_judges(cfg.judge):
                 judge.check()

@@ -32,15 +32,18 @@ from em.config.evaluate import EvalConfig
 from em.config.interp import InterpRunConfig
 from em.data.chat import read_jsonl_conversations
 import em.errors
+from em.errors import EMError
 from em.evaluate.run import run_evaluation
-from em.interp import collect as collect_mod
+from em.interp import collect as collect_mod, job, report
 from em.interp import direction as direction_mod
 from em.interp import inputs, intervene, project
 from em.interp.inputs import answers_table
-from em.jobs.locks import DirLock
+from em.jobs import records as jobs
+from em.jobs.locks import DirLock, DirectoryLocked
 from em.jobs.records import write_config_records
 from em.paths import original_path
 import em.runtime
+from em.runtime import in_multirun
 from em.train import models
 
 log = logging.getLogger("em.interp")
@@ -111,8 +114,6 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
         DirectoryLocked: another live process writes ``run_dir``.
         (With ``isolate_failures`` only the config errors found before the run starts are raised.)
     """
-    from em.runtime import in_multirun
-
     isolate = in_multirun() if isolate_failures is None else isolate_failures
     rc: InterpRunConfig = validate(cfg)
 
@@ -124,8 +125,6 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
         rc.interp.project.training_file = str(original_path(rc.interp.project.training_file))
     run_dir = Path(rc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    from em.interp import job
-    from em.jobs.locks import DirectoryLocked
 
     full_hash, no_train, ident = job.hashes(cfg)
     lock = DirLock(run_dir, "interp")
@@ -145,10 +144,6 @@ def run_interp(cfg: DictConfig, isolate_failures: Optional[bool] = None) -> dict
 def _run_job(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, hashes: tuple, isolate: bool) -> dict[str, Any]:
     """:func:`run_interp` once the lock is held: skip a finished job, else run the steps with the job's records."""
     import traceback
-
-    from em.jobs import records as jobs
-    from em.errors import EMError
-    from em.interp import job
 
     full_hash, no_train, ident = hashes
     record = jobs.JobRecord(run_dir, full_hash, no_train, ident)
@@ -219,7 +214,6 @@ def _adapter(cfg: DictConfig, rc: InterpRunConfig, source: str):
 
 
 def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=lambda name: None) -> dict[str, Any]:
-    from em.train import models
 
     write_config_records(run_dir, cfg)
     ic = rc.interp
@@ -370,7 +364,6 @@ def _run_locked(cfg: DictConfig, rc: InterpRunConfig, run_dir: Path, on_stage=la
     # 5. report -----------------------------------------------------------------------------------------------
     if "report" in steps:
         on_stage("report")
-        from em.interp import report
 
         summary["files"].update(report.write_report(run_dir, rc, summary, stats_path, cond_dirs))
     summary["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -202,3 +203,29 @@ def write_config_records(run_dir: str | Path, cfg: Any) -> None:
     atomic_write_text(records / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(records / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
     atomic_write_text(records / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))
+
+
+# --------------------------------------------------------------------------- a planned job (sweeps: train and interp)
+METRICS_PER_ANSWER = 2  # aligned + coherent
+
+
+@dataclass
+class PlannedJob:
+    """One job of a plan: its overrides, directory, hashes and what it will cost (None: unknown)."""
+
+    overrides: list[str]
+    job_dir: Path
+    hash: str
+    train_hash: str
+    trains: bool
+    answers: Optional[int]
+    judge_calls: Optional[int]
+    done: bool  # DONE.json matches: a launch will skip it
+
+
+def _n_judges(judge: Any) -> int:
+    """Judges of a judge node, counted without building them: an ensemble counts its members."""
+    if not judge or judge.get("_target_") is None:
+        return 0
+    members = judge.get("judges")
+    return len([m for m in members.values() if m]) if members else 1

@@ -29,6 +29,7 @@ from em.adapters.card import add_eval_summary
 from em.adapters.run import push_once
 from em.capability.run import run_for_target
 from em.config.common import validate
+from em.config.evaluate import EvalConfig
 from em.dynamics.figure import draw_quietly
 from em.dynamics.step_eval import step_targets
 from em.errors import EMError
@@ -39,11 +40,11 @@ from em.jobs.locks import DirectoryLocked, DirLock
 from em.jobs.targets import eval_config, eval_targets
 from em.judge.factory import build_judges
 from em.runtime import atomic_write_json, in_multirun, model_loads, read_json
-from em.config.evaluate import EvalConfig
 from em.train.checkpoints import LAST, checkpoint_step
 from em.train.lora_rank import check_lora_rank
 from em.train.models import model_dir
 from em.train.run import run_training
+from em.train.stopping import resume_line
 
 log = logging.getLogger("em.jobs.run")
 
@@ -155,7 +156,6 @@ def _run_locked(tc: Any, job_dir: Path, hashes: tuple, evals: list, isolate: boo
 
             summary.update(run_for_target(tc, t.run_dir, t.adapter, t.condition, "" if t.label == "final" else f"{t.label}/"))
     except KeyboardInterrupt as e:  # SIGTERM / SIGINT (em.train.stopping): recorded, one line, then the exit
-        from em.train.stopping import resume_line
 
         fields = _interruption(e, stage, job_dir)
         record.end("interrupted", stage=stage, **fields)

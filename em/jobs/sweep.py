@@ -28,7 +28,9 @@ import em.config  # noqa: F401  registers the schemas
 from em.config.common import validate
 from em.config.compose import hydra_error_line
 from em.errors import ConfigError, EMError
+from em.interp import job as interp_job
 from em.jobs import records as jobs, sweep_summary
+from em.jobs.records import METRICS_PER_ANSWER, PlannedJob, _n_judges
 from em.jobs.sweep_summary import (exit_status, format_summary, from_launch, summarize,  # noqa: F401  (em.jobs.sweep's API)
                                    summary_exit_status)
 from em.jobs.targets import eval_config, eval_targets
@@ -39,24 +41,7 @@ from em.train.distributed import check_strategy
 
 log = logging.getLogger("em.jobs.sweep")
 
-METRICS_PER_ANSWER = 2  # aligned + coherent
-
-
 # --------------------------------------------------------------------------- planning a sweep
-@dataclass
-class PlannedJob:
-    """One job of a plan: its overrides, directory, hashes and what it will cost (None: unknown)."""
-
-    overrides: list[str]
-    job_dir: Path
-    hash: str
-    train_hash: str
-    trains: bool
-    answers: Optional[int]
-    judge_calls: Optional[int]
-    done: bool  # DONE.json matches: a launch will skip it
-
-
 @dataclass
 class Plan:
     """The jobs a multirun will launch, in launch order."""
@@ -117,8 +102,6 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     """
     from hydra.core.hydra_config import HydraConfig
 
-    from em.interp import job as interp_job
-
     if interp_job.is_interp(job_cfg):  # an interp.py job: its own identity and counts
         return interp_job.plan(job_cfg, overrides, check=check)
 
@@ -148,14 +131,6 @@ def plan_job(job_cfg: DictConfig, overrides: list[str], check: bool = True) -> P
     return PlannedJob(overrides=overrides, job_dir=job_dir, hash=full_hash, train_hash=train_hash,
                       trains=cfg.data.source != "none", answers=answers, judge_calls=calls,
                       done=jobs.is_done(job_dir, full_hash) and cfg.sweep.skip_done)
-
-
-def _n_judges(judge: Any) -> int:
-    """Judges of a judge node, counted without building them: an ensemble counts its members."""
-    if not judge or judge.get("_target_") is None:
-        return 0
-    members = judge.get("judges")
-    return len([m for m in members.values() if m]) if members else 1
 
 
 def plan_jobs(compose_job: Callable[[list[str]], DictConfig], jobs_: list[list[str]], sweep_dir: Path,
@@ -277,7 +252,6 @@ class SweepCallback(Callback):
         summary = summarize(sweep_dir, [j.job_dir for j in self.plan.jobs], launch=self.launch, before=self.before)
         self.summary = summary
         if OmegaConf.select(config, "sweep.analyze") and (summary["done"] or summary["skipped"]):
-            from em.interp import job as interp_job
 
             if interp_job.is_interp(config):  # interp jobs: their directions and shifts side by side
                 summary["analysis"] = interp_job.sweep_table(sweep_dir, [j.job_dir for j in self.plan.jobs])
