@@ -163,8 +163,10 @@ def write_figure(run_dir: Path, thresholds: Optional[Thresholds] = None) -> Opti
 def _contrast_note(axis, contrasts, quantity: str) -> None:
     """Write "last - first: difference [interval]" of ``quantity``'s contrast rows into ``axis``."""
     rows = contrasts[contrasts["quantity"] == quantity]
-    lines = [f"{r.a} - {r.b}: {r.difference:+.3g} [{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}]"
-             + (f" ({r.scope})" if len(rows) > 1 else "") for r in rows.itertuples(index=False)]
+    lines = [f"{r.a} - {r.b}: {r.difference:+.3g} [{r.diff_ci_low:+.3g}, {r.diff_ci_high:+.3g}], n {r.n_a} vs {r.n_b}"
+             + (f" ({r.scope})" if len(rows) > 1 else "")
+             + ("" if str(r.status) == "tested" else f"; {str(r.status).split(':')[0]}")  # e.g. too few coherent answers
+             for r in rows.itertuples(index=False)]
     if lines:
         axis.text(0.01, 0.97, "\n".join(lines), transform=axis.transAxes, fontsize=7, va="top", ha="left",
                   bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
