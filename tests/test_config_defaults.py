@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
@@ -111,11 +112,15 @@ def test_reference_judge_id_is_written_once():
     are data in the upstream format, whose per-question ``judge`` field records the authors' judge."""
     from em.config.judge import REFERENCE_JUDGE_MODEL, OpenAIBatchJudgeSchema, OpenAIJudgeSchema
 
-    em_dir = CONF_DIR.parent
-    files = [p for p in em_dir.rglob("*") if p.suffix in (".py", ".yaml", ".yml") and "question_sets" not in p.parts]
-    hits = [(p.relative_to(em_dir).as_posix(), m.start()) for p in files
+    import em
+
+    # the package and its config (conf/ at the repository root, shipped as em.conf): code and config only
+    roots = {"em": Path(em.__file__).parent, "conf": CONF_DIR}
+    files = [(name, p) for name, root in roots.items() for p in sorted(root.rglob("*"))
+             if p.suffix in (".py", ".yaml", ".yml") and "question_sets" not in p.parts]
+    hits = [(f"{name}/{p.relative_to(roots[name]).as_posix()}", m.start()) for name, p in files
             for m in re.finditer(re.escape(REFERENCE_JUDGE_MODEL), p.read_text(encoding="utf-8"))]
-    assert [h[0] for h in hits] == ["schemas/judge.py"], hits
+    assert [h[0] for h in hits] == ["em/config/judge.py"], hits
     assert OpenAIJudgeSchema().model == OpenAIBatchJudgeSchema().model == REFERENCE_JUDGE_MODEL
     for option in ("openai", "openai_batch"):
         assert compose_train([f"judge={option}"]).judge.model == REFERENCE_JUDGE_MODEL

@@ -111,15 +111,15 @@ class ProbeConfig:
             ``layers``.
     """
 
-    answers: Optional[str] = None  # responses table (parquet / csv / jsonl: question, answer[, system]) or a run dir
-    direction: Optional[str] = None  # directions.safetensors (unit.L per layer), as em's interp stage writes it
-    layers: Optional[list[int]] = None  # layers projected (null: every layer in the file)
-    layer: Optional[int] = None  # the headline / proxy layer (null: best held-out AUC beside the file, else middle)
-    limit: Optional[int] = 64  # probe answers kept (a seeded subset of the distinct ones); null: all
-    batch_size: int = 8  # answers per forward pass
-    max_answer_tokens: Optional[int] = 64  # answers cut at this many tokens
-    n_boot: int = 1000  # bootstrap resamples of the probe answers (interval of each mean)
-    confidence: float = 0.95
+    answers: Optional[str] = field(default=None, metadata={"help": 'responses table (parquet / csv / jsonl: question, answer[, system]) or a run dir'})
+    direction: Optional[str] = field(default=None, metadata={"help": "directions.safetensors (unit.L per layer), as em's interp stage writes it"})
+    layers: Optional[list[int]] = field(default=None, metadata={"help": 'layers projected (null: every layer in the file)'})
+    layer: Optional[int] = field(default=None, metadata={"help": 'the headline / proxy layer (null: best held-out AUC beside the file, else middle)'})
+    limit: Optional[int] = field(default=64, metadata={"help": 'probe answers kept (a seeded subset of the distinct ones); null: all'})
+    batch_size: int = field(default=8, metadata={"help": 'answers per forward pass'})
+    max_answer_tokens: Optional[int] = field(default=64, metadata={"help": 'answers cut at this many tokens'})
+    n_boot: int = field(default=1000, metadata={"help": 'bootstrap resamples of the probe answers (interval of each mean)'})
+    confidence: float = field(default=0.95, metadata={"help": "the bootstrap interval's confidence level"})
 
     def __post_init__(self) -> None:
         require(bool(self.answers) == bool(self.direction), "trainer.probe",
