@@ -107,3 +107,23 @@ def test_sweep_summary_names_the_process_holding_a_job_directory(tmp_path):
         holder.wait()
     assert f"locked by pid {holder.pid} " in s["failed"][0]["error"]
     assert "0 done, 0 skipped, 1 failed" in format_summary(s)
+
+
+def test_two_analyses_in_one_directory_second_is_refused(tmp_path):
+    """A second analyze.py into a directory another analysis holds: one line naming the holder, exit 2, no table
+    written (before: both ran and mixed one run's summary with the other's inputs.csv)."""
+    run_dir = tmp_path / "analysis"
+    table = tmp_path / "answers.csv"
+    table.write_text("question_id,answer,aligned,coherent\nq1,a,10,90\nq1,b,90,90\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([sys.executable, "analyze.py", f"inputs=[{table}]", f"hydra.run.dir={run_dir}"], cwd=REPO,
+                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"pid {holder.pid}" in errors[0] and "being written" in errors[0], r.stderr
+    assert not (run_dir / "rates.csv").exists() and not (run_dir / "report.md").exists()

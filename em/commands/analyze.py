@@ -16,8 +16,6 @@ from em.commands import run_main
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Run the analysis of the composed config; bad input prints one line (exit 2)."""
-    from em.analysis.run import run_analysis
-
     from em.quiet import configure
 
     configure(quiet=bool(cfg.get("quiet")), verbose=bool(cfg.get("verbose")), progress=cfg.get("progress", True))
@@ -25,7 +23,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         with handle_signals():  # SIGTERM / SIGINT: one line, exit 128 + signal; every file written is whole
-            run_main(run_analysis, cfg)
+            run_main(_locked, cfg)
     except KeyboardInterrupt as e:
         from em.runtime import in_multirun
 
@@ -35,6 +33,16 @@ def main(cfg: DictConfig) -> None:
               f"{resume_line(None, in_multirun(), note='every analysis runs again').removeprefix('resume: ')}",
               file=sys.stderr, flush=True)
         sys.exit(getattr(e, "exit_code", 130))
+
+
+def _locked(cfg: DictConfig):
+    """``run_analysis`` holding the run directory's lock: a second analysis into the same directory at once is
+    refused in one line (exit 2) instead of mixing its tables with the first one's."""
+    from em.analysis.run import run_analysis
+    from em.jobs.locks import DirLock
+
+    with DirLock(cfg.run_dir, "analysis"):
+        return run_analysis(cfg)
 
 
 def cli() -> None:

@@ -109,7 +109,7 @@ class InterpConfig:
 
     name: str = field(default=MISSING, metadata={"help": "the recipe's name (its file under conf/interp/)"})
     steps: list[str] = field(default_factory=lambda: list(STEPS), metadata={"help": (
-        "the steps run, in order (collect, direction, project, steer, ablate)")})
+        "the steps run, in order (collect, direction, project, steer, ablate, report)")})
     batch_size: int = field(default=8, metadata={"help": "answers per teacher-forced forward (collect)"})
     max_answer_tokens: Optional[int] = field(default=256, metadata={"help": (
         "answer tokens kept per teacher-forced forward; null: all")})

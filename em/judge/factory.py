@@ -30,12 +30,13 @@ def build_judges(node: Any) -> list[Judge]:
         return []
     import hydra
     from hydra.errors import InstantiationException
-    from omegaconf import OmegaConf
-
+    from omegaconf import DictConfig, OmegaConf
 
     if dataclasses.is_dataclass(node):  # a schema object of a validated config: checked already, built as it is
         node = OmegaConf.structured(node)
     else:  # a composed node (or a plain one): typed and checked here
+        if not isinstance(node, DictConfig):  # a plain mapping (an Any field of a validated config): a node again
+            node = OmegaConf.create(node)
         try:
             node = typed(node)
         except Exception as e:  # omegaconf: an unknown key or a wrong type, with the key
