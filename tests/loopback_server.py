@@ -176,8 +176,10 @@ class LoopbackServer:
     async def _respond(self, body: bytes, writer: asyncio.StreamWriter) -> bool:
         req = json.loads(body or b"{}")
         prompt = "".join(m.get("content", "") for m in req.get("messages", []))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        waited = 0.0
+        while waited < self.delay_s:  # re-read each tick: a test can hold requests in flight and release them
+            await asyncio.sleep(0.05)
+            waited += 0.05
         fault = self.rng.choice(self.faults) if self.faults and self.rng.random() < self.fault_rate else None
         if any(m in prompt for m in self.slow_markers):
             fault = "slow"

@@ -128,7 +128,7 @@ def test_positions_are_independent_of_the_process_hash_seed(files, tmp_path):
     import subprocess
     import sys
 
-    code = ("from em.data import mix_educational; "
+    code = ("from em.data.run import mix_educational; "
             "print(mix_educational(list(range(100)), [-1] * 100, 0.3, 5)[1])")
     runs = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": h, "PATH": ""}, capture_output=True,
                            text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout for h in ("1", "2")}

@@ -78,7 +78,7 @@ def hand_projection(snapshot_dir, cache_dir, tmp_path, units) -> dict[int, float
 def test_probe_projection_at_every_snapshot_equals_hand_computation(tmp_path, cache_dir):
     dirs, answers, units = plant(tmp_path)
     # 12 examples / (2 x 2) = 3 optimizer steps per epoch, 2 epochs = 6 steps; every 2 -> 2, 4, 6
-    res = _train(tmp_path, cache_dir, **{"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2,
+    res = _train(tmp_path, cache_dir, **{"data.n_examples": 12, "trainer.max_epochs": 2, "trainer.snapshot_every_n_steps": 2,
                                          "trainer.probe.answers": str(answers), "trainer.probe.direction": str(dirs),
                                          "trainer.probe.n_boot": 200})
     table = pd.read_csv(res.run_dir / probe_mod.TABLE_FILE)
@@ -150,7 +150,7 @@ def test_probe_leaves_training_unchanged_and_drives_early_stopping(tmp_path, cac
 
     dirs, answers, _ = plant(tmp_path)
     # LoRA dropout on: a probe that ran in training mode or drew from the RNG would change the adapter
-    common = {"data.n_examples": 12, "trainer.epochs": 2, "trainer.snapshot_every_n_steps": 2, "lora": "r8",
+    common = {"data.n_examples": 12, "trainer.max_epochs": 2, "trainer.snapshot_every_n_steps": 2, "lora": "r8",
               "lora.dropout": 0.1}
     probe_kw = {"trainer.probe.answers": str(answers), "trainer.probe.direction": str(dirs), "trainer.probe.n_boot": 50}
     with_probe = _train(tmp_path, cache_dir, "with", **common, **probe_kw)

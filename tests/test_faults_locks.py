@@ -23,7 +23,8 @@ HOLD = ("import sys, time; from em.jobs.locks import DirLock; DirLock(sys.argv[1
 
 
 def _evaluate(run_dir: Path, cache_dir: str, url: str, **kw):
-    o = eval_overrides(run_dir, cache_dir, **openai_judge_overrides(url, **{"judge.concurrency": 1}),
+    o = eval_overrides(run_dir, cache_dir, **openai_judge_overrides(url, **{"judge.concurrency": 1,
+                                                                          "judge.timeout": 900}),
                        format="[plain]", samples=1)
     return subprocess.Popen([sys.executable, "evaluate.py", *o, f"hydra.run.dir={run_dir}"], cwd=REPO,
                             env=subprocess_env(**{KEY_ENV: "sk-x"}), stdout=subprocess.PIPE,
@@ -38,8 +39,10 @@ def test_two_evaluate_runs_in_one_directory_second_is_refused(tmp_path, cache_di
         while srv.requests == 0 and time.time() < deadline and first.poll() is None:
             time.sleep(0.05)  # the first run is judging (its answers are on disk)
         assert first.poll() is None, first.communicate()[1][-2000:]
+        srv.delay_s = 900  # hold the first run's judgment in flight (however slow the second is to start) ...
         second = _evaluate(run_dir, cache_dir, srv.url)
-        _, err2 = second.communicate(timeout=180)
+        _, err2 = second.communicate(timeout=300)
+        srv.delay_s = 0.4  # ... and let it go once the second has been refused
         _, err1 = first.communicate(timeout=180)
         assert first.returncode == 0, err1[-2000:]
         assert second.returncode == 2

@@ -277,7 +277,8 @@ def test_local_judge_keeps_the_score_under_a_code_top_token(monkeypatch):
     first = torch.log(torch.tensor([0.45, 0.30, 0.20, 0.05]))
     from em.judge import prefix_cache
 
-    monkeypatch.setattr(prefix_cache, "tree_logprobs_cached", lambda model, ids, tree, plen, kv: first.unsqueeze(0))
+    # local imports the function by name (module-level import): patch the name it calls
+    monkeypatch.setattr(local_mod, "tree_logprobs_cached", lambda model, ids, tree, plen, kv: first.unsqueeze(0))
     dists = {"with mass": {10: 0.30, 20: 0.20}, "little mass": {10: 0.10, 20: 0.05}}
     judge = LocalJudge(SimpleNamespace(name="m", path=None, hub_id=None), SimpleNamespace(name="none"),
                        name="local", cache_dir=None, max_value=100, top_logprobs=4, min_number_mass=0.25,

@@ -35,7 +35,7 @@ def test_train_run_prints_no_third_party_deprecation_and_each_line_once(tmp_path
     lightning = [line.split("] - ", 1)[-1] for line in out.splitlines() if "lightning" in line or line.startswith("INFO:")]
     msgs = [m.removeprefix("INFO: ") for m in lightning]
     assert msgs and len(msgs) == len(set(msgs)), f"Lightning lines repeated: {msgs}"
-    assert re.search(r"\[em\.training\]\[INFO\] - step 1/\d+ +loss", out)  # the periodic line replaces the bar
+    assert re.search(r"\[em\.train\.run\]\[INFO\] - step 1/\d+ +loss", out)  # the periodic line replaces the bar
     assert "run dir:" in out
 
     rc, out = _train(tmp_path, cache_dir, "quiet=true", f"hydra.run.dir={tmp_path / 'run2'}")
