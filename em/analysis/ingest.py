@@ -29,7 +29,7 @@ import pandas as pd
 from em import measurement
 from em.analysis.inputs import TableInput, swept_labels
 from em.analysis.nested import read_nested
-from em.errors import ConfigError, DataError
+from em.errors import ConfigError, DataError, _json_problem
 from em.measurement import SPECIALS, STATUSES, UNSCORED, answer_status, special_scored
 
 log = logging.getLogger("em.analysis")
@@ -91,18 +91,6 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise DataError(f"{path}:{i}: a JSONL record must be an object, got {type(obj).__name__}")
             records.append(obj)
     return pd.DataFrame.from_records(records)
-
-
-def _json_problem(e: ValueError, text: str) -> str:
-    """What is wrong with one JSONL line, placed by column only (the line is the file's; the decoder's own
-    "line 1 column 17 (char 16)" would read as a second line number)."""
-    if not isinstance(e, json.JSONDecodeError):
-        return str(e)
-    head = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Unterminated string starting at": the column follows
-    if e.pos >= len(text.rstrip()):
-        return f"{head} at the end of the line: the record is cut short"
-    cut = ": the record is cut short" if e.msg.startswith("Unterminated string") else ""
-    return f"{head} at column {e.colno}{cut}"
 
 
 def _read_json(path: Path) -> pd.DataFrame:
