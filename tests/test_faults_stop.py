@@ -149,6 +149,8 @@ def test_sigint_in_a_sweep_job_exits_130_and_the_summary_says_interrupted(tmp_pa
     summary = json.loads((sw / "sweep_summary.json").read_text())
     assert [Path(i["job_dir"]).name for i in summary["interrupted"]] == ["tiny_synthetic_s0"]
     assert "1 interrupted" in r.stdout and "INTERRUPTED" in r.stdout
+    # the job the stopped sweep never reached is "not started", not failed
+    assert [Path(i["job_dir"]).name for i in summary["not_started"]] == ["tiny_synthetic_s1"] and not summary["failed"]
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> None:

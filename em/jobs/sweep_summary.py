@@ -37,7 +37,8 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], launch: Optional[str] = Non
     (:func:`from_launch`: launch ids and record contents, no wall-clock comparison).
 
     A job whose judgments failed is failed (``judge_failures``: how many; ``judge_failed``: how many such jobs).
-    An interrupted job (SIGTERM / SIGINT) is listed under ``interrupted`` with its stage, step and signal."""
+    An interrupted job (SIGTERM / SIGINT) is listed under ``interrupted`` with its stage, step and signal; the
+    jobs such a stopped launch never started are ``not_started`` (not failed: the exit status is the signal's)."""
     out: dict[str, Any] = {"sweep_dir": str(sweep_dir), "done": [], "skipped": [], "failed": [], "interrupted": []}
     for d in job_dirs:
         rec = jobs.read_job(d)
@@ -59,6 +60,10 @@ def summarize(sweep_dir: Path, job_dirs: list[Path], launch: Optional[str] = Non
             if rec.get("judge_failures"):
                 entry["judge_failures"] = rec["judge_failures"]
             out["failed"].append(entry)
+    # a stopped launch (SIGTERM / SIGINT) never started the jobs after the interrupted one: not failed, not started
+    out["not_started"] = [f for f in out["failed"] if out["interrupted"] and f["error"].startswith("did not start")
+                          and "locked by" not in f["error"]]
+    out["failed"] = [f for f in out["failed"] if f not in out["not_started"]]
     out["judge_failed"] = sum(bool(f.get("judge_failures")) for f in out["failed"])
     return out
 
@@ -67,10 +72,13 @@ def format_summary(s: dict[str, Any]) -> str:
     """The summary printed at the end of a multirun: a line of counts, one per failure or failed push, the analysis."""
     lines = [f"sweep {s['sweep_dir']}: {len(s['done'])} done, {len(s['skipped'])} skipped, {len(s['failed'])} failed"
              + (f", {len(s['interrupted'])} interrupted" if s.get("interrupted") else "")
+             + (f", {len(s['not_started'])} not started" if s.get("not_started") else "")
              + (f" ({s['judge_failed']} with failed judgments: a relaunch asks them again)" if s.get("judge_failed") else "")]
     lines += [f"  INTERRUPTED {i['job_dir']}: {i.get('signal')} in {i.get('stage')}"
               + (f" at step {i['step']}" if i.get("step") is not None else "") + "; a relaunch resumes it"
               for i in s.get("interrupted", [])]
+    lines += [f"  NOT STARTED {f['job_dir']}: the launch was interrupted before it; a relaunch runs it"
+              for f in s.get("not_started", [])]
     lines += [f"  FAILED {f['job_dir']}: {f.get('stage') or ''}{': ' if f.get('stage') else ''}{f['error']}" for f in s["failed"]]
     lines += [f"  PUSH FAILED {j['job_dir']}: {j['push'].get('error')}" for j in s["done"] + s["skipped"]
               if (j.get("push") or {}).get("state") == "failed"]  # the job's results stand; a relaunch retries
