@@ -76,6 +76,24 @@ class RedactCredentials(logging.Filter):
         return True
 
 
+def sweep_cli(config_name: str, app: Callable[[], Any], exit_status: Callable[[Any], Any]) -> None:
+    """The entry of a Hydra app that may run as a sweep (train.py, interp.py): warning filters first, the command
+    line checked (one line, exit 2), then ``app()``; the exit status of a multirun is its summary's (non-zero when a
+    job failed or was interrupted: ``exit_status``, :func:`em.jobs.sweep.exit_status`, passed in because em.jobs.sweep
+    imports this package), not an atexit hook's."""
+    from em.config.compose import check_args
+    from em.quiet import early
+
+    early(sys.argv[1:])  # warning filters; no tqdm bars into a file
+    run_main(lambda argv: check_args(config_name, argv), sys.argv[1:])
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    sys.exit(exit_status(code))
+
+
 def run_main(fn: Callable[[Any], Any], cfg: Any) -> Any:
     """Call ``fn(cfg)``; an EMError (bad config value, bad data row, missing model) prints one line and exits 2;
     a full or read-only disk (:mod:`em.runtime`) prints one line naming the file and exits 1.

@@ -10,8 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 import em.config  # noqa: F401  registers the structured-config schemas
-from em.config.compose import check_args
-from em.commands import run_main
+from em.commands import run_main, sweep_cli
 
 
 @hydra.main(version_base="1.3", config_path="pkg://em.conf", config_name="interp")
@@ -35,16 +34,6 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """Check the command line (one line, exit 2 on a bad option or key), then run the Hydra app."""
-    from em.quiet import early
-
-    early(sys.argv[1:])  # warning filters; no tqdm bars into a file
-    run_main(lambda argv: check_args("interp", argv), sys.argv[1:])
     from em.jobs.sweep import exit_status
 
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    # a multirun: its summary decides (non-zero when a job failed or was interrupted), not an atexit hook
-    sys.exit(exit_status(code))
+    sweep_cli("interp", main, exit_status)
